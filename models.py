@@ -1,0 +1,437 @@
+"""Every network of the study, built layer by layer from torch.nn, plus the checkpoint format.
+
+Read top to bottom: small parts (conv-BN-ReLU), then blocks (BasicBlock), then the
+nets, then the registry (`MODELS`, `build_model`) and the checkpoint helpers. Every
+CNN exposes `first_conv` and `second_conv`, so feature visualization needs no
+per-model code. Input everywhere: (B, 1, 28, 28), normalized; output: (B, 10) logits.
+
+Nothing here imports torchvision; tests compare our ResNet-18 with torchvision's.
+"""
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# -----------------------------------------------------------------------------
+# Small parts
+
+
+def conv_bn(c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    """Conv (no bias: BN follows) -> BN -> ReLU, 'same' padding."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
+    """Conv 3x3 -> MaxPool 2 -> BN -> ReLU.
+
+    Pooling *before* BN and ReLU gives the same function class (max-pool commutes with
+    the monotone per-channel BN+ReLU up to BN's sign) at a quarter of the BN/ReLU cost:
+    on a 2-core CPU the elementwise layers are a large share of a small CNN's time.
+    """
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# The fully-connected baseline
+
+
+class DNN(nn.Module):
+    """784 -> 1024 -> 1024 -> 10 by default: [Linear -> BN -> ReLU -> Dropout] per hidden layer.
+
+    1,863,690 parameters at the default sizes. No convolution: every pixel is an
+    independent input, so shift-invariance must come from augmentation.
+    """
+
+    def __init__(self, hidden: tuple[int, ...] = (1024, 1024), dropout: float = 0.2,
+                 in_features: int = 28 * 28, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, 1, 28, 28) -> (B, 784)
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        return self.features[1]
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+# -----------------------------------------------------------------------------
+# A classic CNN, sized for a 2-core CPU
+
+
+class ConvNet(nn.Module):
+    """Strided 5x5 stem, two conv-pool stages, global max pool, linear head.
+
+        (B,1,28,28) -stem 5x5/2-> (B,32,14,14) -conv,pool-> (B,64,7,7) -conv,pool-> (B,128,3,3)
+        -global max-> (B,128) -dropout, fc-> (B,10)
+
+    Why this shape: the first layer at full 28x28 resolution is where a naive CNN spends
+    its time (pytorch/examples' 32->64 conv at 26x26 is ~14 M multiply-adds per image).
+    A stride-2 5x5 stem sees the same receptive field and leaves every later conv at
+    14x14 or less: ~7.5 M multiply-adds per image in all. 93,322 parameters at width 32.
+    """
+
+    def __init__(self, width: int = 32, dropout: float = 0.1, num_classes: int = 10):
+        super().__init__()
+        w = width
+        self.stem = conv_bn(1, w, kernel_size=5, stride=2)
+        self.layer1 = conv_pool_bn(w, 2 * w)
+        self.layer2 = conv_pool_bn(2 * w, 4 * w)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.stem[0]
+
+    @property
+    def second_conv(self) -> nn.Conv2d:
+        return self.layer1[0]
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))  # (B, 4w, 3, 3)
+        return self.fc(self.dropout(self.pool(x).flatten(1)))
+
+
+# -----------------------------------------------------------------------------
+# ResNet-18 (He et al., 2016), small-image variant, torchvision's layer names
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN, added to the (projected) input, then ReLU."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:  # the shortcut must match shape: 1x1 conv + BN
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def make_stage(block, c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
+    """`blocks` blocks; the first one changes width and (with stride 2) halves the resolution."""
+    return nn.Sequential(block(c_in, c_out, stride), *[block(c_out, c_out) for _ in range(blocks - 1)])
+
+
+class ResNet(nn.Module):
+    """ResNet for 28x28 input: a 3x3 stride-1 stem and no max-pool (ImageNet's 7x7/2 stem
+    and pool would shrink 28x28 to 7x7 before the first block).
+
+        (B,1,28,28) -conv1,bn1,relu-> (B,w,28,28) -layer1-> (B,w,28,28) -layer2-> (B,2w,14,14)
+        -layer3-> (B,4w,7,7) -layer4-> (B,8w,4,4) -avgpool-> (B,8w) -fc-> (B,10)
+    """
+
+    def __init__(self, layers=(2, 2, 2, 2), width: int = 64, block=BasicBlock, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        widths = [width * 2 ** i for i in range(len(layers))]  # 64-128-256-512 at width 64
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        c_in = width
+        for i, (c_out, blocks) in enumerate(zip(widths, layers)):
+            self.add_module(f"layer{i + 1}", make_stage(block, c_in, c_out, blocks, stride=1 if i == 0 else 2))
+            c_in = c_out
+        self.stages = [getattr(self, f"layer{i + 1}") for i in range(len(layers))]
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each block: every block starts as identity
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.conv1
+
+    @property
+    def second_conv(self) -> nn.Conv2d:
+        return self.layer1[0].conv1
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+class ResNet18(ResNet):
+    """ResNet-18: BasicBlock x (2, 2, 2, 2). 11,172,810 parameters at width 64 (torchvision's
+    11,181,642 less the difference of the stem: 3x3x1 instead of 7x7x3 input kernels).
+    `width=16` gives a 16-32-64-128 variant with 699,466 parameters, ~16x cheaper."""
+
+    def __init__(self, width: int = 64, num_classes: int = 10):
+        super().__init__(layers=(2, 2, 2, 2), width=width, num_classes=num_classes)
+
+
+# -----------------------------------------------------------------------------
+# Our own model
+
+
+class Residual(nn.Module):
+    """x + f(x): lets a stage add depth without making the signal path longer."""
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.f = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class FastResNet(nn.Module):
+    """A small residual CNN meant to beat ResNet-18 on MNIST in accuracy *and* speed.
+
+        (B,1,28,28) -stem 5x5/2-> (B,w,14,14) -conv,pool-> (B,2w,7,7) -residual 2x conv-> (B,2w,7,7)
+        -conv,pool-> (B,4w,3,3) -residual 2x conv-> (B,4w,3,3) -global max-> (B,4w) -fc-> (B,10)
+
+    The argument: ResNet-18 spends most of its 0.56 G multiply-adds per image at 28x28
+    and 14x14 with up to 512 channels, capacity that 28x28 digits cannot use. This net
+    keeps ResNet's idea (identity shortcuts, BN after every conv) but puts the depth
+    where the maps are small: ~13.5 M multiply-adds per image at width 32, 40x fewer,
+    with 7 conv layers on the path of the residuals. The stem is ConvNet's (strided 5x5),
+    and the conv-pool-BN-ReLU order is ConvNet's too (see `conv_pool_bn`). Global max
+    pooling keeps the strongest evidence for each feature wherever it appears.
+    513,290 parameters at width 32.
+    """
+
+    def __init__(self, width: int = 32, dropout: float = 0.1, num_classes: int = 10):
+        super().__init__()
+        w = width
+        self.stem = conv_bn(1, w, kernel_size=5, stride=2)
+        self.layer1 = nn.Sequential(conv_pool_bn(w, 2 * w), Residual(conv_bn(2 * w, 2 * w), conv_bn(2 * w, 2 * w)))
+        self.layer2 = nn.Sequential(conv_pool_bn(2 * w, 4 * w), Residual(conv_bn(4 * w, 4 * w), conv_bn(4 * w, 4 * w)))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.stem[0]
+
+    @property
+    def second_conv(self) -> nn.Conv2d:
+        return self.layer1[0][0]
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))  # (B, 4w, 3, 3)
+        return self.fc(self.dropout(self.pool(x).flatten(1)))
+
+
+# -----------------------------------------------------------------------------
+# Reference recipes' networks, rebuilt here so the speed benchmark can train them in our
+# own loop (they are not part of the study's comparison).
+
+
+class PytorchExampleNet(nn.Module):
+    """pytorch/examples mnist/main.py: conv32 -> conv64 -> max-pool -> dropout .25 -> fc 128 -> dropout .5 -> fc 10."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)  # (B,32,26,26)
+        self.conv2 = nn.Conv2d(32, 64, 3)  # (B,64,24,24), pooled to (B,64,12,12)
+        self.features = nn.Sequential(self.conv1, nn.ReLU(), self.conv2, nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Dropout(0.25), nn.Flatten())
+        n_flat = self.features(torch.zeros(1, 1, 28, 28)).shape[1]  # 9216, computed rather than written down
+        self.head = nn.Sequential(nn.Linear(n_flat, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+    first_conv = property(lambda self: self.conv1)
+    second_conv = property(lambda self: self.conv2)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class KerasExampleNet(nn.Module):
+    """Keras "Simple MNIST convnet": conv32 -> pool -> conv64 -> pool -> dropout .5 -> fc 10."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)  # (B,32,26,26) -> pool (B,32,13,13)
+        self.conv2 = nn.Conv2d(32, 64, 3)  # (B,64,11,11) -> pool (B,64,5,5)
+        self.features = nn.Sequential(self.conv1, nn.ReLU(), nn.MaxPool2d(2), self.conv2, nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Flatten(), nn.Dropout(0.5))
+        self.fc = nn.Linear(self.features(torch.zeros(1, 1, 28, 28)).shape[1], num_classes)  # 1600 inputs
+
+    first_conv = property(lambda self: self.conv1)
+    second_conv = property(lambda self: self.conv2)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+# -----------------------------------------------------------------------------
+# Registry
+
+MODELS = {
+    "dnn": DNN,
+    "convnet": ConvNet,
+    "resnet": ResNet18,
+    "fastresnet": FastResNet,
+    "pytorch-example": PytorchExampleNet,
+    "keras-example": KerasExampleNet,
+}
+STUDY_MODELS = ("dnn", "convnet", "resnet", "fastresnet")  # what `--model all` trains and the report compares
+
+
+def list_models(study_only: bool = False) -> list[str]:
+    return list(STUDY_MODELS if study_only else MODELS)
+
+
+def build_model(name: str, **config) -> nn.Module:
+    """build_model("resnet", width=16) -> ResNet18(width=16)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](**config)
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """{"first_conv": ..., "second_conv": ...} for CNNs, {} for the DNN."""
+    return {k: getattr(model, k) for k in ("first_conv", "second_conv") if hasattr(model, k)}
+
+
+def summary(model: nn.Module, input_size=(1, 1, 28, 28)) -> str:
+    """A Keras-style table: every leaf layer, its output shape and parameter count."""
+    rows, hooks = [], []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, _inputs, output):
+        rows.append((names[module], type(module).__name__, tuple(output.shape[1:]),
+                     sum(p.numel() for p in module.parameters(recurse=False))))
+
+    for m in model.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_size))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    lines = [f"{'layer':<28}{'type':<18}{'output shape':<18}{'params':>10}", "-" * 74]
+    lines += [f"{n:<28}{t:<18}{str(s):<18}{p:>10,}" for n, t, s, p in rows]
+    total = count_params(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines += ["-" * 74, f"total params: {total:,} (trainable {trainable:,})"]
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: one format for runs/*/best.pt, last.pt and weights/*.pt.
+# A dict of tensors and plain Python values, loadable with torch.load(weights_only=True):
+#   model, model_config, state_dict, train_config, metrics, normalization, epoch
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used, phrased as one line naming the file and the fix."""
+
+
+CHECKPOINT_KEYS = ("model", "model_config", "state_dict", "normalization")
+
+
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the same folder, then rename: a crash or Ctrl-C never
+    leaves a half-written file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dict, read with weights_only=True (a pickle that would run code is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; train one with `python train.py --model convnet` or pass another --weights")
+    try:
+        with open(path, "rb") as f:
+            ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path}: refused, it holds objects other than weights (a pickle that could run code); "
+                                  f"use a checkpoint written by train.py") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); "
+                              f"pass a .pt file written by train.py") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of this repository (needs keys {', '.join(CHECKPOINT_KEYS)}; "
+                              f"has {have}); pass a .pt file written by train.py")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode with the checkpoint's weights, the checkpoint dict)."""
+    ckpt = read_checkpoint(path)
+    name = ckpt["model"]
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: names model {name!r}, which models.py does not define "
+                              f"(known: {', '.join(MODELS)}); use a checkpoint of a known model")
+    try:
+        model = build_model(name, **ckpt["model_config"])
+    except TypeError as e:
+        raise CheckpointError(f"{path}: its model_config does not fit {name!r} ({e})") from None
+    own = model.state_dict()
+    given = ckpt["state_dict"]
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    misshaped = [k for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        example = (missing + unexpected + misshaped)[0]
+        raise CheckpointError(f"{path}: its state dict does not fit {name!r}: {len(missing)} missing, "
+                              f"{len(unexpected)} unexpected, {len(misshaped)} wrongly shaped keys (e.g. {example}); "
+                              f"was it trained with another model config?")
+    model.load_state_dict(given)
+    return model.to(device).eval(), ckpt
+
+
+if __name__ == "__main__":
+    for name in MODELS:
+        model = build_model(name)
+        role = "study model" if name in STUDY_MODELS else "reference recipe (benchmark only)"
+        print(f"\n== {name}: {type(model).__name__}, {count_params(model):,} parameters ({role})")
+        print(summary(model))
