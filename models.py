@@ -183,9 +183,8 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for m in self.modules():  # zero-init the last BN of each block: every block starts as identity
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+        # No zero-init of each block's last BN (torchvision's zero_init_residual): measured
+        # here, it left ResNet-18 at ~30% train accuracy after 78 steps, against 76% without.
 
     @property
     def first_conv(self) -> nn.Conv2d:
@@ -216,11 +215,15 @@ class ResNet18(ResNet):
 
 
 class Residual(nn.Module):
-    """x + f(x): lets a stage add depth without making the signal path longer."""
+    """x + f(x), with f = conv-BN-ReLU -> conv-BN whose last BN scale starts at 0, so the
+    block starts as the identity and the net trains from the first step like its plain
+    counterpart (Goyal et al., 2017). The ReLU after the sum is the caller's."""
 
-    def __init__(self, *layers: nn.Module):
+    def __init__(self, channels: int):
         super().__init__()
-        self.f = nn.Sequential(*layers)
+        self.f = nn.Sequential(conv_bn(channels, channels),
+                               nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.f[2].weight)
 
     def forward(self, x):
         return x + self.f(x)
@@ -229,28 +232,26 @@ class Residual(nn.Module):
 class FastResNet(nn.Module):
     """A small residual CNN meant to beat ResNet-18 on MNIST in accuracy *and* speed.
 
-        (B,1,28,28) -stem 5x5/2-> (B,w,14,14) -conv,pool-> (B,2w,7,7) -residual 2x conv-> (B,2w,7,7)
-        -conv,pool-> (B,4w,3,3) -residual 2x conv-> (B,4w,3,3) -global max-> (B,4w) -fc-> (B,10)
+        (B,1,28,28) -stem 5x5/2-> (B,w,14,14) -conv,pool-> (B,2w,7,7) -residual-> (B,2w,7,7)
+        -conv,pool-> (B,4w,3,3) -residual-> (B,4w,3,3) -flatten, dropout, fc-> (B,10)
 
-    The argument: ResNet-18 spends most of its 0.56 G multiply-adds per image at 28x28
-    and 14x14 with up to 512 channels, capacity that 28x28 digits cannot use. This net
-    keeps ResNet's idea (identity shortcuts, BN after every conv) but puts the depth
-    where the maps are small: ~13.5 M multiply-adds per image at width 32, 40x fewer,
-    with 7 conv layers on the path of the residuals. The stem is ConvNet's (strided 5x5),
-    and the conv-pool-BN-ReLU order is ConvNet's too (see `conv_pool_bn`). Global max
-    pooling keeps the strongest evidence for each feature wherever it appears.
-    464,106 parameters at width 32.
+    The argument: ResNet-18 spends its 0.56 G multiply-adds per image at 28x28 and 14x14
+    with up to 512 channels, capacity that 28x28 digits cannot use. This net keeps
+    ResNet's ideas (identity shortcuts, BN after every conv, zero-initialized residual
+    branches) but puts the depth where the maps are small: ~13.5 M multiply-adds per
+    image at width 32, 40x fewer, with 7 convolutions on the deepest path. Stem, stage
+    order (conv-pool-BN-ReLU) and head (flatten, as position matters in a centred digit)
+    are ConvNet's, each measured there. 474,346 parameters at width 32.
     """
 
     def __init__(self, width: int = 32, dropout: float = 0.1, num_classes: int = 10):
         super().__init__()
         w = width
         self.stem = conv_bn(1, w, kernel_size=5, stride=2)
-        self.layer1 = nn.Sequential(conv_pool_bn(w, 2 * w), Residual(conv_bn(2 * w, 2 * w), conv_bn(2 * w, 2 * w)))
-        self.layer2 = nn.Sequential(conv_pool_bn(2 * w, 4 * w), Residual(conv_bn(4 * w, 4 * w), conv_bn(4 * w, 4 * w)))
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.layer1 = nn.Sequential(conv_pool_bn(w, 2 * w), Residual(2 * w), nn.ReLU(inplace=True))
+        self.layer2 = nn.Sequential(conv_pool_bn(2 * w, 4 * w), Residual(4 * w), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(4 * w, num_classes)
+        self.fc = nn.Linear(flat_features(nn.Sequential(self.stem, self.layer1, self.layer2)), num_classes)
 
     @property
     def first_conv(self) -> nn.Conv2d:
@@ -262,7 +263,7 @@ class FastResNet(nn.Module):
 
     def forward(self, x):
         x = self.layer2(self.layer1(self.stem(x)))  # (B, 4w, 3, 3)
-        return self.fc(self.dropout(self.pool(x).flatten(1)))
+        return self.fc(self.dropout(x.flatten(1)))  # (B, 10)
 
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ DOCUMENTED_PARAMS = {
     "dnn": 1_865_738,
     "convnet": 104_938,
     "resnet": 11_172_810,
-    "fastresnet": 464_106,
+    "fastresnet": 474_346,
     "pytorch-example": 1_199_882,
     "keras-example": 34_826,
 }
