@@ -402,7 +402,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         with open(path, "rb") as f:
             ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        if "GLOBAL" in str(e) or "global" in str(e).split("WeightsUnpickler error:")[-1]:  # a class or function: code
             raise CheckpointError(f"{path}: refused, it holds objects other than weights (a pickle that could run code); "
                                   f"use a checkpoint written by train.py") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); "

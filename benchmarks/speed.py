@@ -1,0 +1,328 @@
+"""Speed benchmark: time to 99.0% / 99.5% test accuracy, the reference recipes in the same
+run, throughput per model and precision, ResNet-18 against the hardware ceiling, memory.
+
+    python benchmarks/speed.py                 # the full table (~15 min on 2 CPU cores)
+    python benchmarks/speed.py --json          # also print JSON; always saved to benchmarks/results/
+    python benchmarks/speed.py --quick         # tiny budgets, seconds: keeps the script from rotting (CI)
+
+Everything is measured in this one process on this one machine, so the ratios mean
+something even where the machine is noisy. Time to accuracy is wall time from the start
+of data loading (imports excluded) to the first fixed evaluation point (every 1/8 epoch)
+whose test accuracy reaches the target; the time spent in those test evaluations is
+excluded, the run's own per-epoch validation and checkpointing are included.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import train  # noqa: E402
+from data import load_data  # noqa: E402
+from models import MODELS, build_model  # noqa: E402
+
+# Our fastest recipe (train.py's ConvNet recipe, given a longer budget for 99.5%).
+OURS = train.TrainConfig(model="convnet", epochs=3)
+# The reference programs' own settings, run inside our loop: fp32, NCHW, their batch
+# sizes and optimizers, no augmentation, smoothing or weight decay.
+REFERENCES = {
+    "pytorch/examples": train.TrainConfig(model="pytorch-example", optimizer="adadelta", lr=1.0, batch_size=64,
+                                          schedule="step", gamma=0.7, warmup=0.0, weight_decay=0.0, label_smoothing=0.0,
+                                          augment=False, precision="fp32", channels_last=False, epochs=3),
+    "keras": train.TrainConfig(model="keras-example", optimizer="adam", lr=1e-3, batch_size=128, schedule="constant",
+                               warmup=0.0, weight_decay=0.0, label_smoothing=0.0, augment=False, precision="fp32",
+                               channels_last=False, epochs=6),
+}
+# What the programs themselves took on this kind of machine (../shared/BENCHMARKS.md), for context.
+PROGRAMS_AS_RUN = {"pytorch/examples": "> 193 s (never reached 99.0% in 3 epochs)", "keras": "154 s to first >= 99.0%"}
+
+
+class Reached(Exception):
+    """Raised from the step hook once every target is reached: the run stops there."""
+
+
+def time_to_accuracy(cfg: train.TrainConfig, targets=(0.99, 0.995), evals_per_epoch: int = 8, limit_test: int | None = None) -> dict:
+    t0 = time.perf_counter()
+    data = load_data(cfg.dataset, cfg.data_dir)
+    rcfg = cfg.resolved()
+    x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
+    n_train = min(len(data.x_train), rcfg.limit_train or len(data.x_train))
+    every = max(1, (n_train // min(rcfg.batch_size, n_train)) // evals_per_epoch)
+    paused, reached, curve = 0.0, {}, []
+
+    def hook(step, model):
+        nonlocal paused
+        if step % every:
+            return
+        t = time.perf_counter()
+        acc = train.evaluate(model, x_test, y_test, rcfg)["acc"]
+        elapsed = t - t0 - paused
+        paused += time.perf_counter() - t
+        curve.append((step, round(elapsed, 2), acc))
+        for target in targets:
+            if acc >= target and target not in reached:
+                reached[target] = elapsed
+        if len(reached) == len(targets):
+            raise Reached
+
+    try:
+        train.train(cfg, data, on_step=hook, quiet=True)
+    except Reached:
+        pass
+    total = time.perf_counter() - t0 - paused
+    return {"reached": {f"{t:.3f}": reached.get(t) for t in targets}, "total_s": total, "curve": curve,
+            "best_test_acc": max((a for *_, a in curve), default=None)}
+
+
+def conv_linear_flops(model: nn.Module, input_size=(1, 1, 28, 28)) -> float:
+    """Forward FLOPs per image (2 x multiply-adds) of the convolutions and linear layers."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += 2 * out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(input_size))
+    for h in hooks:
+        h.remove()
+    return float(total)
+
+
+def matmul_gflops(dtype, n: int = 4096, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    count, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - t) / 1e9
+
+
+def throughput(name: str, precision: str, channels_last: bool, batch: int, seconds: float, model_config=None) -> dict:
+    """Training img/s (fwd + bwd + SGD step) and inference img/s, on random data."""
+    cfg = train.TrainConfig(model=name, model_config=model_config or {}, precision=precision, channels_last=channels_last,
+                            device="cpu", lr=0.01, eval_batch_size=1000).resolved()
+    torch.manual_seed(0)
+    model = build_model(name, **cfg.model_config)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = train.make_optimizer(model, cfg)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with train.autocast(cfg):
+            loss = train.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def rate(fn, n_per_call, min_calls=3):
+        fn()  # warm-up: oneDNN builds its kernels on the first call
+        calls, t = 0, time.perf_counter()
+        while calls < min_calls or time.perf_counter() - t < seconds:
+            fn()
+            calls += 1
+        return n_per_call * calls / (time.perf_counter() - t)
+
+    model.train()
+    train_rate = rate(step, batch)
+    xe = torch.randn(1000, 1, 28, 28)
+    xe = xe.contiguous(memory_format=torch.channels_last) if channels_last else xe
+    model.eval()
+
+    def infer():
+        with torch.no_grad(), train.autocast(cfg):
+            model(xe)
+
+    return {"train_img_s": train_rate, "infer_img_s": rate(infer, 1000)}
+
+
+def peak_rss_mb(model: str, steps: int, limit_train: int | None) -> float:
+    """Max resident memory of a fresh process that loads the data and trains `steps` steps."""
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(ROOT)!r})
+import train
+
+def stop(step, model):
+    if step >= {steps}:
+        raise KeyboardInterrupt
+
+cfg = train.TrainConfig(model={model!r}, epochs=1, out=sys.argv[1], weights_dir=None, limit_train={limit_train})
+try:
+    train.train(cfg, on_step=stop, quiet=True)
+except KeyboardInterrupt:
+    pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, "-c", code, tmp], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": "cpu", "bf16_instructions": train.cpu_has_bf16(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets (seconds): checks the script works, numbers mean nothing")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for our time-to-accuracy (median reported)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--save", default=None, help="where to save the JSON (default benchmarks/results/speed.json; quick: not saved)")
+    a = p.parse_args(argv)
+    q = a.quick
+    tmp = tempfile.mkdtemp(prefix="speed-")
+    out = {"machine": machine(), "quick": q}
+    print(f"machine: {out['machine']['cpu']}, {out['machine']['threads']} threads, torch {out['machine']['torch']}", flush=True)
+
+    # 1. Time to accuracy: ours over seeds, then the references (capped), same fixed eval points.
+    limit = 2000 if q else None
+    ours = []
+    for seed in range(1 if q else a.seeds):
+        cfg = dataclasses.replace(OURS, seed=seed, out=tmp, weights_dir=None, limit_train=limit, epochs=0.5 if q else OURS.epochs)
+        r = time_to_accuracy(cfg, limit_test=1000 if q else None)
+        ours.append(r)
+        print(f"ours seed {seed}: 99.0% at {r['reached']['0.990']} s, 99.5% at {r['reached']['0.995']} s "
+              f"(best {r['best_test_acc']}, {r['total_s']:.1f} s run)", flush=True)
+    refs = {}
+    for name, cfg in REFERENCES.items():
+        cfg = dataclasses.replace(cfg, out=tmp, weights_dir=None, limit_train=limit, epochs=0.1 if q else cfg.epochs)
+        refs[name] = time_to_accuracy(cfg, targets=(0.99,), limit_test=1000 if q else None)
+        r = refs[name]
+        print(f"{name} recipe in our loop: 99.0% at {r['reached']['0.990']} s (best {r['best_test_acc']}, "
+              f"capped at {cfg.epochs:g} epochs, {r['total_s']:.1f} s)", flush=True)
+
+    def median_time(key):
+        times = [r["reached"][key] for r in ours]
+        return statistics.median(times) if all(t is not None for t in times) else None
+
+    t99, t995 = median_time("0.990"), median_time("0.995")
+    out.update(time_to_99_0_s=t99, time_to_99_5_s=t995, ours={"recipe": dataclasses.asdict(OURS), "seeds": ours}, references=refs)
+    for name, key in (("pytorch/examples", "speedup_vs_pytorch_examples"), ("keras", "speedup_vs_keras")):
+        ref = refs[name]
+        ref_t = ref["reached"]["0.990"]
+        out[key] = (ref_t if ref_t is not None else ref["total_s"]) / t99 if t99 else None
+        out[key + "_is_lower_bound"] = ref_t is None
+
+    # 2. Throughput per model, fp32 vs bf16, NCHW vs channels_last.
+    secs = 0.3 if q else 3.0
+    rows = {}
+    for name in MODELS:
+        if q and name == "resnet":
+            continue
+        batch = 64 if name == "resnet" else 256
+        for prec in ("fp32", "bf16"):
+            for cl in (False, True):
+                if name == "dnn" and cl:
+                    continue
+                rows[f"{name}|{prec}|{'channels_last' if cl else 'NCHW'}"] = throughput(name, prec, cl, batch, secs)
+        print(f"throughput {name}: " + ", ".join(f"{k.split('|', 1)[1]} {v['train_img_s']:.0f}/{v['infer_img_s']:.0f}"
+                                                  for k, v in rows.items() if k.startswith(name + "|")), flush=True)
+    out["throughput"] = rows
+
+    # 3. ResNet-18 epoch vs the bf16 ceiling measured now: ceiling = matmul GFLOP/s / (3 x fwd FLOPs).
+    gf32, gf16 = matmul_gflops(torch.float32, seconds=0.5 if q else 2), matmul_gflops(torch.bfloat16, seconds=0.5 if q else 2)
+    rn_cfg = {"width": 16} if q else {}  # quick mode: the 16x cheaper width
+    flops = conv_linear_flops(build_model("resnet", **rn_cfg))
+    rn = throughput("resnet", "bf16", True, 128 if q else 256, 1 if q else 30, rn_cfg)  # steady state, training batch
+    n_train = 55_000
+    epoch_s = n_train / rn["train_img_s"]
+    ceiling_s = n_train * 3 * flops / (gf16 * 1e9)
+    out.update(matmul_gflops={"fp32": gf32, "bf16": gf16}, resnet18_fwd_gflop_per_img=flops / 1e9,
+               resnet18_epoch_s=epoch_s, resnet18_ceiling_epoch_s=ceiling_s, resnet18_epoch_vs_ceiling=epoch_s / ceiling_s,
+               resnet18_model_config=rn_cfg)
+
+    # 4. ConvNet inference on the whole test set (10,000 images), as test_model.py runs it (fp32) and in bf16.
+    data = load_data()
+    model = build_model("convnet").eval().to(memory_format=torch.channels_last)
+    infer = {}
+    for prec in ("fp32", "bf16"):
+        cfg = train.TrainConfig(model="convnet", precision=prec, device="cpu").resolved()
+        train.evaluate(model, data.x_test[:1000], data.y_test[:1000], cfg)  # warm-up
+        t = time.perf_counter()
+        train.evaluate(model, data.x_test, data.y_test, cfg)
+        infer[prec] = time.perf_counter() - t
+    out["convnet_test_inference_s"] = min(infer.values())
+    out["convnet_test_inference_by_precision_s"] = infer
+
+    # 5. Peak memory of training runs (fresh processes: data + model + optimizer).
+    if not q:
+        out["peak_rss_mb"] = {"convnet": peak_rss_mb("convnet", 50, None), "resnet": peak_rss_mb("resnet", 3, None)}
+
+    print_table(out)
+    save = a.save or (None if q else str(ROOT / "benchmarks" / "results" / "speed.json"))
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        Path(save).write_text(json.dumps(out, indent=2))
+        print(f"saved {save}")
+    if a.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+def _fmt(t):
+    return "not reached" if t is None else f"{t:.1f} s"
+
+
+def print_table(o: dict) -> None:
+    print(f"\n## Speed on {o['machine']['cpu']} ({o['machine']['threads']} threads, torch {o['machine']['torch']})"
+          + ("  [QUICK MODE: budgets too small to mean anything]" if o["quick"] else ""))
+    print("\n| recipe | time to 99.0% | time to 99.5% | per seed (99.0 / 99.5) |\n|---|---|---|---|")
+    seeds = "; ".join(f"{_fmt(r['reached']['0.990'])} / {_fmt(r['reached']['0.995'])}" for r in o["ours"]["seeds"])
+    print(f"| ours: ConvNet, SGD-Nesterov one-cycle, bf16 + channels_last (median of {len(o['ours']['seeds'])}) | "
+          f"{_fmt(o['time_to_99_0_s'])} | {_fmt(o['time_to_99_5_s'])} | {seeds} |")
+    for name, r in o["references"].items():
+        t = r["reached"]["0.990"]
+        shown = _fmt(t) if t is not None else f"> {r['total_s']:.0f} s (best {100 * (r['best_test_acc'] or 0):.2f}%)"
+        print(f"| {name} recipe in our loop (fp32) | {shown} | | as the program runs: {PROGRAMS_AS_RUN[name]} |")
+    for name, key in (("pytorch/examples", "speedup_vs_pytorch_examples"), ("keras", "speedup_vs_keras")):
+        if o[key] is not None:
+            print(f"\nspeed-up to 99.0% vs {name}: {'>= ' if o[key + '_is_lower_bound'] else ''}{o[key]:.1f}x", end="")
+    print("\n\n| model | precision | layout | train img/s | inference img/s |\n|---|---|---|---|---|")
+    for k, v in o["throughput"].items():
+        name, prec, layout = k.split("|")
+        print(f"| {name} | {prec} | {layout} | {v['train_img_s']:,.0f} | {v['infer_img_s']:,.0f} |")
+    print(f"\nmatmul 4096^2: fp32 {o['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {o['matmul_gflops']['bf16']:.0f} GFLOP/s")
+    print(f"ResNet-18 {o['resnet18_model_config'] or '(full width)'}: {o['resnet18_fwd_gflop_per_img']:.3f} GFLOP/img forward; "
+          f"epoch (55,000 images, bf16 + channels_last) {o['resnet18_epoch_s']:.0f} s vs ceiling {o['resnet18_ceiling_epoch_s']:.0f} s "
+          f"= {o['resnet18_epoch_vs_ceiling']:.2f}x the ceiling")
+    by = o["convnet_test_inference_by_precision_s"]
+    print(f"ConvNet inference, 10,000 test images: fp32 {by['fp32']:.2f} s, bf16 {by['bf16']:.2f} s")
+    if "peak_rss_mb" in o:
+        print(f"peak RSS of a training run: ConvNet {o['peak_rss_mb']['convnet']:.0f} MB, ResNet-18 {o['peak_rss_mb']['resnet']:.0f} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Score a checkpoint (or several, and their ensemble) on the official 10,000 MNIST test images.
+
+    python test_model.py --weights weights/resnet.pt
+    python test_model.py --weights weights/*.pt --out figures/      # + ensemble row, ROC, confusion, mistakes
+    python test_model.py --weights weights/convnet.pt --json
+
+Every metric comes from scikit-learn (classification_report, f1_score, roc_auc_score,
+roc_curve, confusion_matrix) on the model's softmax probabilities. The test set is
+only ever scored here and at the end of a run, never used to choose anything.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import DataError, load_raw, normalize
+from models import CheckpointError, load_checkpoint
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Softmax probabilities (N, K) in fp32, eval mode. x: (N, 1, 28, 28), normalized."""
+    model.eval()
+    device = next(model.parameters()).device
+    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        out.append(torch.softmax(model(xb).float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def metrics(y_true: np.ndarray, proba: np.ndarray, class_names=None) -> dict:
+    """Accuracy, F1, per-class precision/recall/F1/support, confusion matrix and ROC-AUC.
+
+    AUC is one-vs-rest on the probabilities: macro (mean of the per-class AUCs) and
+    micro (all K binary problems pooled into one curve).
+    """
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
+    k = proba.shape[1]
+    labels = list(range(k))
+    names = [str(c) for c in (class_names or labels)]
+    y_pred = proba.argmax(1)
+    onehot = label_binarize(y_true, classes=labels)  # (N, K)
+    report = classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "auc_ovr_macro": float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)),
+        "auc_micro": float(roc_auc_score(onehot, proba, average="micro")),
+        "auc_per_class": {n: float(roc_auc_score(onehot[:, i], proba[:, i])) for i, n in enumerate(names)},
+        "per_class": {n: {m: float(report[n][m]) for m in ("precision", "recall", "f1-score", "support")} for n in names},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "report_text": classification_report(y_true, y_pred, labels=labels, target_names=names, digits=4, zero_division=0),
+    }
+
+
+def load_test_set(ckpt: dict, data_dir=None) -> tuple[torch.Tensor, np.ndarray, tuple]:
+    """The official test images, normalized as the checkpoint's model was trained: (N,1,28,28), (N,)."""
+    from data import DATASETS
+    dataset = (ckpt.get("train_config") or {}).get("dataset", "mnist")
+    _, _, x_te, y_te, _ = load_raw(dataset, data_dir, download=True)
+    norm = ckpt["normalization"]
+    return normalize(x_te, norm["mean"], norm["std"]), y_te.numpy(), DATASETS[dataset].class_names
+
+
+def test_model(weights, data_dir=None, device="auto", out_dir=None) -> dict:
+    """Load `weights`, predict the test set, return metrics (and save plots under out_dir)."""
+    t0 = time.perf_counter()
+    model, ckpt = load_checkpoint(weights, resolve_device(device))
+    x, y, class_names = load_test_set(ckpt, data_dir)
+    t1 = time.perf_counter()
+    proba = predict_proba(model, x)
+    result = {"weights": str(weights), "model": ckpt["model"], **metrics(y, proba, class_names),
+              "seconds": time.perf_counter() - t0, "inference_seconds": time.perf_counter() - t1,
+              "val_acc": ckpt["metrics"].get("val_acc")}
+    if out_dir:
+        result["figures"] = save_figures(y, proba, x, Path(out_dir), Path(weights).stem, class_names)
+    result["_proba"] = proba  # kept for ensembles; dropped before printing
+    return result
+
+
+def ensemble(results: list[dict], y: np.ndarray, class_names, x=None, out_dir=None) -> dict:
+    """The averaged softmax of several models, scored like one model."""
+    proba = np.mean([r["_proba"] for r in results], axis=0)
+    result = {"weights": "+".join(Path(r["weights"]).stem for r in results), "model": "ensemble", **metrics(y, proba, class_names)}
+    if out_dir is not None:
+        result["figures"] = save_figures(y, proba, x, Path(out_dir), "ensemble", class_names)
+    result["_proba"] = proba
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Figures
+
+
+def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, stem: str, class_names) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, confusion_matrix, roc_curve
+    from sklearn.preprocessing import label_binarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    k = proba.shape[1]
+    onehot = label_binarize(y, classes=list(range(k)))
+    paths = []
+
+    # ROC: one-vs-rest per class, plus micro (pooled) and macro (mean TPR on a common FPR grid)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    grid, tprs = np.linspace(0, 1, 1001), []
+    for i in range(k):
+        fpr, tpr, _ = roc_curve(onehot[:, i], proba[:, i])
+        tprs.append(np.interp(grid, fpr, tpr))
+        ax.plot(fpr, tpr, lw=1, label=f"{class_names[i]} (AUC {auc(fpr, tpr):.5f})")
+    fpr, tpr, _ = roc_curve(onehot.ravel(), proba.ravel())
+    ax.plot(fpr, tpr, "k--", lw=2, label=f"micro-average (AUC {auc(fpr, tpr):.5f})")
+    macro = np.mean(tprs, axis=0)
+    ax.plot(grid, macro, "k:", lw=2, label=f"macro-average (AUC {auc(grid, macro):.5f})")
+    ax.set_xscale("symlog", linthresh=1e-3)  # every curve hugs the top-left corner: zoom on small FPR
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0.9, 1.001)
+    ax.set_xlabel("false positive rate (symlog)")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC, one-vs-rest: {stem}")
+    ax.legend(fontsize=7, loc="lower right")
+    paths.append(_save(fig, out / f"{stem}_roc.png"))
+
+    # Confusion matrix: counts and row-normalized (recall per class on the diagonal)
+    cm = confusion_matrix(y, proba.argmax(1), labels=list(range(k)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], cm / cm.sum(1, keepdims=True), "row-normalized", ".3f")):
+        # log colour scale: the few errors stay visible next to ~1,000 correct per class (zeros stay blank)
+        ax.imshow(np.ma.masked_equal(mat, 0), cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=mat[mat > 0].min(), vmax=mat.max()))
+        for r in range(k):
+            for c in range(k):
+                v = mat[r, c]
+                if v:
+                    ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=6 if fmt != "d" else 7,
+                            color="white" if r == c else "black")
+        ax.set_xticks(range(k), class_names, rotation=45 if len(str(class_names[0])) > 2 else 0)
+        ax.set_yticks(range(k), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"confusion ({title})")
+    fig.suptitle(stem)
+    paths.append(_save(fig, out / f"{stem}_confusion_matrix.png"))
+
+    # The most confidently wrong test images
+    if x is not None:
+        pred = proba.argmax(1)
+        wrong = np.nonzero(pred != y)[0]
+        wrong = wrong[np.argsort(-proba[wrong, pred[wrong]])][:24]
+        if len(wrong):
+            cols = 8
+            rows = (len(wrong) + cols - 1) // cols
+            fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.7), squeeze=False)
+            for ax in axes.flat:
+                ax.axis("off")
+            for ax, i in zip(axes.flat, wrong):
+                ax.imshow(x[i, 0].numpy(), cmap="gray")
+                ax.set_title(f"#{i} true {class_names[y[i]]}\npred {class_names[pred[i]]} {proba[i, pred[i]]:.2f}", fontsize=7)
+            fig.suptitle(f"Most confidently wrong of {len(np.nonzero(pred != y)[0])} errors: {stem}")
+            paths.append(_save(fig, out / f"{stem}_mistakes.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+# -----------------------------------------------------------------------------
+
+
+def _print(r: dict) -> None:
+    print(f"== {r['weights']} ({r['model']})")
+    print(r["report_text"])
+    print(f"accuracy {r['accuracy']:.4f} | F1 macro {r['f1_macro']:.4f}, weighted {r['f1_weighted']:.4f} | "
+          f"ROC-AUC OvR macro {r['auc_ovr_macro']:.6f}, micro {r['auc_micro']:.6f} | n={r['n']}"
+          + (f" | {r['inference_seconds']:.2f}s inference" if "inference_seconds" in r else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate checkpoints on the official MNIST test set (10,000 images).")
+    p.add_argument("--weights", nargs="+", required=True, help="one or more .pt files; several also give the ensemble (mean softmax)")
+    p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="save <name>_roc.png, <name>_confusion_matrix.png, <name>_mistakes.png and <name>_metrics.json here")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    a = p.parse_args(argv)
+    try:
+        results = [test_model(w, a.data_dir, a.device, a.out) for w in a.weights]
+        if len(results) > 1:
+            _, ckpt = load_checkpoint(a.weights[0])
+            x, y, names = load_test_set(ckpt, a.data_dir)
+            results.append(ensemble(results, y, names, x, a.out))
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
+    for r in results:
+        r.pop("_proba")
+        if a.out:
+            Path(a.out, f"{Path(r['weights']).stem if r['model'] != 'ensemble' else 'ensemble'}_metrics.json").write_text(
+                json.dumps({k: v for k, v in r.items() if k != "report_text"}, indent=2))
+    if a.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "report_text"} for r in results] if len(results) > 1
+                         else {k: v for k, v in results[0].items() if k != "report_text"}, indent=2))
+    else:
+        for r in results:
+            _print(r)
+        if len(results) > 1:
+            print("\n| model | accuracy | F1 macro | AUC macro | AUC micro |\n|---|---|---|---|---|")
+            for r in results:
+                print(f"| {r['weights']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['auc_ovr_macro']:.6f} | {r['auc_micro']:.6f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
