@@ -30,14 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torchvision.datasets  # noqa: E402,F401  (imports are excluded from the timings; data loading is not)
 import torch.nn as nn  # noqa: E402
 
 import train  # noqa: E402
 from data import load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
-# Our fastest recipe (train.py's ConvNet recipe, given a longer budget for 99.5%).
-OURS = train.TrainConfig(model="convnet", epochs=3)
+# Our fastest recipe: train.py's ConvNet recipe given 3 epochs and peak LR 0.2 (with 3 epochs
+# 0.2 reached 99.5% sooner than 0.1 or 0.15 in single-seed trials; 2.5 epochs fell short of 99.5%).
+OURS = train.TrainConfig(model="convnet", epochs=3, lr=0.2)
 # The reference programs' own settings, run inside our loop: fp32, NCHW, their batch
 # sizes and optimizers, no augmentation, smoothing or weight decay.
 REFERENCES = {
