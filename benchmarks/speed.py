@@ -45,7 +45,7 @@ OURS = train.TrainConfig(model="convnet", epochs=3, lr=0.2)
 REFERENCES = {
     "pytorch/examples": train.TrainConfig(model="pytorch-example", optimizer="adadelta", lr=1.0, batch_size=64,
                                           schedule="step", gamma=0.7, warmup=0.0, weight_decay=0.0, label_smoothing=0.0,
-                                          augment=False, precision="fp32", channels_last=False, epochs=3),
+                                          augment=False, precision="fp32", channels_last=False, epochs=5),
     "keras": train.TrainConfig(model="keras-example", optimizer="adam", lr=1e-3, batch_size=128, schedule="constant",
                                warmup=0.0, weight_decay=0.0, label_smoothing=0.0, augment=False, precision="fp32",
                                channels_last=False, epochs=6),

@@ -1,5 +1,6 @@
 import csv
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -173,6 +174,8 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     models.save_atomic(stored, target)
     train.promote(best, cfg, genuine=True, log=log)
     assert torch.load(target, weights_only=True)["metrics"]["val_acc"] == r["best"]["val_acc"]
+    card = json.loads(target.with_suffix(".json").read_text())  # provenance written beside the weights
+    assert card["metrics"]["val_acc"] == r["best"]["val_acc"] and len(card["history"]) == 1 and card["train_config"]["lr"] == 0.05
     # a limited run never replaces shipped weights, however good
     target.unlink()
     train.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True, log=log)
