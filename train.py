@@ -569,7 +569,7 @@ def lr_find(config: TrainConfig, data: Data | None = None, start: float = 1e-5, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        smooth = 0.9 * smooth + 0.1 * float(loss)
+        smooth = 0.9 * smooth + 0.1 * float(loss.detach())
         value = smooth / (1 - 0.9 ** (s + 1))  # bias-corrected running mean
         if not math.isfinite(value) or value > 4 * best:
             break
