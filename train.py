@@ -380,7 +380,9 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     run_dir = Path(cfg.out) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
-    if resume is not None and resume["train_config"] != dataclasses.asdict(cfg):
+    where = ("out", "run_name", "weights_dir")  # a moved run folder is still the same run
+    same = lambda a, b: {k: v for k, v in a.items() if k not in where} == {k: v for k, v in b.items() if k not in where}  # noqa: E731
+    if resume is not None and not same(resume["train_config"], dataclasses.asdict(cfg)):
         print(f"{run_dir}/last.pt was made with other settings: starting over")
         resume = None
     if resume is None:
@@ -724,7 +726,8 @@ def main(argv=None) -> int:
                 sys.exit(f"error: {last} not found; --resume takes a run folder that holds last.pt")
             stored = read_checkpoint(last)["train_config"]
             cfg = TrainConfig(**{k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-            train(cfg, resume=True)
+            run = Path(a.resume)
+            train(dataclasses.replace(cfg, out=str(run.parent), run_name=run.name), resume=True)
         elif a.lr_find:
             for m in models:
                 cfg = config_from_args(a, m, a.lr[0] if a.lr else None)

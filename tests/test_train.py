@@ -135,6 +135,24 @@ def test_resume_after_interrupt_reproduces_uninterrupted_run(tmp_path, synthetic
     assert resumed["test"]["acc"] == full["test"]["acc"]
 
 
+def test_cli_resume_of_a_moved_run_folder(tmp_path, synthetic_root, synthetic_data):
+    cfg = tiny(tmp_path, epochs=2, data_dir=str(synthetic_root), weights_dir=None)
+
+    def ctrl_c(step, model):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, synthetic_data, on_step=ctrl_c, quiet=True)
+    moved = tmp_path / "elsewhere" / "my-run"
+    moved.parent.mkdir()
+    (tmp_path / "runs" / cfg.resolved().run_name).rename(moved)
+    assert train.main(["--resume", str(moved)]) == 0
+    log = (moved / "log.txt").read_text()
+    assert "resumed" in log and "at step 5/" in log and "best epoch" in log
+    assert len(list(csv.DictReader(open(moved / "history.csv")))) == 2
+
+
 def test_early_stopping(tmp_path, synthetic_data):
     r = train.train(tiny(tmp_path, epochs=20, lr=1e-7, schedule="constant", warmup=0, patience=2), synthetic_data, quiet=True)
     assert r["status"] == "stopped_early" and len(r["history"]) < 20
