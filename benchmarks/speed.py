@@ -37,8 +37,10 @@ import train  # noqa: E402
 from data import load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
-# Our fastest recipe: train.py's ConvNet recipe given 3 epochs and peak LR 0.2 (with 3 epochs
-# 0.2 reached 99.5% sooner than 0.1 or 0.15 in single-seed trials; 2.5 epochs fell short of 99.5%).
+# Our fastest recipes, one per target: train.py's ConvNet recipe as it is (1 epoch) for 99.0%,
+# and the same given 3 epochs and peak LR 0.2 for 99.5% (with 3 epochs 0.2 reached 99.5%
+# sooner than 0.1 or 0.15 in single-seed trials; 2.5 epochs fell short of 99.5%).
+OURS_99_0 = train.TrainConfig(model="convnet")
 OURS = train.TrainConfig(model="convnet", epochs=3, lr=0.2)
 # The reference programs' own settings, run inside our loop: fp32, NCHW, their batch
 # sizes and optimizers, no augmentation, smoothing or weight decay.
@@ -211,13 +213,16 @@ def main(argv=None) -> int:
 
     # 1. Time to accuracy: ours over seeds, then the references (capped), same fixed eval points.
     limit = 2000 if q else None
-    ours = []
+    ours, ours_fast = [], []
     for seed in range(1 if q else a.seeds):
-        cfg = dataclasses.replace(OURS, seed=seed, out=tmp, weights_dir=None, limit_train=limit, epochs=0.5 if q else OURS.epochs)
-        r = time_to_accuracy(cfg, limit_test=1000 if q else None)
+        common = dict(seed=seed, out=tmp, weights_dir=None, limit_train=limit)
+        fast = time_to_accuracy(dataclasses.replace(OURS_99_0, **common, epochs=0.5 if q else None), targets=(0.99,),
+                                limit_test=1000 if q else None)
+        r = time_to_accuracy(dataclasses.replace(OURS, **common, epochs=0.5 if q else OURS.epochs), limit_test=1000 if q else None)
+        ours_fast.append(fast)
         ours.append(r)
-        print(f"ours seed {seed}: 99.0% at {r['reached']['0.990']} s, 99.5% at {r['reached']['0.995']} s "
-              f"(best {r['best_test_acc']}, {r['total_s']:.1f} s run)", flush=True)
+        print(f"ours seed {seed}: 1-epoch recipe 99.0% at {fast['reached']['0.990']} s; 3-epoch recipe 99.0% at "
+              f"{r['reached']['0.990']} s, 99.5% at {r['reached']['0.995']} s (best {r['best_test_acc']})", flush=True)
     refs = {}
     for name, cfg in REFERENCES.items():
         cfg = dataclasses.replace(cfg, out=tmp, weights_dir=None, limit_train=limit, epochs=0.1 if q else cfg.epochs)
@@ -226,12 +231,14 @@ def main(argv=None) -> int:
         print(f"{name} recipe in our loop: 99.0% at {r['reached']['0.990']} s (best {r['best_test_acc']}, "
               f"capped at {cfg.epochs:g} epochs, {r['total_s']:.1f} s)", flush=True)
 
-    def median_time(key):
-        times = [r["reached"][key] for r in ours]
+    def median_time(runs, key):
+        times = [r["reached"][key] for r in runs]
         return statistics.median(times) if all(t is not None for t in times) else None
 
-    t99, t995 = median_time("0.990"), median_time("0.995")
-    out.update(time_to_99_0_s=t99, time_to_99_5_s=t995, ours={"recipe": dataclasses.asdict(OURS), "seeds": ours}, references=refs)
+    t99, t995 = median_time(ours_fast, "0.990"), median_time(ours, "0.995")
+    out.update(time_to_99_0_s=t99, time_to_99_5_s=t995, references=refs,
+               ours={"recipe_99_0": dataclasses.asdict(OURS_99_0), "seeds_99_0": ours_fast,
+                     "recipe_99_5": dataclasses.asdict(OURS), "seeds": ours})
     for name, key in (("pytorch/examples", "speedup_vs_pytorch_examples"), ("keras", "speedup_vs_keras")):
         ref = refs[name]
         ref_t = ref["reached"]["0.990"]
@@ -301,10 +308,13 @@ def _fmt(t):
 def print_table(o: dict) -> None:
     print(f"\n## Speed on {o['machine']['cpu']} ({o['machine']['threads']} threads, torch {o['machine']['torch']})"
           + ("  [QUICK MODE: budgets too small to mean anything]" if o["quick"] else ""))
-    print("\n| recipe | time to 99.0% | time to 99.5% | per seed (99.0 / 99.5) |\n|---|---|---|---|")
-    seeds = "; ".join(f"{_fmt(r['reached']['0.990'])} / {_fmt(r['reached']['0.995'])}" for r in o["ours"]["seeds"])
-    print(f"| ours: ConvNet, SGD-Nesterov one-cycle, bf16 + channels_last (median of {len(o['ours']['seeds'])}) | "
-          f"{_fmt(o['time_to_99_0_s'])} | {_fmt(o['time_to_99_5_s'])} | {seeds} |")
+    print("\n| recipe | time to 99.0% | time to 99.5% | per seed |\n|---|---|---|---|")
+    n = len(o["ours"]["seeds"])
+    fast = "; ".join(_fmt(r["reached"]["0.990"]) for r in o["ours"]["seeds_99_0"])
+    long = "; ".join(f"{_fmt(r['reached']['0.990'])} / {_fmt(r['reached']['0.995'])}" for r in o["ours"]["seeds"])
+    print(f"| ours: ConvNet, train.py's recipe (1 epoch, lr 0.1), bf16 + channels_last (median of {n}) | "
+          f"{_fmt(o['time_to_99_0_s'])} | | {fast} |")
+    print(f"| ours: ConvNet, 3 epochs, lr 0.2 (median of {n}) | | {_fmt(o['time_to_99_5_s'])} | 99.0 / 99.5: {long} |")
     for name, r in o["references"].items():
         t = r["reached"]["0.990"]
         shown = _fmt(t) if t is not None else f"> {r['total_s']:.0f} s (best {100 * (r['best_test_acc'] or 0):.2f}%)"
