@@ -15,6 +15,7 @@ DOCUMENTED_PARAMS = {
     "convnet": 104_938,
     "resnet": 11_172_810,
     "fastresnet": 474_346,
+    "quicknet": 66_426,
     "pytorch-example": 1_199_882,
     "keras-example": 34_826,
 }

@@ -1,0 +1,46 @@
+"""The benchmark scripts' own logic (their timings are only meaningful in a full run;
+CI runs `benchmarks/speed.py --quick` end to end)."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import speed  # noqa: E402
+import trials  # noqa: E402
+
+
+def test_trials_overrides_parse_json_values_and_reject_unknown_fields():
+    got = trials.overrides(["epochs=2.5", "model=quicknet", 'model_config={"width": 24}', "augment=false"])
+    assert got == {"epochs": 2.5, "model": "quicknet", "model_config": {"width": 24}, "augment": False}
+    with pytest.raises(SystemExit, match="key=value"):
+        trials.overrides(["epochz=3"])
+    with pytest.raises(SystemExit, match="key=value"):
+        trials.overrides(["epochs"])
+
+
+def test_trials_table_gives_medians_per_setting_and_counts_misses(tmp_path, capsys):
+    log = tmp_path / "trials.jsonl"
+    rows = [({"lr": 0.2}, 0, 5.0, 20.0, 0.9955), ({"lr": 0.2}, 1, 7.0, 24.0, 0.9951), ({"lr": 0.2}, 2, 6.0, 30.0, 0.9952),
+            ({"lr": 0.4}, 0, 4.0, None, 0.9940), ({"lr": 0.4}, 1, 4.5, 19.0, 0.9950)]
+    log.write_text("".join(json.dumps({"set": s, "seed": seed, "reached": {"0.990": a, "0.995": b}, "final_test_acc": f}) + "\n"
+                           for s, seed, a, b, f in rows))
+    trials.show(log)
+    out = capsys.readouterr().out.splitlines()
+    assert "| lr=0.2 | 3 | 6.0 | 24.0 | 0.9955 / 0.9951 / 0.9952 |" in out
+    assert "| lr=0.4 | 2 | 4.2 | 1/2 reached | 0.9940 / 0.9950 |" in out  # a miss is never hidden in a median
+
+
+def test_only_one_benchmark_runs_at_a_time(tmp_path):
+    lock = tmp_path / "benchmark.lock"
+    held = speed.exclusive("first", lock)
+    try:
+        with pytest.raises(SystemExit, match="another benchmark is running"):
+            speed.exclusive("second", lock)
+    finally:
+        held.close()
+    speed.exclusive("third", lock).close()  # released with its file
