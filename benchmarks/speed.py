@@ -226,8 +226,8 @@ print(json.dumps({{"process": process, "after_data": after_data, "training": tra
 """
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-c", code, tmp], capture_output=True, text=True, check=True)
-    kib = json.loads(out.stdout.strip().splitlines()[-1])  # Linux reports KiB
-    return {k: (v / 1024 if v is not None else None) for k, v in kib.items()}
+    values = json.loads(out.stdout.strip().splitlines()[-1])  # KiB, as /proc reports them
+    return {k: (v / 1024 if v is not None else None) for k, v in values.items()}
 
 
 def machine() -> dict:
@@ -331,8 +331,8 @@ def main(argv=None) -> int:
     out["convnet_test_inference_s"] = min(infer.values())
     out["convnet_test_inference_by_precision_s"] = infer
 
-    # 5. Peak memory of training runs (fresh processes: data + model + optimizer).
-    if not q:
+    # 5. Peak memory of training runs (fresh processes: data + model + optimizer), read from /proc (Linux).
+    if not q and Path("/proc/self/status").exists():
         out["peak_rss_mb"] = {"convnet": peak_rss_mb("convnet", 50), "resnet": peak_rss_mb("resnet", 3)}
 
     print_table(out)
