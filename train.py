@@ -374,6 +374,16 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def run_length(cfg: TrainConfig, n: int) -> tuple[int, int, int]:
+    """(batch size, steps per epoch, total steps) of a resolved config on n training images.
+
+    The last partial batch of an epoch is dropped (each epoch drops different samples).
+    """
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs
+    return bs, steps_per_epoch, max(1, round(cfg.epochs * steps_per_epoch))
+
+
 def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bool = False, resume: bool = False) -> dict:
     """Train one model; returns {"status", "run_dir", "history", "best", "test", "seconds"}.
 
@@ -414,9 +424,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     n = len(x_train)
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = n // bs  # the last partial batch is dropped; each epoch drops different samples
-    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    bs, steps_per_epoch, total_steps = run_length(cfg, n)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, steps_per_epoch, cfg))
     scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")

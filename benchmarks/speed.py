@@ -84,9 +84,8 @@ def time_to_accuracy(cfg: train.TrainConfig, targets=(0.99, 0.995), evals_per_ep
     rcfg = cfg.resolved()
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     n_train = min(len(data.x_train), rcfg.limit_train or len(data.x_train))
-    steps_per_epoch = n_train // min(rcfg.batch_size, n_train)
+    _, steps_per_epoch, last = train.run_length(rcfg, n_train)  # the final step is evaluated too
     every = max(1, steps_per_epoch // evals_per_epoch)
-    last = max(1, round(rcfg.epochs * steps_per_epoch))  # train.train's total_steps: the final step is evaluated too
     paused, reached, curve = 0.0, {}, []
 
     def hook(step, model):
