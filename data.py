@@ -304,21 +304,38 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, order: torch.Tens
 
 @dataclass(frozen=True)
 class Augment:
-    """Random affine warp per sample: shift in pixels, rotation in degrees, relative scale."""
+    """Random warp per sample: an affine part (shift in pixels, rotation in degrees,
+    relative scale) and an optional elastic part (Simard et al., 2003): a random
+    displacement field smoothed by a Gaussian of `elastic_sigma` pixels and scaled by
+    `elastic` (alpha, in pixels; Simard used 34 with sigma 4 on 28x28 digits)."""
     translate: float = 2.0
     rotate: float = 0.0
     scale: float = 0.0
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
 
     @property
     def active(self) -> bool:
-        return bool(self.translate or self.rotate or self.scale)
+        return bool(self.translate or self.rotate or self.scale or self.elastic)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of each channel of x: (B, C, H, W) -> (B, C, H, W), zero-padded."""
+    radius = max(1, int(2 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()  # (2r+1,)
+    c = x.shape[1]
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)  # along W
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)  # along H
 
 
 def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator, background: float) -> torch.Tensor:
-    """Apply a different random affine warp to every image of x: (B, 1, H, W) -> (B, 1, H, W).
+    """Apply a different random warp to every image of x: (B, 1, H, W) -> (B, 1, H, W).
 
-    One `affine_grid` + `grid_sample` for the whole batch. Pixels that come in from
-    outside the image take `background` (blank paper), not 0, because x is normalized.
+    One `affine_grid` (+ the elastic displacement, added to the same sampling grid) and one
+    `grid_sample` for the whole batch. Pixels that come in from outside the image take
+    `background` (blank paper), not 0, because x is normalized.
     """
     b, _, h, w = x.shape
     u = torch.rand(b, 4, generator=generator, device=generator.device) * 2 - 1  # (B, 4) in [-1, 1)
@@ -329,7 +346,13 @@ def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator, backgrou
     tx, ty = u[:, 2] * spec.translate * 2 / w, u[:, 3] * spec.translate * 2 / h
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2), (x, y) order
+    if spec.elastic:
+        # Drawn after the affine part, so runs without it see exactly the same random numbers as before.
+        field = torch.rand(b, 2, h, w, generator=generator, device=generator.device).to(x.device, x.dtype) * 2 - 1
+        field = gaussian_blur(field, spec.elastic_sigma) * spec.elastic  # (B, 2, H, W) displacement in pixels
+        scale_xy = torch.tensor([2 / w, 2 / h], dtype=x.dtype, device=x.device)
+        grid = grid + field.permute(0, 2, 3, 1) * scale_xy  # pixels -> [-1, 1] units
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
 
 

@@ -8,6 +8,7 @@ per-model code. Input everywhere: (B, 1, 28, 28), normalized; output: (B, 10) lo
 Nothing here imports torchvision; tests compare our ResNet-18 with torchvision's.
 """
 
+import inspect
 import io
 import os
 import tempfile
@@ -184,20 +185,41 @@ def make_stage(block, c_in: int, c_out: int, blocks: int, stride: int) -> nn.Seq
     return nn.Sequential(block(c_in, c_out, stride), *[block(c_out, c_out) for _ in range(blocks - 1)])
 
 
-class ResNet(nn.Module):
-    """ResNet for 28x28 input: a 3x3 stride-1 stem and no max-pool (ImageNet's 7x7/2 stem
-    and pool would shrink 28x28 to 7x7 before the first block).
+# The stem is a design choice, not part of "ResNet-18": it sets the resolution every later
+# stage works at, and so the cost. Every checkpoint records it (the stride changes no
+# tensor shape, so a file could otherwise load silently into a different network).
+#   name          stem                               layer1..layer4 maps   fwd GFLOP/img (width 64)
+#   "3x3s1"       3x3 conv, stride 1 (CIFAR-style)   28, 14, 7, 4          0.91
+#   "3x3s2"       3x3 conv, stride 2                 14, 7, 4, 2           0.23
+#   "7x7s2pool"   7x7/2 conv + 3x3/2 max-pool        7, 4, 2, 1            0.06 (torchvision's ImageNet stem)
+RESNET_STEMS = ("3x3s2", "3x3s1", "7x7s2pool")
+# What every ResNet checkpoint written before the stem became an option was built with.
+LEGACY_RESNET_STEM = "3x3s1"
 
-        (B,1,28,28) -conv1,bn1,relu-> (B,w,28,28) -layer1-> (B,w,28,28) -layer2-> (B,2w,14,14)
-        -layer3-> (B,4w,7,7) -layer4-> (B,8w,4,4) -avgpool-> (B,8w) -fc-> (B,10)
+
+class ResNet(nn.Module):
+    """ResNet for 28x28 input with a choice of stem (see RESNET_STEMS); default "3x3s2":
+
+        (B,1,28,28) -conv1 3x3/2,bn1,relu-> (B,w,14,14) -layer1-> (B,w,14,14) -layer2-> (B,2w,7,7)
+        -layer3-> (B,4w,4,4) -layer4-> (B,8w,2,2) -avgpool-> (B,8w) -fc-> (B,10)
+
+    ImageNet's 7x7/2 stem and max-pool shrink 28x28 to 7x7 before the first block;
+    the stride-1 3x3 stem keeps 28x28 and costs 4x the default's multiply-adds.
     """
 
-    def __init__(self, layers=(2, 2, 2, 2), width: int = 64, block=BasicBlock, num_classes: int = 10, in_channels: int = 1):
+    def __init__(self, layers=(2, 2, 2, 2), width: int = 64, block=BasicBlock, num_classes: int = 10, in_channels: int = 1,
+                 stem: str = "3x3s2"):
         super().__init__()
+        if stem not in RESNET_STEMS:
+            raise ValueError(f"unknown ResNet stem {stem!r}; choose one of {', '.join(RESNET_STEMS)}")
+        self.stem = stem
         widths = [width * 2 ** i for i in range(len(layers))]  # 64-128-256-512 at width 64
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        k, s = (7, 2) if stem == "7x7s2pool" else (3, 2 if stem == "3x3s2" else 1)
+        self.conv1 = nn.Conv2d(in_channels, width, k, stride=s, padding=k // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        # torchvision's name; no parameters, so the state-dict keys are the same with or without it
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "7x7s2pool" else nn.Identity()
         c_in = width
         for i, (c_out, blocks) in enumerate(zip(widths, layers)):
             self.add_module(f"layer{i + 1}", make_stage(block, c_in, c_out, blocks, stride=1 if i == 0 else 2))
@@ -220,19 +242,20 @@ class ResNet(nn.Module):
         return self.layer1[0].conv1
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages:
             x = stage(x)
         return self.fc(self.avgpool(x).flatten(1))
 
 
 class ResNet18(ResNet):
-    """ResNet-18: BasicBlock x (2, 2, 2, 2). 11,172,810 parameters at width 64 (torchvision's
-    11,181,642 less the difference of the stem: 3x3x1 instead of 7x7x3 input kernels).
-    `width=16` gives a 16-32-64-128 variant with 701,178 parameters, ~16x cheaper."""
+    """ResNet-18: BasicBlock x (2, 2, 2, 2). 11,172,810 parameters at width 64 with a 3x3 stem
+    (torchvision's 11,181,642 less the difference of the stem: 3x3x1 instead of 7x7x3 input
+    kernels; 11,175,370 with the 7x7 stem). `width=16` gives a 16-32-64-128 variant with
+    701,178 parameters, ~16x cheaper."""
 
-    def __init__(self, width: int = 64, num_classes: int = 10):
-        super().__init__(layers=(2, 2, 2, 2), width=width, num_classes=num_classes)
+    def __init__(self, width: int = 64, num_classes: int = 10, stem: str = "3x3s2"):
+        super().__init__(layers=(2, 2, 2, 2), width=width, num_classes=num_classes, stem=stem)
 
 
 # -----------------------------------------------------------------------------
@@ -358,6 +381,20 @@ def build_model(name: str, **config) -> nn.Module:
     return MODELS[name](**config)
 
 
+def complete_config(name: str, config: dict | None = None) -> dict:
+    """`config` with every constructor default written out: complete_config("resnet") ->
+    {"width": 64, "num_classes": 10, "stem": "3x3s2"}. Checkpoints store this, so a file
+    never depends on a default that a later version of this file may change."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    params = inspect.signature(MODELS[name].__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "self" and p.default is not inspect.Parameter.empty}
+    unknown = set(config or {}) - set(params)
+    if unknown:
+        raise ValueError(f"{name} takes no option {', '.join(sorted(unknown))}; it takes {', '.join(defaults)}")
+    return {**defaults, **(config or {})}
+
+
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """{"first_conv": ..., "second_conv": ...} for CNNs, {} for the DNN."""
     return {k: getattr(model, k) for k in ("first_conv", "second_conv") if hasattr(model, k)}
@@ -447,8 +484,12 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     if name not in MODELS:
         raise CheckpointError(f"{path}: names model {name!r}, which models.py does not define "
                               f"(known: {', '.join(MODELS)}); use a checkpoint of a known model")
+    config = dict(ckpt["model_config"])
+    if name == "resnet" and "stem" not in config:
+        # Written before the stem was an option (and recorded): every such file has the 3x3 stride-1 stem.
+        config["stem"] = LEGACY_RESNET_STEM
     try:
-        model = build_model(name, **ckpt["model_config"])
+        model = build_model(name, **config)
     except TypeError as e:
         raise CheckpointError(f"{path}: its model_config does not fit {name!r} ({e})") from None
     own = model.state_dict()

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from data import Augment, Data, DataError, augment, batches, load_data
-from models import MODELS, STUDY_MODELS, CheckpointError, build_model, read_checkpoint, save_atomic
+from models import MODELS, RESNET_STEMS, STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint, save_atomic
 
 # -----------------------------------------------------------------------------
 # Configuration: one object per run, stored in config.json and in every checkpoint.
@@ -82,6 +82,8 @@ class TrainConfig:
     translate: float = 2.0  # pixels
     rotate: float = 0.0  # degrees
     scale: float = 0.0  # relative, 0.1 = +-10%
+    elastic: float = 0.0  # elastic distortion strength alpha in pixels (0 = off; Simard et al. used 34)
+    elastic_sigma: float = 4.0  # smoothness of the elastic displacement field, pixels
     patience: int | None = None  # early stopping: epochs without a better val accuracy
     seed: int = 0
     deterministic: bool = False
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         recipe = {**FALLBACK, **RECIPES.get(self.model, {})}
         cfg = dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        # Every constructor argument written out (e.g. ResNet's stem): the run never depends on a default.
+        cfg.model_config = complete_config(cfg.model, cfg.model_config)
         cfg.device = resolve_device(cfg.device)
         cfg.precision = resolve_precision(cfg.precision, cfg.device)
         if cfg.channels_last is None:
@@ -147,6 +151,23 @@ def autocast(cfg: TrainConfig):
         return nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     return torch.autocast(device_type=cfg.device.split(":")[0], dtype=dtype)
+
+
+def exclusive(name: str = "benchmark", path: Path | None = None):
+    """Hold a lock for the whole process: two timing runs (benchmarks/, the study) at once on
+    2 cores make both worthless. Exits with a one-line error when another one holds it."""
+    import fcntl
+    import tempfile
+
+    path = path or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock"
+    f = path.open("w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SystemExit(f"{name}: another benchmark or study is running (lock {path}); wait for it: "
+                         f"runs side by side on 2 cores make both slow and their timings meaningless")
+    return f  # keep a reference: the lock lives as long as the file stays open
 
 
 # -----------------------------------------------------------------------------
@@ -428,7 +449,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, steps_per_epoch, cfg))
     scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")
-    aug = Augment(cfg.translate, cfg.rotate, cfg.scale) if cfg.augment else None
+    aug = Augment(cfg.translate, cfg.rotate, cfg.scale, cfg.elastic, cfg.elastic_sigma) if cfg.augment else None
 
     step, history, best, acc = 0, [], {"val_acc": -1.0}, None
     elapsed_before = 0.0
@@ -618,7 +639,7 @@ def lr_find(config: TrainConfig, data: Data | None = None, start: float = 1e-5, 
 # -----------------------------------------------------------------------------
 # The sweep: models x LRs, one table that fills in cell by cell and resumes.
 
-TABLE_FIELDS = ["model", "lr", "seed", "status", "best_epoch", "val_acc", "val_f1", "test_acc", "test_f1", "seconds", "run_dir"]
+TABLE_FIELDS = ["model", "optimizer", "lr", "seed", "status", "best_epoch", "val_acc", "val_f1", "test_acc", "test_f1", "seconds", "run_dir"]
 
 
 def read_table(path: Path) -> list[dict]:
@@ -664,18 +685,42 @@ def sweep(base: TrainConfig, models: list[str], lrs: list[float], results_dir: s
         for lr in lrs:
             cfg = dataclasses.replace(base, model=model, lr=lr).resolved()
             lr = cfg.lr  # None means the model's recipe
-            done = next((r for r in rows if r["model"] == model and float(r["lr"]) == lr and int(r["seed"]) == cfg.seed), None)
+            done = next((r for r in rows if r["model"] == model and r.get("optimizer", "sgd") == cfg.optimizer
+                         and float(r["lr"]) == lr and int(r["seed"]) == cfg.seed), None)
             if done:
                 print(f"sweep: {model} lr {lr:g} already in {results / 'lr_table.csv'} ({done['status']}), skipped")
                 continue
             data = data or load_data(cfg.dataset, cfg.data_dir)
             r = train(cfg, data, resume=True)  # a cell stopped half-way continues from its last.pt
-            rows.append({"model": model, "lr": lr, "seed": cfg.seed, "status": r["status"],
+            rows.append({"model": model, "optimizer": cfg.optimizer, "lr": lr, "seed": cfg.seed, "status": r["status"],
                          "best_epoch": r["best"].get("epoch", ""), "val_acc": r["best"].get("val_acc", ""),
                          "val_f1": r["best"].get("val_f1", ""), "test_acc": (r["test"] or {}).get("acc", ""),
                          "test_f1": (r["test"] or {}).get("f1", ""), "seconds": round(r["seconds"], 1), "run_dir": r["run_dir"]})
             write_table(rows, results, lrs)
     return rows
+
+
+STUDY_LR_TABLE = Path(__file__).resolve().parent / "results" / "lr_table.csv"
+
+
+def lr_advice(cfg: TrainConfig, table: Path = STUDY_LR_TABLE) -> str | None:
+    """One line when cfg.lr is 10x or more away from the best LR that the study's LR table
+    found for this model and optimizer (on validation); None when it is close or unknown."""
+    rows = [r for r in read_table(table) if r["model"] == cfg.model and r.get("optimizer", "sgd") == cfg.optimizer
+            and r["status"] == "finished" and r.get("val_acc")]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    best_lr = float(best["lr"])
+    if abs(math.log10(cfg.lr / best_lr)) < 1 - 1e-9:
+        return None
+    here = next((r for r in rows if float(r["lr"]) == cfg.lr), None)
+    seen = f"val {100 * float(here['val_acc']):.2f}% there vs " if here else ""
+    budget = f" in {float(best['epochs']):g} epochs" if best.get("epochs") else ""
+    ratio = max(cfg.lr, best_lr) / min(cfg.lr, best_lr)
+    return (f"note: lr {cfg.lr:g} is {ratio:.0f}x {'below' if cfg.lr < best_lr else 'above'} the best LR the study found "
+            f"for {cfg.model} with {cfg.optimizer} ({best_lr:g}: {seen}val {100 * float(best['val_acc']):.2f}%{budget}); "
+            f"see results/lr_table.md. Running lr {cfg.lr:g} as asked.")
 
 
 # -----------------------------------------------------------------------------
@@ -698,8 +743,11 @@ def parse_args(argv=None):
     p.add_argument("--translate", type=float, default=2.0, help="max random shift in pixels")
     p.add_argument("--rotate", type=float, default=0.0, help="max random rotation in degrees")
     p.add_argument("--scale", type=float, default=0.0, help="max random relative scale change")
+    p.add_argument("--elastic", type=float, default=0.0, help="elastic distortion strength alpha in pixels (0 = off; 34 = Simard et al.)")
+    p.add_argument("--elastic-sigma", type=float, default=4.0, help="smoothness of the elastic displacement field in pixels")
     p.add_argument("--width", type=int, help="model width (convnet, quicknet, resnet, fastresnet), e.g. --model resnet --width 16")
     p.add_argument("--dropout", type=float, help="dropout rate (dnn, convnet, quicknet, fastresnet)")
+    p.add_argument("--stem", choices=RESNET_STEMS, help="ResNet-18's stem (default 3x3s2; see models.RESNET_STEMS and report.md)")
     p.add_argument("--patience", type=int, help="early stopping: stop after this many epochs without a better val accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (bitwise-repeatable on CPU)")
@@ -709,7 +757,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--out", default="runs", help="folder for run folders")
-    p.add_argument("--results", default="results", help="folder for the sweep's lr_table.{csv,md}")
+    p.add_argument("--run-name", help="name of the run folder under --out (default <model>-lr<lr>-s<seed>)")
+    p.add_argument("--results", default="runs/sweep", help="folder for the sweep's lr_table.{csv,md} (the study's own table is results/lr_table.csv)")
     p.add_argument("--weights-dir", default="weights", help="where a run that beats the stored model on validation accuracy is copied ('' = never)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training and plot it")
@@ -717,13 +766,14 @@ def parse_args(argv=None):
 
 
 def config_from_args(a, model: str, lr: float | None) -> TrainConfig:
-    model_config = {k: v for k, v in (("width", a.width), ("dropout", a.dropout)) if v is not None}
+    model_config = {k: v for k, v in (("width", a.width), ("dropout", a.dropout), ("stem", a.stem)) if v is not None}
     return TrainConfig(model=model, model_config=model_config, dataset=a.dataset, data_dir=a.data_dir, lr=lr, epochs=a.epochs,
                        batch_size=a.batch_size, optimizer=a.optimizer, schedule=a.schedule, warmup=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=not a.no_augment,
-                       translate=a.translate, rotate=a.rotate, scale=a.scale, patience=a.patience, seed=a.seed,
+                       translate=a.translate, rotate=a.rotate, scale=a.scale, elastic=a.elastic, elastic_sigma=a.elastic_sigma,
+                       patience=a.patience, seed=a.seed,
                        deterministic=a.deterministic, device=a.device, precision=a.precision, limit_train=a.limit_train,
-                       out=a.out, weights_dir=a.weights_dir or None)
+                       out=a.out, run_name=a.run_name, weights_dir=a.weights_dir or None)
 
 
 def main(argv=None) -> int:
@@ -751,7 +801,12 @@ def main(argv=None) -> int:
             rows = sweep(base, models, a.lr or [None], a.results)
             print((Path(a.results) / "lr_table.md").read_text())
         else:
-            train(config_from_args(a, models[0], a.lr[0] if a.lr else None))
+            cfg = config_from_args(a, models[0], a.lr[0] if a.lr else None)
+            if a.lr:
+                advice = lr_advice(cfg.resolved())
+                if advice:
+                    print(advice)
+            train(cfg)
     except (DataError, CheckpointError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ import torchvision.datasets  # noqa: E402,F401  (imports are excluded from the t
 import torch.nn as nn  # noqa: E402
 
 import train  # noqa: E402
+from train import exclusive  # noqa: E402,F401  (trials.py imports it from here)
 from data import load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
@@ -53,22 +54,6 @@ REFERENCES = {
 }
 # What the programs themselves took on this kind of machine (../shared/BENCHMARKS.md), for context.
 PROGRAMS_AS_RUN = {"pytorch/examples": "> 193 s (never reached 99.0% in 3 epochs)", "keras": "154 s to first >= 99.0%"}
-
-
-def exclusive(name: str = "benchmark", path: Path | None = None):
-    """Hold a lock for the whole process: two timing runs at once on 2 cores make both worthless.
-
-    Exits with a one-line error when another benchmark (speed.py or trials.py) holds it.
-    """
-    import fcntl
-
-    path = path or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock"
-    f = path.open("w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise SystemExit(f"{name}: another benchmark is running (lock {path}); wait for it: timings taken side by side mean nothing")
-    return f  # keep a reference: the lock lives as long as the file stays open
 
 
 class Reached(Exception):

@@ -1,0 +1,680 @@
+"""The study: every experiment of the homework, run stage by stage and resumably, and
+report.md written from what they recorded.
+
+    python study.py --plan                 # every stage and cell, its budget, the time it should take here, what is done
+    nohup python study.py > runs/study.log 2>&1 &     # run whatever is not done yet (hours on 2 CPU cores)
+    python study.py --only lr              # one stage (see --plan for the names)
+    python study.py --report-only          # rewrite report.md from results/, figures/, weights/ (seconds)
+    python study.py --smoke --root /tmp/s  # the whole pipeline at tiny budgets (CI)
+
+A *cell* is one training run (train.train with one TrainConfig). Its outcome - status,
+validation-best epoch, validation and test metrics, per-epoch history, time, hardware - is
+written atomically to results/cells/<name>.json when it ends; its run folder lives under
+runs/study/ (not committed), where last.pt lets a stopped cell continue. A rerun skips
+every cell with a results file and resumes the one in progress, so `kill -9` loses at most
+the epoch in progress. Cells are named by their settings, so two stages that need the same
+run share it. Later stages read earlier ones' results (the LR of the optimizer comparison
+is the LR table's best on validation, and so on); nothing is chosen on the test set.
+
+The final models, their evaluation and Step 1 run as the user would run them
+(`python train.py ...`, `python test_model.py ...`, as subprocesses) with the terminal
+output saved to results/logs/, from which screenshots/ are rendered. report.md is written
+from committed files only, so `--report-only` on a fresh clone reproduces it.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from data import DataError, describe, load_data, save_sample_grid
+from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
+from train import TrainConfig, cpu_has_bf16, exclusive, lr_find, plot_curves, run_length, train
+
+ROOT = Path(__file__).resolve().parent
+
+# -----------------------------------------------------------------------------
+# The plan's budgets. Epochs per cell are chosen so the whole study fits in a few sessions
+# of a 2-core CPU; ResNet-18 (full width) costs ~40x a ConvNet per image, so its cells are
+# shorter and it trains one seed in the final stage.
+
+LRS = (0.1, 0.01, 0.001, 0.0001)  # the homework's LR grid
+SEEDS = (0, 1, 2)
+LR_EPOCHS = {"dnn": 10, "convnet": 5, "fastresnet": 5, "resnet": 2}  # every cell of a row: same budget
+ADAM_MODELS = ("dnn", "convnet", "fastresnet")  # the Adam rows: the cheap models
+STEM_EPOCHS = 1  # ResNet-18 stems compared at equal epochs
+OPTIM_MODELS = ("convnet", "dnn")
+ADADELTA_LR = 1.0  # pytorch/examples' choice (with StepLR 0.7); it is not in the LR grid
+REG_EPOCHS = 12  # long enough for an unregularized ConvNet to overfit
+FINAL_EPOCHS = {"dnn": 60, "convnet": 30, "fastresnet": 30, "resnet": 10}
+FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0,)}
+SMOKE_EPOCHS = 0.005  # --smoke: ~2 steps per cell
+
+# Over- and underfitting: the ConvNet with one regularizer removed at a time, all removed,
+# too little capacity, and two stronger augmentations. Overrides of TrainConfig fields.
+REG_VARIANTS = {
+    "baseline": {},
+    "no-augment": {"augment": False},
+    "no-dropout": {"model_config": {"dropout": 0.0}},
+    "no-smoothing": {"label_smoothing": 0.0},
+    "no-weight-decay": {"weight_decay": 0.0},
+    "none": {"augment": False, "model_config": {"dropout": 0.0}, "label_smoothing": 0.0, "weight_decay": 0.0},
+    "small": {"model_config": {"width": 4}},
+    "affine": {"rotate": 10.0, "scale": 0.1},
+    "elastic": {"elastic": 34.0},
+}
+AUGMENTATIONS = ("baseline", "affine", "elastic")  # the final stage takes the best of these on validation
+PATIENCE = 3  # the early-stopping rule the report applies to the regularization curves
+
+STAGES = ("data", "stem", "lr_find", "lr", "optim", "regularization", "final", "evaluate", "screenshots", "report")
+STAGE_HELP = {
+    "data": "Step 1: data.py's answers, the sample grid, its terminal output",
+    "stem": f"ResNet-18 stems 3x3/1, 3x3/2, 7x7/2+pool at {STEM_EPOCHS} epoch",
+    "lr_find": "LR range test per model and optimizer (the table's 'other LR')",
+    "lr": "Step 5 LR table: models x LR {0.1..0.0001}, SGD and Adam, + the finder's LR",
+    "optim": "Step 4: SGD vs Adam vs AdamW vs Adadelta, ConvNet and DNN, 3 seeds",
+    "regularization": f"over/underfitting: ConvNet without each regularizer, 3 seeds, {REG_EPOCHS} epochs",
+    "final": "each model with the validation-chosen settings, longer; ships weights/",
+    "evaluate": "Step 6: test_model.py per model and the ensemble, feature maps, training curves",
+    "screenshots": "PNG renderings of the recorded terminal output",
+    "report": "report.md from the results",
+}
+
+
+@dataclass
+class Settings:
+    """Where the study writes and how big it is; --smoke shrinks every budget."""
+    root: Path = ROOT
+    data_dir: str | None = None
+    smoke: bool = False
+    models: tuple[str, ...] = STUDY_MODELS
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs" / "study"
+
+    def epochs(self, e: float) -> float:
+        return SMOKE_EPOCHS if self.smoke else e
+
+    def seeds(self, seeds=SEEDS) -> tuple[int, ...]:
+        return seeds[:1] if self.smoke else tuple(seeds)
+
+    def model_config(self, model: str) -> dict:
+        # Smoke: ResNet-18 at width 8, so evaluating 15,000 images takes a second, not a minute.
+        return {"width": 8} if self.smoke and model == "resnet" else {}
+
+
+# -----------------------------------------------------------------------------
+# Cells
+
+
+@dataclass
+class Cell:
+    name: str  # unique, made from the settings: results/cells/<name>.json
+    model: str
+    epochs: float
+    overrides: dict  # TrainConfig fields
+    tags: dict = field(default_factory=dict)  # what the report groups by: optimizer, lr, seed, variant, stem, kind
+
+
+def make_cell(s: Settings, model: str, optimizer: str, lr: float, epochs: float, seed: int = 0, variant: str = "",
+              **overrides) -> Cell:
+    epochs = s.epochs(epochs)
+    model_config = {**s.model_config(model), **overrides.pop("model_config", {})}
+    name = f"{model}{'-' + variant if variant else ''}-{optimizer}-lr{lr:g}-e{epochs:g}-s{seed}"
+    fields = dict(model=model, model_config=model_config, optimizer=optimizer, lr=lr, epochs=epochs, seed=seed, **overrides)
+    if optimizer == "adadelta":  # pytorch/examples' schedule: StepLR(gamma 0.7) per epoch, no warmup
+        fields.update(schedule="step", gamma=0.7, warmup=0.0)
+    tags = dict(model=model, optimizer=optimizer, lr=lr, seed=seed, variant=variant or "baseline")
+    return Cell(name, model, epochs, fields, tags)
+
+
+def result_path(s: Settings, name: str) -> Path:
+    return s.results / "cells" / f"{name}.json"
+
+
+def load_result(s: Settings, name: str) -> dict | None:
+    p = result_path(s, name)
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def hardware(device: str = "cpu", precision: str = "") -> str:
+    """'AMD EPYC 9R14 (2 threads, bf16)': the CPU model, as /proc/cpuinfo names it."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} ({precision})"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
+
+
+def train_config(s: Settings, cell: Cell) -> TrainConfig:
+    return TrainConfig(**cell.overrides, data_dir=s.data_dir, out=str(s.runs / "cells"), run_name=cell.name, weights_dir=None)
+
+
+def cell_record(cell: Cell, r: dict, hw: str) -> dict:
+    return {"name": cell.name, "tags": cell.tags, "status": r["status"], "best": r["best"], "test": r["test"],
+            "seconds": round(r["seconds"], 2), "epochs": cell.epochs, "hardware": hw, "config": r["config"],
+            "history": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in r["history"]]}
+
+
+def run_cell(s: Settings, cell: Cell, data) -> dict:
+    """Train the cell (continuing its last.pt if a run was stopped) and record its result."""
+    cfg = train_config(s, cell)
+    print(f"\n=== cell {cell.name}", flush=True)
+    r = train(cfg, data, resume=True)
+    record = cell_record(cell, r, hardware(r["config"]["device"], r["config"]["precision"]))
+    write_json(result_path(s, cell.name), record)
+    return record
+
+
+# -----------------------------------------------------------------------------
+# What each stage trains. A stage that depends on an earlier one's results says so with
+# `Waiting` until they exist (--plan shows it; running it in order never meets it).
+
+
+@dataclass
+class Waiting:
+    stage: str  # the stage whose results are needed
+    what: str  # what will be trained once they exist
+    model: str
+    epochs: float  # for the time estimate
+    runs: int = 1
+
+
+def best_lr(s: Settings, model: str, optimizer: str) -> float | None:
+    """The grid LR with the best validation accuracy (ties: the larger LR), None until all are done."""
+    rows = [load_result(s, c.name) for c in lr_grid_cells(s, model, optimizer)]
+    if any(r is None for r in rows):
+        return None
+    ok = [r for r in rows if r["status"] != "diverged" and r["best"].get("val_acc", -1) >= 0]
+    return max(ok, key=lambda r: (r["best"]["val_acc"], r["tags"]["lr"]))["tags"]["lr"] if ok else None
+
+
+def lr_grid_cells(s: Settings, model: str, optimizer: str) -> list[Cell]:
+    return [make_cell(s, model, optimizer, lr, LR_EPOCHS[model]) for lr in LRS]
+
+
+def stem_cells(s: Settings) -> list[Cell]:
+    if "resnet" not in s.models:
+        return []
+    return [make_cell(s, "resnet", "sgd", 0.1, STEM_EPOCHS, variant=f"stem{stem}", model_config={"stem": stem})
+            for stem in ("3x3s1", "3x3s2", "7x7s2pool")]
+
+
+def lr_find_path(s: Settings) -> Path:
+    return s.results / "lr_find.json"
+
+
+def lr_rows(s: Settings) -> list[tuple[str, str]]:
+    """(model, optimizer) rows of the LR table."""
+    return [(m, "sgd") for m in s.models] + [(m, "adam") for m in ADAM_MODELS if m in s.models]
+
+
+def round_lr(lr: float) -> float:
+    """One significant digit: 0.0347 -> 0.03, as a person would try it."""
+    return float(f"{lr:.0e}")
+
+
+def lr_cells(s: Settings) -> list:
+    cells = [c for m, opt in lr_rows(s) for c in lr_grid_cells(s, m, opt)]
+    found = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
+    for m, opt in lr_rows(s):
+        key = f"{m}-{opt}"
+        if key not in found:
+            cells.append(Waiting("lr_find", f"{m} {opt} at the LR finder's suggestion", m, LR_EPOCHS[m]))
+            continue
+        lr = round_lr(found[key]["suggested_lr"])
+        if lr not in LRS:  # otherwise the grid already has it
+            c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
+            c.tags["kind"] = "lr_find"
+            cells.append(c)
+    return cells
+
+
+def optim_cells(s: Settings) -> list:
+    cells = []
+    for m in (m for m in OPTIM_MODELS if m in s.models):
+        lrs = {"sgd": best_lr(s, m, "sgd"), "adam": best_lr(s, m, "adam")}
+        lrs["adamw"] = lrs["adam"]  # AdamW at Adam's best LR: the same step size, decoupled decay
+        lrs["adadelta"] = ADADELTA_LR
+        for opt, lr in lrs.items():
+            if lr is None:
+                cells.append(Waiting("lr", f"{m} {opt} at its best grid LR, seeds {list(s.seeds())}", m, LR_EPOCHS[m], len(s.seeds())))
+                continue
+            cells += [make_cell(s, m, opt, lr, LR_EPOCHS[m], seed) for seed in s.seeds()]
+    return cells
+
+
+def reg_cells(s: Settings) -> list:
+    if "convnet" not in s.models:
+        return []
+    lr = best_lr(s, "convnet", "sgd")
+    if lr is None:
+        return [Waiting("lr", f"convnet {v}, seeds {list(s.seeds())}", "convnet", REG_EPOCHS, len(s.seeds())) for v in REG_VARIANTS]
+    return [make_cell(s, "convnet", "sgd", lr, REG_EPOCHS, seed, variant=v if v != "baseline" else "reg", **dict(o))
+            for v, o in REG_VARIANTS.items() for seed in s.seeds()]
+
+
+def mean_val(s: Settings, cells: list[Cell]) -> float | None:
+    rows = [load_result(s, c.name) for c in cells]
+    if any(r is None for r in rows):
+        return None
+    return statistics.mean(r["best"].get("val_acc", 0.0) for r in rows)
+
+
+def chosen_augmentation(s: Settings) -> tuple[str, dict] | None:
+    """The augmentation with the best mean validation accuracy in the regularization stage."""
+    cells = [c for c in reg_cells(s) if isinstance(c, Cell)]
+    if not cells:
+        return None
+    scores = {}
+    for v in AUGMENTATIONS:
+        score = mean_val(s, [c for c in cells if c.tags["variant"] == (v if v != "baseline" else "reg")])
+        if score is None:
+            return None
+        scores[v] = score
+    best = max(AUGMENTATIONS, key=lambda v: (scores[v], -AUGMENTATIONS.index(v)))
+    return best, REG_VARIANTS[best]
+
+
+def final_choice(s: Settings, model: str) -> dict | None:
+    """The final run's settings, every one chosen on validation: optimizer and LR from the LR
+    table (the best cell of the model's SGD and Adam rows), augmentation from the
+    regularization stage; longer training. None until those stages are done."""
+    options = [(opt, best_lr(s, model, opt)) for opt in (("sgd", "adam") if model in ADAM_MODELS else ("sgd",))]
+    if any(lr is None for _, lr in options):
+        return None
+    scored = [(load_result(s, make_cell(s, model, opt, lr, LR_EPOCHS[model]).name)["best"]["val_acc"], opt, lr) for opt, lr in options]
+    _, opt, lr = max(scored)
+    aug = chosen_augmentation(s) if "convnet" in s.models else ("baseline", {})
+    if aug is None:
+        return None
+    return {"optimizer": opt, "lr": lr, "augmentation": aug[0], "overrides": dict(aug[1]), "epochs": s.epochs(FINAL_EPOCHS[model])}
+
+
+# -----------------------------------------------------------------------------
+# Subprocess stages: run a repository script as a user would, tee its output to a log.
+
+
+def command_line(script: str, args: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / script), *args]
+
+
+def shown(cmd: list[str]) -> str:
+    """The command as a user types it: `python train.py --model ...`."""
+    return shlex.join(["python", Path(cmd[1]).name, *cmd[2:]])
+
+
+def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
+    """Run cmd in the study root, printing and saving its output (with the command as the first line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tmp = log.with_name(f".{log.name}.tmp")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if s.data_dir:
+        env["DATA_DIR"] = str(s.data_dir)
+    print(f"\n$ {shown(cmd)}", flush=True)
+    with open(tmp, "w") as f:
+        f.write(f"$ {shown(cmd)}\n")
+        proc = subprocess.Popen(cmd, cwd=s.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            f.write(line)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"study: `{shown(cmd)}` failed (exit {rc}); its output is in {tmp}")
+    os.replace(tmp, log)
+    return rc
+
+
+def rel(s: Settings, path: Path) -> str:
+    return os.path.relpath(path, s.root)
+
+
+def final_cells(s: Settings) -> list:
+    out = []
+    for m in s.models:
+        choice = final_choice(s, m)
+        seeds = s.seeds(FINAL_SEEDS[m])
+        if choice is None:
+            out.append(Waiting("regularization", f"{m} with the chosen LR and augmentation, seeds {list(seeds)}",
+                               m, s.epochs(FINAL_EPOCHS[m]), len(seeds)))
+            continue
+        for seed in seeds:
+            c = make_cell(s, m, choice["optimizer"], choice["lr"], FINAL_EPOCHS[m], seed,
+                          variant=f"final-{choice['augmentation']}", **dict(choice["overrides"]))
+            c.tags["kind"] = "final"
+            out.append(c)
+    return out
+
+
+def final_command(s: Settings, cell: Cell) -> list[str]:
+    o = cell.overrides
+    args = ["--model", cell.model, "--optimizer", o["optimizer"], "--lr", f"{o['lr']:g}", "--epochs", f"{o['epochs']:g}",
+            "--seed", str(o["seed"]), "--out", rel(s, s.runs / "final"), "--run-name", cell.name]
+    for key, flag in (("rotate", "--rotate"), ("scale", "--scale"), ("elastic", "--elastic")):
+        if o.get(key):
+            args += [flag, f"{o[key]:g}"]
+    if o["model_config"].get("width"):
+        args += ["--width", str(o["model_config"]["width"])]
+    if s.root != ROOT:
+        args += ["--weights-dir", rel(s, s.root / "weights")]
+    return command_line("train.py", args)
+
+
+def run_final(s: Settings, cell: Cell) -> dict:
+    """One final run through `python train.py` (it ships weights/<model>.pt when it is the
+    best on validation so far); the run folder's result becomes the cell's record."""
+    run_dir = s.runs / "final" / cell.name
+    cmd = final_command(s, cell)
+    if (run_dir / "last.pt").exists():  # stopped part-way: continue it, as a user would
+        cmd = command_line("train.py", ["--resume", rel(s, run_dir)])
+    log = s.results / "logs" / f"train-{cell.name}.txt"
+    previous = log.read_text() if log.exists() and cmd[2] == "--resume" else ""
+    run_logged(s, cmd, log)
+    if previous:  # keep the first part of the terminal output: the screenshot shows the whole run
+        log.write_text(previous + log.read_text())
+    r = json.loads((run_dir / "result.json").read_text())
+    import csv
+    with open(run_dir / "history.csv") as f:
+        r["history"] = [{k: (float(v) if k != "step" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    record = cell_record(cell, r, hardware(r["config"]["device"], r["config"]["precision"]))
+    record["command"] = shown(final_command(s, cell))
+    record["log"] = rel(s, log)
+    write_json(result_path(s, cell.name), record)
+    return record
+
+
+# -----------------------------------------------------------------------------
+# Estimates for --plan: measured throughput on this machine, else a short measurement.
+
+
+def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict) -> float | None:
+    """From finished cells of the same network on this kind of machine."""
+    here = hardware()
+    per_epoch = []
+    for p in (s.results / "cells").glob("*.json"):
+        r = json.loads(p.read_text())
+        if (r["tags"]["model"] == model and r["config"]["model_config"] == complete_config(model, model_config)
+                and r["hardware"] == here and r["status"] != "diverged" and r["epochs"] >= 1):
+            per_epoch.append(r["seconds"] / r["epochs"])
+    return statistics.median(per_epoch) if per_epoch else None
+
+
+def quick_throughput(model: str, model_config: dict, steps: int = 3) -> float:
+    """Training images per second over a few steps of batch 128 (bf16 where the CPU has it)."""
+    torch.manual_seed(0)
+    net = build_model(model, **model_config)
+    cl = model != "dnn"
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else torch.autocast("cpu", enabled=False)
+    for i in range(steps + 1):
+        if i == 1:
+            t = time.perf_counter()
+        with ctx:
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return 128 * steps / (time.perf_counter() - t)
+
+
+def estimate_seconds(s: Settings, model: str, model_config: dict, epochs: float, cache: dict) -> float:
+    key = (model, json.dumps(model_config, sort_keys=True))
+    if key not in cache:
+        per_epoch = measured_seconds_per_epoch(s, model, model_config)
+        if per_epoch is None:
+            img_s = quick_throughput(model, complete_config(model, model_config))
+            per_epoch = 55_000 / img_s * 1.1 + 5_000 / (3 * img_s)  # + ~10% augmentation/bookkeeping, + validation
+        cache[key] = per_epoch
+    return cache[key] * epochs
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def plan(s: Settings, only: list[str] | None = None) -> float:
+    cache, total_left = {}, 0.0
+    print(f"study plan | root {s.root} | {hardware()} | estimates from measured throughput on this machine")
+    for stage in STAGES:
+        if only and stage not in only:
+            continue
+        items = stage_cells(s, stage)
+        print(f"\n[{stage}] {STAGE_HELP[stage]}")
+        if items is None:
+            print(f"    {'done' if stage_done(s, stage) else 'to do'} (minutes at most)")
+            continue
+        left = 0.0
+        for c in items:
+            if isinstance(c, Waiting):
+                secs = estimate_seconds(s, c.model, s.model_config(c.model), c.epochs, cache) * c.runs
+                left += secs
+                print(f"    waits for [{c.stage}]: {c.what}, {c.epochs:g} epochs x {c.runs}  ~{fmt_time(secs)}")
+                continue
+            r = load_result(s, c.name)
+            secs = estimate_seconds(s, c.model, c.overrides["model_config"], c.epochs, cache)
+            if r:
+                state = f"done: val {100 * r['best'].get('val_acc', 0):.2f}%" if r["status"] != "diverged" else "done: diverged"
+                state += f", {fmt_time(r['seconds'])}"
+            else:
+                partial = run_folder(s, c) / "last.pt"
+                state = f"to do, ~{fmt_time(secs)}"
+                if partial.exists():
+                    step = read_checkpoint(partial).get("step", 0)
+                    _, spe, total = run_length(TrainConfig(**{**c.overrides}).resolved(), 55_000)
+                    state = f"partial ({step}/{total} steps), ~{fmt_time(secs * (1 - step / max(total, 1)))} left"
+                left += secs * (0 if r else 1)
+            print(f"    {c.name:<52} {c.epochs:>6g} ep  {state}")
+        total_left += left
+        print(f"    stage left: ~{fmt_time(left)}")
+    print(f"\nleft in all: ~{fmt_time(total_left)} on this machine")
+    return total_left
+
+
+def run_folder(s: Settings, c: Cell) -> Path:
+    return s.runs / ("final" if c.tags.get("kind") == "final" else "cells") / c.name
+
+
+def stage_cells(s: Settings, stage: str) -> list | None:
+    return {"stem": stem_cells, "lr": lr_cells, "optim": optim_cells, "regularization": reg_cells,
+            "final": final_cells}.get(stage, lambda _s: None)(s)
+
+
+def stage_done(s: Settings, stage: str) -> bool:
+    marks = {"data": s.results / "data_step1.json", "lr_find": lr_find_path(s), "evaluate": s.results / "evaluation.json",
+             "screenshots": s.root / "screenshots" / "index.json", "report": s.root / "report.md"}
+    return marks[stage].exists() if stage in marks else False
+
+
+# -----------------------------------------------------------------------------
+# The stages that are not grids of cells
+
+
+def stage_data(s: Settings) -> None:
+    answers = describe("mnist", s.data_dir, download=False)
+    write_json(s.results / "data_step1.json", answers)
+    save_sample_grid("mnist", s.data_dir, s.root / "figures" / "mnist_samples.png")
+    run_logged(s, command_line("data.py", ["--no-download"]), s.results / "logs" / "data.txt")
+
+
+def stage_lr_find(s: Settings, data) -> None:
+    out = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
+    for m, opt in lr_rows(s):
+        key = f"{m}-{opt}"
+        if key in out:
+            continue
+        cfg = TrainConfig(model=m, model_config=s.model_config(m), optimizer=opt, data_dir=s.data_dir)
+        print(f"\n=== lr_find {key}", flush=True)
+        r = lr_find(cfg, data, steps=20 if s.smoke else 200, out_png=str(s.root / "figures" / f"lr_find-{key}.png"))
+        out[key] = {"suggested_lr": r["suggested_lr"], "min_loss_lr": r["min_loss_lr"], "steps": len(r["lrs"]),
+                    "png": rel(s, Path(r["png"])), "batch_size": cfg.resolved().batch_size}
+        print(f"{key}: suggested {r['suggested_lr']:.3g}, loss lowest at {r['min_loss_lr']:.3g}")
+        write_json(lr_find_path(s), out)
+
+
+def write_lr_table(s: Settings) -> None:
+    """results/lr_table.csv (every cell of the LR stage) and lr_table.md."""
+    import csv
+    rows = []
+    for c in lr_cells(s):
+        r = isinstance(c, Cell) and load_result(s, c.name)
+        if not r:
+            continue
+        b, t = r["best"], r["test"] or {}
+        rows.append({"model": c.model, "optimizer": c.tags["optimizer"], "lr": c.tags["lr"], "kind": c.tags.get("kind", "grid"),
+                     "epochs": c.epochs, "seed": c.tags["seed"], "status": r["status"], "best_epoch": b.get("epoch", ""),
+                     "val_acc": b.get("val_acc", ""), "val_f1": b.get("val_f1", ""), "test_acc": t.get("acc", ""),
+                     "test_f1": t.get("f1", ""), "seconds": r["seconds"], "hardware": r["hardware"]})
+    s.results.mkdir(parents=True, exist_ok=True)
+    tmp = s.results / ".lr_table.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, s.results / "lr_table.csv")
+
+
+def stage_evaluate(s: Settings) -> None:
+    """test_model.py per shipped model and for the ensemble, feature maps, training curves."""
+    weights = [s.root / "weights" / f"{m}.pt" for m in s.models]
+    missing = [rel(s, w) for w in weights if not w.exists()]
+    if missing:
+        raise SystemExit(f"study: evaluate needs {', '.join(missing)}; run the final stage first (python study.py --only final)")
+    commands = []
+    for m, w in zip(s.models, weights):
+        cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures"])
+        run_logged(s, cmd, s.results / "logs" / f"test-{m}.txt")
+        commands.append({"command": shown(cmd), "models_scored": 1, "log": f"results/logs/test-{m}.txt"})
+    cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in weights], "--out", "figures"])
+    run_logged(s, cmd, s.results / "logs" / "test-ensemble.txt")
+    commands.append({"command": shown(cmd), "models_scored": len(weights), "log": "results/logs/test-ensemble.txt"})
+    cnns = [rel(s, w) for m, w in zip(s.models, weights) if m != "dnn"]
+    if cnns:
+        cmd = command_line("feature_visualization.py", ["--weights", *cnns, "--digit", "7", "--out", "figures"])
+        run_logged(s, cmd, s.results / "logs" / "feature_visualization.txt")
+    if "dnn" in s.models:  # the DNN has no conv: feature_visualization draws its first layer's weights
+        cmd = command_line("feature_visualization.py", ["--weights", rel(s, s.root / "weights" / "dnn.pt"), "--out", "figures"])
+        run_logged(s, cmd, s.results / "logs" / "feature_visualization-dnn.txt")
+    for m in s.models:  # the shipped run's training curves, from the card beside its weights
+        card = json.loads((s.root / "weights" / f"{m}.json").read_text())
+        history = [{k: float(v) for k, v in h.items()} for h in card["history"]]
+        plot_curves(history, s.root / "figures" / f"curves_{m}.png", f"{m}: {card['train_config']['run_name']}")
+    write_json(s.results / "evaluation.json", {"commands": commands, "hardware": hardware()})
+
+
+# -----------------------------------------------------------------------------
+# Running the plan
+
+
+def run(s: Settings, only: list[str] | None = None) -> None:
+    stages = [st for st in STAGES if not only or st in only]
+    data = None
+    for stage in stages:
+        t0 = time.perf_counter()
+        print(f"\n##### stage {stage}: {STAGE_HELP[stage]}", flush=True)
+        if stage == "data":
+            stage_data(s)
+        elif stage == "lr_find":
+            data = data or load_data("mnist", s.data_dir, download=False)
+            stage_lr_find(s, data)
+        elif stage == "evaluate":
+            stage_evaluate(s)
+        elif stage == "screenshots":
+            from study_report import render_screenshots
+            render_screenshots(s.root)
+        elif stage == "report":
+            from study_report import write_report
+            write_report(s.root)
+        else:
+            items = stage_cells(s, stage)
+            waiting = [c for c in items if isinstance(c, Waiting)]
+            if waiting:
+                raise SystemExit(f"study: stage {stage} needs stage {waiting[0].stage}'s results first: "
+                                 f"python study.py --only {waiting[0].stage}")
+            for c in items:
+                if load_result(s, c.name):
+                    continue
+                if stage == "final":
+                    run_final(s, c)
+                else:
+                    data = data or load_data("mnist", s.data_dir, download=False)
+                    run_cell(s, c, data)
+                if stage == "lr":  # the table fills in as cells finish
+                    write_lr_table(s)
+            if stage == "lr":
+                write_lr_table(s)
+        print(f"##### stage {stage} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Run the study (every experiment of the report), resumably, and write report.md.")
+    p.add_argument("--plan", action="store_true", help="print every stage and cell, its budget, estimated time here and what is done")
+    p.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
+    p.add_argument("--models", nargs="+", choices=STUDY_MODELS, default=list(STUDY_MODELS), help="study only these models")
+    p.add_argument("--report-only", action="store_true", help="only rewrite report.md from the committed results")
+    p.add_argument("--smoke", action="store_true", help=f"tiny budgets ({SMOKE_EPOCHS} epochs a cell, one seed, ResNet width 8): the whole pipeline in minutes")
+    p.add_argument("--root", help="where results/, figures/, weights/, screenshots/, runs/ and report.md go "
+                                  "(default: this repository; --smoke: a new temporary folder)")
+    p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
+    a = p.parse_args(argv)
+    root = Path(a.root).resolve() if a.root else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if a.smoke else ROOT)
+    data_dir = a.data_dir or os.environ.get("DATA_DIR")
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None  # subprocesses run in the root
+    s = Settings(root=root, data_dir=data_dir, smoke=a.smoke, models=tuple(a.models))
+    try:
+        if a.report_only:
+            from study_report import write_report
+            print(f"wrote {write_report(s.root)}")
+            return 0
+        if a.plan:
+            plan(s, a.only)
+            return 0
+        lock = exclusive("study.py")  # noqa: F841  (held until the process ends)
+        print(f"study: root {s.root}, {hardware()}, {'smoke budgets' if s.smoke else 'full budgets'}", flush=True)
+        run(s, a.only)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("\nstudy: interrupted; run the same command again to continue where it stopped")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
