@@ -52,6 +52,24 @@ def _grid(images, path: Path, title: str, cols: int, cmap="gray", symmetric=Fals
     return str(path)
 
 
+@torch.no_grad()
+def feature_maps(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"first_conv": (B, C1, H1, W1), "second_conv": (B, C2, H2, W2)}: the two conv layers'
+    outputs (before BN and ReLU) for x (B, 1, 28, 28), and "logits" (B, K). {} maps for the DNN.
+
+    The hooks live only for this one forward pass, so concurrent callers each need their own
+    model or a lock around the call (serve.py holds one)."""
+    maps = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, o, key=k: maps.__setitem__(key, o.detach().float().cpu()))
+             for k, m in conv_layers(model).items()]
+    try:
+        maps["logits"] = model(x).float().cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
+
+
 def feature_visualization(model_or_weights, image: torch.Tensor, out_dir, name: str | None = None) -> list[str]:
     """Plot the first/second conv filters and feature maps of `image` ((1, 28, 28) or (1, 1, 28, 28),
     normalized as in training). Returns the written paths."""
@@ -71,13 +89,7 @@ def feature_visualization(model_or_weights, image: torch.Tensor, out_dir, name: 
         return [_grid(w, out / f"{name}_fc1_weights.png", f"{name}: first 64 of {model.first_linear.out_features} "
                       f"first-layer weight rows as 28x28 images", cols=8, cmap="RdBu_r", symmetric=True)]
 
-    maps = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, o, key=k: maps.__setitem__(key, o.detach().float().cpu()))
-             for k, m in layers.items()]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    maps = feature_maps(model, x)
 
     w1 = layers["first_conv"].weight.detach().float().cpu()  # (C1, 1, k, k)
     paths.append(_grid(w1[:, 0], out / f"{name}_conv1_filters.png",

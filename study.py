@@ -308,15 +308,38 @@ def chosen_augmentation(s: Settings) -> tuple[str, dict] | None:
     return best, REG_VARIANTS[best]
 
 
-def final_choice(s: Settings, model: str) -> dict | None:
-    """The final run's settings, every one chosen on validation: optimizer and LR from the LR
-    table (the best cell of the model's SGD and Adam rows), augmentation from the
-    regularization stage; longer training. None until those stages are done."""
-    options = [(opt, best_lr(s, model, opt)) for opt in (("sgd", "adam") if model in ADAM_MODELS else ("sgd",))]
-    if any(lr is None for _, lr in options):
+def best_optimizer(s: Settings, model: str) -> tuple[str, float] | None:
+    """(optimizer, LR) with the best mean validation accuracy over seeds in the optimizer comparison."""
+    cells = [c for c in optim_cells(s) if isinstance(c, Cell) and c.model == model]
+    if not cells or len(cells) < 4 * len(s.seeds()):
         return None
-    scored = [(load_result(s, make_cell(s, model, opt, lr, LR_EPOCHS[model]).name)["best"]["val_acc"], opt, lr) for opt, lr in options]
-    _, opt, lr = max(scored)
+    scores = {}
+    for opt in ("sgd", "adam", "adamw", "adadelta"):
+        score = mean_val(s, [c for c in cells if c.tags["optimizer"] == opt])
+        if score is None:
+            return None
+        scores[opt] = (score, next(c.tags["lr"] for c in cells if c.tags["optimizer"] == opt))
+    opt = max(scores, key=lambda o: scores[o][0])
+    return opt, scores[opt][1]
+
+
+def final_choice(s: Settings, model: str) -> dict | None:
+    """The final run's settings, every one chosen on validation: the optimizer and LR with the best
+    mean validation accuracy in the optimizer comparison (DNN, ConvNet), else the best cell of the
+    LR table's SGD and Adam rows; augmentation from the regularization stage; longer training.
+    None until those stages are done."""
+    if model in OPTIM_MODELS:
+        best = best_optimizer(s, model)
+        if best is None:
+            return None
+        opt, lr = best
+    else:
+        options = [(opt, best_lr(s, model, opt)) for opt in (("sgd", "adam") if model in ADAM_MODELS else ("sgd",))]
+        if any(lr is None for _, lr in options):
+            return None
+        scored = [(load_result(s, make_cell(s, model, opt, lr, LR_EPOCHS[model]).name)["best"]["val_acc"], opt, lr)
+                  for opt, lr in options]
+        _, opt, lr = max(scored)
     aug = chosen_augmentation(s) if "convnet" in s.models else ("baseline", {})
     if aug is None:
         return None
@@ -382,6 +405,8 @@ def final_command(s: Settings, cell: Cell) -> list[str]:
     o = cell.overrides
     args = ["--model", cell.model, "--optimizer", o["optimizer"], "--lr", f"{o['lr']:g}", "--epochs", f"{o['epochs']:g}",
             "--seed", str(o["seed"]), "--out", rel(s, s.runs / "final"), "--run-name", cell.name]
+    if o["optimizer"] == "adadelta":
+        args += ["--schedule", o["schedule"], "--warmup", f"{o['warmup']:g}"]
     for key, flag in (("rotate", "--rotate"), ("scale", "--scale"), ("elastic", "--elastic")):
         if o.get(key):
             args += [flag, f"{o[key]:g}"]
@@ -619,8 +644,10 @@ def run(s: Settings, only: list[str] | None = None) -> None:
             from study_report import render_screenshots
             render_screenshots(s.root)
         elif stage == "report":
-            from study_report import write_report
-            write_report(s.root)
+            from study_report import draw_figures, update_readme, write_report
+            draw_figures(s.root)
+            print(f"wrote {write_report(s.root)}")
+            update_readme(s.root)
         else:
             items = stage_cells(s, stage)
             waiting = [c for c in items if isinstance(c, Waiting)]
@@ -659,14 +686,18 @@ def main(argv=None) -> int:
     s = Settings(root=root, data_dir=data_dir, smoke=a.smoke, models=tuple(a.models))
     try:
         if a.report_only:
-            from study_report import write_report
+            from study_report import update_readme, write_report
             print(f"wrote {write_report(s.root)}")
+            if update_readme(s.root):
+                print(f"updated {s.root / 'README.md'} (how to run each model)")
             return 0
         if a.plan:
             plan(s, a.only)
             return 0
         lock = exclusive("study.py")  # noqa: F841  (held until the process ends)
         print(f"study: root {s.root}, {hardware()}, {'smoke budgets' if s.smoke else 'full budgets'}", flush=True)
+        # What the report needs to name the cells as this run did.
+        write_json(s.results / "study.json", {"smoke": s.smoke, "models": list(s.models)})
         run(s, a.only)
     except (DataError, CheckpointError) as e:
         sys.exit(f"error: {e}")

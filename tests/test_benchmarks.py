@@ -39,7 +39,7 @@ def test_only_one_benchmark_runs_at_a_time(tmp_path):
     lock = tmp_path / "benchmark.lock"
     held = speed.exclusive("first", lock)
     try:
-        with pytest.raises(SystemExit, match="another benchmark is running"):
+        with pytest.raises(SystemExit, match="another benchmark or study is running"):
             speed.exclusive("second", lock)
     finally:
         held.close()

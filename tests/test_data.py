@@ -223,3 +223,22 @@ def test_real_file_corruption_is_caught(real_data_dir, tmp_path, monkeypatch):
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
     with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.*wrong MD5"):
         data.load_data(data_dir=tmp_path, download=False)
+
+
+def test_elastic_distortion_is_smooth_seeded_and_leaves_affine_draws_unchanged(synthetic_data):
+    x = synthetic_data.x_train[:16]
+    bg = synthetic_data.background
+    affine = data.Augment(translate=2.0)
+    elastic = data.Augment(translate=2.0, elastic=34.0, elastic_sigma=4.0)
+    a = data.augment(x, affine, torch.Generator().manual_seed(3), bg)
+    e1 = data.augment(x, elastic, torch.Generator().manual_seed(3), bg)
+    e2 = data.augment(x, elastic, torch.Generator().manual_seed(3), bg)
+    assert e1.shape == x.shape and torch.equal(e1, e2)  # a function of the generator's seed
+    assert not torch.allclose(e1, a)  # it moves pixels beyond the affine part
+    # alpha 0 is exactly the affine warp: the elastic field is drawn after the affine numbers
+    assert torch.equal(data.augment(x, data.Augment(translate=2.0, elastic=0.0), torch.Generator().manual_seed(3), bg), a)
+    # the field is smooth: a blurred field varies much less from pixel to pixel than white noise
+    noise = torch.rand(4, 2, 28, 28) * 2 - 1
+    smooth = data.gaussian_blur(noise, 4.0)
+    assert smooth.diff(dim=-1).abs().mean() < 0.1 * noise.diff(dim=-1).abs().mean()
+    assert elastic.active and not data.Augment(0, 0, 0, 0).active

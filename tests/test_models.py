@@ -110,7 +110,52 @@ def test_resnet_width_option_and_stage_layout():
     feats = {}
     small.layer4.register_forward_hook(lambda m, i, o: feats.update(l4=o.shape))
     small(torch.zeros(2, 1, 28, 28))
-    assert feats["l4"] == (2, 128, 4, 4)
+    assert feats["l4"] == (2, 128, 2, 2)  # the default 3x3 stride-2 stem: layer1 at 14x14
+
+
+@pytest.mark.parametrize("stem, layer1, layer4, kernel", [("3x3s1", 28, 4, 3), ("3x3s2", 14, 2, 3), ("7x7s2pool", 7, 1, 7)])
+def test_resnet_stems_set_the_resolution_and_keep_torchvision_names(stem, layer1, layer4, kernel):
+    import torchvision
+
+    net = models.build_model("resnet", width=8, stem=stem)
+    sizes = {}
+    for name in ("layer1", "layer4"):
+        getattr(net, name).register_forward_hook(lambda m, i, o, name=name: sizes.update({name: o.shape[-1]}))
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (sizes["layer1"], sizes["layer4"]) == (layer1, layer4)
+    assert net.conv1.kernel_size == (kernel, kernel)
+    full = models.build_model("resnet", stem=stem).state_dict()
+    assert set(full) == set(torchvision.models.resnet18(num_classes=10).state_dict())
+    with pytest.raises(ValueError, match="unknown ResNet stem"):
+        models.build_model("resnet", stem="5x5")
+
+
+def test_checkpoints_record_the_stem_and_old_files_load_with_theirs(tmp_path):
+    # A 3x3 stride-1 and a 3x3 stride-2 ResNet have identical tensor shapes: only the recorded
+    # stem tells them apart, so it must always be written, and read.
+    assert models.complete_config("resnet")["stem"] == "3x3s2"
+    torch.manual_seed(0)
+    net = models.build_model("resnet", width=8, stem="3x3s1").eval()
+    x = torch.randn(2, 1, 28, 28)
+    base = {"model": "resnet", "state_dict": net.state_dict(), "normalization": {"mean": 0.1, "std": 0.3}}
+    new = tmp_path / "new.pt"
+    models.save_atomic({**base, "model_config": models.complete_config("resnet", {"width": 8, "stem": "3x3s1"})}, new)
+    legacy = tmp_path / "legacy.pt"  # written before the stem option: no "stem" key
+    models.save_atomic({**base, "model_config": {"width": 8}}, legacy)
+    for path in (new, legacy):
+        loaded, _ = models.load_checkpoint(path)
+        assert loaded.stem == "3x3s1"
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), net(x))
+    other = tmp_path / "s2.pt"
+    models.save_atomic({**base, "model_config": {"width": 8, "stem": "3x3s2"}}, other)
+    assert models.load_checkpoint(other)[0].stem == "3x3s2"
+
+
+def test_complete_config_fills_defaults_and_rejects_unknown_options():
+    assert models.complete_config("convnet", {"width": 8}) == {"width": 8, "dropout": 0.1, "num_classes": 10}
+    with pytest.raises(ValueError, match="takes no option"):
+        models.complete_config("dnn", {"stem": "3x3s1"})
 
 
 def test_models_py_does_not_import_torchvision_and_import_is_cheap():

@@ -239,3 +239,18 @@ def test_quicknet_recipe_as_train_py_runs_it(real_data, tmp_path):
     r = train.train(cfg, real_data, quiet=True)
     assert r["status"] == "finished" and len(r["history"]) == 5
     assert r["test"]["acc"] > 0.993, r["test"]
+
+
+def test_lr_advice_points_at_the_table_only_when_far_from_its_best(tmp_path):
+    table = tmp_path / "lr_table.csv"
+    table.write_text("model,optimizer,lr,epochs,status,val_acc\n"
+                     "resnet,sgd,0.1,2,finished,0.99\nresnet,sgd,0.01,2,finished,0.98\nresnet,sgd,0.001,2,finished,0.90\n"
+                     "resnet,adam,0.001,2,finished,0.985\n")
+    cfg = lambda opt, lr: train.TrainConfig(model="resnet", optimizer=opt, lr=lr).resolved()  # noqa: E731
+    line = train.lr_advice(cfg("sgd", 0.001), table)
+    assert line.startswith("note: lr 0.001 is 100x below the best LR") and "0.1" in line and "90.00%" in line
+    assert "\n" not in line and "lr_table.md" in line
+    assert train.lr_advice(cfg("sgd", 0.05), table) is None  # within 10x of the best
+    assert train.lr_advice(cfg("adam", 0.001), table) is None  # Adam's own row: 0.001 is its best
+    assert train.lr_advice(cfg("adamw", 0.001), table) is None  # no row for this optimizer: nothing to say
+    assert train.lr_advice(cfg("sgd", 0.001), tmp_path / "missing.csv") is None

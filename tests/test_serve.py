@@ -1,0 +1,210 @@
+"""serve.py: the JSON API over real HTTP on 127.0.0.1, and the page in a real headless Chromium."""
+
+import base64
+import http.client
+import io
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import serve
+from conftest import ROOT
+
+WEIGHTS = [str(ROOT / "weights" / "convnet.pt"), str(ROOT / "weights" / "dnn.pt")]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(port, method, path, body=None, headers=None):
+    """(status, headers, parsed JSON or raw bytes); the path is sent exactly as given."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        is_json = r.getheader("Content-Type", "").startswith("application/json")
+        return r.status, dict(r.getheaders()), json.loads(data) if is_json else data
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def test_digits(real_data_dir):
+    """The first test image of every class: (28, 28) uint8 arrays and their labels."""
+    import data
+    _, _, x_te, y_te, _ = data.load_raw(data_dir=real_data_dir, download=False)
+    idx = [int((y_te == d).nonzero()[0]) for d in range(10)]
+    return [x_te[i].numpy() for i in idx], list(range(10))
+
+
+def encode(a: np.ndarray, fmt: str, photo: bool = False) -> bytes:
+    """A digit as a file: upscaled 5x; `photo`: dark ink on light grey paper, as a scan would be."""
+    img = Image.fromarray(a).resize((140, 140), Image.BILINEAR)
+    if photo:
+        img = Image.fromarray((235 - np.asarray(img, np.float32) * 0.8).astype(np.uint8))
+    buf = io.BytesIO()
+    img.convert("RGB" if fmt == "JPEG" else "L").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, photo", [("PNG", False), ("JPEG", True)])
+def test_png_and_jpeg_digits_are_recognised(server, test_digits, fmt, photo):
+    images, labels = test_digits
+    got = []
+    for a in images:
+        status, _, j = request(server, "POST", "/predict?model=convnet", encode(a, fmt, photo))
+        assert status == 200, j
+        got.append(j["digit"])
+        assert j["model"] == "convnet" and len(j["probabilities"]) == 10
+        assert abs(sum(j["probabilities"]) - 1) < 1e-4
+        seen = Image.open(io.BytesIO(base64.b64decode(j["image"].split(",", 1)[1])))
+        assert seen.size == (28, 28)
+        assert j["features"]["conv1"]["shape"][1:] == [14, 14] and j["features"]["conv1"]["png"].startswith("data:image/png;base64,")
+    assert sum(g == y for g, y in zip(got, labels)) >= 9, (got, labels)
+
+
+def test_data_url_ensemble_and_dnn(server, test_digits):
+    images, _ = test_digits
+    url = b"data:image/png;base64," + base64.b64encode(encode(images[7], "PNG"))
+    status, _, j = request(server, "POST", "/predict?model=ensemble", url)
+    assert status == 200 and j["model"] == "ensemble" and j["digit"] == 7
+    assert j["features"]["from"] == "convnet"  # the ensemble shows its first CNN's maps
+    status, _, j = request(server, "POST", "/predict?model=dnn", url)
+    assert status == 200 and j["digit"] == 7 and j["features"] is None  # no convolutions to show
+    status, _, models = request(server, "GET", "/api/models")
+    assert [m["name"] for m in models] == ["convnet", "dnn", "ensemble"]
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("POST", "/predict", b"\x00\x01 this is not an image", 415),
+    ("POST", "/predict", b"", 400),
+    ("POST", "/predict", b"data:image/png;base64,@@@not base64@@@", 400),
+    ("POST", "/predict?model=vgg", None, 400),  # body filled in below: a valid image, unknown model
+    ("GET", "/predict", None, 405),
+    ("PUT", "/predict", b"x", 405),
+    ("POST", "/elsewhere", b"x", 404),
+    ("GET", "/../serve.py", None, 404),
+    ("GET", "/..%2fserve.py", None, 404),
+    ("GET", "/%2e%2e/%2e%2e/etc/passwd", None, 404),
+    ("GET", "/nothing-here.html", None, 404),
+])
+def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(server, test_digits, method, path, body, status):
+    if "vgg" in path:
+        body = encode(test_digits[0][3], "PNG")
+    got, headers, j = request(server, method, path, body)
+    assert got == status
+    assert isinstance(j, dict) and j["status"] == status and "\n" not in j["error"] and j["error"]
+    if status == 405:
+        assert "Allow" in headers
+    ok, _, j = request(server, "POST", "/predict", encode(test_digits[0][3], "PNG"))  # still answering
+    assert ok == 200 and j["digit"] == 3
+
+
+def test_oversized_body_is_413_without_reading_it(server, test_digits):
+    status, _, j = request(server, "POST", "/predict", b"0" * (serve.MAX_BODY + 1))
+    assert status == 413 and "limit" in j["error"]
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.putrequest("POST", "/predict")  # announces 50 MB, sends none of it: answered at once
+    conn.putheader("Content-Length", str(50 * 1024 * 1024))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413
+    conn.close()
+    assert request(server, "POST", "/predict", encode(test_digits[0][1], "PNG"))[0] == 200
+
+
+def test_twenty_concurrent_requests_each_get_their_own_answer(server, test_digits):
+    images, _ = test_digits
+    bodies = [encode(images[i % 10], "PNG") for i in range(20)]
+    expected = [request(server, "POST", "/predict?model=ensemble", b)[2]["probabilities"] for b in bodies[:10]] * 2
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda b: request(server, "POST", "/predict?model=ensemble", b), bodies))
+    assert all(status == 200 for status, _, _ in results)
+    assert [j["probabilities"] for _, _, j in results] == expected
+
+
+def test_page_is_served_and_needs_no_network(server):
+    status, headers, body = request(server, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    html = body.decode()
+    assert "<canvas" in html and "/predict" in html
+    assert "http://" not in html and "https://" not in html  # no CDN, no web fonts from elsewhere
+
+
+def test_cli_bad_weights_is_one_line_and_nonzero(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--weights", str(tmp_path / "none.pt"), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "none.pt" in r.stderr
+
+
+# -----------------------------------------------------------------------------
+# A real browser: Debian's chromium, driven by Playwright, drawing with real mouse events.
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not os.path.exists(CHROMIUM):
+        why = "needs Playwright (pip install -r requirements.txt) and chromium (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test {why}; .ci/run installs both", pytrace=False)
+        pytest.skip(why)
+    return sync_playwright
+
+
+# Strokes in canvas pixels (the canvas is 280x280), drawn as a person would.
+SEVEN = [[(80, 70), (200, 70)], [(200, 70), (120, 230)]]
+THREE = [[(90, 75), (125, 52), (170, 55), (195, 85), (180, 120), (140, 138)],
+         [(140, 138), (185, 150), (200, 190), (180, 228), (135, 240), (90, 222)]]
+
+
+def draw(page, strokes):
+    box = page.locator("#canvas").bounding_box()
+    sx, sy = box["width"] / 280, box["height"] / 280
+    for points in strokes:
+        x0, y0 = points[0]
+        page.mouse.move(box["x"] + x0 * sx, box["y"] + y0 * sy)
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=12)
+        page.mouse.up()
+
+
+def test_drawing_in_a_real_browser_shows_the_digit(server):
+    sync_playwright = browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = b.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"http://127.0.0.1:{server}/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+            page.select_option("#model", "convnet")
+            for strokes, digit in ((SEVEN, "7"), (THREE, "3")):
+                page.click("#clear")
+                draw(page, strokes)
+                page.wait_for_function(f"document.querySelector('#digit').textContent === '{digit}'", timeout=15_000)
+                assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
+                assert page.locator("#conv1").get_attribute("src").startswith("data:image/png")
+            page.screenshot(path=str(ROOT / "screenshots" / "web_demo.png"), full_page=True)
+        finally:
+            b.close()

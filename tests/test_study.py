@@ -1,0 +1,138 @@
+"""study.py and study_report.py: the whole pipeline at smoke budgets on the real MNIST (the one
+heavy check, ~2 minutes on 2 cores), plus the runner's rules on small pieces."""
+
+import csv
+import json
+import re
+
+import pytest
+
+import study
+import study_report
+import train
+
+
+@pytest.fixture(scope="module")
+def smoke_root(real_data_dir, tmp_path_factory):
+    """`python study.py --smoke` into a temporary root, with its own lock (a real study may be running)."""
+    root = tmp_path_factory.mktemp("study-smoke")
+    lock = root / "lock"
+    saved = study.exclusive
+    study.exclusive = lambda name: train.exclusive(name, lock)
+    try:
+        assert study.main(["--smoke", "--root", str(root), "--data-dir", str(real_data_dir)]) == 0
+    finally:
+        study.exclusive = saved
+    return root
+
+
+def test_smoke_study_fills_the_lr_table(smoke_root):
+    with open(smoke_root / "results" / "lr_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    grid = {(r["model"], r["optimizer"], float(r["lr"])) for r in rows if r["kind"] == "grid"}
+    assert grid == {(m, "sgd", lr) for m in ("dnn", "convnet", "resnet", "fastresnet") for lr in study.LRS} | \
+                   {(m, "adam", lr) for m in study.ADAM_MODELS for lr in study.LRS}
+    assert all(r["status"] in ("finished", "diverged") for r in rows)
+    finder = json.loads((smoke_root / "results" / "lr_find.json").read_text())
+    assert set(finder) == {f"{m}-{o}" for m, o in study.lr_rows(study_report.settings(smoke_root))}
+
+
+def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(smoke_root):
+    for m in ("dnn", "convnet", "resnet", "fastresnet"):
+        assert (smoke_root / "weights" / f"{m}.pt").exists()
+        assert (smoke_root / "figures" / f"{m}_metrics.json").exists()
+        assert (smoke_root / "figures" / f"curves_{m}.png").exists()
+    shots = json.loads((smoke_root / "screenshots" / "index.json").read_text())
+    assert len(shots) >= 8
+    assert all((smoke_root / s["png"]).stat().st_size > 5000 for s in shots)
+    commands = {s["command"].split(" --")[0] for s in shots}
+    assert {"python train.py", "python test_model.py", "python data.py"} <= commands
+    report = (smoke_root / "report.md").read_text()
+    for section in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5", "Step 6", "Model | Accuracy", "Over- and underfitting"):
+        assert section in report
+    links = re.findall(r"\]\(([^)#]+)\)", report)
+    assert links and all((smoke_root / link.replace("%20", " ")).exists() for link in links), \
+        [link for link in links if not (smoke_root / link).exists()]
+    lr_rows = [line for line in report.split("### The LR table")[1].split("\n\n")[1].splitlines() if line.startswith("| ")]
+    assert len(lr_rows) == 1 + 4 + len(study.ADAM_MODELS) and not any("…" in line for line in lr_rows)  # every cell filled
+
+
+def test_report_numbers_are_test_model_numbers(smoke_root):
+    table = (smoke_root / "report.md").read_text().split("### Model | Accuracy")[1].split("\n## ")[0]
+    for m, name in (("convnet", "ConvNet"), ("resnet", "ResNet-18")):
+        acc = json.loads((smoke_root / "figures" / f"{m}_metrics.json").read_text())["accuracy"]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} | "))
+        assert row.split("|")[2].strip() == f"{100 * acc:.2f}"
+        log = (smoke_root / "results" / "logs" / f"test-{m}.txt").read_text()
+        assert f"accuracy {acc:.4f}" in log  # what the user saw in the terminal
+
+
+def test_report_only_rewrites_the_same_report(smoke_root):
+    before = (smoke_root / "report.md").read_text()
+    (smoke_root / "report.md").unlink()
+    assert study.main(["--report-only", "--root", str(smoke_root)]) == 0
+    assert (smoke_root / "report.md").read_text() == before
+
+
+def test_rerun_trains_nothing_and_plan_shows_everything_done(smoke_root, monkeypatch, capsys):
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+    monkeypatch.setattr(study, "train", no_training)
+    s = study_report.settings(smoke_root)
+    for stage in ("stem", "lr", "optim", "regularization", "final"):
+        cells = study.stage_cells(s, stage)
+        assert cells and all(isinstance(c, study.Cell) and study.load_result(s, c.name) for c in cells), stage
+    monkeypatch.setattr(study, "exclusive", lambda name: None)
+    assert study.main(["--smoke", "--root", str(smoke_root), "--only", "stem", "lr", "optim", "regularization"]) == 0
+    capsys.readouterr()
+    study.plan(s)
+    out = capsys.readouterr().out
+    assert "to do" not in out.split("[evaluate]")[0] and "waits for" not in out
+    assert out.count("done: ") >= 50
+
+
+def test_stage_waits_for_its_inputs(tmp_path, capsys):
+    s = study.Settings(root=tmp_path, smoke=True)
+    waiting = [c for c in study.optim_cells(s) if isinstance(c, study.Waiting)]
+    assert waiting and all(w.stage == "lr" for w in waiting)
+    with pytest.raises(SystemExit, match="needs stage lr's results first"):
+        study.run(s, ["optim"])
+    assert all(isinstance(c, study.Waiting) for c in study.final_cells(s))
+
+
+def test_cell_names_are_made_from_settings_and_shared_between_stages(tmp_path):
+    s = study.Settings(root=tmp_path)
+    a = study.make_cell(s, "convnet", "sgd", 0.1, 5)
+    b = study.make_cell(s, "convnet", "sgd", 0.1, 5, seed=0)
+    assert a.name == b.name == "convnet-sgd-lr0.1-e5-s0"  # the LR table's cell is the optimizer comparison's seed 0
+    assert study.make_cell(s, "convnet", "adadelta", 1.0, 5).overrides["schedule"] == "step"
+    smoke = study.Settings(root=tmp_path, smoke=True)
+    assert study.make_cell(smoke, "resnet", "sgd", 0.1, 2).overrides["model_config"] == {"width": 8}
+
+
+def test_a_second_study_is_refused_while_one_runs(tmp_path, monkeypatch):
+    lock = tmp_path / "lock"
+    held = train.exclusive("first", lock)
+    monkeypatch.setattr(study, "exclusive", lambda name: train.exclusive(name, lock))
+    try:
+        with pytest.raises(SystemExit, match="another benchmark or study is running"):
+            study.main(["--smoke", "--root", str(tmp_path / "s"), "--only", "data"])
+    finally:
+        held.close()
+
+
+def test_screenshot_renders_long_logs_with_the_command_as_title(tmp_path):
+    logs = tmp_path / "results" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "train-x.txt").write_text("$ python train.py --model dnn\n" + "".join(f"line {i}\n" for i in range(200)))
+    shots = study_report.render_screenshots(tmp_path)
+    assert shots == ["screenshots/train-x.png"]
+    index = json.loads((tmp_path / "screenshots" / "index.json").read_text())
+    assert index[0]["command"] == "python train.py --model dnn"
+    assert (tmp_path / "screenshots" / "train-x.png").stat().st_size > 5000
+
+
+def test_early_stopping_rule_on_a_history():
+    h = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.9, 0.95, 0.97, 0.96, 0.965, 0.969, 0.99], start=1)]
+    assert study_report.early_stop(h, 3) == (6, 0.97)
+    assert study_report.early_stop(h, 5) == (7, 0.99)
