@@ -42,7 +42,7 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from train import TrainConfig, cpu_has_bf16, exclusive, lr_find, plot_curves, run_length, train
+from train import TrainConfig, claim_file, cpu_has_bf16, exclusive, lr_find, plot_curves, run_length, train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -101,6 +101,7 @@ class Settings:
     data_dir: str | None = None
     smoke: bool = False
     models: tuple[str, ...] = STUDY_MODELS
+    shard: tuple[int, int] | None = None  # (i, n): this worker runs every n-th cell, from the i-th
 
     @property
     def results(self) -> Path:
@@ -158,7 +159,7 @@ def load_result(s: Settings, name: str) -> dict | None:
 def write_json(path: Path, obj) -> None:
     """Atomic: a temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
@@ -185,7 +186,31 @@ def train_config(s: Settings, cell: Cell) -> TrainConfig:
 def cell_record(cell: Cell, r: dict, hw: str) -> dict:
     return {"name": cell.name, "tags": cell.tags, "status": r["status"], "best": r["best"], "test": r["test"],
             "seconds": round(r["seconds"], 2), "epochs": cell.epochs, "hardware": hw, "config": r["config"],
-            "history": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in r["history"]]}
+            "history": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in r["history"]],
+            "worker": f"{platform.node()}:{os.getpid()}"}
+
+
+# -----------------------------------------------------------------------------
+# Workers: `--shard i/n` splits every grid among n workers that share the results folder
+# (one machine each, or one GPU each). A worker claims a cell by creating
+# results/claims/<cell>.json exclusively before training it, so no cell is ever run twice,
+# even by workers whose shards overlap; the claim goes when the result is written.
+
+
+def claim(s: Settings, cell: Cell) -> bool:
+    return claim_file(s.results / "claims" / f"{cell.name}.json")
+
+
+def release(s: Settings, cell: Cell) -> None:
+    (s.results / "claims" / f"{cell.name}.json").unlink(missing_ok=True)
+
+
+def mine(s: Settings, items: list) -> list:
+    """This worker's share of a stage's cells: every n-th, from the i-th (all of them alone)."""
+    if s.shard is None:
+        return items
+    i, n = s.shard
+    return [c for k, c in enumerate(items) if k % n == i]
 
 
 def run_cell(s: Settings, cell: Cell, data) -> dict:
@@ -456,15 +481,15 @@ def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict) -> f
     return statistics.median(per_epoch) if per_epoch else None
 
 
-def quick_throughput(model: str, model_config: dict, steps: int = 3) -> float:
-    """Training images per second over a few steps of batch 128 (bf16 where the CPU has it)."""
+def quick_throughput(model: str, model_config: dict, steps: int = 3, batch: int = 128) -> float:
+    """Training images per second over a few steps (bf16 where the CPU has it, as training runs)."""
     torch.manual_seed(0)
     net = build_model(model, **model_config)
     cl = model != "dnn"
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else torch.autocast("cpu", enabled=False)
@@ -476,7 +501,24 @@ def quick_throughput(model: str, model_config: dict, steps: int = 3) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return 128 * steps / (time.perf_counter() - t)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def stem_speed(s: Settings, rounds: int = 3) -> dict:
+    """Training throughput of ResNet-18 with each stem, measured back to back in this process
+    (rounds interleaved, median kept): the cost side of the stem comparison. A cell's wall time
+    also counts whatever else the machine was doing; these ratios come from one short run."""
+    stems = [c.overrides["model_config"]["stem"] for c in stem_cells(s)]
+    rates = {stem: [] for stem in stems}
+    for _ in range(rounds):
+        for stem in stems:
+            rates[stem].append(quick_throughput("resnet", complete_config("resnet", {**s.model_config("resnet"), "stem": stem}),
+                                                steps=2 if s.smoke else 5, batch=256))
+    out = {"hardware": hardware(), "batch": 256, "rounds": rounds,
+           "train_img_s": {stem: round(statistics.median(r), 1) for stem, r in rates.items()}}
+    write_json(s.results / "stem_speed.json", out)
+    print("stem speed (train img/s): " + ", ".join(f"{k} {v:.0f}" for k, v in out["train_img_s"].items()), flush=True)
+    return out
 
 
 def estimate_seconds(s: Settings, model: str, model_config: dict, epochs: float, cache: dict) -> float:
@@ -587,7 +629,7 @@ def write_lr_table(s: Settings) -> None:
                      "val_acc": b.get("val_acc", ""), "val_f1": b.get("val_f1", ""), "test_acc": t.get("acc", ""),
                      "test_f1": t.get("f1", ""), "seconds": r["seconds"], "hardware": r["hardware"]})
     s.results.mkdir(parents=True, exist_ok=True)
-    tmp = s.results / ".lr_table.csv.tmp"
+    tmp = s.results / f".lr_table.csv.{os.getpid()}.tmp"  # per process: shard workers may write it at once
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
         w.writeheader()
@@ -627,12 +669,48 @@ def stage_evaluate(s: Settings) -> None:
 # Running the plan
 
 
+POLL_SECONDS = 10
+
+
+def ready_cells(s: Settings, stage: str) -> list:
+    """The stage's cells once its inputs exist. Alone, missing inputs are an error; as a shard
+    worker, another worker is producing them: wait."""
+    said = False
+    while True:
+        items = stage_cells(s, stage)
+        waiting = [c for c in items if isinstance(c, Waiting)]
+        if not waiting:
+            return items
+        if s.shard is None:
+            raise SystemExit(f"study: stage {stage} needs stage {waiting[0].stage}'s results first: "
+                             f"python study.py --only {waiting[0].stage}")
+        if not said:
+            print(f"study: stage {stage} waits for stage {waiting[0].stage}'s results from the other workers", flush=True)
+            said = True
+        time.sleep(POLL_SECONDS)
+
+
+def wait_for(s: Settings, cells: list[Cell]) -> None:
+    """Shard workers: block until every cell has its result (some were trained elsewhere)."""
+    said = False
+    while any(load_result(s, c.name) is None for c in cells):
+        if not said:
+            print(f"study: waiting for {sum(load_result(s, c.name) is None for c in cells)} cells of the other workers", flush=True)
+            said = True
+        time.sleep(POLL_SECONDS)
+
+
 def run(s: Settings, only: list[str] | None = None) -> None:
     stages = [st for st in STAGES if not only or st in only]
     data = None
     for stage in stages:
         t0 = time.perf_counter()
         print(f"\n##### stage {stage}: {STAGE_HELP[stage]}", flush=True)
+        if s.shard and s.shard[0] != 0 and stage in ("data", "lr_find", "evaluate", "screenshots", "report"):
+            print(f"study: stage {stage} is worker 0's", flush=True)
+            continue
+        if s.shard and stage == "evaluate":
+            wait_for(s, [c for c in ready_cells(s, "final")])
         if stage == "data":
             stage_data(s)
         elif stage == "lr_find":
@@ -649,23 +727,38 @@ def run(s: Settings, only: list[str] | None = None) -> None:
             print(f"wrote {write_report(s.root)}")
             update_readme(s.root)
         else:
-            items = stage_cells(s, stage)
-            waiting = [c for c in items if isinstance(c, Waiting)]
-            if waiting:
-                raise SystemExit(f"study: stage {stage} needs stage {waiting[0].stage}'s results first: "
-                                 f"python study.py --only {waiting[0].stage}")
-            for c in items:
-                if load_result(s, c.name):
-                    continue
-                if stage == "final":
-                    run_final(s, c)
-                else:
-                    data = data or load_data("mnist", s.data_dir, download=False)
-                    run_cell(s, c, data)
-                if stage == "lr":  # the table fills in as cells finish
-                    write_lr_table(s)
+            said = False
+            while True:  # the cells that can run now; then, as a shard worker, those that wait for others
+                items = stage_cells(s, stage)
+                waiting = [c for c in items if isinstance(c, Waiting)]
+                if waiting and s.shard is None:
+                    raise SystemExit(f"study: stage {stage} needs stage {waiting[0].stage}'s results first: "
+                                     f"python study.py --only {waiting[0].stage}")
+                for c in mine(s, [c for c in items if isinstance(c, Cell)]):
+                    if load_result(s, c.name) or not claim(s, c):
+                        continue
+                    try:
+                        if load_result(s, c.name):  # finished by another worker between the two looks
+                            continue
+                        if stage == "final":
+                            run_final(s, c)
+                        else:
+                            data = data or load_data("mnist", s.data_dir, download=False)
+                            run_cell(s, c, data)
+                    finally:
+                        release(s, c)
+                    if stage == "lr":  # the table fills in as cells finish
+                        write_lr_table(s)
+                if not waiting:
+                    break
+                if not said:
+                    print(f"study: stage {stage} waits for stage {waiting[0].stage}'s results from the other workers", flush=True)
+                    said = True
+                time.sleep(POLL_SECONDS)
             if stage == "lr":
                 write_lr_table(s)
+            if stage == "stem" and stem_cells(s) and not (s.results / "stem_speed.json").exists():
+                stem_speed(s)
         print(f"##### stage {stage} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -679,11 +772,21 @@ def main(argv=None) -> int:
     p.add_argument("--root", help="where results/, figures/, weights/, screenshots/, runs/ and report.md go "
                                   "(default: this repository; --smoke: a new temporary folder)")
     p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
+    p.add_argument("--shard", metavar="I/N", help="be worker I of N sharing --root: run every N-th cell from the I-th "
+                                                  "(claims keep any cell from running twice; worker 0 also runs the non-grid stages)")
     a = p.parse_args(argv)
+    shard = None
+    if a.shard:
+        try:
+            i, n = (int(x) for x in a.shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            p.error(f"--shard takes I/N with 0 <= I < N, e.g. 0/2; got {a.shard!r}")
+        shard = (i, n)
     root = Path(a.root).resolve() if a.root else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if a.smoke else ROOT)
     data_dir = a.data_dir or os.environ.get("DATA_DIR")
     data_dir = str(Path(data_dir).resolve()) if data_dir else None  # subprocesses run in the root
-    s = Settings(root=root, data_dir=data_dir, smoke=a.smoke, models=tuple(a.models))
+    s = Settings(root=root, data_dir=data_dir, smoke=a.smoke, models=tuple(a.models), shard=shard)
     try:
         if a.report_only:
             from study_report import update_readme, write_report
@@ -695,7 +798,8 @@ def main(argv=None) -> int:
             plan(s, a.only)
             return 0
         lock = exclusive("study.py")  # noqa: F841  (held until the process ends)
-        print(f"study: root {s.root}, {hardware()}, {'smoke budgets' if s.smoke else 'full budgets'}", flush=True)
+        print(f"study: root {s.root}, {hardware()}, {'smoke budgets' if s.smoke else 'full budgets'}"
+              + (f", worker {shard[0]} of {shard[1]}" if shard else ""), flush=True)
         # What the report needs to name the cells as this run did.
         write_json(s.results / "study.json", {"smoke": s.smoke, "models": list(s.models)})
         run(s, a.only)

@@ -95,6 +95,9 @@ class TrainConfig:
     run_name: str | None = None  # default <model>-lr<lr>-s<seed>
     weights_dir: str | None = "weights"  # where a run that beats the shipped model is copied; None: never
     eval_batch_size: int = 1000
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    world_size: int = 1  # recorded, not chosen: the number of torchrun processes that trained the run
+    backend: str | None = None  # recorded: gloo (CPU) or nccl (CUDA) under torchrun, None alone
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled from the model's recipe, so the run is fully described."""
@@ -159,7 +162,8 @@ def exclusive(name: str = "benchmark", path: Path | None = None):
     import fcntl
     import tempfile
 
-    path = path or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock"
+    # MNIST_STUDY_LOCK: another lock file, e.g. for two shard workers of one study on one machine (tests)
+    path = path or Path(os.environ.get("MNIST_STUDY_LOCK") or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock")
     f = path.open("w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,6 +172,69 @@ def exclusive(name: str = "benchmark", path: Path | None = None):
         raise SystemExit(f"{name}: another benchmark or study is running (lock {path}); wait for it: "
                          f"runs side by side on 2 cores make both slow and their timings meaningless")
     return f  # keep a reference: the lock lives as long as the file stays open
+
+
+# -----------------------------------------------------------------------------
+# Distributed data parallel: `torchrun --nproc-per-node=N train.py ...` runs N copies of this
+# script; each trains on its 1/N of every global batch and DDP averages the gradients, so the
+# run is the same optimization as one process with the same --batch-size and --lr (the batch
+# size is the *global* batch). Without torchrun (WORLD_SIZE unset) nothing here does anything.
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the only process that prints, writes files and updates weights/."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of t over the ranks (a new tensor on t's device); t itself when alone."""
+        if self.world == 1:
+            return t
+        dev = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        out = t.detach().clone().to(dev)
+        torch.distributed.all_reduce(out)
+        return out.to(t.device)
+
+    def broadcast(self, obj):
+        """Rank 0's obj, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def distributed(device: str) -> Dist:
+    """Join the torchrun job this process belongs to (gloo on CPU, NCCL on CUDA), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not td.is_initialized():
+        td.init_process_group(backend)
+    return Dist(td.get_rank(), td.get_world_size(), local_rank, backend)
 
 
 # -----------------------------------------------------------------------------
@@ -413,37 +480,57 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     step (the speed benchmark evaluates there; tests raise KeyboardInterrupt there).
     """
     cfg = config.resolved()
+    dist = distributed(cfg.device)
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world} processes")
+    cfg = dataclasses.replace(cfg, world_size=dist.world, backend=dist.backend)
     run_dir = Path(cfg.out) / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     resume = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
     where = ("out", "run_name", "weights_dir")  # a moved run folder is still the same run
     same = lambda a, b: {k: v for k, v in a.items() if k not in where} == {k: v for k, v in b.items() if k not in where}  # noqa: E731
     if resume is not None and not same(resume["train_config"], dataclasses.asdict(cfg)):
-        print(f"{run_dir}/last.pt was made with other settings: starting over")
+        if dist.main:
+            print(f"{run_dir}/last.pt was made with other settings: starting over")
         resume = None
-    if resume is None:
+    dist.barrier()  # every rank has read last.pt before rank 0 may delete it
+    if resume is None and dist.main:
         (run_dir / "last.pt").unlink(missing_ok=True)
         for stale in ("log.txt", "history.csv", "best.pt", "curves.png", "result.json"):
             (run_dir / stale).unlink(missing_ok=True)
-    log = RunLog(run_dir / "log.txt", quiet)
-    (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "environment": environment(cfg)}, indent=2))
+    log = RunLog(run_dir / "log.txt" if dist.main else None, quiet or not dist.main)
+    if dist.main:
+        (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "environment": environment(cfg)}, indent=2))
 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     t_start = time.perf_counter()
     data = data or load_data(cfg.dataset, cfg.data_dir)
-    dev = torch.device(cfg.device)
+    dev = torch.device("cuda", dist.local_rank) if dist.backend == "nccl" else torch.device(cfg.device)
     x_train, y_train = data.x_train, data.y_train
     if cfg.limit_train:
         x_train, y_train = x_train[:cfg.limit_train], y_train[:cfg.limit_train]
     x_train, y_train, x_val, y_val = x_train.to(dev), y_train.to(dev), data.x_val.to(dev), data.y_val.to(dev)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, **cfg.model_config).to(dev)
+    model = build_model(cfg.model, **cfg.model_config)
+    if cfg.sync_bn and dist.world > 1 and dev.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
+    if cfg.sync_bn and dist.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
+    net = model  # what the training step calls: the model, or its DDP wrapper (which averages gradients)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        torch.manual_seed(cfg.seed * 1000 + dist.rank)  # same weights (DDP broadcast them), own dropout masks
+    aug_seed = cfg.seed if dist.world == 1 else cfg.seed * 1000 + dist.rank  # each rank warps its own samples
     n = len(x_train)
     bs, steps_per_epoch, total_steps = run_length(cfg, n)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -458,7 +545,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-        torch.set_rng_state(resume["rng_cpu"])
+        torch.set_rng_state(resume["rng_cpu_ranks"][dist.rank] if dist.world > 1 else resume["rng_cpu"])
         if "rng_cuda" in resume and cfg.device.startswith("cuda"):
             torch.cuda.set_rng_state(resume["rng_cuda"])
         step, history, best, acc = resume["step"], resume["history"], resume["best"], resume["epoch_acc"]
@@ -467,16 +554,24 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
 
     log(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} params | {cfg.optimizer} lr {cfg.lr:g} "
         f"{cfg.schedule} | {cfg.epochs:g} epochs x {steps_per_epoch} steps of {bs} | {cfg.device} {cfg.precision}"
-        f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if aug else 'off'} | seed {cfg.seed} | {n:,} train images")
+        f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if aug else 'off'} | seed {cfg.seed} | {n:,} train images"
+        + (f" | {dist.world} processes ({dist.backend}{', sync BN' if cfg.sync_bn else ''}), {bs // dist.world} images each per step"
+           if dist.world > 1 else ""))
     log(f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
     status = "finished"
-    show_bar = not quiet and sys.stderr.isatty()
+    show_bar = not quiet and dist.main and sys.stderr.isatty()
 
     def save_last(epoch_acc):
+        """last.pt, written by rank 0; under torchrun every rank must call it (their RNG states are gathered)."""
+        rng_ranks = dist.gather(torch.get_rng_state()) if dist.world > 1 else None
+        if not dist.main:
+            return
         ckpt = checkpoint(model, cfg, data, step / steps_per_epoch, best, optimizer=opt.state_dict(),
                           scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng_cpu=torch.get_rng_state(),
                           step=step, history=history, best=best, epoch_acc=epoch_acc,
                           seconds=elapsed_before + time.perf_counter() - t_start)
+        if rng_ranks is not None:
+            ckpt["rng_cpu_ranks"] = rng_ranks
         if cfg.device.startswith("cuda"):
             ckpt["rng_cuda"] = torch.cuda.get_rng_state()
         save_atomic(ckpt, run_dir / "last.pt")
@@ -493,14 +588,14 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
             bar = progress_bar(epoch_end - step, f"epoch {epoch + 1}/{n_epochs}", show_bar)
             while step < epoch_end:
                 i = step - epoch * steps_per_epoch
-                idx = order[i * bs:(i + 1) * bs]
-                x, y = x_train[idx], y_train[idx]  # (B, 1, 28, 28), (B,)
+                idx = order[i * bs:(i + 1) * bs][dist.rank::dist.world]  # this rank's share of the global batch
+                x, y = x_train[idx], y_train[idx]  # (B, 1, 28, 28), (B,); B = batch / processes
                 if aug:
-                    x = augment(x, aug, step_generator(cfg.seed, step), data.background)
+                    x = augment(x, aug, step_generator(aug_seed, step), data.background)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(cfg):
-                    logits = model(x)  # (B, 10)
+                    logits = net(x)  # (B, 10)
                 loss = cross_entropy(logits, y, cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -517,18 +612,21 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
                     bar.update(10 if step % 10 == 0 else step % 10)
                     bar.set_postfix(loss=f"{float(acc['loss']) / seen:.4f}", acc=f"{float(acc['conf'].diag().sum()) / seen:.4f}",
                                     img_s=f"{bs * bar.n / (time.perf_counter() - t_epoch):.0f}")
-                if step % 50 == 0 and not math.isfinite(float(loss.detach())):
-                    raise Diverged
+                if step % 50 == 0 and dist.all_sum(torch.tensor(float(not math.isfinite(float(loss.detach()))))) > 0:
+                    raise Diverged  # on every rank at once: one rank alone would leave the others waiting
             if bar:
                 bar.close()
-            seen = int(acc["conf"].sum())
-            train_loss = float(acc["loss"]) / seen
+            conf = dist.all_sum(acc["conf"])  # (K, K): the epoch's training predictions of every rank
+            seen = int(conf.sum())
+            train_loss = float(dist.all_sum(acc["loss"])) / seen
             if not math.isfinite(train_loss):
                 raise Diverged
-            val = evaluate(model, x_val, y_val, cfg)
+            # Rank 0's model is the one that is saved, so rank 0 measures it and tells the others:
+            # without --sync-bn the ranks' BN running statistics differ slightly.
+            val = dist.broadcast(evaluate(model, x_val, y_val, cfg) if dist.main else None)
             row = {"epoch": round(step / steps_per_epoch, 4), "step": step, "lr": opt.param_groups[0]["lr"],
-                   "train_loss": train_loss, "train_acc": float(acc["conf"].diag().sum()) / seen,
-                   "train_f1": macro_f1(acc["conf"]), "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
+                   "train_loss": train_loss, "train_acc": float(conf.diag().sum()) / seen,
+                   "train_f1": macro_f1(conf), "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
                    "seconds": acc["t"] + time.perf_counter() - t_epoch}
             history.append(row)
             acc = None
@@ -536,8 +634,10 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
                 f"{row['val_loss']:>8.4f} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
             if row["val_acc"] > best["val_acc"]:
                 best = {"val_acc": row["val_acc"], "val_f1": row["val_f1"], "val_loss": row["val_loss"], "epoch": row["epoch"]}
-                save_atomic(checkpoint(model, cfg, data, row["epoch"], best), run_dir / "best.pt")
-            write_history(run_dir / "history.csv", history)
+                if dist.main:
+                    save_atomic(checkpoint(model, cfg, data, row["epoch"], best), run_dir / "best.pt")
+            if dist.main:
+                write_history(run_dir / "history.csv", history)
             save_last(None)
             since_best = sum(1 for h in history if h["epoch"] > best["epoch"])
             if cfg.patience is not None and since_best >= cfg.patience and step < total_steps:
@@ -548,6 +648,9 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         status = "diverged"
         log(f"diverged at step {step}: the loss is not finite (lr {cfg.lr:g} is too high for {cfg.model})")
     except KeyboardInterrupt:
+        if dist.world > 1:  # the ranks stopped at different steps: keep the last epoch's last.pt, saved by all
+            log(f"\ninterrupted; continue from the last finished epoch with: torchrun ... train.py --resume {run_dir}")
+            raise
         if acc is not None:
             acc["t"] += time.perf_counter() - t_epoch
         save_last(acc)
@@ -556,9 +659,17 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         raise
 
     seconds = elapsed_before + time.perf_counter() - t_start
-    plot_curves(history, run_dir / "curves.png", cfg.run_name)
     result = {"status": status, "run_dir": str(run_dir), "config": dataclasses.asdict(cfg), "history": history,
               "best": best, "test": None, "seconds": seconds}
+    if dist.world > 1:
+        # DDP keeps the parameters equal on every rank; check it rather than trust it.
+        sums = dist.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
+        result["ranks_in_sync"] = all(x == sums[0] for x in sums)
+        if not result["ranks_in_sync"]:
+            log(f"warning: the {dist.world} processes ended with different weights (sums {sums})")
+    if not dist.main:
+        return result
+    plot_curves(history, run_dir / "curves.png", cfg.run_name)
     if status != "diverged" and (run_dir / "best.pt").exists():
         # Only the checkpoint chosen on validation is ever scored on the test set.
         best_ckpt = read_checkpoint(run_dir / "best.pt")
@@ -651,7 +762,7 @@ def read_table(path: Path) -> list[dict]:
 
 def write_table(rows: list[dict], results_dir: Path, lrs: list[float]) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_dir / ".lr_table.csv.tmp"
+    tmp = results_dir / f".lr_table.csv.{os.getpid()}.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
         w.writeheader()
@@ -677,27 +788,91 @@ def write_table(rows: list[dict], results_dir: Path, lrs: list[float]) -> None:
     (results_dir / "lr_table.md").write_text("\n".join(lines) + "\n\n" + note + "\n")
 
 
-def sweep(base: TrainConfig, models: list[str], lrs: list[float], results_dir: str = "results") -> list[dict]:
-    results = Path(results_dir)
-    rows = read_table(results / "lr_table.csv")
-    data = None
-    for model in models:
-        for lr in lrs:
-            cfg = dataclasses.replace(base, model=model, lr=lr).resolved()
-            lr = cfg.lr  # None means the model's recipe
-            done = next((r for r in rows if r["model"] == model and r.get("optimizer", "sgd") == cfg.optimizer
-                         and float(r["lr"]) == lr and int(r["seed"]) == cfg.seed), None)
-            if done:
-                print(f"sweep: {model} lr {lr:g} already in {results / 'lr_table.csv'} ({done['status']}), skipped")
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_file(path: Path) -> bool:
+    """Claim a unit of work by creating `path` exclusively (O_CREAT | O_EXCL): True if this process
+    may do it. Workers sharing a folder (one per machine, or per GPU) never do the same work twice;
+    a claim whose owner is a dead process on this machine is taken over (its run resumes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return False  # being written right now by its claimant
+            if other.get("host") == me["host"] and other.get("pid") != me["pid"] and not pid_alive(other.get("pid", -1)):
+                path.unlink(missing_ok=True)  # stale: its worker died
                 continue
+            return other.get("pid") == me["pid"] and other.get("host") == me["host"]
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+class FileLock:
+    """An exclusive fcntl lock on `path` for a with-block: one read-modify-write of a shared table at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = self.path.open("w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def sweep(base: TrainConfig, models: list[str], lrs: list[float], results_dir: str = "results",
+          shard: tuple[int, int] | None = None) -> list[dict]:
+    """Train every (model, LR) cell not yet in results_dir/lr_table.csv. shard (i, n): only every
+    n-th cell from the i-th, claimed first, so n workers sharing results_dir split the grid."""
+    results = Path(results_dir)
+    done_key = lambda r: (r["model"], r.get("optimizer", "sgd"), float(r["lr"]), int(r["seed"]))  # noqa: E731
+    data = None
+    cells = [(model, lr) for model in models for lr in lrs]
+    for k, (model, lr) in enumerate(cells):
+        if shard and k % shard[1] != shard[0]:
+            continue
+        cfg = dataclasses.replace(base, model=model, lr=lr).resolved()
+        lr = cfg.lr  # None means the model's recipe
+        key = (model, cfg.optimizer, lr, cfg.seed)
+        if any(done_key(r) == key for r in read_table(results / "lr_table.csv")):
+            print(f"sweep: {model} lr {lr:g} already in {results / 'lr_table.csv'}, skipped")
+            continue
+        claim = results / "claims" / f"{model}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.json"
+        if not claim_file(claim):
+            print(f"sweep: {model} lr {lr:g} is being trained by another worker ({claim}), skipped")
+            continue
+        try:
             data = data or load_data(cfg.dataset, cfg.data_dir)
             r = train(cfg, data, resume=True)  # a cell stopped half-way continues from its last.pt
-            rows.append({"model": model, "optimizer": cfg.optimizer, "lr": lr, "seed": cfg.seed, "status": r["status"],
-                         "best_epoch": r["best"].get("epoch", ""), "val_acc": r["best"].get("val_acc", ""),
-                         "val_f1": r["best"].get("val_f1", ""), "test_acc": (r["test"] or {}).get("acc", ""),
-                         "test_f1": (r["test"] or {}).get("f1", ""), "seconds": round(r["seconds"], 1), "run_dir": r["run_dir"]})
-            write_table(rows, results, lrs)
-    return rows
+            row = {"model": model, "optimizer": cfg.optimizer, "lr": lr, "seed": cfg.seed, "status": r["status"],
+                   "best_epoch": r["best"].get("epoch", ""), "val_acc": r["best"].get("val_acc", ""),
+                   "val_f1": r["best"].get("val_f1", ""), "test_acc": (r["test"] or {}).get("acc", ""),
+                   "test_f1": (r["test"] or {}).get("f1", ""), "seconds": round(r["seconds"], 1), "run_dir": r["run_dir"]}
+            with FileLock(results / ".lr_table.lock"):  # other workers append to the same table
+                rows = [x for x in read_table(results / "lr_table.csv") if done_key(x) != key] + [row]
+                write_table(rows, results, lrs)
+        finally:
+            claim.unlink(missing_ok=True)
+    return read_table(results / "lr_table.csv")
 
 
 STUDY_LR_TABLE = Path(__file__).resolve().parent / "results" / "lr_table.csv"
@@ -751,6 +926,7 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, help="early stopping: stop after this many epochs without a better val accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (bitwise-repeatable on CPU)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 on CPUs with bf16 instructions and on CUDA, else fp32")
     p.add_argument("--limit-train", type=int, help="train on the first N training samples only (quick runs, tests)")
@@ -761,6 +937,8 @@ def parse_args(argv=None):
     p.add_argument("--results", default="runs/sweep", help="folder for the sweep's lr_table.{csv,md} (the study's own table is results/lr_table.csv)")
     p.add_argument("--weights-dir", default="weights", help="where a run that beats the stored model on validation accuracy is copied ('' = never)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--shard", metavar="I/N", help="sweep as worker I of N sharing --results: every N-th cell from the I-th, "
+                                                  "each claimed first so none runs twice")
     p.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training and plot it")
     return p.parse_args(argv)
 
@@ -771,7 +949,7 @@ def config_from_args(a, model: str, lr: float | None) -> TrainConfig:
                        batch_size=a.batch_size, optimizer=a.optimizer, schedule=a.schedule, warmup=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=not a.no_augment,
                        translate=a.translate, rotate=a.rotate, scale=a.scale, elastic=a.elastic, elastic_sigma=a.elastic_sigma,
-                       patience=a.patience, seed=a.seed,
+                       patience=a.patience, seed=a.seed, sync_bn=a.sync_bn,
                        deterministic=a.deterministic, device=a.device, precision=a.precision, limit_train=a.limit_train,
                        out=a.out, run_name=a.run_name, weights_dir=a.weights_dir or None)
 
@@ -798,19 +976,28 @@ def main(argv=None) -> int:
                 print(f"{m}: suggested lr {r['suggested_lr']:.3g} (steepest loss descent); loss lowest at {r['min_loss_lr']:.3g}; plot {r['png']}")
         elif len(models) > 1 or (a.lr and len(a.lr) > 1):
             base = config_from_args(a, models[0], None)
-            rows = sweep(base, models, a.lr or [None], a.results)
+            shard = None
+            if a.shard:
+                i, _, n = a.shard.partition("/")
+                if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+                    sys.exit(f"error: --shard takes I/N with 0 <= I < N, e.g. 0/2; got {a.shard!r}")
+                shard = (int(i), int(n))
+            sweep(base, models, a.lr or [None], a.results, shard)
             print((Path(a.results) / "lr_table.md").read_text())
         else:
             cfg = config_from_args(a, models[0], a.lr[0] if a.lr else None)
-            if a.lr:
+            if a.lr and os.environ.get("RANK", "0") == "0":
                 advice = lr_advice(cfg.resolved())
                 if advice:
                     print(advice)
             train(cfg)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         return 130
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -136,3 +136,44 @@ def test_early_stopping_rule_on_a_history():
     h = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.9, 0.95, 0.97, 0.96, 0.965, 0.969, 0.99], start=1)]
     assert study_report.early_stop(h, 3) == (6, 0.97)
     assert study_report.early_stop(h, 5) == (7, 0.99)
+
+
+def test_two_shard_workers_fill_one_grid_without_running_a_cell_twice(real_data_dir, tmp_path):
+    """Two `--shard i/2` workers at once on one results folder (each with its own lock file, as
+    two machines would have): the LR stage of the DNN ends complete, every cell run exactly once."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "MNIST_STUDY_LOCK": str(tmp_path / f"lock{i}"), "OMP_NUM_THREADS": "1", "DATA_DIR": str(real_data_dir)}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--smoke", "--root", str(tmp_path / "root"),
+                                       "--models", "dnn", "--only", "lr_find", "lr", "--shard", f"{i}/2"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = [line.split()[-1] for out in outs for line in out.splitlines() if line.startswith("=== cell ")]
+    with open(tmp_path / "root" / "results" / "lr_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(ran) == len(set(ran)) == len(rows)  # each cell trained once, and all are in the table
+    assert {(r["optimizer"], float(r["lr"])) for r in rows if r["kind"] == "grid"} == \
+        {(o, lr) for o in ("sgd", "adam") for lr in study.LRS}
+    assert all(ran_by for ran_by in (outs[0].count("=== cell "), outs[1].count("=== cell ")))  # both did work
+    assert not list((tmp_path / "root" / "results" / "claims").glob("*.json"))  # claims released
+
+
+def test_claims_are_exclusive_and_a_dead_workers_claim_is_taken_over(tmp_path):
+    import json as _json
+    s = study.Settings(root=tmp_path)
+    cell = study.make_cell(s, "dnn", "sgd", 0.1, 1)
+    assert study.claim(s, cell)
+    assert study.claim(s, cell)  # the same process may go on with its own claim
+    path = tmp_path / "results" / "claims" / f"{cell.name}.json"
+    path.write_text(_json.dumps({"host": "elsewhere", "pid": 1}))
+    assert not study.claim(s, cell)  # another machine's worker holds it
+    import platform
+    path.write_text(_json.dumps({"host": platform.node(), "pid": 2 ** 22 + 12345}))  # no such process here
+    assert study.claim(s, cell)
+    study.release(s, cell)
+    assert not path.exists()

@@ -174,6 +174,29 @@ def test_sweep_marks_divergence_continues_and_resumes(tmp_path, synthetic_data, 
     assert capsys.readouterr().out.count("skipped") == 4
 
 
+def test_sweep_shards_split_the_grid_and_claims_keep_cells_single(tmp_path, synthetic_data, monkeypatch, capsys):
+    import platform
+    monkeypatch.setattr(train, "load_data", lambda *a, **k: synthetic_data)
+    base = tiny(tmp_path, model_config={}, optimizer="sgd", weight_decay=0)
+    results = tmp_path / "results"
+    # another machine's worker holds the convnet lr 0.05 cell: this worker must leave it alone
+    held = results / "claims" / "convnet-sgd-lr0.05-s0.json"
+    held.parent.mkdir(parents=True)
+    held.write_text(json.dumps({"host": platform.node() + "-other", "pid": 1}))
+    trained = []
+    real_train = train.train
+    monkeypatch.setattr(train, "train", lambda cfg, *a, **k: trained.append((cfg.model, cfg.lr)) or real_train(cfg, *a, **k))
+    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(0, 2))  # cells 0 and 2
+    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(1, 2))  # cells 1 and 3 (3 is claimed)
+    assert trained == [("dnn", 0.1), ("convnet", 0.1), ("dnn", 0.05)]
+    assert "being trained by another worker" in capsys.readouterr().out
+    held.unlink()
+    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(1, 2))
+    rows = train.read_table(results / "lr_table.csv")
+    assert sorted((r["model"], float(r["lr"])) for r in rows) == sorted((m, lr) for m in ("dnn", "convnet") for lr in (0.1, 0.05))
+    assert trained.count(("convnet", 0.05)) == 1 and not list((results / "claims").glob("*.json"))
+
+
 def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     r = train.train(tiny(tmp_path), synthetic_data, quiet=True)
     best = tmp_path / "runs" / r["config"]["run_name"] / "best.pt"
@@ -254,3 +277,30 @@ def test_lr_advice_points_at_the_table_only_when_far_from_its_best(tmp_path):
     assert train.lr_advice(cfg("adam", 0.001), table) is None  # Adam's own row: 0.001 is its best
     assert train.lr_advice(cfg("adamw", 0.001), table) is None  # no row for this optimizer: nothing to say
     assert train.lr_advice(cfg("sgd", 0.001), tmp_path / "missing.csv") is None
+
+
+def test_torchrun_two_processes_gloo_one_run_dir_same_weights(real_data_dir, tmp_path):
+    """`torchrun --standalone --nproc-per-node=2 train.py ...` on CPU: gloo, one run folder written
+    by rank 0 only, the parameters equal on both ranks at the end, world size and backend recorded."""
+    import os
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA_DIR": str(real_data_dir)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
+           "--model", "convnet", "--epochs", "0.2", "--limit-train", "4000", "--out", str(tmp_path / "runs"),
+           "--weights-dir", str(tmp_path / "weights")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert [p.name for p in runs] == ["convnet-lr0.1-s0"]
+    result = json.loads((runs[0] / "result.json").read_text())
+    assert result["ranks_in_sync"] is True and result["status"] == "finished"
+    assert result["config"]["world_size"] == 2 and result["config"]["backend"] == "gloo"
+    ckpt = models.read_checkpoint(runs[0] / "best.pt")
+    assert ckpt["train_config"]["world_size"] == 2
+    assert r.stdout.count("best epoch") == 1  # only rank 0 prints
+    assert "2 processes (gloo), 64 images each per step" in r.stdout
+
+
+def test_batch_must_split_evenly_and_sync_bn_needs_cuda(tmp_path, synthetic_data, monkeypatch):
+    monkeypatch.setattr(train, "distributed", lambda device: train.Dist(rank=0, world=3, backend="gloo"))
+    with pytest.raises(ValueError, match="must divide by the 3 processes"):
+        train.train(tiny(tmp_path, batch_size=64), synthetic_data, quiet=True)
