@@ -413,7 +413,7 @@ def save_sample_grid(name: str, data_dir, path: str | os.PathLike, per_class: in
     for c, row in enumerate(axes):
         idx = torch.nonzero(y_tr == c).flatten()[:per_class]
         for ax, i in zip(row, idx.tolist()):
-            ax.imshow(x_tr[i], cmap="gray")
+            ax.imshow(x_tr[i].numpy(), cmap="gray")
         for ax in row:
             ax.axis("off")
         row[0].set_title(names[c], fontsize=8, loc="left")

@@ -395,10 +395,15 @@ def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
     with open(tmp, "w") as f:
         f.write(f"$ {shown(cmd)}\n")
         proc = subprocess.Popen(cmd, cwd=s.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            f.write(line)
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                f.write(line)
+            rc = proc.wait()
+        except BaseException:  # stopped: stop the child too (train.py saves its last.pt on SIGTERM)
+            proc.terminate()
+            proc.wait(timeout=60)
+            raise
     if rc != 0:
         raise SystemExit(f"study: `{shown(cmd)}` failed (exit {rc}); its output is in {tmp}")
     os.replace(tmp, log)
@@ -762,6 +767,18 @@ def run(s: Settings, only: list[str] | None = None) -> None:
         print(f"##### stage {stage} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def stop_on_signals() -> None:
+    """SIGTERM (a session's end, `kill`) and SIGINT, even in a background job where the shell
+    ignores SIGINT, stop the study like Ctrl-C: the run in progress saves its last.pt first."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run the study (every experiment of the report), resumably, and write report.md.")
     p.add_argument("--plan", action="store_true", help="print every stage and cell, its budget, estimated time here and what is done")
@@ -798,6 +815,7 @@ def main(argv=None) -> int:
             plan(s, a.only)
             return 0
         lock = exclusive("study.py")  # noqa: F841  (held until the process ends)
+        stop_on_signals()
         print(f"study: root {s.root}, {hardware()}, {'smoke budgets' if s.smoke else 'full budgets'}"
               + (f", worker {shard[0]} of {shard[1]}" if shard else ""), flush=True)
         # What the report needs to name the cells as this run did.

@@ -80,6 +80,13 @@ def rel_link(path: str) -> str:
     return path.replace(" ", "%20")
 
 
+def figure(s: study.Settings, path: str, alt: str) -> str:
+    """The image link when the file exists (a report never links a missing figure)."""
+    if (s.root / path).exists():
+        return f"![{alt}]({rel_link(path)})"
+    return f"*({alt}: `{path}` is drawn by the study's report stage, `python study_report.py --figures`)*"
+
+
 # -----------------------------------------------------------------------------
 # Summary figures (drawn by the study's report stage; --report-only only links them)
 
@@ -342,6 +349,10 @@ def section_models(s: study.Settings) -> list[str]:
     if q:
         lines.append(f"| Any other? QuickNet, the speed benchmark's 66k-parameter net (`weights/quicknet.pt`, not retrained by the study) "
                      f"| {pct(q['accuracy'])} | {q['f1_macro']:.4f} | | | | |")
+    if not (s.results / "evaluation.json").exists():
+        lines += ["", "*The study's final and evaluate stages have not run yet: the shipped column shows the weights in",
+                  "`weights/` now, trained before the study (their cards `weights/<model>.json` say how), as",
+                  "`test_model.py` scored them (`figures/<model>_metrics.json`).*"]
     lines += ["", "FastResNet is our own answer to \"any other?\": ResNet's identity shortcuts and zero-initialized",
               "residual branches placed where the maps are small (7x7, 3x3), at ~40x fewer multiply-adds than ResNet-18.", ""]
     return lines
@@ -380,7 +391,7 @@ def section_optimizers(s: study.Settings) -> list[str]:
                          f"{mean_std([r['test']['acc'] for r in rs])} | {len(rs)} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
             if m not in best or statistics.mean(vals) > best[m][1]:
                 best[m] = (opt, statistics.mean(vals))
-    lines += ["", "![optimizers](figures/study_optimizers.png)", ""]
+    lines += ["", figure(s, "figures/study_optimizers.png", "optimizers"), ""]
     choice = "; ".join(f"for the {NAMES[m]}, **{OPT_NAMES[o]}** (mean validation accuracy {100 * v:.2f}%)" for m, (o, v) in best.items())
     lines += [f"**Choice, from validation:** {choice}. The final stage trains these two models with exactly this",
               "choice (optimizer and LR); FastResNet and ResNet-18 take the best validation cell of their LR-table rows.", ""]
@@ -428,7 +439,7 @@ def section_lr(s: study.Settings) -> list[str]:
               "schedule and epoch budget: one-cycle (linear warmup over 10% of the steps to the peak LR, then linear decay",
               "to 0), weight decay 5e-4 (not on BN/bias), label smoothing 0.1, ±2 px shifts, seed 0, batch size of the",
               "model's recipe (`train.RECIPES`). All of it is in `results/lr_table.csv` and `results/cells/`.", "",
-              "![LR table](figures/study_lr.png)", ""]
+              figure(s, "figures/study_lr.png", "LR table"), ""]
     lines += lr_reading(s)
     if finder:
         lines += ["### Other LRs and LR techniques", "",
@@ -534,7 +545,7 @@ def section_regularization(s: study.Settings) -> list[str]:
         lines.append(f"| {'baseline' if v == 'reg' else v} | {mean_std([r['history'][-1]['train_acc'] for r in rs])} | "
                      f"{mean_std([r['best']['val_acc'] for r in rs])} | {mean_std([r['test']['acc'] for r in rs])} | "
                      f"{best_epochs} | {vl_min:.4f} → {vl_last:.4f} | {stop_epochs}; {mean_std([b for _, b in stops])} |")
-    lines += ["", "![train vs validation](figures/study_regularization.png)", ""]
+    lines += ["", figure(s, "figures/study_regularization.png", "train vs validation"), ""]
     aug = study.chosen_augmentation(s)
     if aug:
         lines += [f"**Augmentation for the final models, chosen on validation:** `{aug[0]}` "

@@ -956,6 +956,13 @@ def config_from_args(a, model: str, lr: float | None) -> TrainConfig:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    import signal
+
+    def interrupt(signum, frame):  # `kill` and a background job's SIGINT stop a run like Ctrl-C: last.pt is saved
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     models = list(STUDY_MODELS) if a.model == ["all"] else a.model
     for m in models:
         if m not in MODELS:
