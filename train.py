@@ -85,6 +85,7 @@ class TrainConfig:
     elastic: float = 0.0  # elastic distortion strength alpha in pixels (0 = off; Simard et al. used 34)
     elastic_sigma: float = 4.0  # smoothness of the elastic displacement field, pixels
     patience: int | None = None  # early stopping: epochs without a better val accuracy
+    ema: float = 0.0  # exponential moving average of the weights, decay per step (0 = off, e.g. 0.999)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -531,6 +532,14 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         torch.manual_seed(cfg.seed * 1000 + dist.rank)  # same weights (DDP broadcast them), own dropout masks
     aug_seed = cfg.seed if dist.world == 1 else cfg.seed * 1000 + dist.rank  # each rank warps its own samples
+    # With --ema, an exponential moving average of the weights (BN statistics included) is what gets
+    # validated, chosen and saved: late in training it sits nearer the centre of the minimum the
+    # noisy SGD iterates circle around.
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    scored = lambda: ema.module if ema is not None else model  # noqa: E731  (the weights that are evaluated and saved)
     n = len(x_train)
     bs, steps_per_epoch, total_steps = run_length(cfg, n)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -541,7 +550,9 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     step, history, best, acc = 0, [], {"val_acc": -1.0}, None
     elapsed_before = 0.0
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        model.load_state_dict(resume["raw_state_dict"] if ema is not None else resume["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema_state"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
@@ -566,12 +577,15 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
         rng_ranks = dist.gather(torch.get_rng_state()) if dist.world > 1 else None
         if not dist.main:
             return
-        ckpt = checkpoint(model, cfg, data, step / steps_per_epoch, best, optimizer=opt.state_dict(),
+        ckpt = checkpoint(scored(), cfg, data, step / steps_per_epoch, best, optimizer=opt.state_dict(),
                           scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng_cpu=torch.get_rng_state(),
                           step=step, history=history, best=best, epoch_acc=epoch_acc,
                           seconds=elapsed_before + time.perf_counter() - t_start)
         if rng_ranks is not None:
             ckpt["rng_cpu_ranks"] = rng_ranks
+        if ema is not None:  # the raw weights and the average's own state, to continue both exactly
+            ckpt["raw_state_dict"] = model.state_dict()
+            ckpt["ema_state"] = ema.state_dict()
         if cfg.device.startswith("cuda"):
             ckpt["rng_cuda"] = torch.cuda.get_rng_state()
         save_atomic(ckpt, run_dir / "last.pt")
@@ -602,6 +616,8 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 acc["loss"] += loss.detach() * len(y)
                 acc["conf"] += confusion(y, logits.detach().argmax(1), 10)
@@ -623,7 +639,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
                 raise Diverged
             # Rank 0's model is the one that is saved, so rank 0 measures it and tells the others:
             # without --sync-bn the ranks' BN running statistics differ slightly.
-            val = dist.broadcast(evaluate(model, x_val, y_val, cfg) if dist.main else None)
+            val = dist.broadcast(evaluate(scored(), x_val, y_val, cfg) if dist.main else None)
             row = {"epoch": round(step / steps_per_epoch, 4), "step": step, "lr": opt.param_groups[0]["lr"],
                    "train_loss": train_loss, "train_acc": float(conf.diag().sum()) / seen,
                    "train_f1": macro_f1(conf), "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
@@ -635,7 +651,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
             if row["val_acc"] > best["val_acc"]:
                 best = {"val_acc": row["val_acc"], "val_f1": row["val_f1"], "val_loss": row["val_loss"], "epoch": row["epoch"]}
                 if dist.main:
-                    save_atomic(checkpoint(model, cfg, data, row["epoch"], best), run_dir / "best.pt")
+                    save_atomic(checkpoint(scored(), cfg, data, row["epoch"], best), run_dir / "best.pt")
             if dist.main:
                 write_history(run_dir / "history.csv", history)
             save_last(None)
@@ -673,8 +689,8 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     if status != "diverged" and (run_dir / "best.pt").exists():
         # Only the checkpoint chosen on validation is ever scored on the test set.
         best_ckpt = read_checkpoint(run_dir / "best.pt")
-        model.load_state_dict(best_ckpt["state_dict"])
-        test = evaluate(model, data.x_test.to(dev), data.y_test.to(dev), cfg)
+        scored().load_state_dict(best_ckpt["state_dict"])
+        test = evaluate(scored(), data.x_test.to(dev), data.y_test.to(dev), cfg)
         result["test"] = {"acc": test["acc"], "f1": test["f1"], "loss": test["loss"]}
         best_ckpt["metrics"].update(test_acc=test["acc"], test_f1=test["f1"])
         save_atomic(best_ckpt, run_dir / "best.pt")
@@ -924,6 +940,7 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, help="dropout rate (dnn, convnet, quicknet, fastresnet)")
     p.add_argument("--stem", choices=RESNET_STEMS, help="ResNet-18's stem (default 3x3s2; see models.RESNET_STEMS and report.md)")
     p.add_argument("--patience", type=int, help="early stopping: stop after this many epochs without a better val accuracy")
+    p.add_argument("--ema", type=float, default=0.0, help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.999; 0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (bitwise-repeatable on CPU)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
@@ -949,7 +966,7 @@ def config_from_args(a, model: str, lr: float | None) -> TrainConfig:
                        batch_size=a.batch_size, optimizer=a.optimizer, schedule=a.schedule, warmup=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=not a.no_augment,
                        translate=a.translate, rotate=a.rotate, scale=a.scale, elastic=a.elastic, elastic_sigma=a.elastic_sigma,
-                       patience=a.patience, seed=a.seed, sync_bn=a.sync_bn,
+                       patience=a.patience, ema=a.ema, seed=a.seed, sync_bn=a.sync_bn,
                        deterministic=a.deterministic, device=a.device, precision=a.precision, limit_train=a.limit_train,
                        out=a.out, run_name=a.run_name, weights_dir=a.weights_dir or None)
 

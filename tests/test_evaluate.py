@@ -239,3 +239,16 @@ def test_predict_cli_unreadable_file_reports_and_continues(trained_convnet, tmp_
     import json
     out = json.loads(captured.out)
     assert out[0]["file"] == str(good) and {"digit", "probability", "topk"} <= set(out[0])
+
+
+def test_tta_shifts_pad_with_paper_and_are_reported_apart(trained_convnet, real_data_dir):
+    x = torch.arange(2 * 28 * 28, dtype=torch.float32).reshape(2, 1, 28, 28)
+    down = tm.shifted(x, 1, 0, background=-5.0)
+    assert torch.equal(down[..., 1:, :], x[..., :-1, :]) and (down[..., 0, :] == -5.0).all()
+    right = tm.shifted(x, 0, -1, background=-5.0)  # dx = -1: one pixel to the left
+    assert torch.equal(right[..., :, :-1], x[..., :, 1:]) and (right[..., :, -1] == -5.0).all()
+    path, _ = trained_convnet
+    r = tm.test_model(path, real_data_dir, "cpu", tta=True)
+    assert len(r["tta"]["shifts"]) == 5 and 0.9 < r["tta"]["accuracy"] <= 1
+    plain = tm.test_model(path, real_data_dir, "cpu")
+    assert plain["accuracy"] == r["accuracy"] and "tta" not in plain

@@ -114,8 +114,9 @@ def test_fractional_epochs(tmp_path, synthetic_data):
     assert r["history"][-1]["step"] == round(0.5 * (1100 // 64))
 
 
-def test_resume_after_interrupt_reproduces_uninterrupted_run(tmp_path, synthetic_data):
-    cfg = tiny(tmp_path, model="fastresnet", model_config={"width": 8}, epochs=2, deterministic=True)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_interrupt_reproduces_uninterrupted_run(tmp_path, synthetic_data, ema):
+    cfg = tiny(tmp_path, model="fastresnet", model_config={"width": 8}, epochs=2, deterministic=True, ema=ema)
     full = train.train(dataclasses.replace(cfg, out=str(tmp_path / "full")), synthetic_data, quiet=True)
 
     def ctrl_c(step, model):
@@ -131,6 +132,10 @@ def test_resume_after_interrupt_reproduces_uninterrupted_run(tmp_path, synthetic
     a = torch.load(tmp_path / "full" / full["config"]["run_name"] / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(run / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if ema:  # the raw weights continue exactly too, beside their average
+        a = torch.load(tmp_path / "full" / full["config"]["run_name"] / "last.pt", weights_only=True)["raw_state_dict"]
+        b = torch.load(run / "last.pt", weights_only=True)["raw_state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-6)
     assert resumed["test"]["acc"] == full["test"]["acc"]
 
@@ -304,3 +309,17 @@ def test_batch_must_split_evenly_and_sync_bn_needs_cuda(tmp_path, synthetic_data
     monkeypatch.setattr(train, "distributed", lambda device: train.Dist(rank=0, world=3, backend="gloo"))
     with pytest.raises(ValueError, match="must divide by the 3 processes"):
         train.train(tiny(tmp_path, batch_size=64), synthetic_data, quiet=True)
+
+
+def test_ema_weights_are_what_is_validated_and_saved(tmp_path, synthetic_data):
+    r = train.train(tiny(tmp_path, epochs=2, ema=0.9), synthetic_data, quiet=True)
+    run = tmp_path / "runs" / r["config"]["run_name"]
+    last = torch.load(run / "last.pt", weights_only=True)
+    differs = [k for k in last["state_dict"] if last["state_dict"][k].is_floating_point()
+               and not torch.equal(last["state_dict"][k], last["raw_state_dict"][k])]
+    assert differs  # the saved weights are the average, not the last iterate
+    model, ckpt = models.load_checkpoint(run / "best.pt")  # a plain checkpoint: loads like any other
+    x, y = synthetic_data.x_val, synthetic_data.y_val
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    assert acc == pytest.approx(r["best"]["val_acc"], abs=1e-9)
