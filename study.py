@@ -271,6 +271,24 @@ def round_lr(lr: float) -> float:
     return float(f"{lr:.0e}")
 
 
+def data_lr(s: Settings, model: str, optimizer: str) -> float | None:
+    """The LR the grid's results point to: past the grid's edge when the best LR is at an edge
+    (x3 beyond it), else halfway (geometric mean) towards the better of its two neighbours."""
+    rows = {c.tags["lr"]: load_result(s, c.name) for c in lr_grid_cells(s, model, optimizer)}
+    if any(r is None for r in rows.values()):
+        return None
+    score = {lr: (r["best"]["val_acc"] if r["status"] != "diverged" else -1.0) for lr, r in rows.items()}
+    grid = sorted(score, reverse=True)  # 0.1, 0.01, ...
+    best = max(grid, key=lambda lr: (score[lr], lr))
+    i = grid.index(best)
+    if i == 0:
+        return round_lr(best * 3)
+    if i == len(grid) - 1:
+        return round_lr(best / 3)
+    neighbour = max((grid[i - 1], grid[i + 1]), key=lambda lr: score[lr])
+    return round_lr(math.sqrt(best * neighbour))
+
+
 def lr_cells(s: Settings) -> list:
     cells = [c for m, opt in lr_rows(s) for c in lr_grid_cells(s, m, opt)]
     found = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
@@ -283,6 +301,15 @@ def lr_cells(s: Settings) -> list:
         if lr not in LRS:  # otherwise the grid already has it
             c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
             c.tags["kind"] = "lr_find"
+            cells.append(c)
+    for m, opt in lr_rows(s):  # then one more per row, where the grid's own results point
+        lr = data_lr(s, m, opt)
+        if lr is None:
+            cells.append(Waiting("lr", f"{m} {opt} at the LR the grid points to", m, LR_EPOCHS[m]))
+            continue
+        c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
+        c.tags["kind"] = c.tags.get("kind", "data")
+        if not any(x.name == c.name for x in cells if isinstance(x, Cell)):
             cells.append(c)
     return cells
 
@@ -475,7 +502,7 @@ def run_final(s: Settings, cell: Cell) -> dict:
 
 
 def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict) -> float | None:
-    """From finished cells of the same network on this kind of machine."""
+    """From finished cells of the same network on this kind of machine (the fastest of them)."""
     here = hardware()
     per_epoch = []
     for p in (s.results / "cells").glob("*.json"):
@@ -483,7 +510,7 @@ def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict) -> f
         if (r["tags"]["model"] == model and r["config"]["model_config"] == complete_config(model, model_config)
                 and r["hardware"] == here and r["status"] != "diverged" and r["epochs"] >= 1):
             per_epoch.append(r["seconds"] / r["epochs"])
-    return statistics.median(per_epoch) if per_epoch else None
+    return min(per_epoch) if per_epoch else None  # the least disturbed run: others may have shared the CPU
 
 
 def quick_throughput(model: str, model_config: dict, steps: int = 3, batch: int = 128) -> float:
@@ -732,16 +759,19 @@ def run(s: Settings, only: list[str] | None = None) -> None:
             print(f"wrote {write_report(s.root)}")
             update_readme(s.root)
         else:
-            said = False
+            said, passes_without_progress = False, 0
             while True:  # the cells that can run now; then, as a shard worker, those that wait for others
                 items = stage_cells(s, stage)
                 waiting = [c for c in items if isinstance(c, Waiting)]
-                if waiting and s.shard is None:
-                    raise SystemExit(f"study: stage {stage} needs stage {waiting[0].stage}'s results first: "
-                                     f"python study.py --only {waiting[0].stage}")
+                elsewhere = [w for w in waiting if w.stage != stage]  # a stage's own later cells wait for its earlier ones
+                if elsewhere and s.shard is None:
+                    raise SystemExit(f"study: stage {stage} needs stage {elsewhere[0].stage}'s results first: "
+                                     f"python study.py --only {elsewhere[0].stage}")
+                progressed = False
                 for c in mine(s, [c for c in items if isinstance(c, Cell)]):
                     if load_result(s, c.name) or not claim(s, c):
                         continue
+                    progressed = True
                     try:
                         if load_result(s, c.name):  # finished by another worker between the two looks
                             continue
@@ -756,6 +786,12 @@ def run(s: Settings, only: list[str] | None = None) -> None:
                         write_lr_table(s)
                 if not waiting:
                     break
+                if s.shard is None and not elsewhere:
+                    passes_without_progress = 0 if progressed else passes_without_progress + 1
+                    if passes_without_progress > 1:
+                        raise SystemExit(f"study: stage {stage} cannot finish: {waiting[0].what} waits for cells that "
+                                         f"another worker has claimed (results/claims/); run with --shard, or remove stale claims")
+                    continue  # this pass finished what the waiting cells need: resolve them now
                 if not said:
                     print(f"study: stage {stage} waits for stage {waiting[0].stage}'s results from the other workers", flush=True)
                     said = True

@@ -409,8 +409,9 @@ def lr_cell_text(r: dict | None) -> str:
 def section_lr(s: study.Settings) -> list[str]:
     lines = ["## Step 5: learning rates, and over- and underfitting", "", "### The LR table", ""]
     finder = json.loads(study.lr_find_path(s).read_text()) if study.lr_find_path(s).exists() else {}
-    head = "| model | optimizer | epochs | " + " | ".join(f"lr {lr:g}" for lr in study.LRS) + " | other LR: the finder's |"
-    lines += [head, "|---|---|---|" + "---|" * (len(study.LRS) + 1)]
+    head = ("| model | optimizer | epochs | " + " | ".join(f"lr {lr:g}" for lr in study.LRS)
+            + " | other LR: the finder's | other LR: where the grid points |")
+    lines += [head, "|---|---|---|" + "---|" * (len(study.LRS) + 2)]
     others = {}
     for c in study.lr_cells(s):
         if isinstance(c, study.Cell) and c.tags.get("kind") == "lr_find":
@@ -430,7 +431,15 @@ def section_lr(s: study.Settings) -> list[str]:
             other = f"lr {study.round_lr(finder[key]['suggested_lr']):g} (in the grid)"
         else:
             other = "…"
-        lines.append(f"| {NAMES[m]} | {OPT_NAMES[opt]} | {cells[0].epochs:g} | " + " | ".join(texts) + f" | {other} |")
+        lr_data = study.data_lr(s, m, opt)
+        if lr_data is None:
+            pointed = "…"
+        elif lr_data in study.LRS:
+            pointed = f"lr {lr_data:g} (in the grid)"
+        else:
+            r = study.load_result(s, study.make_cell(s, m, opt, lr_data, study.LR_EPOCHS[m]).name)
+            pointed = f"lr {lr_data:g}: {lr_cell_text(r)}"
+        lines.append(f"| {NAMES[m]} | {OPT_NAMES[opt]} | {cells[0].epochs:g} | " + " | ".join(texts) + f" | {other} | {pointed} |")
     if not any_done:
         return lines[:4] + ["Not run yet (stage `lr`).", ""]
     lines += ["",
@@ -450,7 +459,10 @@ def section_lr(s: study.Settings) -> list[str]:
             m, opt = key.rsplit("-", 1)
             lines.append(f"| {NAMES[m]} | {OPT_NAMES[opt]} | {f['suggested_lr']:.3g} | {f['min_loss_lr']:.3g} | [{f['png']}]({f['png']}) |")
         lines += ["",
-                  "The table's last column trains at the suggestion (to one significant digit) with the row's budget.",
+                  "The table's second-to-last column trains at the suggestion (to one significant digit) with the row's budget;",
+                  "the last column at the LR the grid itself points to: 3x beyond the grid's edge when the best LR is at an",
+                  "edge, else halfway (geometric mean) towards the better neighbour. Neither is used to pick the final LR",
+                  "unless it is also the best on validation in the optimizer comparison's input, the grid.",
                   "The other techniques used everywhere here: **warmup** (the first 10% of steps ramp the LR up from 0, so",
                   "BN statistics and Adam's moments settle before full-size steps) and **one-cycle decay** (linear to 0: a",
                   "large LR explores early, a small one settles into a minimum late); `--schedule cosine|step|constant` are",

@@ -177,3 +177,18 @@ def test_claims_are_exclusive_and_a_dead_workers_claim_is_taken_over(tmp_path):
     assert study.claim(s, cell)
     study.release(s, cell)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("accs, expected", [
+    ({0.1: 0.99, 0.01: 0.98, 0.001: 0.95, 0.0001: 0.90}, 0.3),     # best at the top edge: beyond it
+    ({0.1: 0.90, 0.01: 0.95, 0.001: 0.98, 0.0001: 0.99}, 3e-05),   # best at the bottom edge
+    ({0.1: 0.0, 0.01: 0.99, 0.001: 0.97, 0.0001: 0.9}, 0.003),     # between 0.01 and its better neighbour 0.001
+])
+def test_the_lr_the_grid_points_to(tmp_path, accs, expected):
+    s = study.Settings(root=tmp_path)
+    for c in study.lr_grid_cells(s, "convnet", "sgd"):
+        diverged = accs[c.tags["lr"]] == 0.0
+        study.write_json(study.result_path(s, c.name), {"tags": c.tags, "status": "diverged" if diverged else "finished",
+                                                        "best": {} if diverged else {"val_acc": accs[c.tags["lr"]]}})
+    assert study.data_lr(s, "convnet", "sgd") == expected
+    assert study.data_lr(s, "dnn", "sgd") is None  # no grid yet
