@@ -491,7 +491,10 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     dist.barrier()
     resume = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
     where = ("out", "run_name", "weights_dir")  # a moved run folder is still the same run
-    same = lambda a, b: {k: v for k, v in a.items() if k not in where} == {k: v for k, v in b.items() if k not in where}  # noqa: E731
+    # A setting added to TrainConfig after last.pt was written counts as its default there.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    same = lambda a, b: all(a.get(k, defaults.get(k)) == b.get(k, defaults.get(k))  # noqa: E731
+                            for k in (set(a) | set(b)) - set(where))
     if resume is not None and not same(resume["train_config"], dataclasses.asdict(cfg)):
         if dist.main:
             print(f"{run_dir}/last.pt was made with other settings: starting over")

@@ -323,3 +323,20 @@ def test_ema_weights_are_what_is_validated_and_saved(tmp_path, synthetic_data):
     with torch.no_grad():
         acc = float((model(x).argmax(1) == y).float().mean())
     assert acc == pytest.approx(r["best"]["val_acc"], abs=1e-9)
+
+
+def test_resume_accepts_a_last_pt_from_before_a_new_setting_existed(tmp_path, synthetic_data):
+    cfg = tiny(tmp_path, epochs=2)
+
+    def stop(step, model):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, synthetic_data, on_step=stop, quiet=True)
+    run = tmp_path / "runs" / cfg.resolved().run_name
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    del ckpt["train_config"]["ema"]  # as written by a version without --ema
+    torch.save(ckpt, run / "last.pt")
+    train.train(cfg, synthetic_data, quiet=True, resume=True)
+    assert f"resumed {run} at step 20/" in (run / "log.txt").read_text()
