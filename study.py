@@ -42,7 +42,7 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from train import TrainConfig, claim_file, cpu_has_bf16, exclusive, lr_find, plot_curves, run_length, train
+from train import TrainConfig, claim_file, cpu_has_bf16, cpu_name, exclusive, lr_find, plot_curves, run_length, train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -168,15 +168,7 @@ def hardware(device: str = "cpu", precision: str = "") -> str:
     """'AMD EPYC 9R14 (2 threads, bf16)': the CPU model, as /proc/cpuinfo names it."""
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} ({precision})"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
 
 
 def train_config(s: Settings, cell: Cell) -> TrainConfig:

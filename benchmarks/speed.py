@@ -215,15 +215,7 @@ print(json.dumps({{"process": process, "after_data": after_data, "training": tra
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"cpu": train.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "device": "cpu", "bf16_instructions": train.cpu_has_bf16(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
