@@ -925,7 +925,7 @@ def lr_advice(cfg: TrainConfig, table: Path = STUDY_LR_TABLE) -> str | None:
     ratio = max(cfg.lr, best_lr) / min(cfg.lr, best_lr)
     return (f"note: lr {cfg.lr:g} is {ratio:.0f}x {'below' if cfg.lr < best_lr else 'above'} the best LR the study found "
             f"for {cfg.model} with {cfg.optimizer} ({best_lr:g}: {seen}val {100 * float(best['val_acc']):.2f}%{budget}); "
-            f"see results/lr_table.md. Running lr {cfg.lr:g} as asked.")
+            f"see the LR table in report.md (results/lr_table.csv). Running lr {cfg.lr:g} as asked.")
 
 
 # -----------------------------------------------------------------------------

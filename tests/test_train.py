@@ -277,7 +277,7 @@ def test_lr_advice_points_at_the_table_only_when_far_from_its_best(tmp_path):
     cfg = lambda opt, lr: train.TrainConfig(model="resnet", optimizer=opt, lr=lr).resolved()  # noqa: E731
     line = train.lr_advice(cfg("sgd", 0.001), table)
     assert line.startswith("note: lr 0.001 is 100x below the best LR") and "0.1" in line and "90.00%" in line
-    assert "\n" not in line and "lr_table.md" in line
+    assert "\n" not in line and "report.md" in line
     assert train.lr_advice(cfg("sgd", 0.05), table) is None  # within 10x of the best
     assert train.lr_advice(cfg("adam", 0.001), table) is None  # Adam's own row: 0.001 is its best
     assert train.lr_advice(cfg("adamw", 0.001), table) is None  # no row for this optimizer: nothing to say
