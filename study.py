@@ -23,13 +23,11 @@ from committed files only, so `--report-only` on a fresh clone reproduces it.
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys

@@ -13,14 +13,13 @@ Steps 1-6; a stage that has not run yet is named as such, never filled with a gu
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import textwrap
 from pathlib import Path
 
 import study
-from models import RESNET_STEMS, STUDY_MODELS, build_model, count_params
+from models import STUDY_MODELS, build_model, count_params
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)", "quicknet": "QuickNet"}
@@ -523,10 +522,10 @@ def section_stem(s: study.Settings) -> list[str]:
 
 def early_stop(history: list[dict], patience: int) -> tuple[float, float]:
     """(epoch where --patience would stop, val accuracy of the best epoch up to then)."""
-    best, best_epoch, since = -1.0, 0.0, 0
+    best, since = -1.0, 0
     for h in history:
         if h["val_acc"] > best:
-            best, best_epoch, since = h["val_acc"], h["epoch"], 0
+            best, since = h["val_acc"], 0
         else:
             since += 1
             if since >= patience:
