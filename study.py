@@ -40,7 +40,7 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from train import TrainConfig, claim_file, cpu_has_bf16, cpu_name, exclusive, lr_find, plot_curves, run_length, train
+from train import TrainConfig, claim_file, cpu_has_bf16, cpu_name, exclusive, lr_find, plot_curves, run_length, ship, train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -62,7 +62,7 @@ FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0
 SMOKE_EPOCHS = 0.005  # --smoke: ~2 steps per cell
 
 # Over- and underfitting: the ConvNet with one regularizer removed at a time, all removed,
-# too little capacity, and two stronger augmentations. Overrides of TrainConfig fields.
+# too little and more capacity, and three stronger augmentations. Overrides of TrainConfig fields.
 REG_VARIANTS = {
     "baseline": {},
     "no-augment": {"augment": False},
@@ -71,10 +71,16 @@ REG_VARIANTS = {
     "no-weight-decay": {"weight_decay": 0.0},
     "none": {"augment": False, "model_config": {"dropout": 0.0}, "label_smoothing": 0.0, "weight_decay": 0.0},
     "small": {"model_config": {"width": 4}},
+    "wide": {"model_config": {"width": 64}},
     "affine": {"rotate": 10.0, "scale": 0.1},
     "elastic": {"elastic": 34.0},
+    # Simard et al. (2003) and Ciresan et al. (2010) used both: affine and elastic distortions.
+    "affine-elastic": {"rotate": 10.0, "scale": 0.1, "elastic": 34.0},
 }
-AUGMENTATIONS = ("baseline", "affine", "elastic")  # the final stage takes the best of these on validation
+# The final stage takes, on validation, the best augmentation (for every model) and the best
+# ConvNet width among these variants; each factor is measured with the others at the baseline.
+AUGMENTATIONS = ("baseline", "affine", "elastic", "affine-elastic")
+CAPACITIES = ("baseline", "wide")
 PATIENCE = 3  # the early-stopping rule the report applies to the regularization curves
 
 STAGES = ("data", "stem", "lr_find", "lr", "optim", "regularization", "final", "evaluate", "screenshots", "report")
@@ -335,19 +341,29 @@ def mean_val(s: Settings, cells: list[Cell]) -> float | None:
     return statistics.mean(r["best"].get("val_acc", 0.0) for r in rows)
 
 
-def chosen_augmentation(s: Settings) -> tuple[str, dict] | None:
-    """The augmentation with the best mean validation accuracy in the regularization stage."""
+def best_variant(s: Settings, variants: tuple[str, ...]) -> tuple[str, dict] | None:
+    """The variant of the regularization stage with the best mean validation accuracy over seeds
+    (ties: the earlier, simpler one); None until all of their cells are done."""
     cells = [c for c in reg_cells(s) if isinstance(c, Cell)]
     if not cells:
         return None
     scores = {}
-    for v in AUGMENTATIONS:
+    for v in variants:
         score = mean_val(s, [c for c in cells if c.tags["variant"] == (v if v != "baseline" else "reg")])
         if score is None:
             return None
         scores[v] = score
-    best = max(AUGMENTATIONS, key=lambda v: (scores[v], -AUGMENTATIONS.index(v)))
+    best = max(variants, key=lambda v: (scores[v], -variants.index(v)))
     return best, REG_VARIANTS[best]
+
+
+def chosen_augmentation(s: Settings) -> tuple[str, dict] | None:
+    return best_variant(s, AUGMENTATIONS)
+
+
+def chosen_width(s: Settings) -> tuple[str, dict] | None:
+    """The ConvNet's width for the final runs: the recipe's, or wider where that was better on validation."""
+    return best_variant(s, CAPACITIES)
 
 
 def best_optimizer(s: Settings, model: str) -> tuple[str, float] | None:
@@ -383,9 +399,24 @@ def final_choice(s: Settings, model: str) -> dict | None:
                   for opt, lr in options]
         _, opt, lr = max(scored)
     aug = chosen_augmentation(s) if "convnet" in s.models else ("baseline", {})
-    if aug is None:
+    width = chosen_width(s) if model == "convnet" else ("baseline", {})
+    if aug is None or width is None:
         return None
-    return {"optimizer": opt, "lr": lr, "augmentation": aug[0], "overrides": dict(aug[1]), "epochs": s.epochs(FINAL_EPOCHS[model])}
+    name = aug[0] + ("" if width[0] == "baseline" else f"-{width[0]}")
+    return {"optimizer": opt, "lr": lr, "augmentation": aug[0], "capacity": width[0], "variant": name,
+            "overrides": {**aug[1], **width[1]}, "epochs": s.epochs(FINAL_EPOCHS[model])}
+
+
+def best_recipe(s: Settings, model: str) -> dict | None:
+    """final_choice as train.BEST_RECIPES writes it (`python train.py --recipe best` trains it)."""
+    choice = final_choice(s, model)
+    if choice is None:
+        return None
+    o = dict(choice["overrides"])
+    recipe = {"optimizer": choice["optimizer"], "lr": choice["lr"], "epochs": FINAL_EPOCHS[model], **o}
+    if not recipe.get("model_config"):
+        recipe.pop("model_config", None)
+    return recipe
 
 
 # -----------------------------------------------------------------------------
@@ -437,12 +468,12 @@ def final_cells(s: Settings) -> list:
         choice = final_choice(s, m)
         seeds = s.seeds(FINAL_SEEDS[m])
         if choice is None:
-            out.append(Waiting("regularization", f"{m} with the chosen LR and augmentation, seeds {list(seeds)}",
+            out.append(Waiting("regularization", f"{m} with the chosen LR, augmentation{' and width' if m == 'convnet' else ''}, seeds {list(seeds)}",
                                m, s.epochs(FINAL_EPOCHS[m]), len(seeds)))
             continue
         for seed in seeds:
             c = make_cell(s, m, choice["optimizer"], choice["lr"], FINAL_EPOCHS[m], seed,
-                          variant=f"final-{choice['augmentation']}", **dict(choice["overrides"]))
+                          variant=f"final-{choice['variant']}", **dict(choice["overrides"]))
             c.tags["kind"] = "final"
             out.append(c)
     return out
@@ -659,18 +690,43 @@ def write_lr_table(s: Settings) -> None:
     os.replace(tmp, s.results / "lr_table.csv")
 
 
+def ship_finals(s: Settings) -> None:
+    """weights/<model>.pt := the final run with the best validation accuracy (ties: the lower seed).
+    train.py already promotes a run that beats the file on validation; this also replaces files
+    from before the study, so the shipped weights are exactly what `python study.py` reproduces."""
+    finals = [c for c in final_cells(s) if isinstance(c, Cell)]
+    for m in s.models:
+        runs = [(load_result(s, c.name), c) for c in finals if c.model == m]
+        runs = [(r, c) for r, c in runs if r and r.get("test")]
+        if not runs:
+            continue
+        r, c = max(runs, key=lambda rc: (rc[0]["best"]["val_acc"], -rc[1].tags["seed"]))
+        target = s.root / "weights" / f"{m}.pt"
+        card = target.with_suffix(".json")
+        if card.exists() and json.loads(card.read_text())["train_config"].get("run_name") == c.name:
+            continue
+        best = s.runs / "final" / c.name / "best.pt"
+        if not best.exists():
+            raise SystemExit(f"study: {rel(s, target)} should be the final run {c.name} (best val {r['best']['val_acc']:.4f}), "
+                             f"but {rel(s, best)} is gone; rerun it: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
+        result = json.loads((best.parent / "result.json").read_text())
+        ship(best, target, result.get("environment", {}))
+        print(f"study: shipped {rel(s, target)} = {c.name} (val {r['best']['val_acc']:.4f}, the best of {len(runs)} final runs)", flush=True)
+
+
 def stage_evaluate(s: Settings) -> None:
     """test_model.py per shipped model and for the ensemble, feature maps, training curves."""
+    ship_finals(s)
     weights = [s.root / "weights" / f"{m}.pt" for m in s.models]
     missing = [rel(s, w) for w in weights if not w.exists()]
     if missing:
         raise SystemExit(f"study: evaluate needs {', '.join(missing)}; run the final stage first (python study.py --only final)")
     commands = []
     for m, w in zip(s.models, weights):
-        cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures"])
+        cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])
         run_logged(s, cmd, s.results / "logs" / f"test-{m}.txt")
         commands.append({"command": shown(cmd), "models_scored": 1, "log": f"results/logs/test-{m}.txt"})
-    cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in weights], "--out", "figures"])
+    cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in weights], "--out", "figures", "--tta"])
     run_logged(s, cmd, s.results / "logs" / "test-ensemble.txt")
     commands.append({"command": shown(cmd), "models_scored": len(weights), "log": "results/logs/test-ensemble.txt"})
     cnns = [rel(s, w) for m, w in zip(s.models, weights) if m != "dnn"]

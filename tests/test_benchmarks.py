@@ -44,3 +44,17 @@ def test_only_one_benchmark_runs_at_a_time(tmp_path):
     finally:
         held.close()
     speed.exclusive("third", lock).close()  # released with its file
+
+
+def test_gpu_check_dry_run_writes_every_part(real_data_dir, tmp_path, monkeypatch):
+    """The GPU machine's one prepared run, on CPU with tiny budgets: each part runs and lands in the JSON."""
+    import gpu_check
+    monkeypatch.setenv("DATA_DIR", str(real_data_dir))
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "speed-cpu-dry-run.json").read_text())
+    assert out["dry_run"] and out["tests"]["rc"] == 0 and "passed" in out["tests"]["summary"]
+    assert len(out["time_to_99_5_s_per_seed"]) == 1 and "time_to_99_0_s" in out
+    assert out["resnet18_epoch_s"] > 0 and out["resnet18_ceiling_epoch_s"] > 0 and out["matmul_tflops"] > 0
+    assert sorted(out["resnet18_lr_grid"], key=float) == ["0.0001", "0.001", "0.01", "0.1"]
+    assert all(0 <= c["val_acc"] <= 1 and 0 <= c["test_acc"] <= 1 for c in out["resnet18_lr_grid"].values())
+    assert "passed" in (tmp_path / "gpu_check_tests.txt").read_text()

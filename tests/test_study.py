@@ -192,3 +192,10 @@ def test_the_lr_the_grid_points_to(tmp_path, accs, expected):
                                                         "best": {} if diverged else {"val_acc": accs[c.tags["lr"]]}})
     assert study.data_lr(s, "convnet", "sgd") == expected
     assert study.data_lr(s, "dnn", "sgd") is None  # no grid yet
+
+
+def test_best_recipes_are_the_studys_final_choice_from_the_committed_results():
+    """train.BEST_RECIPES (python train.py --recipe best) must be what the study's final stage ran."""
+    s = study.Settings()
+    for m in study.STUDY_MODELS:
+        assert train.BEST_RECIPES.get(m) == study.best_recipe(s, m), m

@@ -81,6 +81,20 @@ def test_recipe_fills_only_unset_fields():
     assert cfg.run_name == "convnet-lr0.01-s0"
 
 
+def test_best_recipe_fills_what_no_flag_gave(monkeypatch):
+    monkeypatch.setattr(train, "BEST_RECIPES", {"convnet": dict(optimizer="adamw", lr=0.01, epochs=30, elastic=34.0,
+                                                                model_config={"width": 64})})
+    a = train.parse_args(["--model", "convnet", "--recipe", "best", "--epochs", "1", "--rotate", "0"])
+    cfg = train.config_from_args(a, "convnet", None).resolved()
+    assert (cfg.optimizer, cfg.lr, cfg.elastic, cfg.model_config["width"]) == ("adamw", 0.01, 34.0, 64)
+    assert (cfg.epochs, cfg.rotate) == (1, 0.0)  # typed flags win, even one equal to its default
+    a = train.parse_args(["--model", "convnet", "--recipe", "best", "--lr", "0.002", "--width", "16"])
+    cfg = train.config_from_args(a, "convnet", 0.002).resolved()
+    assert (cfg.lr, cfg.model_config["width"], cfg.epochs) == (0.002, 16, 30)
+    with pytest.raises(ValueError, match="no best recipe for dnn"):
+        train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "best"]), "dnn", None)
+
+
 # -----------------------------------------------------------------------------
 # Runs on the synthetic fixture
 
