@@ -68,13 +68,7 @@ def train_throughput(cfg: train.TrainConfig, batch: int, steps: int) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
 
-    def step():
-        with train.autocast(cfg):
-            loss = train.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = speed.training_step(model, opt, x, y, cfg)
     for _ in range(3):  # warm-up: cuDNN / oneDNN pick their kernels
         step()
     sync()

@@ -128,6 +128,17 @@ def matmul_gflops(dtype, n: int = 4096, seconds: float = 2.0) -> float:
     return 2 * n ** 3 * count / (time.perf_counter() - t) / 1e9
 
 
+def training_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: train.TrainConfig):
+    """One forward, backward and optimizer step on the fixed batch (x, y), as a callable to time."""
+    def step():
+        with train.autocast(cfg):
+            loss = train.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def throughput(name: str, precision: str, channels_last: bool, batch: int, seconds: float, model_config=None) -> dict:
     """Training img/s (fwd + bwd + SGD step) and inference img/s, on random data."""
     cfg = train.TrainConfig(model=name, model_config=model_config or {}, precision=precision, channels_last=channels_last,
@@ -141,12 +152,7 @@ def throughput(name: str, precision: str, channels_last: bool, batch: int, secon
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def step():
-        with train.autocast(cfg):
-            loss = train.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = training_step(model, opt, x, y, cfg)
 
     def rate(fn, n_per_call):
         fn()  # warm-up: oneDNN builds its kernels on the first call
