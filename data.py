@@ -1,6 +1,6 @@
 """MNIST (and its same-format relatives) as verified in-memory tensors.
 
-    raw IDX files --verify--> torchvision.datasets.MNIST --> uint8 tensors
+    raw IDX files --verify--> uint8 tensors (read here; torchvision only downloads)
         --split (seeded, stratified)--> train / val / test --normalize once--> float32
 
 Everything after loading is tensor ops on the whole dataset: batches are slices of
@@ -119,6 +119,17 @@ def _read_idx_header(path: Path) -> tuple[int, ...]:
     return dims
 
 
+def read_idx(path: Path) -> torch.Tensor:
+    """An unsigned-byte IDX file (already verified) as a uint8 tensor of its shape, e.g. (60000, 28, 28).
+
+    Read here rather than through torchvision.datasets: importing torchvision costs ~1.2 s
+    of every start-up, and the format is a header and raw bytes.
+    """
+    dims = _read_idx_header(path)
+    raw = bytearray(path.read_bytes())  # writable: torch.frombuffer warns on read-only buffers
+    return torch.frombuffer(raw, dtype=torch.uint8, offset=4 + 4 * len(dims)).view(*dims)
+
+
 def _cache_file() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mnist-study" / "verified.json"
@@ -185,13 +196,12 @@ def load_raw(name: str = "mnist", data_dir=None, download: bool = True):
     spec = DATASETS[name]
     root = resolve_data_dir(data_dir)
     raw_dir = root / spec.folder / "raw"
-    import torchvision.datasets  # heavy import, paid only when data is actually loaded
-
-    tv_class = getattr(torchvision.datasets, spec.torchvision_class)
     missing = [f.name for f in spec.files if not (raw_dir / f.name).is_file()]
     if missing and download:
-        try:
-            tv_class(str(root), train=True, download=True)  # downloads and extracts all four files
+        import torchvision.datasets  # heavy import, paid only when files must be downloaded
+
+        try:  # downloads and extracts all four files
+            getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=True, download=True)
         except (RuntimeError, OSError) as e:
             # Offline, torchvision raises a RuntimeError listing every mirror it tried.
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -200,12 +210,14 @@ def load_raw(name: str = "mnist", data_dir=None, download: bool = True):
     if missing:
         raise DataError(_missing_message(spec, raw_dir, missing, "download disabled" if not download else "download incomplete"))
     genuine = verify_raw_files(spec, raw_dir)
-    train = tv_class(str(root), train=True, download=False)
-    test = tv_class(str(root), train=False, download=False)
-    for labels, file in ((train.targets, spec.train_labels), (test.targets, spec.test_labels)):
+    x_train, y_train, x_test, y_test = (read_idx(raw_dir / f.name) for f in spec.files)
+    for images, labels, file in ((x_train, y_train, spec.train_labels), (x_test, y_test, spec.test_labels)):
+        if images.dim() != 3 or labels.dim() != 1:
+            raise DataError(f"{raw_dir}: images must be a 3-D and labels a 1-D IDX file ({file.name} and its images are not); "
+                            "replace them with the genuine files")
         if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(spec.class_names)):
             raise DataError(f"{raw_dir / file.name} holds labels outside 0..{len(spec.class_names) - 1}; replace it with the genuine file")
-    return train.data, train.targets, test.data, test.targets, genuine
+    return x_train, y_train.long(), x_test, y_test.long(), genuine
 
 
 # -----------------------------------------------------------------------------

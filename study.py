@@ -58,7 +58,21 @@ OPTIM_MODELS = ("convnet", "dnn")
 ADADELTA_LR = 1.0  # pytorch/examples' choice (with StepLR 0.7); it is not in the LR grid
 REG_EPOCHS = 12  # long enough for an unregularized ConvNet to overfit
 FINAL_EPOCHS = {"dnn": 60, "convnet": 30, "fastresnet": 30, "resnet": 10}
-FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0,)}
+FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0, 1)}
+# Further attempts at the accuracy targets (issue #11): one change each to a model's final recipe,
+# trained in the final stage beside it, with its seeds. A model ships its validation-best final
+# run, attempt or not (ship_finals), and train.BEST_RECIPES is that run's recipe (best_recipe).
+ATTEMPTS = {
+    # Ciresan et al. (2010) trained MLPs with elastic fields smoother than Simard's sigma 4; at sigma 4
+    # the ConvNet's training accuracy stalled at 98.3% (regularization stage). sigma 6 moves pixels by
+    # ~1 px rms instead of ~1.4, on top of the affine warp.
+    "dnn": {"elastic6": {"elastic": 34.0, "elastic_sigma": 6.0},
+            # The DNN is cheap (~3 s an epoch): 2.5x the final schedule, the same one-cycle shape.
+            "e150": {"epochs": 150}},
+    # Validate and ship an exponential moving average of the weights (decay 0.999 per step: a
+    # ~1,000-step, ~2-epoch horizon), which sits nearer the centre of the minimum than the last iterate.
+    "convnet": {"ema": {"ema": 0.999}},
+}
 SMOKE_EPOCHS = 0.005  # --smoke: ~2 steps per cell
 
 # Over- and underfitting: the ConvNet with one regularizer removed at a time, all removed,
@@ -407,12 +421,26 @@ def final_choice(s: Settings, model: str) -> dict | None:
             "overrides": {**aug[1], **width[1]}, "epochs": s.epochs(FINAL_EPOCHS[model])}
 
 
+def shipped_final(s: Settings, model: str) -> Cell | None:
+    """The model's final run with the best validation accuracy (ties: the main recipe, then the
+    lower seed), attempts included; None until every final run of the model has its result."""
+    cells = [c for c in recipe_cells(s) if isinstance(c, Cell) and c.model == model]
+    results = [load_result(s, c.name) for c in cells]
+    if not cells or any(r is None or not r.get("test") for r in results):
+        return None
+    attempts = ["", *ATTEMPTS.get(model, {})]
+    return max(zip(results, cells), key=lambda rc: (rc[0]["best"]["val_acc"], -attempts.index(rc[1].tags["attempt"]),
+                                                    -rc[1].tags["seed"]))[1]
+
+
 def best_recipe(s: Settings, model: str) -> dict | None:
-    """final_choice as train.BEST_RECIPES writes it (`python train.py --recipe best` trains it)."""
+    """The recipe of the shipped final run as train.BEST_RECIPES writes it (`python train.py --recipe
+    best` trains it): final_choice, plus the attempt's change where an attempt won on validation."""
     choice = final_choice(s, model)
     if choice is None:
         return None
-    o = dict(choice["overrides"])
+    shipped = shipped_final(s, model)
+    o = {**choice["overrides"], **(ATTEMPTS.get(model, {}).get(shipped.tags["attempt"], {}) if shipped else {})}
     recipe = {"optimizer": choice["optimizer"], "lr": choice["lr"], "epochs": FINAL_EPOCHS[model], **o}
     if not recipe.get("model_config"):
         recipe.pop("model_config", None)
@@ -462,7 +490,8 @@ def rel(s: Settings, path: Path) -> str:
     return os.path.relpath(path, s.root)
 
 
-def final_cells(s: Settings) -> list:
+def recipe_cells(s: Settings) -> list:
+    """The final stage's runs that compete on validation: each model's final recipe and its attempts."""
     out = []
     for m in s.models:
         choice = final_choice(s, m)
@@ -471,12 +500,41 @@ def final_cells(s: Settings) -> list:
             out.append(Waiting("regularization", f"{m} with the chosen LR, augmentation{' and width' if m == 'convnet' else ''}, seeds {list(seeds)}",
                                m, s.epochs(FINAL_EPOCHS[m]), len(seeds)))
             continue
+        for attempt, changes in {"": {}, **ATTEMPTS.get(m, {})}.items():
+            changes = dict(changes)
+            epochs = changes.pop("epochs", FINAL_EPOCHS[m])
+            for seed in seeds:
+                c = make_cell(s, m, choice["optimizer"], choice["lr"], epochs, seed,
+                              variant=f"final-{choice['variant']}" + (f"-{attempt}" if attempt else ""),
+                              **{**choice["overrides"], **changes})
+                c.tags.update(kind="final", attempt=attempt)
+                out.append(c)
+    return out
+
+
+def refit_cells(s: Settings) -> list:
+    """REFITS: the shipped run's recipe and epochs on train + validation, with the final seeds."""
+    out = []
+    for m in s.models:
+        if m not in REFITS:
+            continue
+        seeds = s.seeds(FINAL_SEEDS[m])
+        shipped = shipped_final(s, m)
+        if shipped is None:
+            out.append(Waiting("final", f"{m} refit on train + validation, seeds {list(seeds)}", m, s.epochs(FINAL_EPOCHS[m]), len(seeds)))
+            continue
+        o = shipped.overrides
+        same = {k: v for k, v in o.items() if k not in ("model", "optimizer", "lr", "epochs", "seed")}
         for seed in seeds:
-            c = make_cell(s, m, choice["optimizer"], choice["lr"], FINAL_EPOCHS[m], seed,
-                          variant=f"final-{choice['variant']}", **dict(choice["overrides"]))
-            c.tags["kind"] = "final"
+            c = make_cell(s, m, o["optimizer"], o["lr"], shipped.epochs, seed,
+                          variant=shipped.tags["variant"].replace("final-", "refit-", 1), **same, refit=True)
+            c.tags.update(kind="final", attempt="refit")
             out.append(c)
     return out
+
+
+def final_cells(s: Settings) -> list:
+    return recipe_cells(s) + refit_cells(s)
 
 
 def final_command(s: Settings, cell: Cell) -> list[str]:
@@ -485,7 +543,10 @@ def final_command(s: Settings, cell: Cell) -> list[str]:
             "--seed", str(o["seed"]), "--out", rel(s, s.runs / "final"), "--run-name", cell.name]
     if o["optimizer"] == "adadelta":
         args += ["--schedule", o["schedule"], "--warmup", f"{o['warmup']:g}"]
-    for key, flag in (("rotate", "--rotate"), ("scale", "--scale"), ("elastic", "--elastic")):
+    if o.get("refit"):
+        args.append("--refit")
+    for key, flag in (("rotate", "--rotate"), ("scale", "--scale"), ("elastic", "--elastic"), ("elastic_sigma", "--elastic-sigma"),
+                      ("ema", "--ema")):
         if o.get(key):
             args += [flag, f"{o[key]:g}"]
     if o["model_config"].get("width"):
@@ -694,13 +755,12 @@ def ship_finals(s: Settings) -> None:
     """weights/<model>.pt := the final run with the best validation accuracy (ties: the lower seed).
     train.py already promotes a run that beats the file on validation; this also replaces files
     from before the study, so the shipped weights are exactly what `python study.py` reproduces."""
-    finals = [c for c in final_cells(s) if isinstance(c, Cell)]
     for m in s.models:
-        runs = [(load_result(s, c.name), c) for c in finals if c.model == m]
-        runs = [(r, c) for r, c in runs if r and r.get("test")]
-        if not runs:
+        c = shipped_final(s, m)
+        if c is None:
             continue
-        r, c = max(runs, key=lambda rc: (rc[0]["best"]["val_acc"], -rc[1].tags["seed"]))
+        r = load_result(s, c.name)
+        n_runs = sum(1 for x in recipe_cells(s) if isinstance(x, Cell) and x.model == m)
         target = s.root / "weights" / f"{m}.pt"
         card = target.with_suffix(".json")
         if card.exists() and json.loads(card.read_text())["train_config"].get("run_name") == c.name:
@@ -711,7 +771,99 @@ def ship_finals(s: Settings) -> None:
                              f"but {rel(s, best)} is gone; rerun it: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
         result = json.loads((best.parent / "result.json").read_text())
         ship(best, target, result.get("environment", {}))
-        print(f"study: shipped {rel(s, target)} = {c.name} (val {r['best']['val_acc']:.4f}, the best of {len(runs)} final runs)", flush=True)
+        print(f"study: shipped {rel(s, target)} = {c.name} (val {r['best']['val_acc']:.4f}, the best of {n_runs} final runs)", flush=True)
+
+
+# Refits (issue #11, labelled as such): the shipped run's recipe and epochs trained on all 60,000
+# training images (train + validation). No validation is left to choose with, so a refit never
+# becomes weights/<model>.pt: seed 0's run is kept as weights/<model>-refit.pt (a fixed rule, no
+# choice), the other seeds give the spread. The ConvNet only: the target it misses by the fewest
+# images among the models cheap enough for 3 seeds.
+REFITS = ("convnet",)
+
+
+def ship_refits(s: Settings) -> list[Path]:
+    """weights/<model>-refit.pt := the model's seed-0 refit run; returns the shipped files."""
+    shipped = []
+    for c in refit_cells(s):
+        if not isinstance(c, Cell) or c.tags["seed"] != s.seeds(FINAL_SEEDS[c.model])[0] or not load_result(s, c.name):
+            continue
+        target = s.root / "weights" / f"{c.model}-refit.pt"
+        card = target.with_suffix(".json")
+        if not (card.exists() and json.loads(card.read_text())["train_config"].get("run_name") == c.name):
+            best = s.runs / "final" / c.name / "best.pt"
+            ship(best, target, json.loads((best.parent / "result.json").read_text()).get("environment", {}))
+            print(f"study: shipped {rel(s, target)} = {c.name} (refit, labelled; not chosen on validation)", flush=True)
+        shipped.append(target)
+    return shipped
+
+
+# Ensembles of final runs (issue #11), one chosen on validation. Beyond the shipped files, the
+# chosen set's members are copied to weights/ensemble/. Only the shipped DNN and ResNet-18 take
+# part: their other runs would add 7 and 43 MB each for the weakest and the costliest member.
+ENSEMBLE_DIR = "weights/ensemble"
+
+
+def ensemble_candidates(s: Settings) -> dict[str, list[Cell]] | None:
+    """{name: the final runs averaged}, in order of size; None until every final run is done."""
+    shipped = {m: shipped_final(s, m) for m in s.models}
+    if any(c is None for c in shipped.values()):
+        return None
+    runs = lambda m: [c for c in recipe_cells(s) if isinstance(c, Cell) and c.model == m]  # noqa: E731  (attempts; no refits)
+    out = {"shipped": [shipped[m] for m in s.models]}
+    if "convnet" in s.models:
+        out["convnets"] = runs("convnet")
+        cnns = out["convnets"] + (runs("fastresnet") if "fastresnet" in s.models else []) + [shipped[m] for m in s.models if m == "resnet"]
+        out["cnns"] = cnns
+        out["all"] = [shipped[m] for m in s.models if m == "dnn"] + cnns
+    return out
+
+
+def ensemble_val(s: Settings, data, cells: list[Cell], cache: dict) -> float:
+    """Validation accuracy of the mean softmax of the cells' best.pt (validation-best epochs)."""
+    from models import load_checkpoint
+    from test_model import predict_proba
+    probs = []
+    for c in cells:
+        if c.name not in cache:
+            model, ckpt = load_checkpoint(s.runs / "final" / c.name / "best.pt", "cpu")
+            norm = ckpt["normalization"]
+            if abs(norm["mean"] - data.mean) > 1e-6 or abs(norm["std"] - data.std) > 1e-6:
+                raise SystemExit(f"study: {c.name} was trained with another normalization than the study's split")
+            cache[c.name] = torch.from_numpy(predict_proba(model, data.x_val))  # (5000, 10)
+        probs.append(cache[c.name])
+    return float((torch.stack(probs).mean(0).argmax(1) == data.y_val).float().mean())
+
+
+def choose_ensemble(s: Settings) -> dict | None:
+    """Every candidate's validation accuracy; the best one (ties: the smaller set) is the chosen one."""
+    cands = ensemble_candidates(s)
+    if not cands:
+        return None
+    data, cache = load_data("mnist", s.data_dir, download=False), {}
+    val = {name: ensemble_val(s, data, cells, cache) for name, cells in cands.items()}
+    chosen = max(cands, key=lambda n: (val[n], -len(cands[n])))
+    return {"candidates": {n: {"members": [c.name for c in cells], "val_acc": val[n]} for n, cells in cands.items()},
+            "chosen": chosen}
+
+
+def ensemble_weights(s: Settings, members: list[str]) -> list[Path]:
+    """The files of an ensemble's members: the shipped file where a member is shipped, else a copy
+    of its best.pt under weights/ensemble/ (written here, with its card)."""
+    shipped = {json.loads(p.read_text())["train_config"]["run_name"]: p.with_suffix(".pt")
+               for p in (s.root / "weights").glob("*.json")}
+    paths = []
+    for name in members:
+        if name in shipped:
+            paths.append(shipped[name])
+            continue
+        target = s.root / ENSEMBLE_DIR / f"{name}.pt"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            best = s.runs / "final" / name / "best.pt"
+            ship(best, target, json.loads((best.parent / "result.json").read_text()).get("environment", {}))
+        paths.append(target)
+    return paths
 
 
 def stage_evaluate(s: Settings) -> None:
@@ -726,9 +878,30 @@ def stage_evaluate(s: Settings) -> None:
         cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])
         run_logged(s, cmd, s.results / "logs" / f"test-{m}.txt")
         commands.append({"command": shown(cmd), "models_scored": 1, "log": f"results/logs/test-{m}.txt"})
+    for w in ship_refits(s):  # labelled refits, scored apart from the shipped models
+        cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])
+        run_logged(s, cmd, s.results / "logs" / f"test-{w.stem}.txt")
+        commands.append({"command": shown(cmd), "models_scored": 1, "log": f"results/logs/test-{w.stem}.txt"})
     cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in weights], "--out", "figures", "--tta"])
     run_logged(s, cmd, s.results / "logs" / "test-ensemble.txt")
     commands.append({"command": shown(cmd), "models_scored": len(weights), "log": "results/logs/test-ensemble.txt"})
+    choice = choose_ensemble(s)
+    members = ensemble_weights(s, choice["candidates"][choice["chosen"]]["members"]) if choice else []
+    for old in (s.root / ENSEMBLE_DIR).glob("*.pt"):  # members of a set no longer chosen
+        if old not in members:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+    if choice and choice["chosen"] != "shipped":  # the validation-chosen ensemble, scored once on test
+        cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in members], "--tta", "--json"])
+        log = s.results / "logs" / f"test-ensemble-{choice['chosen']}.txt"
+        run_logged(s, cmd, log)
+        text = log.read_text()
+        scored = json.loads(text[text.index("\n["):])[-1]  # test_model's JSON list; the last entry is the ensemble
+        choice["test"] = {"accuracy": scored["accuracy"], "f1_macro": scored["f1_macro"], "tta_accuracy": scored["tta"]["accuracy"]}
+        choice["command"] = shown(cmd)
+        commands.append({"command": shown(cmd), "models_scored": len(members), "log": rel(s, log)})
+    if choice:
+        write_json(s.results / "ensembles.json", choice)
     cnns = [rel(s, w) for m, w in zip(s.models, weights) if m != "dnn"]
     if cnns:
         cmd = command_line("feature_visualization.py", ["--weights", *cnns, "--digit", "7", "--out", "figures"])

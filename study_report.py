@@ -264,8 +264,8 @@ def section_intro(s: study.Settings, recs: list[dict], evaluation: dict | None) 
         "**Honest evaluation.** Every choice (best epoch, best LR, optimizer, augmentation, which seed is",
         "shipped) is made on the 5,000-image validation split. The 10,000 official test images are scored once",
         f"at the end of each training run and by `test_model.py`: **{n_cells + n_eval} test-set evaluations** so far",
-        f"({n_cells} training runs, each scored once at its validation-best epoch, and {n_eval} scorings of shipped",
-        "weights by `test_model.py`); none of them chose anything.",
+        f"({n_cells} training runs, each scored once at its validation-best epoch, and {n_eval} scorings by",
+        "`test_model.py` of shipped weights and ensemble members); none of them chose anything.",
         "",
         "**Hardware.** " + ("; ".join(f"`{h}`" for h in hw) if hw else "no run recorded yet") +
         ". Every run's hardware is in its cell file; times are only comparable within one machine.",
@@ -330,13 +330,14 @@ def section_models(s: study.Settings) -> list[str]:
     lines += ["### Model | Accuracy", "",
               "Test accuracy of the shipped weights, exactly as `python test_model.py --weights weights/<model>.pt` prints it",
               "(`figures/<model>_metrics.json`); mean ± std over the final stage's seeds beside it (each seed's run",
-              "scored at its own validation-best epoch). The shipped file is the final run with the best validation accuracy.", "",
+              "scored at its own validation-best epoch). The shipped file is the final run with the best validation accuracy,",
+              "attempts (D. below) included.", "",
               "| model | test accuracy % (shipped) | test F1 macro | final runs: test accuracy % (mean ± std) | seeds | epochs | trained on |",
               "|---|---|---|---|---|---|---|"]
     finals = results_of(s, study.final_cells(s))
     for m in s.models:
         met = metrics_of(s.root, m)
-        runs = [r for r in finals if r["tags"]["model"] == m]
+        runs = [r for r in finals if r["tags"]["model"] == m and not r["tags"].get("attempt")]  # the main recipe's seeds
         tests = [r["test"]["acc"] for r in runs if r.get("test")]
         acc, f1 = (pct(met["accuracy"]), f"{met['f1_macro']:.4f}") if met else ("not evaluated yet", "")
         epochs, hw = (f"{runs[0]['epochs']:g}", runs[0]["hardware"]) if runs else ("", "")
@@ -661,18 +662,46 @@ def section_targets(s: study.Settings) -> list[str]:
     if ens:
         lines.append(f"| ensemble of the {len(s.models)} | {pct(TARGET_ENSEMBLE)} | {pct(ens['accuracy'])} | "
                      f"{pct(ens['tta']['accuracy']) if 'tta' in ens else '–'} | {met_text(ens['accuracy'], TARGET_ENSEMBLE)} |")
+    for m in study.REFITS:
+        met = metrics_of(s.root, f"{m}-refit")
+        if met and m in TARGETS:
+            tta = pct(met["tta"]["accuracy"]) if "tta" in met else "–"
+            lines.append(f"| {NAMES[m]} **refit** on train + validation (`weights/{m}-refit.pt`: seed 0 by rule, not chosen on "
+                         f"validation; labelled, not the shipped `{m}.pt`) | {pct(TARGETS[m])} | {pct(met['accuracy'])} | {tta} | "
+                         f"{met_text(met['accuracy'], TARGETS[m])} |")
+    ens_choice = json.loads((s.results / "ensembles.json").read_text()) if (s.results / "ensembles.json").exists() else None
+    if ens_choice and "test" in ens_choice:
+        t, n = ens_choice["test"], len(ens_choice["candidates"][ens_choice["chosen"]]["members"])
+        lines.append(f"| ensemble chosen on validation (`{ens_choice['chosen']}`, {n} models) | {pct(TARGET_ENSEMBLE)} | "
+                     f"{pct(t['accuracy'])} | {pct(t['tta_accuracy'])} | {met_text(t['accuracy'], TARGET_ENSEMBLE)} |")
+    if ens_choice:
+        lines += ["", "Ensembles (mean softmax of final runs' validation-best checkpoints), chosen on the validation split;",
+                  "only the chosen one is scored on test" + (f" (`{ens_choice['command']}`)." if "command" in ens_choice else
+                                                            ": here the 4 shipped files, scored above."), "",
+                  "| candidate | models | val % | chosen |", "|---|---|---|---|"]
+        for name, c in ens_choice["candidates"].items():
+            lines.append(f"| `{name}` | {len(c['members'])}: {', '.join(f'`{m}`' for m in c['members'])} | {pct(c['val_acc'])} | "
+                         f"{'yes' if name == ens_choice['chosen'] else ''} |")
     finals = results_of(s, study.final_cells(s))
     if finals:
         lines += ["", "The attempts: every final run, with its settings, validation-best epoch, validation and test accuracy and",
-                  "cost. The shipped file is the run with the best validation accuracy of its model.", "",
-                  "| run | settings | val-best epoch | val % | test % | minutes | hardware |", "|---|---|---|---|---|---|---|"]
+                  "cost. Rows marked with an attempt change one thing in the model's final recipe (`study.ATTEMPTS`); the",
+                  "shipped file (**bold**) is the run with the best validation accuracy of its model, attempts included.", "",
+                  "| run | attempt | settings | val-best epoch | val % | test % | minutes | hardware |", "|---|---|---|---|---|---|---|---|"]
+        shipped = {m: c.name for m in s.models if (c := study.shipped_final(s, m))}
         for r in finals:
             c = r["config"]
             aug = ", ".join(f"{k} {c[k]:g}" for k in ("translate", "rotate", "scale", "elastic") if c.get(k)) if c.get("augment") else "none"
+            if c.get("elastic"):
+                aug += f" (σ {c['elastic_sigma']:g})"
+            ema = f", EMA {c['ema']:g}" if c.get("ema") else ""
             width = c["model_config"].get("width") or c["model_config"].get("hidden")
-            lines.append(f"| `{r['name']}` | {c['optimizer']} lr {c['lr']:g}, {c['schedule']}, {r['epochs']:g} epochs, width {width}, "
-                         f"augmentation: {aug} | {r['best']['epoch']:g} | {pct(r['best']['val_acc'])} | {pct(r['test']['acc'])} | "
+            name = f"**`{r['name']}`**" if shipped.get(r["tags"]["model"]) == r["name"] else f"`{r['name']}`"
+            lines.append(f"| {name} | {r['tags'].get('attempt') or '–'} | {c['optimizer']} lr {c['lr']:g}, {c['schedule']}, "
+                         f"{r['epochs']:g} epochs, width {width}, augmentation: {aug}{ema} "
+                         f"| {r['best']['epoch']:g} | {pct(r['best']['val_acc'])} | {pct(r['test']['acc'])} | "
                          f"{r['seconds'] / 60:.1f} | {r['hardware']} |")
+        lines += attempt_summary(s, finals)
     lines += ["", "Where a target is missed, the rows above are the attempts that fell short; the regularization stage's",
               "variants (Step 5) are the smaller experiments that chose the augmentation and the ConvNet's width. What the",
               "data says about why: every final run used the augmentation that won on validation at 12 ConvNet epochs"]
@@ -684,9 +713,46 @@ def section_targets(s: study.Settings) -> list[str]:
         e, sigma = elastic[0]["config"]["elastic"], elastic[0]["config"]["elastic_sigma"]
         lines += ["(" + ", ".join(f"{v} {pct(x)}%" for v, x in scores.items()) + " mean val), so none was trained with elastic",
                   f"distortions, the augmentation behind the best published MLP and CNN results; at α {e:g} px, σ {sigma:g} px they held the",
-                  f"ConvNet's last-epoch training accuracy at {pct(train_acc)}% in {study.REG_EPOCHS} epochs. A milder field or a longer",
-                  "schedule is the next experiment."]
+                  f"ConvNet's last-epoch training accuracy at {pct(train_acc)}% in {study.REG_EPOCHS} epochs."]
+        lines += attempts_verdict(s, finals)
     lines += [""]
+    return lines
+
+
+def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
+    """One sentence per attempt: its mean validation and test accuracy against its model's final recipe."""
+    out = []
+    for m in s.models:
+        base = [r for r in finals if r["tags"]["model"] == m and not r["tags"].get("attempt") and r.get("test")]
+        for attempt in study.ATTEMPTS.get(m, {}):
+            runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == attempt and r.get("test")]
+            if not (base and runs):
+                out.append(f"The {NAMES[m]} attempt `{attempt}` has not run yet.")
+                continue
+            dv = statistics.mean(r["best"]["val_acc"] for r in runs) - statistics.mean(r["best"]["val_acc"] for r in base)
+            dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in base)
+            out.append(f"The {NAMES[m]} attempt `{attempt}` moved the mean validation accuracy by {100 * dv:+.2f} points "
+                       f"({round(dv * 5000):+d} of 5,000 images) and the mean test accuracy by {100 * dt:+.2f} points "
+                       f"({round(dt * 10000):+d} of 10,000), over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
+        if m in study.REFITS:
+            runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == "refit" and r.get("test")]
+            if base and runs:
+                dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in base)
+                out.append(f"Refitting the {NAMES[m]}'s shipped recipe on train + validation (5,000 more images) moved its mean test "
+                           f"accuracy by {100 * dt:+.2f} points ({round(dt * 10000):+d} of 10,000) over {len(runs)} seeds.")
+    return [" ".join(out)] if out else []
+
+
+def attempt_summary(s: study.Settings, finals: list[dict]) -> list[str]:
+    """Per model and recipe (main, attempt or refit): mean ± std of validation and test accuracy over its seeds."""
+    lines = ["", "| model | recipe | seeds | val % (mean ± std) | test % (mean ± std) | minutes per run |", "|---|---|---|---|---|---|"]
+    for m in s.models:
+        for attempt in ["", *study.ATTEMPTS.get(m, {}), *(["refit"] if m in study.REFITS else [])]:
+            runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt", "") == attempt and r.get("test")]
+            val = mean_std([r["best"]["val_acc"] for r in runs]) + (" (in-sample)" if attempt == "refit" else "")
+            if runs:
+                lines.append(f"| {NAMES[m]} | {attempt or 'final'} | {len(runs)} | {val} | "
+                             f"{mean_std([r['test']['acc'] for r in runs])} | {statistics.mean(r['seconds'] for r in runs) / 60:.1f} |")
     return lines
 
 
@@ -745,8 +811,9 @@ def readme_models_block(s: study.Settings) -> list[str]:
         if met:
             facts.append(f"expected test accuracy **{pct(met['accuracy'])}%** (the shipped `weights/{m}.pt`, as `test_model.py` prints it)")
         if runs:
-            tests = [r["test"]["acc"] for r in runs if r.get("test")]
-            facts.append(f"{mean_std(tests)}% over {len(tests)} seed{'s' if len(tests) > 1 else ''} of the final recipe")
+            attempt = shipped["tags"].get("attempt", "") if shipped else ""
+            tests = [r["test"]["acc"] for r in runs if r.get("test") and r["tags"].get("attempt", "") == attempt]
+            facts.append(f"{mean_std(tests)}% over {len(tests)} seed{'s' if len(tests) > 1 else ''} of its recipe")
         if shipped:
             facts.append(f"training time {shipped['seconds'] / 60:.1f} min on {shipped['hardware']}")
         lines += [("; ".join(facts) + ".") if facts else "Expected numbers: after the study's final stage (see report.md).", ""]

@@ -34,7 +34,7 @@ import torch.nn as nn  # noqa: E402
 
 import train  # noqa: E402
 from train import exclusive  # noqa: E402,F401  (trials.py imports it from here)
-from data import load_data  # noqa: E402
+from data import Augment, augment, load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
 # Our fastest recipe, for both targets: train.py's QuickNet recipe as it is (5 epochs, peak
@@ -153,17 +153,8 @@ def throughput(name: str, precision: str, channels_last: bool, batch: int, secon
         x = x.contiguous(memory_format=torch.channels_last)
 
     step = training_step(model, opt, x, y, cfg)
-
-    def rate(fn, n_per_call):
-        fn()  # warm-up: oneDNN builds its kernels on the first call
-        calls, t = 0, time.perf_counter()
-        while calls < 1 or time.perf_counter() - t < seconds:  # capped by time: one call at least, never a count
-            fn()
-            calls += 1
-        return n_per_call * calls / (time.perf_counter() - t)
-
     model.train()
-    train_rate = rate(step, batch)
+    train_rate = rate(step, batch, seconds)
     xe = torch.randn(1000, 1, 28, 28)
     xe = xe.contiguous(memory_format=torch.channels_last) if channels_last else xe
     model.eval()
@@ -172,7 +163,30 @@ def throughput(name: str, precision: str, channels_last: bool, batch: int, secon
         with torch.no_grad(), train.autocast(cfg):
             model(xe)
 
-    return {"train_img_s": train_rate, "infer_img_s": rate(infer, 1000)}
+    return {"train_img_s": train_rate, "infer_img_s": rate(infer, 1000, seconds)}
+
+
+def rate(fn, n_per_call: int, seconds: float) -> float:
+    """Items per second of fn() (n_per_call items a call) after one warm-up call (oneDNN builds its
+    kernels on the first); capped by time: one timed call at least, never a count of calls."""
+    fn()
+    calls, t = 0, time.perf_counter()
+    while calls < 1 or time.perf_counter() - t < seconds:
+        fn()
+        calls += 1
+    return n_per_call * calls / (time.perf_counter() - t)
+
+
+# The augmentations the recipes use: train.py's default shifts, the study's final affine warp, and the
+# elastic fields of the regularization stage (sigma 4) and of the DNN's attempt (sigma 6).
+AUGMENTS = {"shift": Augment(2.0), "affine": Augment(2.0, 10.0, 0.1), "affine+elastic s4": Augment(2.0, 10.0, 0.1, 34.0, 4.0),
+            "affine+elastic s6": Augment(2.0, 10.0, 0.1, 34.0, 6.0)}
+
+
+def augment_ms(batch: int = 256, seconds: float = 1.0) -> dict:
+    """Milliseconds per batch of data.augment for each of AUGMENTS (fp32, a batch of `batch`)."""
+    x, g = torch.randn(batch, 1, 28, 28), torch.Generator().manual_seed(0)
+    return {name: 1000 / rate(lambda: augment(x, spec, g, -0.42), 1, seconds) for name, spec in AUGMENTS.items()}
 
 
 def peak_rss_mb(model: str, steps: int) -> dict:
@@ -222,6 +236,23 @@ print(json.dumps({{"process": process, "after_data": after_data, "training": tra
     return {k: (v / 1024 if v is not None else None) for k, v in values.items()}
 
 
+def startup_s(repeats: int = 3) -> dict:
+    """`python train.py` start-up: wall time from launching the process to the end of its first
+    training step (interpreter, imports, data loading and verification, model, one step), as a
+    user sees it. A fresh process each time; the median of `repeats` (the first one may also pay
+    for a cold file cache). The run itself is cut short (--limit-train) and never ships weights.
+    """
+    times = []
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.time()  # wall clock on both sides: train.py records time.time() at its first step
+            subprocess.run([sys.executable, str(ROOT / "train.py"), "--limit-train", "1280", "--out", tmp,
+                            "--run-name", "startup", "--weights-dir", ""], check=True, capture_output=True, text=True)
+            result = json.loads((Path(tmp) / "startup" / "result.json").read_text())
+            times.append(result["first_step_unix"] - t)
+    return {"median_s": statistics.median(times), "runs_s": times, "command": "python train.py (--limit-train 1280, default model)"}
+
+
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides the fast path
 
 
@@ -259,6 +290,12 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="speed-")
     out = {"machine": machine(), "quick": q}
     print(f"machine: {out['machine']['cpu']}, {out['machine']['threads']} threads, torch {out['machine']['torch']}", flush=True)
+
+    # 0. Start-up of `python train.py` to its first training step, in fresh processes.
+    out["startup"] = startup_s(1 if q else 3)
+    print(f"start-up of python train.py to the first step: {out['startup']['median_s']:.2f} s "
+          f"(runs {', '.join(f'{t:.2f}' for t in out['startup']['runs_s'])} s)", flush=True)
+    out["startup_s"] = out["startup"]["median_s"]
 
     # 1. Time to accuracy: ours over seeds, then the references (capped), same fixed eval points.
     limit = 2000 if q else None
@@ -315,6 +352,10 @@ def main(argv=None) -> int:
                                                   for k, v in rows.items() if k.startswith(name + "|")), flush=True)
     out["throughput"] = rows
 
+    # 2b. What augmentation costs per batch of 256 (against a training step: 256 / train img/s above).
+    out["augment_ms_per_batch_256"] = augment_ms(seconds=0.2 if q else 1.0)
+    print("augmentation, ms per batch of 256: " + ", ".join(f"{k} {v:.2f}" for k, v in out["augment_ms_per_batch_256"].items()), flush=True)
+
     # 3. ResNet-18 epoch vs the bf16 ceiling measured now: ceiling = matmul GFLOP/s / (3 x fwd FLOPs).
     # (fp32 and its matmul rate where the CPU has no bf16.)
     fast = precisions[-1]
@@ -365,6 +406,9 @@ def _fmt(t):
 def print_table(o: dict) -> None:
     print(f"\n## Speed on {o['machine']['cpu']} ({o['machine']['threads']} threads, torch {o['machine']['torch']})"
           + ("  [QUICK MODE: budgets too small to mean anything]" if o["quick"] else ""))
+    if "startup" in o:
+        print(f"\n`python train.py` start-up to its first training step: **{o['startup_s']:.2f} s** (median of "
+              f"{', '.join(f'{t:.2f}' for t in o['startup']['runs_s'])} s; fresh processes)")
     print("\n| recipe | time to 99.0% | time to 99.5% | per seed |\n|---|---|---|---|")
     n = len(o["ours"]["seeds"])
 
@@ -394,6 +438,9 @@ def print_table(o: dict) -> None:
     print(f"ResNet-18 {o['resnet18_model_config'] or '(full width)'}: {o['resnet18_fwd_gflop_per_img']:.3f} GFLOP/img forward; "
           f"epoch (55,000 images, {o.get('resnet18_precision', 'bf16')} + channels_last) {o['resnet18_epoch_s']:.0f} s vs ceiling {o['resnet18_ceiling_epoch_s']:.0f} s "
           f"= {o['resnet18_epoch_vs_ceiling']:.2f}x the ceiling")
+    if "augment_ms_per_batch_256" in o:
+        print("augmentation (data.augment), ms per batch of 256: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in o["augment_ms_per_batch_256"].items()))
     by = o["convnet_test_inference_by_precision_s"]
     print("ConvNet inference, 10,000 test images: " + ", ".join(f"{k} {v:.2f} s" for k, v in by.items()))
     if "peak_rss_mb" in o:

@@ -173,6 +173,29 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_an_images_file_in_the_labels_place_is_a_clear_error(broken_root):
+    x, _ = synthetic_digits(20, 2)
+    write_idx(broken_root / "MNIST/raw/t10k-labels-idx1-ubyte", x)  # a valid IDX file, of the wrong kind
+    with pytest.raises(data.DataError, match="labels a 1-D IDX file.*replace them"):
+        data.load_data(data_dir=broken_root, download=False)
+
+
+def test_read_idx_gives_the_written_array(tmp_path):
+    x, y = synthetic_digits(30, 4)
+    write_idx(tmp_path / "images", x)
+    write_idx(tmp_path / "labels", y)
+    assert data.read_idx(tmp_path / "images").dtype == torch.uint8
+    assert torch.equal(data.read_idx(tmp_path / "images"), torch.from_numpy(x))
+    assert torch.equal(data.read_idx(tmp_path / "labels"), torch.from_numpy(y))
+
+
+def test_loading_data_does_not_import_torchvision(synthetic_root):
+    """torchvision costs ~1.2 s of `python train.py`'s start-up; it is only imported to download."""
+    code = ("import sys, data; data.load_data(data_dir=sys.argv[1], download=False); "
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'")
+    subprocess.run([sys.executable, "-c", code, str(synthetic_root)], cwd=ROOT, check=True)
+
+
 def test_data_folder_is_never_written(synthetic_root):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in synthetic_root.rglob("*"))
     data.load_data(data_dir=synthetic_root, download=False)
@@ -197,6 +220,15 @@ def test_real_data_is_genuine_and_split_55000_5000_10000(real_data):
     assert d.mean == pytest.approx(0.1307, abs=2e-4) and d.std == pytest.approx(0.3081, abs=2e-4)
     counts = torch.bincount(d.y_val, minlength=10)
     assert counts.min() >= 450 and counts.max() <= 565  # ~5000 * 6742/60000 for "1"
+
+
+def test_our_idx_reader_matches_torchvision_on_the_real_files(real_data_dir):
+    import torchvision.datasets
+    ours = data.load_raw(data_dir=real_data_dir, download=False)
+    train = torchvision.datasets.MNIST(str(real_data_dir), train=True, download=False)
+    test = torchvision.datasets.MNIST(str(real_data_dir), train=False, download=False)
+    for a, b in zip(ours[:4], (train.data, train.targets, test.data, test.targets)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 def test_step1_json_on_real_data(real_data_dir):

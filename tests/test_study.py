@@ -57,6 +57,35 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
     assert len(lr_rows) == 1 + 4 + len(study.ADAM_MODELS) and not any("…" in line for line in lr_rows)  # every cell filled
 
 
+def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
+    s = study_report.settings(smoke_root)
+    finals = [c for c in study.final_cells(s) if isinstance(c, study.Cell)]
+    assert {c.tags["attempt"] for c in finals} == {"", *[a for m in study.ATTEMPTS for a in study.ATTEMPTS[m]]}
+    assert all(study.load_result(s, c.name) for c in finals)
+    ema = next(c for c in finals if c.tags["attempt"] == "ema")
+    assert study.load_result(s, ema.name)["config"]["ema"] == study.ATTEMPTS["convnet"]["ema"]["ema"]
+    for m in s.models:
+        runs = [study.load_result(s, c.name) for c in finals if c.model == m]
+        shipped = study.shipped_final(s, m)
+        assert study.load_result(s, shipped.name)["best"]["val_acc"] == max(r["best"]["val_acc"] for r in runs)
+        card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
+        assert card["train_config"]["run_name"] == shipped.name
+
+
+def test_the_ensemble_is_chosen_on_validation_and_only_it_is_scored(smoke_root):
+    e = json.loads((smoke_root / "results" / "ensembles.json").read_text())
+    vals = {n: c["val_acc"] for n, c in e["candidates"].items()}
+    assert set(vals) == {"shipped", "convnets", "cnns", "all"} and vals[e["chosen"]] == max(vals.values())
+    members = e["candidates"][e["chosen"]]["members"]
+    evaluation = json.loads((smoke_root / "results" / "evaluation.json").read_text())
+    if e["chosen"] != "shipped":
+        assert 0 <= e["test"]["accuracy"] <= 1 and any(c["models_scored"] == len(members) and "--json" in c["command"]
+                                                     for c in evaluation["commands"])
+        shipped_runs = {json.loads(p.read_text())["train_config"]["run_name"] for p in (smoke_root / "weights").glob("*.json")}
+        assert {p.stem for p in (smoke_root / "weights" / "ensemble").glob("*.pt")} == set(members) - shipped_runs
+    assert "Ensembles (mean softmax of final runs" in (smoke_root / "report.md").read_text()
+
+
 def test_report_numbers_are_test_model_numbers(smoke_root):
     table = (smoke_root / "report.md").read_text().split("### Model | Accuracy")[1].split("\n## ")[0]
     for m, name in (("convnet", "ConvNet"), ("resnet", "ResNet-18")):

@@ -242,6 +242,20 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     assert not target.exists()
 
 
+def test_refit_trains_on_train_plus_val_keeps_the_last_epoch_and_is_never_promoted(tmp_path, synthetic_data, monkeypatch):
+    promoted = []
+    monkeypatch.setattr(train, "promote", lambda *a, **k: promoted.append(a))
+    seen = []
+    r = train.train(tiny(tmp_path, epochs=3, refit=True), synthetic_data, quiet=True,
+                    on_step=lambda step, model: seen.append(step))
+    n = len(synthetic_data.x_train) + len(synthetic_data.x_val)  # 1,100 + 100
+    assert len(seen) == 3 * (n // 64)  # the epochs are over train + validation (partial batches dropped)
+    assert r["best"]["epoch"] == 3 and r["test"] is not None  # the last epoch, whatever its in-sample val
+    assert r["config"]["refit"] is True and not promoted
+    log = (tmp_path / "runs" / r["config"]["run_name"] / "log.txt").read_text()
+    assert "refit: training on train + validation" in log
+
+
 def test_lr_find_suggests_a_sane_lr(tmp_path, synthetic_data):
     r = train.lr_find(tiny(tmp_path), synthetic_data, steps=60, out_png=str(tmp_path / "lr.png"))
     assert 1e-5 <= r["suggested_lr"] <= 10 and (tmp_path / "lr.png").is_file()
