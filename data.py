@@ -332,14 +332,24 @@ class Augment:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of each channel of x: (B, C, H, W) -> (B, C, H, W), zero-padded."""
+    """Separable Gaussian blur of each channel of x: (B, C, H, W) -> (B, C, H, W), zero-padded.
+
+    As two matrix products, G_H @ x @ G_W^T, with G_n the (n, n) banded matrix of the kernel's
+    taps (|i - j| <= 2 sigma): the same sums as a zero-padded separable convolution. The depthwise
+    convolution it replaced (25 taps at sigma 6) made a DNN epoch with elastic distortion take 6 s
+    instead of 3 s on 2 CPU cores; speed.py measures the cost of each augmentation per batch.
+    """
     radius = max(1, int(2 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()  # (2r+1,)
-    c = x.shape[1]
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)  # along W
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)  # along H
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    total = torch.exp(-taps ** 2 / (2 * sigma ** 2)).sum()  # the kernel is normalized over all its taps
+
+    def band(n: int) -> torch.Tensor:  # (n, n): row i holds the kernel centred on pixel i
+        i = torch.arange(n, dtype=x.dtype, device=x.device)
+        d = i[:, None] - i[None, :]
+        return torch.exp(-d ** 2 / (2 * sigma ** 2)) * (d.abs() <= radius) / total
+
+    h, w = x.shape[-2:]
+    return band(h) @ x @ band(w).T
 
 
 def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator, background: float) -> torch.Tensor:

@@ -282,7 +282,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--save", default=None, help="where to save the JSON (default benchmarks/results/speed-<machine class>.json, "
                                                 "bf16 or fp32; quick: not saved)")
+    p.add_argument("--update-readme", action="store_true", help="only rewrite README.md's speed table from the saved JSON files")
     a = p.parse_args(argv)
+    if a.update_readme:
+        print("updated README.md" if update_readme() else "README.md has no speed:classes block")
+        return 0
     q = a.quick
     # The lock keeps timings from sharing the 2 cores; --quick times nothing that means anything,
     # so it runs even beside a study (CI on a developer's machine).
@@ -388,15 +392,85 @@ def main(argv=None) -> int:
     if not q and Path("/proc/self/status").exists():
         out["peak_rss_mb"] = {"convnet": peak_rss_mb("convnet", 50), "resnet": peak_rss_mb("resnet", 3)}
 
-    print_table(out)
+    import contextlib
+    import io
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        print_table(out)
+    print(tables.getvalue(), end="")
     save = a.save or (None if q else str(ROOT / "benchmarks" / "results" / f"speed-{out['machine_class']}.json"))
     if save:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
         Path(save).write_text(json.dumps(out, indent=2))
-        print(f"saved {save}")
+        Path(save).with_suffix(".txt").write_text(tables.getvalue())
+        print(f"saved {save} and {Path(save).with_suffix('.txt')}")
+        if not a.save and update_readme():
+            print("updated README.md's speed table")
     if a.json:
         print(json.dumps(out, indent=2))
     return 0
+
+
+# -----------------------------------------------------------------------------
+# The README's speed table, written from the saved JSON files (`--update-readme`; measures nothing)
+
+README_BEGIN = "<!-- speed:classes (written by benchmarks/speed.py --update-readme from benchmarks/results/speed-*.json) -->"
+README_END = "<!-- /speed:classes -->"
+TARGETS = {"bf16": {"t99": 3, "t995": 15}, "fp32": {"t99": 8, "t995": 30}}  # issue #14, per machine class
+
+
+def readme_block(results: Path = ROOT / "benchmarks" / "results") -> list[str]:
+    """One column per machine class: the newest `speed-<class>.json` of each, and a column saying
+    "not measured" for a class with no file, so numbers from different machines never mix."""
+    runs = {}
+    for path in sorted(results.glob("speed-*.json")):
+        o = json.loads(path.read_text())
+        cls = o.get("machine_class") or o["machine"].get("machine_class")
+        if cls in TARGETS and not o.get("quick") and (cls not in runs or o["machine"]["date"] > runs[cls][1]["machine"]["date"]):
+            runs[cls] = (path, o)
+
+    def cell(cls, fn):
+        if cls not in runs:
+            return "not measured (no such machine here yet)"
+        try:
+            return fn(runs[cls][1])
+        except (KeyError, TypeError):
+            return "not in this run"
+
+    def met(value, target):
+        return "" if value is None else (" (target <= %g s: %s)" % (target, "met" if value <= target else "missed"))
+
+    def per_seed(o):
+        seeds = o["time_to_99_5_s_per_seed"]
+        worst = None if any(t is None for t in seeds) else max(seeds)
+        shown = " / ".join("never" if t is None else f"{t:.1f}" for t in seeds)
+        return f"{shown} s" + (" (target: every seed, <= %g s: %s)" % (TARGETS[o["machine_class"]]["t995"],
+                                                                         "met" if worst is not None and worst <= TARGETS[o["machine_class"]]["t995"] else "missed"))
+    rows = [
+        ("CPU, flags, date", lambda o: f"{o['machine']['cpu']}, {o['machine']['threads']} threads; {', '.join(o['machine']['cpu_flags'])}; "
+                                       f"{o['machine']['date'][:10]} (`{runs[o['machine_class']][0].name}`)"),
+        ("`python train.py` start-up to the first step", lambda o: f"{o['startup_s']:.2f} s" + met(o["startup_s"], 3)),
+        ("time to 99.0%, median of 3 seeds", lambda o: f"{o['time_to_99_0_s']:.1f} s" + met(o["time_to_99_0_s"], TARGETS[o["machine_class"]]["t99"])),
+        ("time to 99.5%, each seed", per_seed),
+        ("speed-up to 99.0% vs pytorch/examples / Keras recipes (targets >= 30x / >= 12x)",
+         lambda o: f"{o['speedup_vs_pytorch_examples']:.1f}x / {o['speedup_vs_keras']:.1f}x"),
+        ("ResNet-18 epoch (full width) vs the matmul ceiling", lambda o: f"{o['resnet18_epoch_s']:.0f} s, {o['resnet18_epoch_vs_ceiling']:.1f}x "
+                                                                          f"the {o['resnet18_precision']} ceiling"),
+        ("augmentation, ms per batch of 256", lambda o: ", ".join(f"{k} {v:.1f}" for k, v in o["augment_ms_per_batch_256"].items())),
+    ]
+    lines = [README_BEGIN, "", "| | bf16 class (native bf16: AVX512-BF16 or AMX) | fp32 class (AVX2 only) |", "|---|---|---|"]
+    lines += [f"| {name} | {cell('bf16', fn)} | {cell('fp32', fn)} |" for name, fn in rows]
+    return lines + ["", README_END]
+
+
+def update_readme(path: Path = ROOT / "README.md") -> bool:
+    text = path.read_text()
+    if README_BEGIN.split(" (")[0] not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN.split(" (")[0], 1)
+    head_end = rest.split(README_END, 1)[1]
+    path.write_text(head + "\n".join(readme_block()) + head_end)
+    return True
 
 
 def _fmt(t):

@@ -58,3 +58,18 @@ def test_gpu_check_dry_run_writes_every_part(real_data_dir, tmp_path, monkeypatc
     assert sorted(out["resnet18_lr_grid"], key=float) == ["0.0001", "0.001", "0.01", "0.1"]
     assert all(0 <= c["val_acc"] <= 1 and 0 <= c["test_acc"] <= 1 for c in out["resnet18_lr_grid"].values())
     assert "passed" in (tmp_path / "gpu_check_tests.txt").read_text()
+
+
+def test_readme_speed_table_has_one_column_per_class_and_says_what_was_not_measured(tmp_path):
+    run = {"quick": False, "machine_class": "bf16", "startup_s": 2.6, "time_to_99_0_s": 3.4, "time_to_99_5_s": 13.0,
+           "time_to_99_5_s_per_seed": [13.0, None, 12.0], "speedup_vs_pytorch_examples": 40.0, "speedup_vs_keras": 14.0,
+           "resnet18_epoch_s": 139.0, "resnet18_epoch_vs_ceiling": 6.7, "resnet18_precision": "bf16",
+           "augment_ms_per_batch_256": {"shift": 0.4},
+           "machine": {"cpu": "Test CPU", "threads": 2, "cpu_flags": ["avx2"], "date": "2026-11-27T08:00:00"}}
+    (tmp_path / "speed-bf16.json").write_text(json.dumps(run))
+    (tmp_path / "speed-old.json").write_text(json.dumps({**run, "machine_class": None, "startup_s": 99}))  # before classes: ignored
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in speed.readme_block(tmp_path) if line.startswith("| ")}
+    assert "2.60 s (target <= 3 s: met)" in rows["`python train.py` start-up to the first step"]
+    assert "3.4 s (target <= 3 s: missed)" in rows["time to 99.0%, median of 3 seeds"]
+    assert "13.0 / never / 12.0 s (target: every seed, <= 15 s: missed)" in rows["time to 99.5%, each seed"]
+    assert all(line.rstrip(" |").endswith("not measured (no such machine here yet)") for name, line in rows.items() if name != "")

@@ -257,6 +257,18 @@ def test_real_file_corruption_is_caught(real_data_dir, tmp_path, monkeypatch):
         data.load_data(data_dir=tmp_path, download=False)
 
 
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 6.0])
+def test_gaussian_blur_equals_a_zero_padded_separable_convolution(sigma):
+    import torch.nn.functional as F
+    x = torch.rand(3, 2, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = max(1, int(2 * sigma + 0.5))
+    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    ref = F.conv2d(x, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, r), groups=2)
+    ref = F.conv2d(ref, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(r, 0), groups=2)
+    assert torch.allclose(data.gaussian_blur(x, sigma), ref, atol=1e-6)
+
+
 def test_elastic_distortion_is_smooth_seeded_and_leaves_affine_draws_unchanged(synthetic_data):
     x = synthetic_data.x_train[:16]
     bg = synthetic_data.background
