@@ -518,7 +518,7 @@ def refit_cells(s: Settings) -> list:
     for m in s.models:
         if m not in REFITS:
             continue
-        seeds = s.seeds(FINAL_SEEDS[m])
+        seeds = s.seeds(REFIT_SEEDS)
         shipped = shipped_final(s, m)
         if shipped is None:
             out.append(Waiting("final", f"{m} refit on train + validation, seeds {list(seeds)}", m, s.epochs(FINAL_EPOCHS[m]), len(seeds)))
@@ -776,17 +776,17 @@ def ship_finals(s: Settings) -> None:
 
 # Refits (issue #11, labelled as such): the shipped run's recipe and epochs trained on all 60,000
 # training images (train + validation). No validation is left to choose with, so a refit never
-# becomes weights/<model>.pt: seed 0's run is kept as weights/<model>-refit.pt (a fixed rule, no
-# choice), the other seeds give the spread. The ConvNet only: the target it misses by the fewest
-# images among the models cheap enough for 3 seeds.
+# becomes weights/<model>.pt: it is kept as weights/<model>-refit.pt. The ConvNet only (the
+# cheap model nearest its target), one seed: the 2-core CPU's budget this round.
 REFITS = ("convnet",)
+REFIT_SEEDS = (0,)
 
 
 def ship_refits(s: Settings) -> list[Path]:
     """weights/<model>-refit.pt := the model's seed-0 refit run; returns the shipped files."""
     shipped = []
     for c in refit_cells(s):
-        if not isinstance(c, Cell) or c.tags["seed"] != s.seeds(FINAL_SEEDS[c.model])[0] or not load_result(s, c.name):
+        if not isinstance(c, Cell) or c.tags["seed"] != s.seeds(REFIT_SEEDS)[0] or not load_result(s, c.name):
             continue
         target = s.root / "weights" / f"{c.model}-refit.pt"
         card = target.with_suffix(".json")

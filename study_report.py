@@ -736,10 +736,13 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
                        f"({round(dt * 10000):+d} of 10,000), over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
         if m in study.REFITS:
             runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == "refit" and r.get("test")]
-            if base and runs:
-                dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in base)
+            shipped = study.shipped_final(s, m)
+            same = [r for r in finals if shipped and r["tags"]["model"] == m and r.get("test")
+                    and r["tags"].get("attempt", "") == shipped.tags["attempt"]]  # the shipped recipe's own runs
+            if same and runs:
+                dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in same)
                 out.append(f"Refitting the {NAMES[m]}'s shipped recipe on train + validation (5,000 more images) moved its mean test "
-                           f"accuracy by {100 * dt:+.2f} points ({round(dt * 10000):+d} of 10,000) over {len(runs)} seeds.")
+                           f"accuracy by {100 * dt:+.2f} points ({round(dt * 10000):+d} of 10,000) over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
     return [" ".join(out)] if out else []
 
 

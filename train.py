@@ -71,7 +71,9 @@ FALLBACK = dict(optimizer="sgd", lr=0.1, epochs=1.0, batch_size=256)  # models w
 # 99.57%, elastic 99.17%; width 64 99.60% vs 32 99.57%). Figures in report.md, files in results/cells/.
 AFFINE = dict(rotate=10.0, scale=0.1)  # with the recipe's +-2 px shifts
 BEST_RECIPES: dict[str, dict] = {
-    "dnn": dict(optimizer="adam", lr=0.001, epochs=60, **AFFINE),  # Adam 98.68% vs SGD 98.61% val
+    # Adam 98.68% vs SGD 98.61% val; 150 epochs (an attempt of the final stage, study.ATTEMPTS): 99.30%
+    # mean val over 3 seeds vs 99.23% at 60 epochs, and it holds the best single val (99.34%).
+    "dnn": dict(optimizer="adam", lr=0.001, epochs=150, **AFFINE),
     "convnet": dict(optimizer="adamw", lr=0.01, epochs=30, **AFFINE, model_config={"width": 64}),  # AdamW 99.40% vs Adam 99.37%
     "resnet": dict(optimizer="sgd", lr=0.1, epochs=10, **AFFINE),  # lr 0.1: 99.14% val in 2 epochs
     "fastresnet": dict(optimizer="sgd", lr=0.1, epochs=30, **AFFINE),  # SGD 0.1 99.50% vs Adam 0.001 99.38%
