@@ -60,7 +60,10 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
 def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
     s = study_report.settings(smoke_root)
     finals = [c for c in study.final_cells(s) if isinstance(c, study.Cell)]
-    assert {c.tags["attempt"] for c in finals} == {"", *[a for m in study.ATTEMPTS for a in study.ATTEMPTS[m]]}
+    assert {c.tags["attempt"] for c in finals} == {"", "refit", *[a for m in study.ATTEMPTS for a in study.ATTEMPTS[m]]}
+    refit = next(c for c in finals if c.tags["attempt"] == "refit")
+    assert study.load_result(s, refit.name)["config"]["refit"] and (smoke_root / "weights" / f"{refit.model}-refit.pt").exists()
+    finals = [c for c in finals if c.tags["attempt"] != "refit"]  # a refit never competes on validation
     assert all(study.load_result(s, c.name) for c in finals)
     ema = next(c for c in finals if c.tags["attempt"] == "ema")
     assert study.load_result(s, ema.name)["config"]["ema"] == study.ATTEMPTS["convnet"]["ema"]["ema"]
