@@ -58,7 +58,9 @@ OPTIM_MODELS = ("convnet", "dnn")
 ADADELTA_LR = 1.0  # pytorch/examples' choice (with StepLR 0.7); it is not in the LR grid
 REG_EPOCHS = 12  # long enough for an unregularized ConvNet to overfit
 FINAL_EPOCHS = {"dnn": 60, "convnet": 30, "fastresnet": 30, "resnet": 10}
-FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0, 1)}
+# ResNet-18: 22-26 min a seed on 2 CPU cores; a third seed (issue #11) makes its mean and std
+# comparable with the other models'.
+FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0, 1, 2)}
 # Further attempts at the accuracy targets (issue #11): one change each to a model's final recipe,
 # trained in the final stage beside it, with its seeds. A model ships its validation-best final
 # run, attempt or not (ship_finals), and train.BEST_RECIPES is that run's recipe (best_recipe).
@@ -71,7 +73,12 @@ ATTEMPTS = {
             "e150": {"epochs": 150}},
     # Validate and ship an exponential moving average of the weights (decay 0.999 per step: a
     # ~1,000-step, ~2-epoch horizon), which sits nearer the centre of the minimum than the last iterate.
-    "convnet": {"ema": {"ema": 0.999}},
+    "convnet": {"ema": {"ema": 0.999},
+                # Elastic distortion, the augmentation Simard et al. (2003) found mattered most for CNNs on
+                # MNIST; it lost in the regularization stage at sigma 4, where it held the ConvNet's training
+                # accuracy at 98.3% in 12 epochs. The smoother sigma 6 field, on top of the affine warp, over
+                # the final stage's 30 epochs.
+                "elastic6": {"elastic": 34.0, "elastic_sigma": 6.0}},
 }
 SMOKE_EPOCHS = 0.005  # --smoke: ~2 steps per cell
 

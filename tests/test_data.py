@@ -189,6 +189,14 @@ def test_read_idx_gives_the_written_array(tmp_path):
     assert torch.equal(data.read_idx(tmp_path / "labels"), torch.from_numpy(y))
 
 
+def test_pixel_stats_and_normalize_equal_the_float64_reference():
+    x = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    mean, std = data.pixel_stats(x)
+    ref = x.double() / 255
+    assert mean == pytest.approx(float(ref.mean()), rel=1e-12) and std == pytest.approx(float(ref.std()), rel=1e-12)
+    assert torch.equal(data.normalize(x, mean, std), ((x.float() / 255.0 - mean) / std).unsqueeze(1))
+
+
 def test_loading_data_does_not_import_torchvision(synthetic_root):
     """torchvision costs ~1.2 s of `python train.py`'s start-up; it is only imported to download."""
     code = ("import sys, data; data.load_data(data_dir=sys.argv[1], download=False); "

@@ -95,6 +95,37 @@ def test_best_recipe_fills_what_no_flag_gave(monkeypatch):
         train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "best"]), "dnn", None)
 
 
+@pytest.mark.parametrize("name,kwargs", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(lr=0.01)),
+                                         ("adamw", dict(lr=0.01)), ("adadelta", dict(lr=1.0))])
+def test_eager_optimizers_take_exactly_torch_optims_steps(name, kwargs):
+    """train.OPTIMIZERS call torch.optim's own update without its graph-break wrapper: same bits."""
+    reference = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[name]
+    nets = []
+    for cls in (train.OPTIMIZERS[name], reference):
+        torch.manual_seed(0)
+        net = models.build_model("dnn", hidden=(16,))
+        opt = cls([{"params": [p for p in net.parameters() if p.ndim > 1], "weight_decay": 5e-4},
+                   {"params": [p for p in net.parameters() if p.ndim <= 1], "weight_decay": 0.0}], **kwargs)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        nets.append((net, opt))
+    (ours, our_opt), (ref, ref_opt) = nets
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+    assert isinstance(our_opt, reference)
+    assert str(our_opt.state_dict()) == str(ref_opt.state_dict())  # same checkpoint contents: old last.pt files resume
+
+
+def test_a_training_run_never_imports_the_compiler(tmp_path, synthetic_root):
+    """torch._dynamo costs ~1.4 s of start-up; torch.optim would import it on its first step."""
+    code = ("import sys, train; train.main(['--model', 'quicknet', '--epochs', '1', '--ema', '0.9', '--data-dir', sys.argv[1], "
+            "'--out', sys.argv[2], '--weights-dir', '']); assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'")
+    subprocess.run([sys.executable, "-c", code, str(synthetic_root), str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+
+
 # -----------------------------------------------------------------------------
 # Runs on the synthetic fixture
 
