@@ -594,9 +594,10 @@ def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict) -> f
     """From finished cells of the same network on this kind of machine (the fastest of them)."""
     here = hardware()
     per_epoch = []
+    wanted = json.loads(json.dumps(complete_config(model, model_config)))  # as JSON stores it: the DNN's hidden tuple is a list there
     for p in (s.results / "cells").glob("*.json"):
         r = json.loads(p.read_text())
-        if (r["tags"]["model"] == model and r["config"]["model_config"] == complete_config(model, model_config)
+        if (r["tags"]["model"] == model and r["config"]["model_config"] == wanted
                 and r["hardware"] == here and r["status"] != "diverged" and r["epochs"] >= 1):
             per_epoch.append(r["seconds"] / r["epochs"])
     return min(per_epoch) if per_epoch else None  # the least disturbed run: others may have shared the CPU

@@ -704,16 +704,18 @@ def section_targets(s: study.Settings) -> list[str]:
         lines += attempt_summary(s, finals)
     lines += ["", "Where a target is missed, the rows above are the attempts that fell short; the regularization stage's",
               "variants (Step 5) are the smaller experiments that chose the augmentation and the ConvNet's width. What the",
-              "data says about why: every final run used the augmentation that won on validation at 12 ConvNet epochs"]
+              "data says about why: every final recipe uses the augmentation that won on validation at 12 ConvNet epochs"]
     scores = {v: study.mean_val(s, [c for c in study.reg_cells(s) if isinstance(c, study.Cell)
                                     and c.tags["variant"] == (v if v != "baseline" else "reg")]) for v in study.AUGMENTATIONS}
     elastic = [r for r in results_of(s, study.reg_cells(s)) if r["tags"]["variant"] == "elastic"]
     if all(v is not None for v in scores.values()) and elastic:
         train_acc = statistics.mean(r["history"][-1]["train_acc"] for r in elastic)
         e, sigma = elastic[0]["config"]["elastic"], elastic[0]["config"]["elastic_sigma"]
-        lines += ["(" + ", ".join(f"{v} {pct(x)}%" for v, x in scores.items()) + " mean val), so none was trained with elastic",
+        with_elastic = [f"{NAMES[m]} `{a}`" for m in s.models for a, change in study.ATTEMPTS.get(m, {}).items() if change.get("elastic")]
+        lines += ["(" + ", ".join(f"{v} {pct(x)}%" for v, x in scores.items()) + " mean val), so no final recipe has elastic",
                   f"distortions, the augmentation behind the best published MLP and CNN results; at α {e:g} px, σ {sigma:g} px they held the",
-                  f"ConvNet's last-epoch training accuracy at {pct(train_acc)}% in {study.REG_EPOCHS} epochs."]
+                  f"ConvNet's last-epoch training accuracy at {pct(train_acc)}% in {study.REG_EPOCHS} epochs."
+                  + (f" Smoother fields are tried as attempts ({', '.join(with_elastic)})." if with_elastic else "")]
         lines += attempts_verdict(s, finals)
     lines += [""]
     return lines
@@ -734,6 +736,14 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
             out.append(f"The {NAMES[m]} attempt `{attempt}` moved the mean validation accuracy by {100 * dv:+.2f} points "
                        f"({round(dv * 5000):+d} of 5,000 images) and the mean test accuracy by {100 * dt:+.2f} points "
                        f"({round(dt * 10000):+d} of 10,000), over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
+        shipped = study.shipped_final(s, m)
+        if shipped is not None and shipped.tags["attempt"] and base:
+            own = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == shipped.tags["attempt"]]
+            if own and statistics.mean(r["best"]["val_acc"] for r in own) < statistics.mean(r["best"]["val_acc"] for r in base):
+                shipped_val = next(r["best"]["val_acc"] for r in own if r["name"] == shipped.name)
+                out.append(f"The shipped {NAMES[m]} is a run of `{shipped.tags['attempt']}`, the best single validation score "
+                           f"({pct(shipped_val)}%), although that attempt's mean over its seeds is below the final recipe's: "
+                           "the rule ships the best run, not the best recipe.")
         if m in study.REFITS:
             runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == "refit" and r.get("test")]
             shipped = study.shipped_final(s, m)

@@ -319,8 +319,8 @@ def test_real_mnist_smoke(name, floor, real_data, tmp_path):
 
 
 def test_quicknet_recipe_as_train_py_runs_it(real_data, tmp_path):
-    """The speed benchmark's recipe (5 epochs, ~30 s here): its accuracy, not its time, is the
-    regression check. Its 7 trial runs ended at 99.47-99.59% test, but train() scores the epoch
+    """The speed benchmark's recipe (5 epochs, EMA 0.99 of the weights, ~20 s here): its accuracy,
+    not its time, is the regression check. Its 7 trial runs ended at 99.47-99.59% test, but train() scores the epoch
     chosen on validation, which can be an earlier one (seed 0: epoch 4, 99.45%): floor 99.3%."""
     cfg = train.TrainConfig(model="quicknet", out=str(tmp_path), weights_dir=None)
     r = train.train(cfg, real_data, quiet=True)
