@@ -275,25 +275,12 @@ class Data:
         return -self.mean / self.std
 
 
-def pixel_stats(images_uint8: torch.Tensor) -> tuple[float, float]:
-    """Mean and (sample) standard deviation of the pixels scaled to 0..1, exactly, from their histogram.
-
-    A uint8 image set has only 256 distinct values: counting them and summing in float64 is
-    exact and ~2x faster than float32 mean/std over the 43 M pixels (0.07 vs 0.13 s).
-    """
-    counts = torch.bincount(images_uint8.flatten(), minlength=256).double()  # (256,)
-    values = torch.arange(256, dtype=torch.float64) / 255.0
-    n = counts.sum()
-    mean = (counts * values).sum() / n
-    var = (counts * (values - mean) ** 2).sum() / (n - 1)
-    return float(mean), float(var.sqrt())
-
-
 def normalize(images_uint8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """(N, 28, 28) uint8 in 0..255 -> (N, 1, 28, 28) float32 with the given statistics.
 
     In place on one new float tensor: the same values as ((x / 255 - mean) / std), without
-    three more 188 MB temporaries (0.06 s instead of 0.16 s for the training split).
+    three more 188 MB temporaries (0.06 s instead of 0.16 s for the training split); load_data
+    makes MNIST's tensors in 0.3 s instead of 0.45.
     """
     return images_uint8.float().div_(255.0).sub_(mean).div_(std).unsqueeze(1)
 
@@ -303,12 +290,16 @@ def load_data(name: str = "mnist", data_dir=None, device="cpu", download: bool =
     """The whole dataset as normalized tensors on `device` (about 1 s on 2 CPU cores)."""
     x_tr, y_tr, x_te, y_te, genuine = load_raw(name, data_dir, download)
     train_idx, val_idx = stratified_split(y_tr, val_fraction)
-    # Statistics of the training split only: validation and test stay unseen.
-    mean, std = pixel_stats(x_tr[train_idx])
+    # Statistics of the training split only: validation and test stay unseen. float32, as every
+    # committed run was normalized (a histogram in float64 moves them in the 8th digit, and that
+    # alone sends a short run down another path). (55000, 28, 28) in 0..1, normalized in place below.
+    train_pixels = x_tr[train_idx].float().div_(255.0)
+    mean, std = float(train_pixels.mean()), float(train_pixels.std())
     to = lambda t: t.to(device)  # noqa: E731
     return Data(
         name=name,
-        x_train=to(normalize(x_tr[train_idx], mean, std)), y_train=to(y_tr[train_idx].long()),
+        # = normalize(x_tr[train_idx], mean, std), the same operations, on the buffer already made
+        x_train=to(train_pixels.sub_(mean).div_(std).unsqueeze(1)), y_train=to(y_tr[train_idx].long()),
         x_val=to(normalize(x_tr[val_idx], mean, std)), y_val=to(y_tr[val_idx].long()),
         x_test=to(normalize(x_te, mean, std)), y_test=to(y_te.long()),
         mean=mean, std=std, class_names=DATASETS[name].class_names, genuine=genuine,

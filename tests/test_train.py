@@ -310,7 +310,8 @@ def test_real_mnist_smoke(name, floor, real_data, tmp_path):
     """--limit-train 5000 --epochs 1, each model's recipe but batch 64: 78 steps rather than 19-39,
     since with one-cycle a run this short is mostly warmup and decay. Full-width ResNet-18 learns
     slowest from scratch (67% after 78 steps here, 97% by width 16): its floor only says it learns."""
-    cfg = train.TrainConfig(model=name, epochs=1, limit_train=5000, batch_size=64, out=str(tmp_path),
+    # EMA off: QuickNet's recipe averages its weights over ~100 steps, longer than this run.
+    cfg = train.TrainConfig(model=name, epochs=1, limit_train=5000, batch_size=64, ema=0.0, out=str(tmp_path),
                             weights_dir=str(tmp_path / "weights"))
     r = train.train(cfg, real_data, quiet=True)
     assert r["status"] == "finished"
