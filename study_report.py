@@ -755,11 +755,11 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
                            f"accuracy by {100 * dt:+.2f} points ({round(dt * 10000):+d} of 10,000) over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
     spread = [statistics.stdev(v) for v in seed_groups(finals).values() if len(v) > 1]
     if out and spread:
-        shipped = {m: c.name for m in s.models if (c := study.shipped_final(s, m))}
+        shipped_names = {m: c.name for m in s.models if (c := study.shipped_final(s, m))}
         lucky = [f"{NAMES[r['tags']['model']]} `{r['tags'].get('attempt') or 'final'}` seed {r['config']['seed']} "
                  f"({pct(r['test']['acc'])}%, val {pct(r['best']['val_acc'])}%)" for r in finals
                  if r.get("test") and r["tags"].get("attempt") != "refit" and r["test"]["acc"] >= TARGETS.get(r["tags"]["model"], 2)
-                 and shipped.get(r["tags"]["model"]) != r["name"]]
+                 and shipped_names.get(r["tags"]["model"]) != r["name"]]
         out.append(f"One validation image is 0.02 points and one test image 0.01. Between seeds of one recipe the validation "
                    f"accuracy varies by up to {100 * max(spread):.2f} points (std): differences of a few validation images cannot "
                    "single out a recipe that lifts test accuracy by the few images the targets ask for"
