@@ -685,7 +685,7 @@ def section_targets(s: study.Settings) -> list[str]:
     finals = results_of(s, study.final_cells(s))
     if finals:
         lines += ["", "The attempts: every final run, with its settings, validation-best epoch, validation and test accuracy and",
-                  "cost. Rows marked with an attempt change one thing in the model's final recipe (`study.ATTEMPTS`); the",
+                  "cost. Rows marked with an attempt change the model's final recipe as the attempt's name says (`study.ATTEMPTS`); the",
                   "shipped file (**bold**) is the run with the best validation accuracy of its model, attempts included.", "",
                   "| run | attempt | settings | val-best epoch | val % | test % | minutes | hardware |", "|---|---|---|---|---|---|---|---|"]
         shipped = {m: c.name for m in s.models if (c := study.shipped_final(s, m))}
@@ -731,11 +731,14 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
             if not (base and runs):
                 out.append(f"The {NAMES[m]} attempt `{attempt}` has not run yet.")
                 continue
-            dv = statistics.mean(r["best"]["val_acc"] for r in runs) - statistics.mean(r["best"]["val_acc"] for r in base)
-            dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in base)
+            # Paired: against the final recipe's runs of the same seeds (an attempt may run fewer).
+            same = [r for r in base if r["config"]["seed"] in {x["config"]["seed"] for x in runs}] or base
+            dv = statistics.mean(r["best"]["val_acc"] for r in runs) - statistics.mean(r["best"]["val_acc"] for r in same)
+            dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in same)
+            seeds = (f"over {len(runs)} seeds" if len(runs) > 1 else f"on seed {runs[0]['config']['seed']} (one seed: its cost)")
             out.append(f"The {NAMES[m]} attempt `{attempt}` moved the mean validation accuracy by {100 * dv:+.2f} points "
                        f"({round(dv * 5000):+d} of 5,000 images) and the mean test accuracy by {100 * dt:+.2f} points "
-                       f"({round(dt * 10000):+d} of 10,000), over {len(runs)} seed{'s' if len(runs) > 1 else ''}.")
+                       f"({round(dt * 10000):+d} of 10,000), {seeds}.")
         shipped = study.shipped_final(s, m)
         if shipped is not None and shipped.tags["attempt"] and base:
             own = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == shipped.tags["attempt"]]
