@@ -68,11 +68,23 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
     ema = next(c for c in finals if c.tags["attempt"] == "ema")
     assert study.load_result(s, ema.name)["config"]["ema"] == study.ATTEMPTS["convnet"]["ema"]["ema"]
     for m in s.models:
+        assert "seeds" not in study.best_recipe(s, m)
         runs = [study.load_result(s, c.name) for c in finals if c.model == m]
         shipped = study.shipped_final(s, m)
         assert study.load_result(s, shipped.name)["best"]["val_acc"] == max(r["best"]["val_acc"] for r in runs)
         card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
         assert card["train_config"]["run_name"] == shipped.name
+
+
+def test_an_attempt_may_run_fewer_seeds_and_its_seed_list_is_no_recipe_field(tmp_path, monkeypatch):
+    s = study.Settings(root=tmp_path)  # full budgets, no results: the plan only
+    monkeypatch.setattr(study, "final_choice", lambda s, m: {"optimizer": "sgd", "lr": 0.1, "variant": "affine", "overrides": {}})
+    cells = [c for c in study.recipe_cells(s) if c.model == "resnet"]
+    seeds = {a: sorted(c.tags["seed"] for c in cells if c.tags["attempt"] == a) for a in {c.tags["attempt"] for c in cells}}
+    assert seeds == {"": list(study.FINAL_SEEDS["resnet"]), "e15": list(study.ATTEMPTS["resnet"]["e15"]["seeds"])}
+    e15 = next(c for c in cells if c.tags["attempt"] == "e15")
+    assert e15.epochs == 15 and "seeds" not in e15.overrides
+    assert study.attempt_changes("resnet", "e15") == {"epochs": 15}
 
 
 def test_the_ensemble_is_chosen_on_validation_and_only_it_is_scored(smoke_root):
