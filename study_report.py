@@ -747,6 +747,14 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
                 out.append(f"The shipped {NAMES[m]} is a run of `{shipped.tags['attempt']}`, the best single validation score "
                            f"({pct(shipped_val)}%), although that attempt's mean over its seeds is below the final recipe's: "
                            "the rule ships the best run, not the best recipe.")
+        if shipped is not None:
+            best = study.load_result(s, shipped.name)["best"]["val_acc"]
+            ties = [r["name"] for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") != "refit"
+                    and r["name"] != shipped.name and r["best"]["val_acc"] == best]
+            if ties:
+                out.append(f"The shipped {NAMES[m]} ties on validation ({pct(best)}%, {round(best * 5000):,} of 5,000 images) with "
+                           f"{', '.join(f'`{n}`' for n in ties)}; ties go to the final recipe, then the earlier attempt in "
+                           "`study.ATTEMPTS`, then the lower seed (`study.shipped_final`, a rule fixed before these runs).")
         if m in study.REFITS:
             runs = [r for r in finals if r["tags"]["model"] == m and r["tags"].get("attempt") == "refit" and r.get("test")]
             shipped = study.shipped_final(s, m)
