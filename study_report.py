@@ -735,7 +735,8 @@ def attempts_verdict(s: study.Settings, finals: list[dict]) -> list[str]:
             same = [r for r in base if r["config"]["seed"] in {x["config"]["seed"] for x in runs}] or base
             dv = statistics.mean(r["best"]["val_acc"] for r in runs) - statistics.mean(r["best"]["val_acc"] for r in same)
             dt = statistics.mean(r["test"]["acc"] for r in runs) - statistics.mean(r["test"]["acc"] for r in same)
-            seeds = (f"over {len(runs)} seeds" if len(runs) > 1 else f"on seed {runs[0]['config']['seed']} (one seed: its cost)")
+            seeds = f"over {len(runs)} seed{'s' if len(runs) > 1 else ''}" + (
+                f" ({', '.join(str(r['config']['seed']) for r in runs)}, against the final recipe's same seeds)" if len(same) < len(base) else "")
             out.append(f"The {NAMES[m]} attempt `{attempt}` moved the mean validation accuracy by {100 * dv:+.2f} points "
                        f"({round(dv * 5000):+d} of 5,000 images) and the mean test accuracy by {100 * dt:+.2f} points "
                        f"({round(dt * 10000):+d} of 10,000), {seeds}.")
