@@ -129,7 +129,9 @@ BEST_RECIPES: dict[str, dict] = {
     # AdamW 99.40% vs Adam 99.37%; elastic sigma 6 (an attempt of the final stage): its seed 2 holds the
     # best single val (99.76% vs 99.74%), though its 3-seed mean val is lower (99.68% vs 99.73%).
     "convnet": dict(optimizer="adamw", lr=0.01, epochs=30, **AFFINE, elastic=34.0, elastic_sigma=6.0, model_config={"width": 64}),
-    "resnet": dict(optimizer="sgd", lr=0.1, epochs=10, **AFFINE),  # lr 0.1: 99.14% val in 2 epochs
+    # lr 0.1: 99.14% val in 2 epochs. 15 epochs (attempt e15, seeds 0-1): val 99.48 / 99.56%, the second
+    # a tie with this recipe's seed 0 (99.56%), which ships by the tie rule (study.shipped_final).
+    "resnet": dict(optimizer="sgd", lr=0.1, epochs=10, **AFFINE),
     "fastresnet": dict(optimizer="sgd", lr=0.1, epochs=30, **AFFINE),  # SGD 0.1 99.50% vs Adam 0.001 99.38%
 }
 
