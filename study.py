@@ -442,7 +442,8 @@ def attempt_changes(model: str, attempt: str) -> dict:
 
 def shipped_final(s: Settings, model: str) -> Cell | None:
     """The model's final run with the best validation accuracy (ties: the main recipe, then the
-    lower seed), attempts included; None until every final run of the model has its result."""
+    earlier attempt, then the lower seed), attempts included; None until every final run of the
+    model has its result."""
     cells = [c for c in recipe_cells(s) if isinstance(c, Cell) and c.model == model]
     results = [load_result(s, c.name) for c in cells]
     if not cells or any(r is None or not r.get("test") for r in results):
@@ -522,7 +523,7 @@ def recipe_cells(s: Settings) -> list:
         for attempt in ["", *ATTEMPTS.get(m, {})]:
             changes = attempt_changes(m, attempt)
             epochs = changes.pop("epochs", FINAL_EPOCHS[m])
-            for seed in s.seeds(ATTEMPTS[m][attempt]["seeds"]) if "seeds" in ATTEMPTS.get(m, {}).get(attempt, {}) else seeds:
+            for seed in s.seeds(ATTEMPTS.get(m, {}).get(attempt, {}).get("seeds", FINAL_SEEDS[m])):
                 c = make_cell(s, m, choice["optimizer"], choice["lr"], epochs, seed,
                               variant=f"final-{choice['variant']}" + (f"-{attempt}" if attempt else ""),
                               **{**choice["overrides"], **changes})
