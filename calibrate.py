@@ -14,7 +14,11 @@ Both are chosen on data the model was not trained on and the test split never se
   candidates are scored on the validation digits (share accepted, accuracy of those accepted)
   and on generated non-digits (`non_digits`: letters and symbols drawn with Debian's DejaVu
   fonts, shapes, scribbles; share refused). The chosen p is the highest that still accepts
-  at least MIN_ACCEPT of the validation digits; the whole curve is saved.
+  PROB_ACCEPT of the validation digits; the whole curve is saved.
+- a rejector: the top probability alone refuses few letters (a ConvNet is confident on an
+  "A"), so a logistic regression over the sorted logits and their logsumexp (11 numbers)
+  is fitted, validation digits against the non-digits' crops, and its threshold is the
+  highest that keeps MIN_ACCEPT of the validation digits "ok" together with p.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
 Imports data.py, models.py and predict.py only.
 """
@@ -35,6 +39,7 @@ from models import CheckpointError, load_checkpoint, read_checkpoint, save_atomi
 
 ROOT = Path(__file__).resolve().parent
 MIN_ACCEPT = 0.995  # share of validation digits that must stay "ok" (the product promises >= 99% on test)
+PROB_ACCEPT = 0.9975  # the probability threshold alone keeps this share; the rejector takes the rest of the margin
 ECE_BINS = 15
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
 # Letters and symbols that are not drawn like any digit (no O, I, l, S, Z, B, G, b, g, q, ...).
@@ -126,15 +131,14 @@ def prepared(images) -> tuple[list[list[np.ndarray]], list[int]]:
     return crops, [len(c) for c in crops]
 
 
-def answers_probs(crops: list[list[np.ndarray]], model, ckpt: dict, temperature: float) -> list[torch.Tensor]:
-    """Calibrated probabilities (k, 10) per image, k its number of crops."""
+def logits_per_image(crops: list[list[np.ndarray]], model, ckpt: dict) -> list[torch.Tensor]:
+    """The model's logits (k, 10) per image, k its number of crops (batches of 512)."""
     flat = [c for cs in crops for c in cs]
     logits = torch.cat([predict.logits_of(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
                        or [torch.zeros(0, 10)])
-    probs = torch.softmax(logits / temperature, dim=1)
     out, at = [], 0
     for cs in crops:
-        out.append(probs[at:at + len(cs)])
+        out.append(logits[at:at + len(cs)])
         at += len(cs)
     return out
 
@@ -167,6 +171,9 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> floa
     return total
 
 
+_VAL_CROPS: dict = {}
+
+
 def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 400,
               write: bool = True) -> dict:
     """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
@@ -178,9 +185,11 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
     _, val_idx = stratified_split(y_tr)
     if limit_val:
         val_idx = val_idx[:limit_val]
-    images = [digit_image(a) for a in x_tr[val_idx].numpy()]
     labels = y_tr[val_idx].long()
-    crops, counts = prepared(images)
+    key = (str(resolve_data_dir(data_dir)), len(val_idx))
+    if key not in _VAL_CROPS:  # the same for every checkpoint: prepared once per process
+        _VAL_CROPS[key] = prepared([digit_image(a) for a in x_tr[val_idx].numpy()])
+    crops, counts = _VAL_CROPS[key]
     # Temperature from the images that give one crop (what "a digit" is to the product).
     single = [i for i, k in enumerate(counts) if k == 1]
     logits = predict.logits_of([crops[i][0] for i in single], model, ckpt)
@@ -192,27 +201,48 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
                            f"give one crop)", "ece_bins": ECE_BINS,
               "ece_before": round(ece(before, labels[single]), 5), "ece_after": round(ece(after, labels[single]), 5),
               "nll_before": round(nll(before), 5), "nll_after": round(nll(after), 5)}
-    # Threshold: the answer of the product (predict.decide_probs) for every candidate.
-    val_probs = answers_probs(crops, model, ckpt, t)
+    # Thresholds: the answer of the product (predict.decide) for every candidate.
     nd_images = non_digits(n_non_digits, seed=1, family="DejaVu")
-    nd_probs = answers_probs(prepared(nd_images)[0], model, ckpt, t)
-    curve = []
-    for p in np.round(np.arange(0.30, 0.996, 0.01), 2):
-        val = [predict.decide_probs(q, float(p)) for q in val_probs]
+    nd_crops = prepared(nd_images)[0]
+    val_logits, nd_logits = logits_per_image(crops, model, ckpt), logits_per_image(nd_crops, model, ckpt)
+    # The rejector: logistic regression, validation digits (one crop) against the non-digits' crops.
+    from sklearn.linear_model import LogisticRegression
+
+    pos = torch.cat([val_logits[i] for i in single])
+    neg = torch.cat([q for q in nd_logits if len(q)] or [torch.zeros(0, 10)])
+    x = torch.cat([predict.rejector_features(pos), predict.rejector_features(neg)]).numpy()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(x, y)
+    rejector = {"weights": [float(v) for v in clf.coef_[0]], "bias": float(clf.intercept_[0]),
+                "features": predict.REJECTOR_FEATURES, "threshold": 0.0,
+                "fitted_on": f"{len(pos)} validation digits vs {len(neg)} crops of generated non-digits"}
+
+    def scores(p: float, r: float) -> dict:
+        c = {"calibration": {"temperature": t, "threshold": p, "rejector": {**rejector, "threshold": r}},
+             "normalization": ckpt["normalization"]}
+        val = [predict.decide(q, c) for q in val_logits]
         ok = [i for i, a in enumerate(val) if a["status"] == "ok"]
         right = sum(val[i]["digit"] == int(labels[i]) for i in ok)
-        refused = sum(predict.decide_probs(q, float(p))["status"] in ("unsure", "no_digit") for q in nd_probs)
-        curve.append({"threshold": float(p), "val_accepted": len(ok) / len(val),
-                      "val_acc_accepted": right / max(len(ok), 1), "non_digit_refused": refused / len(nd_probs)})
-    fit = [c for c in curve if c["val_accepted"] >= MIN_ACCEPT]
-    chosen = max(fit, key=lambda c: c["threshold"]) if fit else curve[0]
-    result.update({"threshold": chosen["threshold"], "min_accept": MIN_ACCEPT, "val_n": len(val_idx),
+        refused = sum(predict.decide(q, c)["status"] in ("unsure", "no_digit") for q in nd_logits)
+        return {"threshold": p, "rejector_threshold": r, "val_accepted": len(ok) / len(val),
+                "val_acc_accepted": right / max(len(ok), 1), "non_digit_refused": refused / len(nd_logits)}
+
+    # The probability threshold alone, then the rejector's on top of the chosen one.
+    curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
+    fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
+    p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
+    rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.5, 0.005), 3)]
+    fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
+    chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
+    rejector["threshold"] = chosen["rejector_threshold"]
+    result.update({"threshold": chosen["threshold"], "rejector": rejector, "min_accept": MIN_ACCEPT,
+                   "prob_accept": PROB_ACCEPT, "val_n": len(val_idx),
                    "val_accepted": chosen["val_accepted"], "val_acc_accepted": chosen["val_acc_accepted"],
                    "non_digit_n": len(nd_images), "non_digit_refused": chosen["non_digit_refused"],
                    "non_digits": "letters/symbols (DejaVu fonts), shapes, scribbles, strokes: calibrate.non_digits seed 1",
-                   "curve": curve})
+                   "curve": curve, "rejector_curve": rejector_curve})
     if write:
-        stored = {k: v for k, v in result.items() if k not in ("curve", "weights")}
+        stored = {k: v for k, v in result.items() if k not in ("curve", "rejector_curve", "weights")}
         raw = read_checkpoint(weights)
         raw["calibration"] = stored
         save_atomic(raw, weights)
@@ -240,7 +270,7 @@ def main(argv=None) -> int:
         except CheckpointError as e:
             sys.exit(f"error: {e}")
         print(f"{w}: T = {r['temperature']}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}, threshold "
-              f"{r['threshold']:.2f}: {100 * r['val_accepted']:.2f}% of validation digits accepted "
+              f"{r['threshold']:.2f}, rejector {r['rejector']['threshold']:.3f}: {100 * r['val_accepted']:.2f}% of validation digits accepted "
               f"({100 * r['val_acc_accepted']:.2f}% of them right), {100 * r['non_digit_refused']:.1f}% of "
               f"{r['non_digit_n']} non-digits refused")
         if not a.dry_run:

@@ -13,7 +13,8 @@ The contract (what serve.py and the benchmarks use; each step is one function):
     answer = decide(logits, ckpt, topk=3)    # -> {status, digit, probability, topk, number, digits}
 
 `classify(image, model, ckpt)` runs prepare -> normalize -> model -> decide in one call.
-For an ensemble, average the members' `probabilities(logits, ckpt)` and call `decide_probs`.
+For an ensemble, average the members' `probabilities(logits, ckpt)` and call `decide_probs`
+(the probability threshold only: the rejector below reads one model's logits).
 
 An answer's `status` is one of
     ok              one digit, read with calibrated probability >= the checkpoint's threshold
@@ -26,8 +27,9 @@ product of the digits' probabilities); `topk` is [[digit, p], ...], best first.
 
 The calibration (`ckpt["calibration"] = {"temperature": T, "threshold": p, ...}`) is written
 by calibrate.py: T is fitted on the validation split (temperature scaling, Guo et al. 2017),
-the threshold chosen on validation digits plus generated non-digits. A checkpoint without it
-gets T = 1 and DEFAULT_THRESHOLD.
+the threshold chosen on validation digits plus generated non-digits, and a "rejector" (a
+logistic regression over the sorted logits: digit or not) with its own threshold. A
+checkpoint without calibration gets T = 1, DEFAULT_THRESHOLD and no rejector.
 
 Finding the ink (prepare): grey with ink from the alpha channel when the colour carries
 none; light paper made the majority; uneven light divided out (the paper's brightness
@@ -61,7 +63,7 @@ DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the check
 MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
 UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enlarged (best of 5 filters on 8x8 thumbnails)
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
-FRAME_NEAR, FRAME_PCT, FRAME_BOX = 2, 98, 0.2  # px of dilation kept around a digit; the stroke percentile that is 1; the box threshold
+FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -337,10 +339,13 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     from PIL import Image
     from scipy import ndimage as ndi
 
-    near = ndi.binary_dilation(mask, iterations=FRAME_NEAR)
-    a = np.where(near, ink, 0.0)
     core = ink[mask]
-    a = np.clip(a / max(np.percentile(core, FRAME_PCT), 1e-3), 0.0, 1.0)
+    # The digit's faint edges too: pixels above a tenth of its stroke strength, connected to
+    # its strokes, within FRAME_NEAR px of them (hysteresis thresholding, bounded).
+    level = max(np.percentile(core, FRAME_PCT), 1e-3)
+    near = ndi.binary_propagation(mask, mask=(ink > 0.1 * level) & ndi.binary_dilation(mask, iterations=FRAME_NEAR))
+    a = np.where(near | mask, ink, 0.0)
+    a = np.clip(a / level, 0.0, 1.0)
     box = a > FRAME_BOX  # the box, as MNIST's, holds the faint edge of the strokes too
     rows, cols = np.nonzero(box.any(1))[0], np.nonzero(box.any(0))[0]
     a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
@@ -444,10 +449,43 @@ def decide_probs(probs: torch.Tensor, threshold: float, topk: int = 3) -> dict:
             "number": "".join(str(d["digit"]) for d in parts) if sure else None, "digits": parts}
 
 
+def digit_score(logits: torch.Tensor, ckpt: dict) -> torch.Tensor | None:
+    """How digit-like each crop's logits (n, 10) look, (n,) in [0, 1], from the checkpoint's
+    rejector (a logistic regression that calibrate.py fits on validation digits against
+    generated non-digits, over REJECTOR_FEATURES); None when the checkpoint has none."""
+    rej = (ckpt.get("calibration") or {}).get("rejector")
+    if not rej:
+        return None
+    logits = torch.as_tensor(logits).float().reshape(-1, 10)
+    f = rejector_features(logits)
+    return torch.sigmoid(f @ torch.tensor(rej["weights"]) + rej["bias"])
+
+
+REJECTOR_FEATURES = "the 10 logits sorted high to low, and their logsumexp"
+
+
+def rejector_features(logits: torch.Tensor) -> torch.Tensor:
+    """Logits (n, 10) -> (n, 11): REJECTOR_FEATURES."""
+    return torch.cat([logits.sort(1, descending=True).values, torch.logsumexp(logits, 1, keepdim=True)], 1)
+
+
 def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3) -> dict:
     """The model's logits (n, 10) for the crops of one image -> the answer dict, with the
-    checkpoint's calibration (temperature, threshold)."""
-    return decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
+    checkpoint's calibration: a crop is "ok" when its calibrated top probability reaches the
+    threshold and (when the checkpoint has a rejector) its digit_score reaches
+    calibration["rejector"]["threshold"]; otherwise "unsure"."""
+    answer = decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
+    score = digit_score(logits, ckpt)
+    if score is None or len(score) == 0:
+        return answer
+    limit = ckpt["calibration"]["rejector"]["threshold"]
+    parts = answer["digits"] if answer["digits"] else [answer]
+    for part, s in zip(parts, score):
+        if float(s) < limit and part["status"] == "ok":
+            part.update(status="unsure", digit=None)
+    if answer["digits"] and any(d["status"] != "ok" for d in parts):
+        answer.update(status="unsure", number=None)
+    return answer
 
 
 @torch.no_grad()
