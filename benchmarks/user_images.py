@@ -156,10 +156,11 @@ def c_squared(d, rng):
 
 def c_exif(d, rng):
     """A portrait photo stored sideways: the pixels rotated, the EXIF orientation to undo it."""
-    img = photo(on_paper(d, rng, (400, 300)), rng)
+    img = Image.fromarray(photo(on_paper(d, rng, (400, 300)), rng).astype(np.uint8))
     orientation = int(rng.choice([3, 6, 8]))
-    stored = {3: 2, 6: 1, 8: 3}[orientation]  # np.rot90 turns counter-clockwise; tag 6 means "rotate 90 CW to view"
-    return to_jpeg(np.rot90(img, k=-stored if orientation != 3 else 2).copy(), exif_orientation=orientation)
+    # The inverse of what Pillow's exif_transpose does for the tag (6: turn 90 clockwise to view).
+    stored = img.transpose({3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation])
+    return to_jpeg(np.asarray(stored), exif_orientation=orientation)
 
 
 def c_bit16(d, rng):

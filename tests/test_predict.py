@@ -1,0 +1,218 @@
+"""predict.py's decoding, ink finding and answers, on images generated here (offline, no MNIST):
+each kind of user file from issue #23, built by code, with its own variations."""
+
+import base64
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import models  # noqa: E402
+import predict  # noqa: E402
+
+
+def png(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def seven(size=200, width=None) -> np.ndarray:
+    """A 7 drawn as two strokes: (size, size) float ink in [0, 1]."""
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    w = width or size // 14
+    d.line([(size * .3, size * .3), (size * .7, size * .3), (size * .45, size * .75)], fill=255, width=w, joint="curve")
+    return np.asarray(img, np.float32) / 255
+
+
+def one_crop(image) -> np.ndarray:
+    crops = predict.prepare(image)
+    assert len(crops) == 1, f"expected one digit, got {len(crops)}"
+    return crops[0]
+
+
+def test_crop_is_framed_like_mnist():
+    a = one_crop(Image.fromarray((255 - seven() * 255).astype(np.uint8)))
+    assert a.shape == (28, 28) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    ys, xs = np.nonzero(a > 0.2)
+    assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 in (19, 20, 21)  # the 20-px box
+    cy, cx = (np.indices(a.shape) * a).reshape(2, -1).sum(1) / a.sum()
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1  # centre of mass at the centre
+
+
+@pytest.mark.parametrize("depth,angle", [(0.5, 0.0), (0.6, 2.0), (0.4, 4.0)])
+def test_uneven_light_is_divided_out(depth, angle):
+    ref = one_crop(Image.fromarray((255 - seven() * 255).astype(np.uint8)))
+    h = w = 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    light = 1 - depth * np.clip(np.cos(angle) * xx / w + np.sin(angle) * yy / h, 0, 1)
+    page = (230 * (1 - seven()) + 40 * seven()) * light
+    got = one_crop(Image.fromarray(page.astype(np.uint8)))
+    assert np.abs(got - ref).mean() < 0.06
+
+
+@pytest.mark.parametrize("step,colour", [(18, (150, 175, 225)), (25, (190, 190, 190))])
+def test_ruled_and_grid_lines_are_removed(step, colour):
+    # A page three times the digit's size, as in a photo of a sheet (lines run the whole width).
+    ref = one_crop(Image.fromarray((255 - seven(300) * 255).astype(np.uint8)).convert("RGB"))
+    s = np.zeros((450, 600, 1))
+    s[75:375, 150:450, 0] = seven(300)
+    page = np.full((450, 600, 3), 250.0)
+    for y in range(5, 450, step):
+        page[y:y + 2] = colour
+    page[:, 40:42] = (225, 90, 90)  # a margin
+    page = np.minimum(page, 250 * (1 - s) + np.array([20, 30, 120]) * s)
+    got = one_crop(Image.fromarray(page.astype(np.uint8)))
+    assert np.abs(got - ref).mean() < 0.08
+
+
+@pytest.mark.parametrize("orientation,turn", [(6, 1), (8, 3), (3, 2)])
+def test_exif_orientation_is_applied(orientation, turn):
+    upright = Image.fromarray((255 - seven() * 255).astype(np.uint8))
+    stored = upright.rotate(90 * turn, expand=True)  # what the camera wrote
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    img = predict.read_image(png(stored, "JPEG", exif=ex.tobytes(), quality=95), "photo.jpg")
+    assert np.abs(one_crop(img) - one_crop(upright)).mean() < 0.05
+
+
+@pytest.mark.parametrize("top,dark_on_light", [(65535, True), (65535, False), (4095, True), (1023, False)])
+def test_high_bit_depth_is_scaled_by_its_range(top, dark_on_light):
+    s = seven()
+    a = ((1 - s) if dark_on_light else s) * top
+    img = predict.read_image(png(Image.fromarray(a.astype(np.uint16))), "deep.png")
+    ref = one_crop(Image.fromarray((255 - s * 255).astype(np.uint8)))
+    assert np.abs(one_crop(img) - ref).mean() < 0.03
+
+
+def test_float_image_is_scaled():
+    img = Image.fromarray((seven() * 3.0 - 1.0).astype(np.float32), mode="F")
+    assert len(predict.prepare(img)) == 1
+
+
+@pytest.mark.parametrize("rgb", [(255, 255, 255), (0, 0, 0), (200, 30, 30)])
+def test_ink_in_the_alpha_channel(rgb):
+    s = seven()
+    rgba = np.dstack([np.full(s.shape, c, np.float32) for c in rgb] + [s * 255]).astype(np.uint8)
+    img = predict.read_image(png(Image.fromarray(rgba, "RGBA")), "canvas.png")
+    ref = one_crop(Image.fromarray((255 - s * 255).astype(np.uint8)))
+    assert np.abs(one_crop(img) - ref).mean() < 0.03
+
+
+@pytest.mark.parametrize("img", [Image.new("L", (280, 280), 255), Image.new("L", (280, 280), 0),
+                                 Image.new("RGBA", (280, 280), (0, 0, 0, 0)), Image.new("RGBA", (280, 280), (255, 255, 255, 0))])
+def test_blank_images_have_no_digit(img):
+    assert predict.prepare(img) == []
+    assert predict.decide(torch.zeros(0, 10), {"normalization": {"mean": 0.1, "std": 0.3}})["status"] == "no_digit"
+
+
+def test_several_digits_left_to_right_and_far_specks_dropped():
+    s = seven(120)
+    page = np.zeros((200, 420), np.float32)
+    page[40:160, 20:140] = s
+    page[40:160, 150:270] = s[:, ::-1]  # a mirrored 7
+    page[40:160, 280:400] = s
+    page[5:8, 410:413] = 1  # a speck far away
+    crops = predict.prepare(Image.fromarray((255 - page * 255).astype(np.uint8)))
+    assert len(crops) == 3
+    assert np.abs(crops[0] - crops[2]).mean() < 0.01 and np.abs(crops[0] - crops[1]).mean() > 0.02  # order kept
+
+
+def test_jpeg_is_drafted_and_pixel_limit_is_one_line_error():
+    big = Image.new("RGB", (4000, 3000), (240, 235, 225))
+    ImageDraw.Draw(big).line([(1500, 1000), (2300, 1000), (1800, 2100)], fill=(30, 30, 40), width=70)
+    img = predict.read_image(png(big, "JPEG", quality=80), "phone.jpg")
+    assert max(img.size) <= 2 * predict.WORK_SIDE  # decoded at reduced scale
+    assert len(predict.prepare(img)) == 1
+    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 1;") as e:
+        predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000)
+    assert e.value.kind == "too_large" and "\n" not in str(e.value)
+
+
+def test_data_url_and_bad_inputs():
+    raw = png(Image.fromarray((255 - seven() * 255).astype(np.uint8)))
+    url = b"data:image/png;base64," + base64.b64encode(raw)
+    assert predict.read_image(url).size == (200, 200)
+    for body, kind in [(b"", "empty"), (b"data:image/png,abc", "data_url"), (b"data:image/png;base64,@@@", "data_url"),
+                       (b"not an image", "unreadable"), (raw[:200], "unreadable")]:
+        with pytest.raises(predict.ImageError) as e:
+            predict.read_image(body, "upload")
+        assert e.value.kind == kind and str(e.value).startswith("upload: ") and "\n" not in str(e.value)
+
+
+def test_decide_statuses_and_calibration():
+    ckpt = {"normalization": {"mean": 0.1, "std": 0.3}, "calibration": {"temperature": 0.5, "threshold": 0.9}}
+    sure, vague = torch.zeros(1, 10), torch.zeros(1, 10)
+    sure[0, 3] = 3.0   # softmax(6 at T=0.5) over 9 zeros: 0.978
+    vague[0, 4] = 1.0  # softmax(2): 0.45
+    a = predict.decide(sure, ckpt)
+    assert a["status"] == "ok" and a["digit"] == 3 and a["probability"] == pytest.approx(np.exp(6) / (np.exp(6) + 9))
+    assert a["topk"][0][0] == 3 and len(a["topk"]) == 3
+    b = predict.decide(vague, ckpt)
+    assert b["status"] == "unsure" and b["digit"] is None and b["topk"][0][0] == 4
+    c = predict.decide(torch.cat([sure, sure]), ckpt)
+    assert c["status"] == "several_digits" and c["number"] == "33" and c["digit"] is None and len(c["digits"]) == 2
+    assert predict.decide(torch.cat([sure, vague]), ckpt)["status"] == "unsure"
+    assert predict.calibration({"normalization": {}}) == (1.0, predict.DEFAULT_THRESHOLD)
+    x = predict.normalize(np.zeros((28, 28)), ckpt)
+    assert x.shape == (1, 1, 28, 28) and torch.allclose(x, torch.full_like(x, -0.1 / 0.3))
+
+
+def test_rejector_turns_ok_into_unsure():
+    ckpt = {"normalization": {"mean": 0.1, "std": 0.3},
+            "calibration": {"temperature": 1.0, "threshold": 0.5,
+                            "rejector": {"weights": [1.0] + [0.0] * 10, "bias": -5.0, "threshold": 0.5}}}
+    high, low = torch.zeros(1, 10), torch.zeros(1, 10)
+    high[0, 2], low[0, 2] = 10.0, 4.0  # both confident; the rejector wants the top logit above 5
+    assert predict.decide(high, ckpt)["status"] == "ok"
+    assert predict.decide(low, ckpt)["status"] == "unsure"
+
+
+def test_cli_answers_every_file_and_exits_1_only_on_unreadable(tmp_path, capsys):
+    model = models.build_model("convnet", width=8)
+    ckpt = {"model": "convnet", "model_config": {"width": 8}, "state_dict": model.state_dict(),
+            "normalization": {"mean": 0.13, "std": 0.31}}
+    torch.save(ckpt, tmp_path / "w.pt")
+    Image.fromarray((255 - seven() * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
+    args = [str(tmp_path / "a.png"), str(tmp_path / "blank.png"), "--weights", str(tmp_path / "w.pt"), "--json"]
+    assert predict.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in out][1] == "no_digit" and all("digit" in r for r in out)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    assert predict.main(args[:2] + [str(tmp_path / "broken.png")] + args[2:]) == 1
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [r["status"] for r in out][2] == "error" and len(out) == 3 and out[2]["digit"] is None
+    assert "broken.png" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_checkpoints_from_dataparallel_and_compile_load(tmp_path, prefix):
+    model = models.build_model("convnet", width=8)
+    sd = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"model": "convnet", "model_config": {"width": 8}, "state_dict": sd,
+                "normalization": {"mean": 0.13, "std": 0.31}}, tmp_path / "w.pt")
+    loaded, _ = models.load_checkpoint(tmp_path / "w.pt")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_mismatched_keys_name_a_missing_and_an_unexpected_one(tmp_path):
+    model = models.build_model("convnet", width=8)
+    sd = model.state_dict()
+    sd["extra.weight"] = torch.zeros(1)
+    del sd[next(iter(sd))]
+    torch.save({"model": "convnet", "model_config": {"width": 8}, "state_dict": sd,
+                "normalization": {"mean": 0.13, "std": 0.31}}, tmp_path / "w.pt")
+    with pytest.raises(models.CheckpointError, match=r"missing e\.g\. .+; unexpected e\.g\. extra\.weight"):
+        models.load_checkpoint(tmp_path / "w.pt")
