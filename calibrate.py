@@ -17,7 +17,8 @@ Both are chosen on data the model was not trained on and the test split never se
   PROB_ACCEPT of the validation digits; the whole curve is saved.
 - a rejector: the top probability alone refuses few letters (a ConvNet is confident on an
   "A"), so a logistic regression over the sorted logits and their logsumexp (11 numbers)
-  is fitted, validation digits against the non-digits' crops, and its threshold is the
+  is fitted, validation digits (also as 8-16 px thumbnails) against the non-digits' crops,
+  and its threshold is the
   highest that keeps MIN_ACCEPT of the validation digits "ok" together with p.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
 Imports data.py, models.py and predict.py only.
@@ -39,6 +40,7 @@ from models import CheckpointError, load_checkpoint, read_checkpoint, save_atomi
 
 ROOT = Path(__file__).resolve().parent
 MIN_ACCEPT = 0.995  # share of validation digits that must stay "ok" (the product promises >= 99% on test)
+REJECTOR_C = 0.01  # inverse L2 strength of the rejector's logistic regression (thousands of features, few negatives)
 PROB_ACCEPT = 0.9975  # the probability threshold alone keeps this share; the rejector takes the rest of the margin
 ECE_BINS = 15
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
@@ -125,6 +127,16 @@ def digit_image(a28: np.ndarray):
     return predict.read_image(buf.getvalue(), "digit.png")
 
 
+THUMB_SIDES = (8, 10, 12, 16)
+
+
+def thumbnail(a28: np.ndarray, side: int):
+    """A (28, 28) uint8 MNIST digit as a side x side dark-on-light thumbnail (area-averaged)."""
+    from PIL import Image
+
+    return Image.fromarray(255 - np.asarray(a28, np.uint8)).resize((side, side), Image.BOX)
+
+
 def prepared(images) -> tuple[list[list[np.ndarray]], list[int]]:
     """Each image through predict.prepare: (crops per image, the number of crops per image)."""
     crops = [predict.prepare(im) for im in images]
@@ -174,7 +186,14 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> floa
 _VAL_CROPS: dict = {}
 
 
-def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 400,
+def plain(d: dict) -> dict:
+    """The calibration record without its tensors (for JSON): a tensor becomes its shape."""
+    if isinstance(d, dict):
+        return {k: plain(v) for k, v in d.items()}
+    return f"tensor{list(d.shape)}" if isinstance(d, torch.Tensor) else d
+
+
+def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 800,
               write: bool = True) -> dict:
     """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
     with write=True, store them in the checkpoint (atomically) and in its .json beside it.
@@ -201,45 +220,83 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
                            f"give one crop)", "ece_bins": ECE_BINS,
               "ece_before": round(ece(before, labels[single]), 5), "ece_after": round(ece(after, labels[single]), 5),
               "nll_before": round(nll(before), 5), "nll_after": round(nll(after), 5)}
-    # Thresholds: the answer of the product (predict.decide) for every candidate.
-    nd_images = non_digits(n_non_digits, seed=1, family="DejaVu")
-    nd_crops = prepared(nd_images)[0]
-    val_logits, nd_logits = logits_per_image(crops, model, ckpt), logits_per_image(nd_crops, model, ckpt)
-    # The rejector: logistic regression, validation digits (one crop) against the non-digits' crops.
+    # The rejector is fitted on half the validation digits (A) and the non-digits of seed 1;
+    # both thresholds are chosen on the other half (B) and non-digits of seed 2, unseen by the fit.
+    half_a, half_b = single[0::2], [i for i in range(len(val_idx)) if i not in set(single[0::2])]
     from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
-    pos = torch.cat([val_logits[i] for i in single])
-    neg = torch.cat([q for q in nd_logits if len(q)] or [torch.zeros(0, 10)])
-    x = torch.cat([predict.rejector_features(pos), predict.rejector_features(neg)]).numpy()
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(x, y)
-    rejector = {"weights": [float(v) for v in clf.coef_[0]], "bias": float(clf.intercept_[0]),
-                "features": predict.REJECTOR_FEATURES, "threshold": 0.0,
-                "fitted_on": f"{len(pos)} validation digits vs {len(neg)} crops of generated non-digits"}
+    def model_out(crop_lists):  # per image: (logits (k, 10), features (k, F))
+        flat = [c for cs in crop_lists for c in cs]
+        outs = [predict.forward(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
+        lg = torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)])
+        ft = torch.cat([o[1] for o in outs]) if outs else torch.zeros(0, 1)
+        res, at = [], 0
+        for cs in crop_lists:
+            res.append((lg[at:at + len(cs)], ft[at:at + len(cs)]))
+            at += len(cs)
+        return res
+
+    # Positives also include the same digits as small thumbnails (8-16 px), which a user may
+    # well have, so the rejector does not learn "low resolution" as "not a digit".
+    x_a = x_tr[val_idx].numpy()[half_a]
+    thumbs = [thumbnail(a, side) for a, side in zip(x_a, np.resize(THUMB_SIDES, len(x_a)))]
+    pos = [o for o in model_out([crops[i] for i in half_a] + prepared(thumbs)[0]) if len(o[0]) == 1]
+    neg = [o for o in model_out(prepared(non_digits(n_non_digits, seed=1, family="DejaVu"))[0]) if len(o[0])]
+    x = torch.cat([torch.cat([f, lg], 1) for lg, f in pos + neg]).numpy()
+    y = np.r_[np.ones(sum(len(o[0]) for o in pos)), np.zeros(sum(len(o[0]) for o in neg))]
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=REJECTOR_C, class_weight="balanced", max_iter=3000).fit(scaler.transform(x), y)
+    rejector = {"mean": torch.tensor(scaler.mean_, dtype=torch.float32),
+                "scale": torch.tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32),
+                "weights": torch.tensor(clf.coef_[0], dtype=torch.float32), "bias": float(clf.intercept_[0]),
+                "threshold": 0.0, "C": REJECTOR_C,
+                "features": "penultimate features (input of the last Linear) and the 10 logits, standardized",
+                "fitted_on": f"{len(half_a)} validation digits (half A) and as many 8-16 px thumbnails of them, "
+                             f"vs {len(neg)} generated non-digits (DejaVu, seed 1)"}
+    c = {"calibration": {"temperature": t, "rejector": rejector}}
+    nd_b = non_digits(max(n_non_digits // 2, 1), seed=2, family="DejaVu")
+
+    def per_image(outs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per image: number of crops, the lowest calibrated top probability and rejector score
+        over its crops, and the first crop's digit (what predict.decide compares with thresholds)."""
+        k = np.array([len(lg) for lg, _ in outs])
+        lowest_p, lowest_s, digit = np.ones(len(k)), np.ones(len(k)), np.full(len(k), -1)
+        for i, (lg, f) in enumerate(outs):
+            if len(lg):
+                probs = predict.probabilities(lg, c)
+                lowest_p[i] = float(probs.max(1).values.min())
+                lowest_s[i] = float(predict.digit_score(lg, f, c).min())
+                digit[i] = int(probs[0].argmax())
+        return k, lowest_p, lowest_s, digit
+
+    vk, vp, vs, vd = per_image(model_out([crops[i] for i in half_b]))
+    nk, np_, ns, _ = per_image(model_out(prepared(nd_b)[0]))
+    labels_b = labels.numpy()[half_b]
 
     def scores(p: float, r: float) -> dict:
-        c = {"calibration": {"temperature": t, "threshold": p, "rejector": {**rejector, "threshold": r}},
-             "normalization": ckpt["normalization"]}
-        val = [predict.decide(q, c) for q in val_logits]
-        ok = [i for i, a in enumerate(val) if a["status"] == "ok"]
-        right = sum(val[i]["digit"] == int(labels[i]) for i in ok)
-        refused = sum(predict.decide(q, c)["status"] in ("unsure", "no_digit") for q in nd_logits)
-        return {"threshold": p, "rejector_threshold": r, "val_accepted": len(ok) / len(val),
-                "val_acc_accepted": right / max(len(ok), 1), "non_digit_refused": refused / len(nd_logits)}
+        # as predict.decide: "ok" needs one crop passing both thresholds; a refusal is no crop or any crop failing
+        ok = (vk == 1) & (vp >= p) & (vs >= r)
+        refused = (nk == 0) | (np_ < p) | (ns < r)
+        return {"threshold": p, "rejector_threshold": r, "val_accepted": float(ok.mean()),
+                "val_acc_accepted": float((ok & (vd == labels_b)).sum() / max(ok.sum(), 1)),
+                "non_digit_refused": float(refused.mean())}
 
     # The probability threshold alone, then the rejector's on top of the chosen one.
     curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
     fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
     p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
-    rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.5, 0.005), 3)]
+    rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
     fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
     chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
     rejector["threshold"] = chosen["rejector_threshold"]
     result.update({"threshold": chosen["threshold"], "rejector": rejector, "min_accept": MIN_ACCEPT,
                    "prob_accept": PROB_ACCEPT, "val_n": len(val_idx),
                    "val_accepted": chosen["val_accepted"], "val_acc_accepted": chosen["val_acc_accepted"],
-                   "non_digit_n": len(nd_images), "non_digit_refused": chosen["non_digit_refused"],
-                   "non_digits": "letters/symbols (DejaVu fonts), shapes, scribbles, strokes: calibrate.non_digits seed 1",
+                   "val_n_thresholds": len(half_b), "non_digit_n": len(nd_b),
+                   "non_digit_refused": chosen["non_digit_refused"],
+                   "non_digits": "letters/symbols (DejaVu fonts), shapes, scribbles, strokes: calibrate.non_digits; "
+                                 "seed 1 fits the rejector, seed 2 scores the thresholds",
                    "curve": curve, "rejector_curve": rejector_curve})
     if write:
         stored = {k: v for k, v in result.items() if k not in ("curve", "rejector_curve", "weights")}
@@ -249,7 +306,7 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
         side = Path(weights).with_suffix(".json")
         if side.is_file():
             meta = json.loads(side.read_text())
-            meta["calibration"] = stored
+            meta["calibration"] = plain(stored)
             side.write_text(json.dumps(meta, indent=2) + "\n")
     return result
 
@@ -259,7 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("weights", nargs="+", help="checkpoints (.pt) to calibrate")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $DATA_DIR or data/)")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images (cheap runs)")
-    p.add_argument("--non-digits", type=int, default=400, help="generated non-digit images for the threshold")
+    p.add_argument("--non-digits", type=int, default=800, help="generated non-digit images for the threshold")
     p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     p.add_argument("--out", default=str(ROOT / "results" / "calibration"), help="folder for <name>.json with the curve")
     a = p.parse_args(argv)
@@ -276,7 +333,7 @@ def main(argv=None) -> int:
         if not a.dry_run:
             out = Path(a.out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{Path(w).stem}.json").write_text(json.dumps(r, indent=2) + "\n")
+            (out / f"{Path(w).stem}.json").write_text(json.dumps(plain(r), indent=2) + "\n")
     return 0
 
 

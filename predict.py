@@ -9,8 +9,8 @@ The contract (what serve.py and the benchmarks use; each step is one function):
     image  = read_image(source, name)        # bytes | str | Path | data URL bytes -> PIL image, or ImageError
     crops  = prepare(image)                  # [(28, 28) float32 in [0, 1]], one per digit, left to right; [] = no ink
     x      = normalize(crop, ckpt)           # -> tensor (1, 1, 28, 28), as in training
-    logits = model(x)                        # (1, 10) per crop; stack them to (n, 10)
-    answer = decide(logits, ckpt, topk=3)    # -> {status, digit, probability, topk, number, digits}
+    logits, feats = forward(crops, model, ckpt)   # (n, 10) and the penultimate features (n, F)
+    answer = decide(logits, ckpt, topk=3, features=feats)  # -> {status, digit, probability, topk, number, digits}
 
 `classify(image, model, ckpt)` runs prepare -> normalize -> model -> decide in one call.
 For an ensemble, average the members' `probabilities(logits, ckpt)` and call `decide_probs`
@@ -28,7 +28,8 @@ product of the digits' probabilities); `topk` is [[digit, p], ...], best first.
 The calibration (`ckpt["calibration"] = {"temperature": T, "threshold": p, ...}`) is written
 by calibrate.py: T is fitted on the validation split (temperature scaling, Guo et al. 2017),
 the threshold chosen on validation digits plus generated non-digits, and a "rejector" (a
-logistic regression over the sorted logits: digit or not) with its own threshold. A
+logistic regression over the penultimate features and logits: digit or not) with its own
+threshold, applied when decide() is given the features. A
 checkpoint without calibration gets T = 1, DEFAULT_THRESHOLD and no rejector.
 
 Finding the ink (prepare): grey with ink from the alpha channel when the colour carries
@@ -64,6 +65,7 @@ MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged 
 UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enlarged (best of 5 filters on 8x8 thumbnails)
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
+TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: framed from a LANCZOS enlargement, mask grown 2 px
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -391,8 +393,19 @@ def prepare(image) -> list[np.ndarray]:
     # A thumbnail: the digits are found on the enlarged copy (components hold together), then
     # framed from the pixels as given, so they are resampled once, as MNIST's were.
     (h, w), f = grey.shape, big.shape[0] // grey.shape[0]
+    if min(h, w) < TINY_SIDE:  # a few pixels per stroke: frame from a smooth enlargement instead
+        from PIL import Image
+        smooth = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((w * f, h * f), TINY_RESAMPLE), np.float32)
+        ink = ink_map(np.clip(smooth, 0, 1))
+        return [frame(ink, ndi_dilate(m, TINY_DILATE)) for m in masks]
     ink = ink_map(grey)
     return [frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks]
+
+
+def ndi_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.binary_dilation(mask, iterations=iterations) if iterations else mask
 
 
 def preprocess(image) -> np.ndarray:
@@ -449,36 +462,33 @@ def decide_probs(probs: torch.Tensor, threshold: float, topk: int = 3) -> dict:
             "number": "".join(str(d["digit"]) for d in parts) if sure else None, "digits": parts}
 
 
-def digit_score(logits: torch.Tensor, ckpt: dict) -> torch.Tensor | None:
-    """How digit-like each crop's logits (n, 10) look, (n,) in [0, 1], from the checkpoint's
-    rejector (a logistic regression that calibrate.py fits on validation digits against
-    generated non-digits, over REJECTOR_FEATURES); None when the checkpoint has none."""
+def digit_score(logits: torch.Tensor, features: torch.Tensor | None, ckpt: dict) -> torch.Tensor | None:
+    """How digit-like each crop looks, (n,) in [0, 1], from the checkpoint's rejector: a
+    logistic regression that calibrate.py fits on validation digits against generated
+    non-digits, over the model's penultimate features (the input of its last Linear, from
+    `forward`) and its logits, both standardized. None when the checkpoint has no rejector
+    or no features were given."""
     rej = (ckpt.get("calibration") or {}).get("rejector")
-    if not rej:
+    if not rej or features is None:
         return None
-    logits = torch.as_tensor(logits).float().reshape(-1, 10)
-    f = rejector_features(logits)
-    return torch.sigmoid(f @ torch.tensor(rej["weights"]) + rej["bias"])
+    x = torch.cat([torch.as_tensor(features).float().flatten(1), torch.as_tensor(logits).float().reshape(-1, 10)], 1)
+    if x.shape[1] != len(rej["mean"]):
+        return None  # features of another model: no rejector rather than a wrong one
+    z = (x - torch.as_tensor(rej["mean"]).float()) / torch.as_tensor(rej["scale"]).float()
+    return torch.sigmoid(z @ torch.as_tensor(rej["weights"]).float() + float(rej["bias"]))
 
 
-REJECTOR_FEATURES = "the 10 logits sorted high to low, and their logsumexp"
-
-
-def rejector_features(logits: torch.Tensor) -> torch.Tensor:
-    """Logits (n, 10) -> (n, 11): REJECTOR_FEATURES."""
-    return torch.cat([logits.sort(1, descending=True).values, torch.logsumexp(logits, 1, keepdim=True)], 1)
-
-
-def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3) -> dict:
+def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tensor | None = None) -> dict:
     """The model's logits (n, 10) for the crops of one image -> the answer dict, with the
     checkpoint's calibration: a crop is "ok" when its calibrated top probability reaches the
-    threshold and (when the checkpoint has a rejector) its digit_score reaches
-    calibration["rejector"]["threshold"]; otherwise "unsure"."""
+    threshold and, when `features` (n, F) from `forward` are given and the checkpoint has a
+    rejector, its digit_score reaches calibration["rejector"]["threshold"]; else "unsure".
+    Without features only the probability threshold applies (it refuses fewer letters)."""
     answer = decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
-    score = digit_score(logits, ckpt)
+    score = digit_score(logits, features, ckpt)
     if score is None or len(score) == 0:
         return answer
-    limit = ckpt["calibration"]["rejector"]["threshold"]
+    limit = float(ckpt["calibration"]["rejector"]["threshold"])
     parts = answer["digits"] if answer["digits"] else [answer]
     for part, s in zip(parts, score):
         if float(s) < limit and part["status"] == "ok":
@@ -488,20 +498,45 @@ def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3) -> dict:
     return answer
 
 
+def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
+    last = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            last = m
+    return last
+
+
 @torch.no_grad()
-def logits_of(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> torch.Tensor:
-    """The model's logits (n, 10) for n crops (28, 28), one batch; (0, 10) for none."""
+def forward(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits (n, 10), penultimate features (n, F) or None) for n crops (28, 28), one batch.
+    The features are the input of the model's last nn.Linear (its classifier), caught by a
+    forward hook; None when the model has no Linear. n = 0 gives ((0, 10), None)."""
     if not crops:
-        return torch.zeros(0, 10)
+        return torch.zeros(0, 10), None
     device = next(model.parameters()).device
     x = torch.cat([normalize(c, ckpt) for c in crops]).to(device)
-    return model(x).float().cpu()
+    caught = {}
+    head = _last_linear(model)
+    hook = head.register_forward_hook(lambda m, i, o: caught.__setitem__("f", i[0])) if head is not None else None
+    try:
+        logits = model(x).float().cpu()
+    finally:
+        if hook is not None:
+            hook.remove()
+    f = caught.get("f")
+    return logits, (f.float().flatten(1).cpu() if f is not None and len(f) == len(logits) else None)
+
+
+def logits_of(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> torch.Tensor:
+    """The model's logits (n, 10) for n crops (28, 28), one batch; (0, 10) for none."""
+    return forward(crops, model, ckpt)[0]
 
 
 def classify(image, model: torch.nn.Module, ckpt: dict, topk: int = 3) -> tuple[dict, list[np.ndarray]]:
     """A PIL image -> (answer dict, the crops the model saw): prepare, normalize, model, decide."""
     crops = prepare(image)
-    return decide(logits_of(crops, model, ckpt), ckpt, topk), crops
+    logits, features = forward(crops, model, ckpt)
+    return decide(logits, ckpt, topk, features), crops
 
 
 # -----------------------------------------------------------------------------
@@ -538,14 +573,17 @@ def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3
             read.append((path, e))
     # One forward pass for every crop of every file (batches of 512): far faster than one per file.
     flat = [c for _, crops in read if isinstance(crops, list) for c in crops]
-    logits = torch.cat([logits_of(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)] or [torch.zeros(0, 10)])
+    outs = [forward(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
+    logits = torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)])
+    features = torch.cat([o[1] for o in outs]) if outs and all(o[1] is not None for o in outs) else None
     results, at = [], 0
     for path, crops in read:
         if isinstance(crops, ImageError):
             results.append({"file": str(path), "status": "error", "digit": None, "probability": None, "topk": [],
                             "number": None, "digits": [], "error": str(crops)})
             continue
-        r = {"file": str(path), **decide(logits[at:at + len(crops)], ckpt, topk)}
+        r = {"file": str(path), **decide(logits[at:at + len(crops)], ckpt, topk,
+                                         None if features is None else features[at:at + len(crops)])}
         at += len(crops)
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)

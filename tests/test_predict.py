@@ -167,14 +167,26 @@ def test_decide_statuses_and_calibration():
     assert x.shape == (1, 1, 28, 28) and torch.allclose(x, torch.full_like(x, -0.1 / 0.3))
 
 
-def test_rejector_turns_ok_into_unsure():
+def test_rejector_turns_ok_into_unsure_only_with_features():
     ckpt = {"normalization": {"mean": 0.1, "std": 0.3},
             "calibration": {"temperature": 1.0, "threshold": 0.5,
-                            "rejector": {"weights": [1.0] + [0.0] * 10, "bias": -5.0, "threshold": 0.5}}}
-    high, low = torch.zeros(1, 10), torch.zeros(1, 10)
-    high[0, 2], low[0, 2] = 10.0, 4.0  # both confident; the rejector wants the top logit above 5
-    assert predict.decide(high, ckpt)["status"] == "ok"
-    assert predict.decide(low, ckpt)["status"] == "unsure"
+                            "rejector": {"mean": torch.zeros(12), "scale": torch.ones(12),
+                                         "weights": torch.tensor([1.0] + [0.0] * 11), "bias": -5.0, "threshold": 0.5}}}
+    logits = torch.zeros(1, 10)
+    logits[0, 2] = 10.0  # confident either way; the rejector wants the first feature above 5
+    assert predict.decide(logits, ckpt, features=torch.tensor([[9.0, 0.0]]))["status"] == "ok"
+    assert predict.decide(logits, ckpt, features=torch.tensor([[1.0, 0.0]]))["status"] == "unsure"
+    assert predict.decide(logits, ckpt)["status"] == "ok"  # no features: the probability threshold only
+    assert predict.digit_score(logits, torch.zeros(1, 5), ckpt) is None  # another model's features: no rejector
+
+
+def test_forward_gives_logits_and_the_classifier_input():
+    model = models.build_model("convnet", width=8).eval()
+    ckpt = {"normalization": {"mean": 0.13, "std": 0.31}}
+    logits, feats = predict.forward([np.zeros((28, 28), np.float32)] * 3, model, ckpt)
+    assert logits.shape == (3, 10) and feats.shape == (3, model.fc.in_features)
+    assert torch.allclose(model.fc(feats), logits, atol=1e-5)
+    assert predict.forward([], model, ckpt)[0].shape == (0, 10)
 
 
 def test_cli_answers_every_file_and_exits_1_only_on_unreadable(tmp_path, capsys):

@@ -1,0 +1,51 @@
+"""calibrate.py: temperature scaling recovers a known temperature, ECE is what it says, the
+non-digit generator is deterministic, and a cheap calibration on the real validation split
+lands in the checkpoint where predict.py reads it."""
+
+import json
+
+import numpy as np
+import torch
+
+import calibrate
+import models
+import predict
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 10, generator=g) * 3
+    labels = torch.multinomial(torch.softmax(logits / 2.5, 1), 1, generator=g).squeeze(1)
+    assert abs(calibrate.fit_temperature(logits, labels) - 2.5) < 0.1
+
+
+def test_ece_of_perfectly_calibrated_and_overconfident_predictions():
+    probs = torch.full((1000, 10), 0.0)
+    probs[:, 0] = 1.0
+    labels = torch.zeros(1000, dtype=torch.long)
+    assert calibrate.ece(probs, labels) == 0.0
+    labels[:300] = 1  # 70% right at confidence 1: ECE 0.3
+    assert abs(calibrate.ece(probs, labels) - 0.3) < 1e-9
+
+
+def test_non_digits_are_deterministic_and_have_ink():
+    a = calibrate.non_digits(8, seed=3)
+    b = calibrate.non_digits(8, seed=3)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert all(np.asarray(x).min() < 128 for x in a)
+    assert calibrate.fonts("DejaVu"), "Debian's DejaVu fonts are needed (fonts-dejavu-core)"
+
+
+def test_calibration_is_stored_in_the_checkpoint_and_used(tmp_path, real_data_dir):
+    model = models.build_model("convnet", width=8)
+    path = tmp_path / "w.pt"
+    torch.save({"model": "convnet", "model_config": {"width": 8}, "state_dict": model.state_dict(),
+                "normalization": {"mean": 0.13, "std": 0.31}}, path)
+    (tmp_path / "w.json").write_text(json.dumps({"model": "convnet"}))
+    r = calibrate.calibrate(path, data_dir=real_data_dir, limit_val=200, n_non_digits=40, write=True)
+    assert r["temperature"] > 0 and 0.3 <= r["threshold"] <= 0.99 and len(r["curve"]) > 10
+    _, ckpt = models.load_checkpoint(path)
+    cal = ckpt["calibration"]
+    assert cal["temperature"] == r["temperature"] and cal["rejector"]["weights"].shape == (8 * 4 * 9 + 10,)
+    assert json.loads((tmp_path / "w.json").read_text())["calibration"]["threshold"] == r["threshold"]
+    assert predict.calibration(ckpt) == (r["temperature"], r["threshold"])
