@@ -359,7 +359,8 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None) -> dict:
         for m, (model, ckpt) in loaded.items():
             right = refused = 0
             for cs, (_, expected) in zip(crops, files):
-                r, f = score(predict.decide(predict.logits_of(cs, model, ckpt), ckpt), expected)
+                logits, features = predict.forward(cs, model, ckpt)
+                r, f = score(predict.decide(logits, ckpt, features=features), expected)
                 right += r
                 refused += f
             row["models"][m] = {"right": right / len(files), "refused": refused / len(files)}

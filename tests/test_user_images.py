@@ -78,12 +78,6 @@ def shortfalls(answers, conditions) -> dict:
 
 
 def test_per_condition_accuracy(answers):
-    short = shortfalls(answers, lambda c: c not in LOW_RES)
-    assert not short, f"conditions under their bar: {short}"
-
-
-@pytest.mark.xfail(strict=True, reason="known short of issue #23's bar: the rejector refuses most 8x8 thumbnails "
-                                       "(9/20 right with weights/convnet.pt at commit time); strict, so a fix shows")
-def test_low_resolution_accuracy(answers):
-    short = shortfalls(answers, lambda c: c in LOW_RES)
+    # digit conditions >= 95% (low resolution >= 90%), controls 100%
+    short = shortfalls(answers, lambda c: True)
     assert not short, f"conditions under their bar: {short}"
