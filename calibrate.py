@@ -311,6 +311,36 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
     return result
 
 
+def plot_tradeoff(results_dir: str | Path, out: str | Path) -> Path:
+    """figures/unsure_tradeoff.png from results/calibration/*.json: per checkpoint, the share of
+    validation digits accepted against the share of (unseen) non-digits refused, as the
+    rejector's threshold moves (at the chosen probability threshold); the chosen point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in sorted(Path(results_dir).glob("*.json")):
+        r = json.loads(f.read_text())
+        xs = [100 * c["non_digit_refused"] for c in r["rejector_curve"]]
+        ys = [100 * c["val_accepted"] for c in r["rejector_curve"]]
+        line, = ax.plot(xs, ys, label=f.stem)
+        ax.plot([100 * r["non_digit_refused"]], [100 * r["val_accepted"]], "o", color=line.get_color())
+    ax.set_xlabel("generated non-digits refused (%)")
+    ax.set_ylabel("validation digits accepted (%)")
+    ax.set_ylim(97, 100.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("'unsure': digits kept vs non-digits refused (dot: chosen)")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Fit a temperature and an 'unsure' threshold and store them in checkpoints.")
     p.add_argument("weights", nargs="+", help="checkpoints (.pt) to calibrate")
@@ -334,6 +364,8 @@ def main(argv=None) -> int:
             out = Path(a.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{Path(w).stem}.json").write_text(json.dumps(plain(r), indent=2) + "\n")
+    if not a.dry_run:
+        print(f"wrote {plot_tradeoff(a.out, ROOT / 'figures' / 'unsure_tradeoff.png')}")
     return 0
 
 

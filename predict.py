@@ -12,12 +12,15 @@ The contract (what serve.py and the benchmarks use; each step is one function):
     logits, feats = forward(crops, model, ckpt)   # (n, 10) and the penultimate features (n, F)
     answer = decide(logits, ckpt, topk=3, features=feats)  # -> {status, digit, probability, topk, number, digits}
 
-`classify(image, model, ckpt)` runs prepare -> normalize -> model -> decide in one call.
-For an ensemble, average the members' `probabilities(logits, ckpt)` and call `decide_probs`
-(the probability threshold only: the rejector below reads one model's logits).
+`classify(image, model, ckpt)` runs prepare -> forward -> decide in one call and returns
+(answer, crops). For an ensemble, average the members' `probabilities(logits, ckpt)` and call
+`decide_probs(probs, threshold)` (the probability threshold only: the rejector below reads one
+model's features). read_image raises ImageError (a ValueError, one line naming the file and
+the fix) with `kind` in "empty", "data_url", "unreadable", "too_large" (e.g. for HTTP 400/413/415).
 
 An answer's `status` is one of
     ok              one digit, read with calibrated probability >= the checkpoint's threshold
+                    (and, given the features, a rejector score >= its threshold)
     no_digit        no ink at all (blank page or canvas): digit None, probability None, topk []
     unsure          ink, but not confidently a digit (a letter, a symbol, a scribble): digit None
     several_digits  several digits side by side, each confident: `number` ("37") and `digits`
@@ -29,8 +32,8 @@ The calibration (`ckpt["calibration"] = {"temperature": T, "threshold": p, ...}`
 by calibrate.py: T is fitted on the validation split (temperature scaling, Guo et al. 2017),
 the threshold chosen on validation digits plus generated non-digits, and a "rejector" (a
 logistic regression over the penultimate features and logits: digit or not) with its own
-threshold, applied when decide() is given the features. A
-checkpoint without calibration gets T = 1, DEFAULT_THRESHOLD and no rejector.
+threshold, applied when decide() is given the features. A checkpoint without calibration
+gets T = 1, DEFAULT_THRESHOLD and no rejector.
 
 Finding the ink (prepare): grey with ink from the alpha channel when the colour carries
 none; light paper made the majority; uneven light divided out (the paper's brightness
@@ -609,7 +612,8 @@ def describe(r: dict) -> str:
         if r["digits"]:
             each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} ({d['probability']:.3f})" for d in r["digits"])
             return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits  [{each}]"
-        return (f"{r['file']}: unsure: not confidently a digit (best {r['topk'][0][0]} at {r['probability']:.3f})"
+        return (f"{r['file']}: unsure: not confidently a digit (the closest digit is {r['topk'][0][0]}, "
+                f"probability {r['probability']:.3f}, but it does not pass the checkpoint's calibrated checks)"
                 + (f"  [{alts}]" if alts else ""))
     return f"{r['file']}: {r['digit']} ({r['probability']:.3f})" + (f"  [{alts}]" if alts else "")
 
