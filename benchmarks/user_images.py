@@ -1,7 +1,7 @@
 """Robustness benchmark: MNIST test digits turned into the files people really have (our MNIST-C).
 
     python benchmarks/user_images.py             # every condition x 100 digits, every shipped model, + the MNIST check
-    python benchmarks/user_images.py --quick     # 5 digits per condition, weights/convnet.pt only, no MNIST check (CI)
+    python benchmarks/user_images.py --quick     # 5 digits per condition (one 12 MP photo), convnet only, no MNIST check (CI)
     python benchmarks/user_images.py --mnist 0   # skip the 10,000-PNG MNIST test-split check
 
 Each condition is a generator (`CONDITIONS`): a 28x28 MNIST test digit (uint8, white on
@@ -344,7 +344,7 @@ def score(answer: dict, expected: str) -> tuple[bool, bool]:
     return answer["status"] == "ok" and str(answer["digit"]) == expected, refused
 
 
-def run(n: int, models: list[str], seed: int = 0, data_dir=None) -> dict:
+def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | None = None) -> dict:
     """Every condition x n images through read_image -> prepare once, then each model's
     logits and decide: {condition: {kind, note, n, models: {name: {right, refused}}}}."""
     _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
@@ -353,7 +353,7 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None) -> dict:
     out = {}
     for name, (_, kind, note) in CONDITIONS.items():
         t0 = time.perf_counter()
-        files = build(name, min(n, HEAVY.get(name, n)), x_te, y_te, seed)
+        files = build(name, min(n, heavy if heavy is not None and name in HEAVY else HEAVY.get(name, n)), x_te, y_te, seed)
         crops = [predict.prepare(predict.read_image(b, f"{name}_{i}")) for i, (b, _) in enumerate(files)]
         row = {"kind": kind, "note": note, "n": len(files), "models": {}}
         for m, (model, ckpt) in loaded.items():
@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     models = a.models or ([DEFAULT_MODEL] if a.quick else SHIPPED)
     n = 5 if a.quick else a.n
     t0 = time.perf_counter()
-    results = run(n, models, data_dir=a.data_dir)
+    results = run(n, models, data_dir=a.data_dir, heavy=1 if a.quick else None)
     md = table(results, models)
     print("\n" + md)
     check = None

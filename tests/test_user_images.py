@@ -81,3 +81,45 @@ def test_per_condition_accuracy(answers):
     # digit conditions >= 95% (low resolution >= 90%), controls 100%
     short = shortfalls(answers, lambda c: True)
     assert not short, f"conditions under their bar: {short}"
+
+
+# benchmarks/user_images.py: its generators and scoring (cheap, on synthetic digits)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_every_benchmark_condition_builds_readable_files():
+    import numpy as np
+
+    import predict
+    import user_images
+    from conftest import synthetic_digits
+
+    x, y = synthetic_digits(6, seed=0)
+    for name, (_, kind, _) in user_images.CONDITIONS.items():
+        files = user_images.build(name, 1, x, y)
+        assert len(files) == 1
+        data, expected = files[0]
+        img = predict.read_image(data, name)
+        assert expected == "none" if kind == "none" else expected.isdigit()
+        assert len(expected) == {"two_digits": 2, "three_digits": 3}.get(name, 1) or kind == "none"
+        if name == "bit16":
+            assert img.mode.startswith("I")
+        if name == "exif_rotated":
+            from PIL import Image
+            import io
+            assert Image.open(io.BytesIO(data)).getexif().get(0x0112) in (3, 6, 8)
+        assert isinstance(predict.prepare(img), list)
+    assert np.array_equal(user_images.build("shadow", 1, x, y)[0][0], user_images.build("shadow", 1, x, y)[0][0])
+
+
+def test_benchmark_scoring():
+    import user_images
+
+    ok7 = {"status": "ok", "digit": 7, "number": None}
+    assert user_images.score(ok7, "7") == (True, False)
+    assert user_images.score(ok7, "1") == (False, False)
+    assert user_images.score({"status": "unsure", "digit": None, "number": None}, "7") == (False, True)
+    assert user_images.score({"status": "unsure", "digit": None, "number": None}, "none") == (True, True)
+    assert user_images.score({"status": "several_digits", "digit": None, "number": "37"}, "37") == (True, False)
+    assert user_images.score(ok7, "none") == (False, False)
