@@ -1,7 +1,7 @@
 """Robustness benchmark: MNIST test digits turned into the files people really have (our MNIST-C).
 
     python benchmarks/user_images.py             # every condition x 100 digits, every shipped model, + the MNIST check
-    python benchmarks/user_images.py --quick     # 5 digits per condition (one 12 MP photo), convnet only, no MNIST check (CI)
+    python benchmarks/user_images.py --quick     # 3 images per condition (one 12 MP photo), convnet only, no MNIST check (CI)
     python benchmarks/user_images.py --mnist 0   # skip the 10,000-PNG MNIST test-split check
 
 Each condition is a generator (`CONDITIONS`): a 28x28 MNIST test digit (uint8, white on
@@ -408,13 +408,13 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=100, help="images per condition")
     p.add_argument("--models", nargs="+", default=None, help=f"shipped models to score (default: {' '.join(SHIPPED)})")
     p.add_argument("--mnist", type=int, default=10_000, help="MNIST test digits for the PNG check (0: skip)")
-    p.add_argument("--quick", action="store_true", help="5 images per condition, convnet only, no MNIST check; "
+    p.add_argument("--quick", action="store_true", help="3 images per condition, convnet only, no MNIST check; "
                                                         "writes nothing")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     models = a.models or ([DEFAULT_MODEL] if a.quick else SHIPPED)
-    n = 5 if a.quick else a.n
+    n = 3 if a.quick else a.n
     t0 = time.perf_counter()
     results = run(n, models, data_dir=a.data_dir, heavy=1 if a.quick else None)
     md = table(results, models)
