@@ -52,7 +52,6 @@ import io
 import json
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +132,9 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
         if not data:
             raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        # (no warnings.catch_warnings here: it is not thread-safe, and serve.py decodes in threads;
+        # Pillow warns between its limit and twice it, and MAX_PIXELS refuses those files below)
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), checked from the header
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
