@@ -70,7 +70,9 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": message.splitlines()[0] if message else str(status), "status": status}).encode()
+    """{"error": the message's first line, at most 300 characters, "status": status} as JSON bytes."""
+    line = message.splitlines()[0] if message else HTTPStatus(status).phrase
+    return json.dumps({"error": line if len(line) <= 300 else line[:297] + "...", "status": status}).encode()
 
 
 # -----------------------------------------------------------------------------
@@ -381,9 +383,12 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
         url_path = request.url.path
         if url_path in fixed:
             raise ApiError(405, f"{request.method} is not supported on {url_path}", {"Allow": ", ".join(sorted(fixed[url_path]))})
-        name = path or "index.html"
-        target = (WEB / name).resolve()
-        if not target.is_relative_to(WEB.resolve()) or not target.is_file() or target.suffix not in CONTENT_TYPES:
+        try:
+            target = (WEB / (path or "index.html")).resolve()
+            found = target.is_relative_to(WEB.resolve()) and target.is_file() and target.suffix in CONTENT_TYPES
+        except (OSError, ValueError):  # a name too long, a NUL byte, ...
+            found = False
+        if not found:
             raise ApiError(404, f"no such page or endpoint: {request.method} {url_path} (the API is POST /predict, GET /api/models)")
         if request.method not in ("GET", "HEAD"):
             raise ApiError(405, f"{request.method} is not supported on {url_path}", {"Allow": "GET, HEAD"})
