@@ -1,18 +1,52 @@
-"""Classify your own digit images with a trained model.
+"""Classify your own digit images with a trained model: phone photos, scans, canvas exports.
 
     python predict.py my_digit.png --weights weights/convnet.pt
     python predict.py photos/ 'scans/*.jpg' --weights weights/convnet.pt --topk 3 --json
-    python predict.py my_digit.png --show seen/      # also save the 28x28 the model saw
+    python predict.py my_digit.png --show seen/      # also save the 28x28 crop(s) the model saw
 
-Images are prepared the way MNIST's were: grey, light ink on a dark background, the
-ink's bounding box scaled so its longer side is 20 px, pasted into 28x28 with its
-centre of mass at the centre, then normalized as in training.
+The contract (what serve.py and the benchmarks use; each step is one function):
+
+    image  = read_image(source, name)        # bytes | str | Path | data URL bytes -> PIL image, or ImageError
+    crops  = prepare(image)                  # [(28, 28) float32 in [0, 1]], one per digit, left to right; [] = no ink
+    x      = normalize(crop, ckpt)           # -> tensor (1, 1, 28, 28), as in training
+    logits = model(x)                        # (1, 10) per crop; stack them to (n, 10)
+    answer = decide(logits, ckpt, topk=3)    # -> {status, digit, probability, topk, number, digits}
+
+`classify(image, model, ckpt)` runs prepare -> normalize -> model -> decide in one call.
+For an ensemble, average the members' `probabilities(logits, ckpt)` and call `decide_probs`.
+
+An answer's `status` is one of
+    ok              one digit, read with calibrated probability >= the checkpoint's threshold
+    no_digit        no ink at all (blank page or canvas): digit None, probability None, topk []
+    unsure          ink, but not confidently a digit (a letter, a symbol, a scribble): digit None
+    several_digits  several digits side by side, each confident: `number` ("37") and `digits`
+                    (one answer dict per digit, left to right); digit None
+`probability` is the calibrated probability of the top class (for several_digits: the
+product of the digits' probabilities); `topk` is [[digit, p], ...], best first.
+
+The calibration (`ckpt["calibration"] = {"temperature": T, "threshold": p, ...}`) is written
+by calibrate.py: T is fitted on the validation split (temperature scaling, Guo et al. 2017),
+the threshold chosen on validation digits plus generated non-digits. A checkpoint without it
+gets T = 1 and DEFAULT_THRESHOLD.
+
+Finding the ink (prepare): grey with ink from the alpha channel when the colour carries
+none; light paper made the majority; uneven light divided out (the paper's brightness
+estimated by a grey closing wider than the strokes, then smoothed); an Otsu threshold on the
+result; long thin ruled or grid lines removed; connected components, far specks dropped,
+pieces that overlap horizontally joined into one digit. Each digit is framed as MNIST's
+were: its bounding box scaled so the longer side is 20 px, pasted into 28x28 with its centre
+of mass at the centre. scipy.ndimage and scikit-image do the image operations.
 """
 
 import argparse
+import base64
+import binascii
 import glob
+import io
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,44 +55,387 @@ import torch
 from models import CheckpointError, load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+MAX_PIXELS = 50_000_000  # pixels decoded per image: a 48 MP photo fits, a 200 MP one is refused (JPEGs are drafted first)
+WORK_SIDE = 640  # px: images are reduced to at most this on the longer side before finding the ink
+DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
+MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
+STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
-def preprocess(image) -> np.ndarray:
-    """Any PIL image -> (28, 28) float32 in [0, 1], MNIST-style (white digit on black)."""
+class ImageError(ValueError):
+    """A file or body that cannot be read as an image, in one line naming it and the fix.
+
+    `kind` says why, for callers that map it to an HTTP status: "empty", "data_url",
+    "unreadable" or "too_large"."""
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# -----------------------------------------------------------------------------
+# Decoding: one function for files, bytes and data URLs
+
+
+def _decode_data_url(body: bytes, name: str) -> bytes:
+    header, _, payload = body.partition(b",")
+    if b";base64" not in header.lower():
+        raise ImageError(f"{name}: a data URL must be base64-encoded (data:image/png;base64,...)", "data_url")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{name}: the data URL's payload is not valid base64; send the file's bytes instead", "data_url") from None
+
+
+def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
+    """The PIL image in `source`, upright and ready for `prepare`.
+
+    source: a path (str or Path), the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP,
+    TIFF, PGM, ...), or the bytes of a base64 data URL (b"data:image/png;base64,...").
+    name: what error messages call it (default: the path, or "image").
+    max_pixels: images with more pixels (width x height, read from the header before
+    decoding) are refused; a JPEG is first decoded at a reduced scale (Pillow's draft, 1/2
+    to 1/8) when that alone brings it to WORK_SIDE or more, so big phone photos are cheap.
+
+    The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
+    Pixel depth is kept as decoded (16-bit and float modes are scaled by `prepare`, never
+    clipped here). Raises ImageError (a ValueError) with a one-line message naming the file.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, (str, Path)):
+        name = name or str(source)
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{name}: no such file; check the path", "unreadable") from None
+        except IsADirectoryError:
+            raise ImageError(f"{name}: is a folder; pass image files (or the folder to predict.py)", "unreadable") from None
+        except OSError as e:
+            raise ImageError(f"{name}: cannot be read ({e.strerror}); check its permissions", "unreadable") from None
+    else:
+        name = name or "image"
+        data = bytes(source)
+    if not data:
+        raise ImageError(f"{name}: is empty; send the bytes of an image file or a data URL", "empty")
+    if data[:5].lower() == b"data:":
+        data = _decode_data_url(data, name)
+        if not data:
+            raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), checked from the header
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+        raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:.0f}; "
+                         f"resize it (e.g. to 4000 px on the longer side)", "too_large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
+    w, h = image.size
+    if image.format == "JPEG" and max(w, h) >= 2 * WORK_SIDE:
+        scale = max(1, min(8, max(w, h) // WORK_SIDE))
+        image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (w // scale, h // scale))
+        w, h = image.size
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f}; "
+                         f"resize it (e.g. to 4000 px on the longer side)", "too_large")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: broken or truncated image ({type(e).__name__}); save it again as PNG or JPEG",
+                         "unreadable") from None
+    return image
+
+
+def to_grey(image) -> np.ndarray:
+    """Any PIL image -> (H, W) float32 in [0, 1], ink dark or light as drawn.
+
+    16-bit (I;16*), 32-bit (I) and float (F) images are scaled by their range: 8-, 12- and
+    16-bit content by 2^bits - 1 (the smallest that holds the maximum), float by its min..max.
+    With an alpha channel: when the colour under the opaque pixels is (nearly) uniform, the
+    ink is in the alpha alone (a canvas export) and the result is alpha as dark ink on light;
+    otherwise the image is composed over a background that contrasts with its colour."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(image, dtype=np.float64)
+        top = a.max()
+        bits = next((b for b in (8, 10, 12, 14, 16, 24, 32) if top <= 2 ** b - 1), 32)
+        return (np.clip(a, 0, None) / (2 ** bits - 1)).astype(np.float32)
+    if mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        a = np.nan_to_num(a)
+        lo, hi = (0.0, 1.0) if a.min() >= 0 and a.max() <= 1 else (a.min(), a.max())
+        return ((a - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    alpha = rgba[..., 3]
+    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    seen = alpha > 0.5
+    if alpha.min() > 0.98:  # opaque after all
+        return lum
+    if not seen.any() or np.ptp(lum[seen]) < 0.1:
+        return 1.0 - alpha  # the colour carries nothing: the ink is where the canvas is painted
+    under = 0.0 if lum[seen].mean() > 0.5 else 1.0  # light ink: compose over black, dark ink over white
+    return lum * alpha + under * (1.0 - alpha)
+
+
+# -----------------------------------------------------------------------------
+# Finding the ink
+
+
+def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
+    """Area-average (H, W) down so the longer side is at most `side` (integer factor)."""
+    h, w = grey.shape
+    f = int(np.ceil(max(h, w) / side))
+    if f <= 1:
+        return grey
+    h2, w2 = h // f * f, w // f * f
+    return grey[:h2, :w2].reshape(h2 // f, f, w2 // f, f).mean(axis=(1, 3))
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray:
+    """(H, W) grey in [0, 1] -> (H, W) ink strength in [0, 1]: 0 paper, 1 the darkest stroke.
+
+    The paper is whatever the border mostly is (light paper: dark ink; dark paper: light ink).
+    Uneven light is divided out: the paper's brightness is a grey closing of the image with a
+    window wider than the strokes (a fifth of the shorter side), smoothed."""
+    from scipy import ndimage as ndi
+
+    g = grey.astype(np.float32)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if np.median(border) < 0.5:
+        g = 1.0 - g  # light ink on dark paper: make it dark ink on light paper
+    h, w = g.shape
+    size = max(3, min(h, w) // 5)
+    if min(h, w) >= 48:
+        paper = ndi.grey_closing(g, size=(size, size))
+        paper = ndi.uniform_filter(paper, size=size)
+        paper = np.maximum(paper, g)  # the paper is never darker than what is seen on it
+    else:  # a thumbnail: too small to estimate light; the border's paper level stands for it
+        paper = np.full_like(g, max(np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])), 1e-3))
+    ink = 1.0 - g / np.maximum(paper, 1e-3)
+    return np.clip(ink, 0.0, 1.0)
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max()) / 2  # bilevel: half way
+
+
+def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """Drop ruled and grid lines from the mask `strong` (H, W) bool: straight thin horizontal
+    or vertical runs at least half the image long that reach more than twice as far as the
+    rest of the ink. Where a line crosses a stroke, the stroke's pixels stay if they are
+    clearly darker than the line."""
+    from scipy import ndimage as ndi
+
+    h, w = strong.shape
+    out = strong.copy()
+    lines = np.zeros_like(strong)
+    for axis, length in ((1, w), (0, h)):
+        # a binary opening along one axis, as 1-D min then max filters (linear time in the length)
+        n = max(3, length // 2)
+        run = ndi.maximum_filter1d(ndi.minimum_filter1d(strong.view(np.uint8), n, axis=axis), n, axis=axis) > 0
+        if run.any():
+            lines |= run
+    if not lines.any():
+        return out
+    rest = strong & ~ndi.binary_dilation(lines, iterations=2)
+    if not rest.any():
+        return out  # only lines: it may be a "1" or a "-" drawn on its own
+    rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
+    extent_h, extent_w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    labels, n = ndi.label(lines)
+    line_level = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        lh, lw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+        if lw >= 2 * extent_w or lh >= 2 * extent_h:
+            m = labels[sl] == i
+            out[sl][m] = False
+            line_level.append(np.median(ink[sl][m]))
+    if line_level:  # strokes crossing a line: keep pixels much darker than the lines
+        level = float(np.max(line_level))
+        out |= strong & (ink > level + 0.5 * (1 - level)) & ndi.binary_dilation(out, iterations=3)
+    return out
+
+
+def find_digits(ink: np.ndarray) -> list[np.ndarray]:
+    """(H, W) ink strength -> one bool mask (H, W) per digit, left to right; [] when no ink.
+
+    Ink is what is above Otsu's threshold (and at least 0.15 strength, so paper grain and
+    JPEG noise on a blank page are not ink). Components smaller than 1/20 of the largest, or
+    far from it, are specks and dropped; components whose columns overlap belong to one digit;
+    a group is a separate digit only if it is at least half the tallest group's height."""
+    from scipy import ndimage as ndi
+
+    if ink.max() < 0.15:
+        return []
+    t = max(_otsu(ink[ink > 0.02]) if (ink > 0.02).sum() > 16 else 0.15, 0.15)
+    strong = ink > t
+    strong = _remove_lines(strong, ink)
+    labels, n = ndi.label(strong, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    sizes = ndi.sum(strong, labels, index=np.arange(1, n + 1))
+    boxes = ndi.find_objects(labels)
+    big = sizes.max()
+    h, w = ink.shape
+    keep = [i for i in range(n) if sizes[i] >= max(big / 20, 2)]
+    # groups of components whose column ranges overlap (with a 1-px tolerance), left to right
+    spans = sorted((boxes[i][1].start, boxes[i][1].stop, i) for i in keep)
+    groups: list[list] = []
+    for start, stop, i in spans:
+        if groups and start <= groups[-1][1] + 1:
+            groups[-1][1] = max(groups[-1][1], stop)
+            groups[-1][2].append(i)
+        else:
+            groups.append([start, stop, [i]])
+    def height(g):
+        return max(boxes[i][0].stop for i in g[2]) - min(boxes[i][0].start for i in g[2])
+    def mass(g):
+        return sum(sizes[i] for i in g[2])
+    tallest = max(height(g) for g in groups)
+    heaviest = max(mass(g) for g in groups)
+    digits = [g for g in groups if height(g) >= 0.5 * tallest and mass(g) >= 0.15 * heaviest]
+    return [np.isin(labels, [i + 1 for i in g[2]]) for g in digits]
+
+
+def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The digit under `mask` (H, W) bool, from `ink` (H, W) in [0, 1] -> (28, 28) float32,
+    framed as MNIST's: bounding box scaled to 20 px on its longer side, centre of mass at
+    the centre of the 28x28, strokes' strength stretched so the core is 1."""
     from PIL import Image
+    from scipy import ndimage as ndi
 
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)  # transparent pixels become paper
-    a = np.asarray(image.convert("L"), dtype=np.float32) / 255.0  # (H, W)
-    # Paper is the majority of the border: if it is light, the ink is dark, so invert.
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if np.median(border) > 0.5:
-        a, border = 1.0 - a, 1.0 - border
-    # Stretch paper -> 0 and the strongest ink -> 1, so grey paper or faint pencil look like MNIST.
-    lo, hi = np.median(border), a.max()
-    a = np.clip((a - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    ink = a > 0.2
-    if not ink.any():
-        return np.zeros((28, 28), np.float32)
-    rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
-    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # crop to the ink's bounding box
+    near = ndi.binary_dilation(mask, iterations=2)
+    a = np.where(near, ink, 0.0)
+    core = ink[mask]
+    a = np.clip(a / max(np.percentile(core, 90), 1e-3), 0.0, 1.0)
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = a.shape
     scale = 20.0 / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(Image.fromarray((a * 255).astype(np.uint8)).resize((new_w, new_h), Image.LANCZOS), np.float32) / 255.0
+    resample = Image.LANCZOS if scale < 1 else Image.BICUBIC
+    small = np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((new_w, new_h), resample), np.float32)
+    small = np.clip(small, 0.0, 1.0)
     out = np.zeros((28, 28), np.float32)
     top, left = (28 - new_h) // 2, (28 - new_w) // 2
     out[top:top + new_h, left:left + new_w] = small
-    # Move the centre of mass to the centre (as MNIST did), staying inside the frame.
-    ys, xs = np.indices(out.shape)
     total = out.sum()
+    if total <= 0:
+        return out
+    ys, xs = np.indices(out.shape)
     dy = int(round(13.5 - (ys * out).sum() / total))
     dx = int(round(13.5 - (xs * out).sum() / total))
     dy = int(np.clip(dy, -top, 28 - (top + new_h)))
     dx = int(np.clip(dx, -left, 28 - (left + new_w)))
     return np.roll(out, (dy, dx), axis=(0, 1))
+
+
+def _enlarge(grey: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear upsampling of a thumbnail (H, W) so its shorter side is at least `side`."""
+    from PIL import Image
+
+    h, w = grey.shape
+    f = int(np.ceil(side / max(min(h, w), 1)))
+    if f <= 1:
+        return grey
+    return np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((w * f, h * f), Image.BILINEAR), np.float32)
+
+
+def prepare(image) -> list[np.ndarray]:
+    """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
+    float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink."""
+    grey = _enlarge(_reduce(to_grey(image), WORK_SIDE), MIN_SIDE)
+    ink = ink_map(grey)
+    return [frame(ink, m) for m in find_digits(ink)]
+
+
+def preprocess(image) -> np.ndarray:
+    """The first digit `prepare` finds (28, 28), or zeros when there is none (the old API)."""
+    crops = prepare(image)
+    return crops[0] if crops else np.zeros((28, 28), np.float32)
+
+
+# -----------------------------------------------------------------------------
+# From crops to answers
+
+
+def normalize(a28: np.ndarray, ckpt: dict) -> torch.Tensor:
+    """(28, 28) float in [0, 1] -> tensor (1, 1, 28, 28) normalized with the checkpoint's
+    training mean and std (ckpt["normalization"])."""
+    norm = ckpt["normalization"]
+    x = (torch.as_tensor(np.asarray(a28, np.float32)) - norm["mean"]) / norm["std"]
+    return x.reshape(1, 1, 28, 28)
+
+
+def calibration(ckpt: dict) -> tuple[float, float]:
+    """(temperature, threshold) stored by calibrate.py, or (1.0, DEFAULT_THRESHOLD)."""
+    c = ckpt.get("calibration") or {}
+    return float(c.get("temperature", 1.0)), float(c.get("threshold", DEFAULT_THRESHOLD))
+
+
+def probabilities(logits: torch.Tensor, ckpt: dict) -> torch.Tensor:
+    """Logits (n, 10) -> calibrated probabilities (n, 10): softmax(logits / temperature)."""
+    temperature, _ = calibration(ckpt)
+    return torch.softmax(torch.as_tensor(logits).float().reshape(-1, 10) / temperature, dim=1)
+
+
+def _one(p: torch.Tensor, threshold: float, topk: int) -> dict:
+    q, idx = p.topk(min(topk, p.numel()))
+    ok = float(q[0]) >= threshold
+    return {"status": "ok" if ok else "unsure", "digit": int(idx[0]) if ok else None,
+            "probability": float(q[0]), "topk": [[int(i), float(v)] for i, v in zip(idx, q)]}
+
+
+def decide_probs(probs: torch.Tensor, threshold: float, topk: int = 3) -> dict:
+    """Calibrated probabilities (n, 10), one row per crop left to right -> the answer dict
+    {status, digit, probability, topk, number, digits} (see the module docstring).
+    n = 0: no_digit. n = 1: ok or unsure. n > 1: several_digits when every digit is ok,
+    else unsure (with `digits` still given, so a caller can show which one was unsure)."""
+    probs = torch.as_tensor(probs).reshape(-1, 10)
+    if len(probs) == 0:
+        return {"status": "no_digit", "digit": None, "probability": None, "topk": [], "number": None, "digits": []}
+    parts = [_one(p, threshold, topk) for p in probs]
+    if len(parts) == 1:
+        return {**parts[0], "number": None, "digits": []}
+    sure = all(d["status"] == "ok" for d in parts)
+    return {"status": "several_digits" if sure else "unsure", "digit": None,
+            "probability": float(np.prod([d["probability"] for d in parts])), "topk": [],
+            "number": "".join(str(d["digit"]) for d in parts) if sure else None, "digits": parts}
+
+
+def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3) -> dict:
+    """The model's logits (n, 10) for the crops of one image -> the answer dict, with the
+    checkpoint's calibration (temperature, threshold)."""
+    return decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
+
+
+@torch.no_grad()
+def logits_of(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> torch.Tensor:
+    """The model's logits (n, 10) for n crops (28, 28), one batch; (0, 10) for none."""
+    if not crops:
+        return torch.zeros(0, 10)
+    device = next(model.parameters()).device
+    x = torch.cat([normalize(c, ckpt) for c in crops]).to(device)
+    return model(x).float().cpu()
+
+
+def classify(image, model: torch.nn.Module, ckpt: dict, topk: int = 3) -> tuple[dict, list[np.ndarray]]:
+    """A PIL image -> (answer dict, the crops the model saw): prepare, normalize, model, decide."""
+    crops = prepare(image)
+    return decide(logits_of(crops, model, ckpt), ckpt, topk), crops
+
+
+# -----------------------------------------------------------------------------
+# The command line
 
 
 def expand(inputs: list[str]) -> list[Path]:
@@ -75,42 +452,60 @@ def expand(inputs: list[str]) -> list[Path]:
     return paths
 
 
-@torch.no_grad()
-def predict(paths: list[Path], model: torch.nn.Module, normalization: dict, topk: int = 3, show_dir=None) -> list[dict]:
-    """One dict per file: {file, digit, probability, topk: [[digit, p], ...]} or {file, error}."""
-    from PIL import Image, UnidentifiedImageError
+def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3, show_dir=None) -> list[dict]:
+    """One dict per file: {file, status, digit, probability, topk, number, digits} or
+    {file, status: "error", error}. A file that cannot be read costs only itself.
+    `ckpt` is the checkpoint dict (or, as before, just its "normalization" dict)."""
+    from PIL import Image
 
+    if "normalization" not in ckpt:  # called the old way, with the normalization dict
+        ckpt = {"normalization": ckpt}
     results = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                img.load()
-                a = preprocess(img)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            results.append({"file": str(path), "error": f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]})
+            answer, crops = classify(read_image(path), model, ckpt, topk)
+        except ImageError as e:
+            results.append({"file": str(path), "status": "error", "digit": None, "probability": None, "topk": [],
+                            "number": None, "digits": [], "error": str(e)})
             continue
-        x = (torch.from_numpy(a) - normalization["mean"]) / normalization["std"]  # (28, 28)
-        device = next(model.parameters()).device
-        proba = torch.softmax(model(x.reshape(1, 1, 28, 28).to(device)).float(), dim=1)[0].cpu()
-        p, idx = proba.topk(min(topk, len(proba)))
-        r = {"file": str(path), "digit": int(idx[0]), "probability": float(p[0]),
-             "topk": [[int(i), float(q)] for i, q in zip(idx, p)]}
+        r = {"file": str(path), **answer}
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)
             seen = Path(show_dir) / f"{path.stem}_28x28.png"
-            Image.fromarray((a * 255).round().astype(np.uint8)).save(seen)
+            strip = np.hstack(crops) if crops else np.zeros((28, 28), np.float32)
+            Image.fromarray((strip * 255).round().astype(np.uint8)).save(seen)
             r["seen"] = str(seen)
         results.append(r)
     return results
 
 
+def describe(r: dict) -> str:
+    """One line of text for one result."""
+    if r["status"] == "error":
+        return f"{r['file']}: error: {r['error']}"
+    if r["status"] == "no_digit":
+        return f"{r['file']}: no digit (the image has no ink)"
+    if r["status"] == "several_digits":
+        each = ", ".join(f"{d['digit']} ({d['probability']:.3f})" for d in r["digits"])
+        return f"{r['file']}: the number {r['number']}  [{each}]"
+    alts = ", ".join(f"{d}: {q:.3f}" for d, q in r["topk"][1:])
+    if r["status"] == "unsure":
+        if r["digits"]:
+            each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} ({d['probability']:.3f})" for d in r["digits"])
+            return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits  [{each}]"
+        return (f"{r['file']}: unsure: not confidently a digit (best {r['topk'][0][0]} at {r['probability']:.3f})"
+                + (f"  [{alts}]" if alts else ""))
+    return f"{r['file']}: {r['digit']} ({r['probability']:.3f})" + (f"  [{alts}]" if alts else "")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Predict the digit in image files (any format Pillow reads).")
+    p = argparse.ArgumentParser(description="Predict the digit(s) in image files (any format Pillow reads). "
+                                            "Exit 0 when every file was read (a refusal is an answer), 1 otherwise.")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--weights", default="weights/convnet.pt", help="checkpoint written by train.py")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
-    p.add_argument("--show", metavar="DIR", help="save the 28x28 image the model saw, per file")
+    p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)
     try:
         model, ckpt = load_checkpoint(a.weights)
@@ -119,18 +514,18 @@ def main(argv=None) -> int:
     paths = expand(a.images)
     if not paths:
         sys.exit(f"error: no image files found in {' '.join(a.images)}")
-    results = predict(paths, model, ckpt["normalization"], a.topk, a.show)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    results = predict(paths, model, ckpt, a.topk, a.show)
     for r in results:
-        if "error" in r:
+        if r["status"] == "error":
             print(f"error: {r['error']}", file=sys.stderr)
     if a.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            if "error" not in r:
-                alts = ", ".join(f"{d}: {q:.3f}" for d, q in r["topk"][1:])
-                print(f"{r['file']}: {r['digit']} ({r['probability']:.3f})" + (f"  [{alts}]" if alts else ""))
-    return 1 if any("error" in r for r in results) else 0
+            if r["status"] != "error":
+                print(describe(r))
+    return 1 if any(r["status"] == "error" for r in results) else 0
 
 
 if __name__ == "__main__":
