@@ -47,9 +47,6 @@ import predict
 from feature_visualization import feature_maps
 from models import STUDY_MODELS, CheckpointError, load_checkpoint
 
-if not hasattr(predict, "decide_probs"):  # INTERIM: predict.py's new API (branch images) is not merged yet
-    import _predict_interim as predict  # noqa: F811
-
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
 MAX_BODY = 2 * 1024 * 1024  # bytes: a photo shrunk by the page (<= 1,600 px) fits many times over; a flood does not
@@ -88,7 +85,7 @@ def read_image(body: bytes):
     try:
         return predict.read_image(body, name="the request body")
     except predict.ImageError as e:
-        raise ApiError(IMAGE_ERROR_STATUS.get(getattr(e, "kind", ""), 415), str(e)) from None
+        raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
 
 
 # -----------------------------------------------------------------------------
