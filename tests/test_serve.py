@@ -202,6 +202,5 @@ def test_drawing_in_a_real_browser_shows_the_digit(server):
                 page.wait_for_function(f"document.querySelector('#digit').textContent === '{digit}'", timeout=15_000)
                 assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
                 assert page.locator("#conv1").get_attribute("src").startswith("data:image/png")
-            page.screenshot(path=str(ROOT / "screenshots" / "web_demo.png"), full_page=True)
         finally:
             b.close()
