@@ -142,6 +142,7 @@ def test_a_normal_request_is_answered_while_slow_clients_wait(server, test_digit
         s = socket.create_connection(("127.0.0.1", server))
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"x" * 10000)
         slow.append(s)
+    time.sleep(0.3)  # held, not arriving: the server has read what they sent (its timeout is 1 s)
     t0 = time.perf_counter()
     assert post(server, body)[0] == 200
     took = time.perf_counter() - t0
