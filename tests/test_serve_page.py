@@ -107,6 +107,20 @@ def test_model_switch_after_an_upload_reruns_it(page, test_digits, tmp_path):
     assert "no convolution layers" in text(page, "#layers-title")
 
 
+def test_a_big_photo_is_shrunk_in_the_browser_before_it_is_sent(page, tmp_path):
+    from PIL import Image, ImageDraw
+    photo = Image.new("RGB", (4000, 3000), (235, 232, 225))  # 12 megapixels, dark ink on light paper
+    ImageDraw.Draw(photo).line([(1500, 900), (2500, 900), (1800, 2300)], fill=(30, 30, 40), width=120)
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    page.evaluate("""() => { const f = window.fetch;  // keep what the page sends (Playwright does not show Blob bodies)
+                                window.fetch = (url, opts) => { if (opts && opts.body) window.__sent = opts.body; return f(url, opts); }; }""")
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=30_000)
+    size = page.evaluate("createImageBitmap(window.__sent).then(b => [b.width, b.height, window.__sent.size])")
+    assert size[:2] == [1600, 1200] and size[2] < 2 * 1024 * 1024 and text(page, "#digit") == "7", size
+
+
 def test_a_failed_upload_clears_the_old_result_and_says_why(page, tmp_path):
     draw(page, SEVEN)
     page.wait_for_function("document.querySelector('#digit').textContent === '7'", timeout=15_000)
