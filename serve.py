@@ -175,6 +175,16 @@ class Models:
             raise ApiError(400, f"unknown model {name!r}; this server has {', '.join(self.names)}")
         return name
 
+    def warm_up(self) -> None:
+        """One answer for a drawn stroke, so the first user does not wait for lazy imports (~1 s)."""
+        from PIL import Image, ImageDraw
+
+        img = Image.new("L", (280, 280), 0)
+        ImageDraw.Draw(img).line([(80, 70), (200, 70), (120, 230)], fill=255, width=20)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        self.predict(buf.getvalue(), self.default)
+
     def predict(self, body: bytes, name: str) -> dict:
         """The JSON answer for one request body (runs on a worker thread): predict.py's answer
         {status, digit, probability, topk, number, digits} plus the model, the 10 calibrated
@@ -410,6 +420,7 @@ class Server:
         import uvicorn
 
         self.models = Models(weights)
+        self.models.warm_up()
         self.app = create_app(self.models, timeout_s, workers, max_waiting)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
