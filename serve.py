@@ -53,7 +53,7 @@ MAX_BODY = 2 * 1024 * 1024  # bytes: a photo shrunk by the page (<= 1,600 px) fi
 DRAIN_MAX = 8 * MAX_BODY  # a body over the limit but under this is read and dropped after the 413, so the client sees it
 REQUEST_TIMEOUT_S = 10.0  # headers, and then the body, must each arrive within this (slow clients are closed)
 WORKERS = 2  # threads decoding images and running models: peak memory ~ WORKERS x one decoded image
-MAX_WAITING = 30  # requests queued for a worker beyond those running (~0.5 s of ConvNet work); more get 503 + Retry-After
+MAX_WAITING = 64  # requests queued for a worker beyond those running (~1 s of ConvNet work); more get 503 + Retry-After
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
                  ".png": "image/png", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 

@@ -300,22 +300,22 @@ def table(o: dict) -> list[str]:
         return ", ".join(f"{k}: {v}" for k, v in sorted(d.items()))
     head = f"Measured on {o['cpu']}{' ' + o['note'] if o.get('note') else ''}, {o['date'][:10]}; model `{o['model']}` (the page's default)"
     lines = [head + f"; server idle RSS {o['idle_rss_mb']} MB.", "",
-             "| load | requests | answers | p50 | p99 | peak server RSS |", "|---|---|---|---|---|---|"]
+             "| load | requests | answers | p50 | p99 | answered/s | peak server RSS |", "|---|---|---|---|---|---|---|"]
     for r in o["load"]:
         lines.append(f"| concurrency {r['concurrency']} | {r['requests']} | {kinds(r['by_kind'])} | {r['p50_ms']} ms | {r['p99_ms']} ms | "
-                     f"{r['peak_rss_mb']} MB |")
+                     f"{r['answered_per_s']} | {r['peak_rss_mb']} MB |")
     s = o["slow"]
     lines.append(f"| {s['slow_clients']} slow clients (half a body each), plus {s['normal_during']['requests']} normal requests | "
                  f"{s['normal_during']['requests']} | {kinds(s['normal_during']['by_kind'])}; the slow ones: {kinds(s['slow_answered'])}, "
                  f"all closed after {s['all_closed_after_s']} s (timeout {s['server_timeout_s']:g} s) | "
-                 f"{s['normal_during']['p50_ms']} ms | {s['normal_during']['max_ms']} ms (max) | {s['peak_rss_mb']} MB |")
+                 f"{s['normal_during']['p50_ms']} ms | {s['normal_during']['max_ms']} ms (max) | | {s['peak_rss_mb']} MB |")
     h = o["huge"]
     lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each) at once | {h['images']} | "
-                 f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | {h['peak_rss_mb']} MB |")
+                 f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | | {h['peak_rss_mb']} MB |")
     if o.get("pen_up"):
         p = o["pen_up"]
         lines.append(f"| pen-up to final guess in the page ({p['browser']}, model `{p['model']}`) | {p['drawings']} drawings | | "
-                     f"{p['p50_ms']} ms | {p['max_ms']} ms (max) | |")
+                     f"{p['p50_ms']} ms | {p['max_ms']} ms (max) | | |")
     lines += ["", f"Server log: {o['server_log_tracebacks']} tracebacks. Command: `{o['command']}`."]
     return lines
 
