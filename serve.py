@@ -288,7 +288,7 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     """The FastAPI app over loaded `models`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, Response
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
@@ -298,7 +298,7 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
     admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
 
-    def json_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    def json_error(status: int, message: str, headers: dict | None = None) -> Response:
         return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
 
     @app.exception_handler(ApiError)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
