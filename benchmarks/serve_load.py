@@ -1,6 +1,6 @@
 """Load test of serve.py: a server it starts itself on 127.0.0.1, bounded in requests and time.
 
-    python benchmarks/serve_load.py                  # the full run (~2 min); writes benchmarks/results/serve_load.{json,md}
+    python benchmarks/serve_load.py                  # the full run (~1 min); writes benchmarks/results/serve_load.{json,md}
     python benchmarks/serve_load.py --quick          # small counts and a 2 s request timeout (CI): prints, saves nothing
     python benchmarks/serve_load.py --update-readme  # only rewrite README.md's serving table from serve_load.json
     python benchmarks/serve_load.py --note "while 3 other jobs ran"   # said in the table's header
@@ -9,9 +9,10 @@ Phases, each against the same server process (`python serve.py --quiet`, the stu
 page's default model): POST /predict of a drawn digit (the 280x280 PGM the page sends) at
 concurrency 1, 50 and 200, with latency p50/p99 and errors by kind (HTTP status, reset, timeout);
 200 slow clients that send half a body and wait, with the latency of normal requests meanwhile
-and the time until the server has closed every slow connection; three 10000x10000 PNGs at once;
-and (--browser, when Playwright and Chromium are there) the time from pen-up to the final guess
-in headless Chromium. The server's resident memory (VmRSS, sampled every 20 ms) is recorded per
+and the time until the server has closed every slow connection; three 10000x10000 PNGs at once
+(refused from their header) and, in the full run, three of the largest the server decodes (just
+under predict.MAX_PIXELS), which is what bounds its memory; and (unless --no-browser; when
+Playwright and Chromium are there) the time from pen-up to the final guess in headless Chromium. The server's resident memory (VmRSS, sampled every 20 ms) is recorded per
 phase. Linux only (/proc). The client runs on the same cores as the server: on a 2-core machine
 the figures are the server's and the client's together.
 """
@@ -89,10 +90,14 @@ def drawn_digit() -> bytes:
 
 
 def big_png(side: int = 10000) -> bytes:
-    from PIL import Image
+    """A side x side PNG of white paper with a dark 7 drawn across it (compresses to ~100 kB)."""
+    from PIL import Image, ImageDraw
 
+    img = Image.new("L", (side, side), 255)
+    s = side / 280
+    ImageDraw.Draw(img).line([(80 * s, 70 * s), (200 * s, 70 * s), (120 * s, 230 * s)], fill=0, width=int(20 * s))
     buf = io.BytesIO()
-    Image.new("L", (side, side), 255).save(buf, format="PNG")
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -170,13 +175,13 @@ def slow_clients(port: int, pid: int, body: bytes, n: int, timeout_s: float, nor
             "peak_rss_mb": round(rss.peak), "client_threads_left": alive}
 
 
-def huge_pngs(port: int, pid: int, n: int = 3) -> dict:
-    body = big_png()
+def huge_pngs(port: int, pid: int, side: int = 10000, n: int = 3) -> dict:
+    body = big_png(side)
     with PeakRSS(pid) as rss, ThreadPoolExecutor(n) as pool:
         t0 = time.perf_counter()
         results = list(pool.map(lambda _: post(port, body), range(n)))
         wall = time.perf_counter() - t0
-    return {"images": n, "png_bytes": len(body), "pixels": "10000x10000", "by_kind": {k: sum(1 for r in results if r[0] == k) for k, _ in results},
+    return {"images": n, "png_bytes": len(body), "pixels": f"{side}x{side}", "by_kind": {k: sum(1 for r in results if r[0] == k) for k, _ in results},
             "max_ms": round(1000 * max(t for _, t in results), 1), "wall_s": round(wall, 2), "peak_rss_mb": round(rss.peak)}
 
 
@@ -263,6 +268,13 @@ def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dic
         out["huge"] = huge_pngs(port, proc.pid)
         h = out["huge"]
         print(f"three 10000x10000 PNGs at once: {h['by_kind']} in {h['max_ms']} ms, peak RSS {h['peak_rss_mb']} MB", flush=True)
+        if not quick:  # the largest the server decodes: what bounds its memory (WORKERS of these at a time)
+            sys.path.insert(0, str(ROOT))
+            import predict
+            out["largest"] = huge_pngs(port, proc.pid, side=int(predict.MAX_PIXELS ** 0.5) - 1)
+            h = out["largest"]
+            print(f"three {h['pixels']} PNGs (just under predict.MAX_PIXELS) at once: {h['by_kind']} in {h['max_ms']} ms, "
+                  f"peak RSS {h['peak_rss_mb']} MB", flush=True)
         if browser:
             out["pen_up"] = pen_up(port, 6 if quick else 20)
             if out["pen_up"]:
@@ -309,9 +321,11 @@ def table(o: dict) -> list[str]:
                  f"{s['normal_during']['requests']} | {kinds(s['normal_during']['by_kind'])}; the slow ones: {kinds(s['slow_answered'])}, "
                  f"all closed after {s['all_closed_after_s']} s (timeout {s['server_timeout_s']:g} s) | "
                  f"{s['normal_during']['p50_ms']} ms | {s['normal_during']['max_ms']} ms (max) | | {s['peak_rss_mb']} MB |")
-    h = o["huge"]
-    lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each) at once | {h['images']} | "
-                 f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | | {h['peak_rss_mb']} MB |")
+    for key, what in (("huge", ""), ("largest", ", just under `predict.MAX_PIXELS`")):
+        if key in o:
+            h = o[key]
+            lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each{what}) at once | {h['images']} | "
+                         f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | | {h['peak_rss_mb']} MB |")
     if o.get("pen_up"):
         p = o["pen_up"]
         lines.append(f"| pen-up to final guess in the page ({p['browser']}, model `{p['model']}`) | {p['drawings']} drawings | | "
@@ -355,6 +369,7 @@ def main(argv=None) -> int:
         print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated README.md" if update_readme() else ""))
     problems = [f"concurrency {r['concurrency']}: {k}" for r in o["load"] for k in r["by_kind"] if k not in ("200", "503")]
     problems += [f"huge PNGs: {k}" for k in o["huge"]["by_kind"] if not k.startswith("4")]
+    problems += [f"largest PNGs: {k}" for k in o.get("largest", {}).get("by_kind", {}) if k != "200" and not k.startswith("4")]
     problems += ["server died"] * (not o["server_alive"]) + ["tracebacks in the server log"] * (o["server_log_tracebacks"] > 0)
     if problems:
         print("FAILED: " + "; ".join(problems), file=sys.stderr)
