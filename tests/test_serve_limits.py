@@ -186,3 +186,17 @@ def test_client_disconnects_leave_no_traceback_in_the_log(test_digits):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+
+
+def test_docs_work_offline_and_openapi_describes_predict(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.request("GET", "/openapi.json")
+    r = conn.getresponse()
+    spec = json.loads(r.read())
+    assert r.status == 200 and "post" in spec["paths"]["/predict"] and "/api/models" in spec["paths"]
+    conn.request("GET", "/docs")
+    r = conn.getresponse()
+    page = r.read().decode()
+    assert r.status == 200 and "/predict" in page and "/openapi.json" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing from a CDN
+    conn.close()

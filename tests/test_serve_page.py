@@ -154,6 +154,15 @@ def test_refusals_are_shown_in_words(page):
         assert text(page, "#confidence").startswith(words)
 
 
+def test_two_digits_side_by_side_are_read_as_a_number(page):
+    left = [[(x * 0.5 + 5, y) for x, y in points] for points in THREE]
+    right = [[(x * 0.5 + 135, y) for x, y in points] for points in SEVEN]
+    draw(page, left + right)
+    page.wait_for_function("window.__penUp === null && document.querySelector('#confidence').textContent.startsWith('several')",
+                           timeout=15_000)
+    assert text(page, "#confidence") == "several digits: 37" and text(page, "#digit") == "37"
+
+
 def touch_draw(page, strokes):
     """Strokes drawn with touch events (Chrome DevTools protocol), as a finger would."""
     cdp = page.context.new_cdp_session(page)
