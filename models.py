@@ -477,6 +477,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """The state dict with the prefixes that wrappers add removed from every key, repeatedly
+    (a compiled DDP model saves "module._orig_mod.conv1.weight"): a prefix is removed only
+    when every key has it, so a model with a submodule really named "module" is left alone."""
+    out = dict(state_dict)
+    while out:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode with the checkpoint's weights, the checkpoint dict)."""
     ckpt = read_checkpoint(path)
@@ -493,14 +509,15 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     except TypeError as e:
         raise CheckpointError(f"{path}: its model_config does not fit {name!r} ({e})") from None
     own = model.state_dict()
-    given = ckpt["state_dict"]
+    given = strip_wrapper_prefixes(ckpt["state_dict"])
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     misshaped = [k for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or misshaped:
-        example = (missing + unexpected + misshaped)[0]
+        examples = "; ".join(f"{what} e.g. {keys[0]}" for what, keys in
+                             (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", misshaped)) if keys)
         raise CheckpointError(f"{path}: its state dict does not fit {name!r}: {len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(misshaped)} wrongly shaped keys (e.g. {example}); "
+                              f"{len(unexpected)} unexpected, {len(misshaped)} wrongly shaped keys ({examples}); "
                               f"was it trained with another model config?")
     model.load_state_dict(given)
     return model.to(device).eval(), ckpt

@@ -59,6 +59,9 @@ MAX_PIXELS = 50_000_000  # pixels decoded per image: a 48 MP photo fits, a 200 M
 WORK_SIDE = 640  # px: images are reduced to at most this on the longer side before finding the ink
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
 MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
+UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enlarged (best of 5 filters on 8x8 thumbnails)
+EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
+FRAME_NEAR, FRAME_PCT, FRAME_BOX = 2, 98, 0.2  # px of dilation kept around a digit; the stroke percentile that is 1; the box threshold
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -212,12 +215,15 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
         g = 1.0 - g  # light ink on dark paper: make it dark ink on light paper
     h, w = g.shape
     size = max(3, min(h, w) // 5)
-    if min(h, w) >= 48:
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if np.percentile(border, 90) - np.percentile(border, 10) < EVEN_LIGHT:
+        paper = np.full_like(g, max(float(np.median(border)), 1e-3))  # even light (a scan, a canvas): leave it
+    elif min(h, w) >= 48:
         paper = ndi.grey_closing(g, size=(size, size))
         paper = ndi.uniform_filter(paper, size=size)
         paper = np.maximum(paper, g)  # the paper is never darker than what is seen on it
-    else:  # a thumbnail: too small to estimate light; the border's paper level stands for it
-        paper = np.full_like(g, max(np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])), 1e-3))
+    else:  # a thumbnail: too small to estimate the light; the border's paper level stands for it
+        paper = np.full_like(g, max(float(np.median(border)), 1e-3))
     ink = 1.0 - g / np.maximum(paper, 1e-3)
     return np.clip(ink, 0.0, 1.0)
 
@@ -284,10 +290,20 @@ def find_digits(ink: np.ndarray) -> list[np.ndarray]:
         return []
     sizes = ndi.sum(strong, labels, index=np.arange(1, n + 1))
     boxes = ndi.find_objects(labels)
-    big = sizes.max()
-    h, w = ink.shape
-    keep = [i for i in range(n) if sizes[i] >= max(big / 20, 2)]
-    # groups of components whose column ranges overlap (with a 1-px tolerance), left to right
+    big = int(np.argmax(sizes))
+    tall = max(sl[0].stop - sl[0].start for sl in boxes)
+
+    def gap(s1, s2) -> int:  # the distance between two boxes (0 when they touch or overlap)
+        dy = max(s1[0].start - s2[0].stop, s2[0].start - s1[0].stop, 0)
+        dx = max(s1[1].start - s2[1].stop, s2[1].start - s1[1].stop, 0)
+        return max(dy, dx)
+
+    # Specks: small components (under 1/20 of the largest) far (over a third of the tallest
+    # component's height) from every large one.
+    large = [i for i in range(n) if sizes[i] >= sizes[big] / 20]
+    keep = large + [i for i in range(n) if i not in large and sizes[i] >= 2
+                    and min(gap(boxes[i], boxes[j]) for j in large) <= tall / 3]
+    # Groups of components whose column ranges overlap (with a 1-px tolerance), left to right.
     spans = sorted((boxes[i][1].start, boxes[i][1].stop, i) for i in keep)
     groups: list[list] = []
     for start, stop, i in spans:
@@ -296,13 +312,21 @@ def find_digits(ink: np.ndarray) -> list[np.ndarray]:
             groups[-1][2].append(i)
         else:
             groups.append([start, stop, [i]])
-    def height(g):
+
+    def height(g) -> int:
         return max(boxes[i][0].stop for i in g[2]) - min(boxes[i][0].start for i in g[2])
-    def mass(g):
-        return sum(sizes[i] for i in g[2])
+
     tallest = max(height(g) for g in groups)
-    heaviest = max(mass(g) for g in groups)
-    digits = [g for g in groups if height(g) >= 0.5 * tallest and mass(g) >= 0.15 * heaviest]
+    heaviest = max(sum(sizes[i] for i in g[2]) for g in groups)
+    digits = [g for g in groups if height(g) >= 0.5 * tallest and sum(sizes[i] for i in g[2]) >= 0.15 * heaviest]
+    # A group too small to be a digit (a detached bar of a 5, the tail of a 7) joins the
+    # nearest digit when it is close (a third of the tallest height), else it is dropped.
+    for g in groups:
+        if g in digits:
+            continue
+        d, near = min((max(g[0] - o[1], o[0] - g[1], 0), k) for k, o in enumerate(digits))
+        if d <= tallest / 3:
+            digits[near][2] += g[2]
     return [np.isin(labels, [i + 1 for i in g[2]]) for g in digits]
 
 
@@ -313,16 +337,17 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     from PIL import Image
     from scipy import ndimage as ndi
 
-    near = ndi.binary_dilation(mask, iterations=2)
+    near = ndi.binary_dilation(mask, iterations=FRAME_NEAR)
     a = np.where(near, ink, 0.0)
     core = ink[mask]
-    a = np.clip(a / max(np.percentile(core, 90), 1e-3), 0.0, 1.0)
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    a = np.clip(a / max(np.percentile(core, FRAME_PCT), 1e-3), 0.0, 1.0)
+    box = a > FRAME_BOX  # the box, as MNIST's, holds the faint edge of the strokes too
+    rows, cols = np.nonzero(box.any(1))[0], np.nonzero(box.any(0))[0]
     a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = a.shape
     scale = 20.0 / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    resample = Image.LANCZOS if scale < 1 else Image.BICUBIC
+    resample = Image.LANCZOS if scale < 1 else UPSAMPLE
     small = np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((new_w, new_h), resample), np.float32)
     small = np.clip(small, 0.0, 1.0)
     out = np.zeros((28, 28), np.float32)
@@ -353,9 +378,16 @@ def _enlarge(grey: np.ndarray, side: int) -> np.ndarray:
 def prepare(image) -> list[np.ndarray]:
     """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
     float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink."""
-    grey = _enlarge(_reduce(to_grey(image), WORK_SIDE), MIN_SIDE)
+    grey = _reduce(to_grey(image), WORK_SIDE)
+    big = _enlarge(grey, MIN_SIDE)
+    masks = find_digits(ink_map(big))
+    if big.shape == grey.shape:
+        return [frame(ink_map(grey), m) for m in masks]
+    # A thumbnail: the digits are found on the enlarged copy (components hold together), then
+    # framed from the pixels as given, so they are resampled once, as MNIST's were.
+    (h, w), f = grey.shape, big.shape[0] // grey.shape[0]
     ink = ink_map(grey)
-    return [frame(ink, m) for m in find_digits(ink)]
+    return [frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks]
 
 
 def preprocess(image) -> np.ndarray:
@@ -460,15 +492,23 @@ def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3
 
     if "normalization" not in ckpt:  # called the old way, with the normalization dict
         ckpt = {"normalization": ckpt}
-    results = []
+    read: list[tuple[Path, list]] = []  # (path, crops), or (path, ImageError)
     for path in paths:
         try:
-            answer, crops = classify(read_image(path), model, ckpt, topk)
+            read.append((path, prepare(read_image(path))))
         except ImageError as e:
+            read.append((path, e))
+    # One forward pass for every crop of every file (batches of 512): far faster than one per file.
+    flat = [c for _, crops in read if isinstance(crops, list) for c in crops]
+    logits = torch.cat([logits_of(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)] or [torch.zeros(0, 10)])
+    results, at = [], 0
+    for path, crops in read:
+        if isinstance(crops, ImageError):
             results.append({"file": str(path), "status": "error", "digit": None, "probability": None, "topk": [],
-                            "number": None, "digits": [], "error": str(e)})
+                            "number": None, "digits": [], "error": str(crops)})
             continue
-        r = {"file": str(path), **answer}
+        r = {"file": str(path), **decide(logits[at:at + len(crops)], ckpt, topk)}
+        at += len(crops)
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)
             seen = Path(show_dir) / f"{path.stem}_28x28.png"

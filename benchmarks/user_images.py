@@ -1,0 +1,445 @@
+"""Robustness benchmark: MNIST test digits turned into the files people really have (our MNIST-C).
+
+    python benchmarks/user_images.py             # every condition x 100 digits, every shipped model, + the MNIST check
+    python benchmarks/user_images.py --quick     # 5 digits per condition, weights/convnet.pt only, no MNIST check (CI)
+    python benchmarks/user_images.py --mnist 0   # skip the 10,000-PNG MNIST test-split check
+
+Each condition is a generator (`CONDITIONS`): a 28x28 MNIST test digit (uint8, white on
+black) and a random generator -> the bytes of an image file (PNG or JPEG, with EXIF, 16-bit,
+alpha, ... as a user's file would be). Every file goes through the product's own path,
+predict.read_image -> prepare -> model -> decide (with the checkpoint's calibration), once
+per condition and image; each shipped model then scores the same crops. A digit counts as
+right when the answer is "ok" with the right digit (or "several_digits" with the right
+number); a refusal is "unsure" or "no_digit". For the non-digit conditions a refusal is
+the right answer. The non-digits here use the Liberation fonts and other seeds than
+calibrate.py, which chose the threshold on DejaVu letters.
+
+The MNIST check writes all 10,000 test digits as 28x28 PNGs to a temporary folder and reads
+them back with predict.predict, for the accuracy and the share accepted.
+Results: benchmarks/results/user_images.json and .md (the table that README and report show).
+"""
+
+import argparse
+import datetime
+import io
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+
+import calibrate  # noqa: E402
+import predict  # noqa: E402
+from data import load_raw, resolve_data_dir  # noqa: E402
+from models import STUDY_MODELS, load_checkpoint  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+SHIPPED = [m for m in ("convnet", "resnet", "fastresnet", "quicknet", "dnn") if (ROOT / "weights" / f"{m}.pt").exists()]
+DEFAULT_MODEL = "convnet"
+
+
+# -----------------------------------------------------------------------------
+# From an MNIST digit to a user's file
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def ink_mask(d: np.ndarray, rng, px: int) -> np.ndarray:
+    """The digit (28, 28) uint8 white-on-black enlarged to px x px, as ink strength (px, px) in [0, 1]."""
+    img = Image.fromarray(d).resize((px, px), Image.BICUBIC)
+    return np.clip(np.asarray(img, np.float32) / 255.0, 0, 1)
+
+
+def on_paper(d, rng, size=(600, 800), digit_px=None, paper=(236, 228, 214), ink=(35, 35, 45), where=None):
+    """An RGB float image (H, W, 3) in 0..255: the digit written in `ink` on `paper`."""
+    h, w = size
+    px = digit_px or int(rng.integers(int(0.15 * h), int(0.3 * h)))
+    m = ink_mask(d, rng, px)
+    img = np.ones((h, w, 3), np.float32) * np.array(paper, np.float32)
+    y0, x0 = where or (int(rng.integers(h // 5, h - px - h // 5)), int(rng.integers(w // 5, w - px - w // 5)))
+    m3 = m[..., None]
+    img[y0:y0 + px, x0:x0 + px] = img[y0:y0 + px, x0:x0 + px] * (1 - m3) + np.array(ink, np.float32) * m3
+    return img
+
+
+def photo(img: np.ndarray, rng, light=None, noise=3.0) -> np.ndarray:
+    """Multiply by a light field (H, W) and add sensor noise."""
+    if light is not None:
+        img = img * light[..., None]
+    return np.clip(img + rng.normal(0, noise, img.shape), 0, 255)
+
+
+def gradient_light(h, w, rng, depth):
+    """Light falling by `depth` across the page, in a random direction."""
+    a = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = (np.cos(a) * (xx / w - 0.5) + np.sin(a) * (yy / h - 0.5)) + 0.5
+    return 1 - depth * np.clip(t, 0, 1)
+
+
+def shadow_light(h, w, rng, depth=0.45):
+    """A soft-edged shadow over one side of the page (over part of the digit, often)."""
+    a = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.cos(a) * (xx - w / 2) + np.sin(a) * (yy - h / 2) - rng.uniform(-0.1, 0.15) * min(h, w)
+    soft = rng.uniform(0.02, 0.08) * min(h, w)
+    return 1 - depth * (1 / (1 + np.exp(-t / soft)))
+
+
+def to_jpeg(img: np.ndarray, quality=90, exif_orientation=None) -> bytes:
+    im = Image.fromarray(img.astype(np.uint8))
+    kw = {}
+    if exif_orientation:
+        ex = Image.Exif()
+        ex[0x0112] = exif_orientation
+        kw["exif"] = ex.tobytes()
+    return encode(im, "JPEG", quality=quality, **kw)
+
+
+def c_even(d, rng):
+    return to_jpeg(photo(on_paper(d, rng), rng))
+
+
+def c_gradient(d, rng):
+    img = on_paper(d, rng)
+    return to_jpeg(photo(img, rng, gradient_light(*img.shape[:2], rng, rng.uniform(0.3, 0.6))))
+
+
+def c_shadow(d, rng):
+    img = on_paper(d, rng)
+    return to_jpeg(photo(img, rng, shadow_light(*img.shape[:2], rng, rng.uniform(0.35, 0.55))))
+
+
+def c_faint_pencil(d, rng):
+    return to_jpeg(photo(on_paper(d, rng, paper=(210, 210, 212), ink=(150, 150, 155)), rng))
+
+
+def lines_paper(d, rng, squared: bool):
+    h, w = 600, 800
+    img = on_paper(d, rng, (h, w), paper=(250, 250, 248), ink=tuple(rng.choice([(20, 30, 120), (25, 25, 30)])))
+    step = int(rng.integers(22, 36))
+    colour = np.array((150, 175, 225) if not squared else (190, 190, 190), np.float32)
+    off = int(rng.integers(0, step))
+    lw = int(rng.integers(1, 3))
+    under = img.copy()
+    for y in range(off, h, step):
+        img[y:y + lw] = np.minimum(img[y:y + lw], colour)
+    if squared:
+        for x in range(off, w, step):
+            img[:, x:x + lw] = np.minimum(img[:, x:x + lw], colour)
+    else:
+        x = int(rng.integers(40, 120))
+        img[:, x:x + 2] = np.minimum(img[:, x:x + 2], np.array((225, 90, 90), np.float32))
+    img = np.minimum(img, under)  # the ink stays on top of the lines
+    return to_jpeg(photo(img, rng, noise=2.0))
+
+
+def c_ruled(d, rng):
+    return lines_paper(d, rng, squared=False)
+
+
+def c_squared(d, rng):
+    return lines_paper(d, rng, squared=True)
+
+
+def c_exif(d, rng):
+    """A portrait photo stored sideways: the pixels rotated, the EXIF orientation to undo it."""
+    img = photo(on_paper(d, rng, (400, 300)), rng)
+    orientation = int(rng.choice([3, 6, 8]))
+    stored = {3: 2, 6: 1, 8: 3}[orientation]  # np.rot90 turns counter-clockwise; tag 6 means "rotate 90 CW to view"
+    return to_jpeg(np.rot90(img, k=-stored if orientation != 3 else 2).copy(), exif_orientation=orientation)
+
+
+def c_bit16(d, rng):
+    m = ink_mask(d, rng, 112)
+    dark_on_light = rng.random() < 0.5
+    top = int(rng.choice([65535, 4095]))  # 16-bit, or 12-bit in 16
+    a = (1 - m if dark_on_light else m) * top
+    return encode(Image.fromarray(a.astype(np.uint16)), "PNG")
+
+
+def canvas(d, rng, px=280):
+    m = ink_mask(d, rng, int(px * 0.7))
+    out = np.zeros((px, px), np.float32)
+    o = (px - m.shape[0]) // 2 + rng.integers(-20, 21, 2)
+    out[o[0]:o[0] + m.shape[0], o[1]:o[1] + m.shape[1]] = m
+    return out
+
+
+def c_white_on_clear(d, rng):
+    a = canvas(d, rng)
+    rgba = np.dstack([np.full(a.shape, 255, np.float32)] * 3 + [a * 255]).astype(np.uint8)
+    return encode(Image.fromarray(rgba, "RGBA"), "PNG")
+
+
+def c_black_on_clear(d, rng):
+    a = canvas(d, rng)
+    rgba = np.dstack([np.zeros(a.shape, np.float32)] * 3 + [a * 255]).astype(np.uint8)
+    return encode(Image.fromarray(rgba, "RGBA"), "PNG")
+
+
+def c_canvas_black(d, rng):
+    return encode(Image.fromarray((canvas(d, rng) * 255).astype(np.uint8)), "PNG")
+
+
+def c_colour_pen(d, rng):
+    ink = tuple(int(v) for v in rng.choice([(200, 30, 30), (30, 120, 40), (30, 60, 200), (120, 40, 160)]))
+    return to_jpeg(photo(on_paper(d, rng, paper=(250, 250, 250), ink=ink), rng, noise=2.0))
+
+
+def c_thick(d, rng):
+    img = Image.fromarray(d).filter(ImageFilter.MaxFilter(3))
+    return c_even(np.asarray(img), rng)
+
+
+def c_thin(d, rng):
+    img = Image.fromarray(d).resize((112, 112), Image.BICUBIC).filter(ImageFilter.MinFilter(5)).resize((28, 28), Image.LANCZOS)
+    return c_even(np.asarray(img), rng)
+
+
+def c_specks(d, rng):
+    img = on_paper(d, rng, paper=(245, 245, 245))
+    h, w = img.shape[:2]
+    for _ in range(int(rng.integers(5, 15))):
+        y, x, r = int(rng.integers(0, h)), int(rng.integers(0, w)), int(rng.integers(1, 4))
+        img[max(0, y - r):y + r, max(0, x - r):x + r] = 40
+    return to_jpeg(photo(img, rng))
+
+
+def c_off_centre(d, rng):
+    h, w = 600, 800
+    px = int(rng.integers(80, 160))
+    return to_jpeg(photo(on_paper(d, rng, (h, w), px, where=(int(rng.integers(5, h - px - 5)), int(rng.integers(5, w // 4)))), rng))
+
+
+def c_small_in_photo(d, rng):
+    return to_jpeg(photo(on_paper(d, rng, (900, 1200), int(rng.integers(40, 70))), rng))
+
+
+def c_thumbnail(d, rng):
+    side = int(rng.integers(12, 17))
+    return encode(Image.fromarray(255 - d).resize((side, side), Image.BOX), "PNG")
+
+
+def c_tiny8(d, rng):
+    return encode(Image.fromarray(255 - d).resize((8, 8), Image.BOX), "PNG")
+
+
+def c_phone_12mp(d, rng):
+    img = on_paper(d, rng, (3024, 4032), int(rng.integers(500, 900)))
+    return to_jpeg(photo(img, rng, gradient_light(3024, 4032, rng, 0.3)), quality=85)
+
+
+# Conditions with several digits take three consecutive test digits.
+def c_two_digits(ds, rng):
+    return _row(ds[:2], rng)
+
+
+def c_three_digits(ds, rng):
+    return _row(ds[:3], rng)
+
+
+def _row(ds, rng):
+    h, w = 400, 900
+    img = np.ones((h, w, 3), np.float32) * 245
+    px = 140
+    x = int(rng.integers(40, 120))
+    for d in ds:
+        m = ink_mask(d, rng, px)[..., None]
+        y = int(rng.integers(100, 150))
+        img[y:y + px, x:x + px] = img[y:y + px, x:x + px] * (1 - m) + 30 * m
+        x += int(px * rng.uniform(0.75, 0.95))
+    return to_jpeg(photo(img, rng))
+
+
+# Non-digits (the right answer is a refusal).
+def n_blank(_, rng):
+    kind = rng.integers(3)
+    if kind == 0:
+        return to_jpeg(photo(np.full((600, 800, 3), 235, np.float32), rng, gradient_light(600, 800, rng, 0.3)))
+    if kind == 1:
+        return encode(Image.new("L", (280, 280), 0), "PNG")
+    return encode(Image.new("RGBA", (280, 280), (0, 0, 0, 0)), "PNG")
+
+
+def n_letters(i, rng):
+    img = calibrate.non_digits(1, seed=1000 + int(i) * 4, family="Liberation")[0]  # kind 0: a letter or symbol
+    return encode(img, "PNG")
+
+
+def n_shapes_scribbles(i, rng):
+    img = calibrate.non_digits(3, seed=5000 + int(i), family="Liberation")[1 + int(i) % 2]
+    return encode(img, "PNG")
+
+
+CONDITIONS = {
+    # name: (generator, kind, note); kind: "control" (passed before), "digit" (fixed by #23), "several", "none"
+    "canvas_black": (c_canvas_black, "control", "white digit on a black 280x280 canvas (PNG)"),
+    "even_light": (c_even, "control", "phone photo, even light"),
+    "faint_pencil": (c_faint_pencil, "control", "faint pencil on grey paper"),
+    "colour_pen": (c_colour_pen, "control", "red, green, blue or purple ink"),
+    "thick_marker": (c_thick, "control", "strokes dilated 3x3"),
+    "thin_pen": (c_thin, "control", "strokes eroded"),
+    "specks": (c_specks, "control", "5-15 dark specks on the page"),
+    "off_centre": (c_off_centre, "control", "digit near the edge"),
+    "black_on_clear": (c_black_on_clear, "control", "RGBA, black ink, transparent canvas"),
+    "gradient_light": (c_gradient, "digit", "light falling 30-60% across the page"),
+    "shadow": (c_shadow, "digit", "a soft shadow over part of the page"),
+    "ruled_paper": (c_ruled, "digit", "blue ruled lines + red margin"),
+    "squared_paper": (c_squared, "digit", "grey grid"),
+    "exif_rotated": (c_exif, "digit", "JPEG stored sideways or upside down, EXIF orientation 3/6/8"),
+    "bit16": (c_bit16, "digit", "16-bit or 12-bit-in-16 greyscale PNG, either polarity"),
+    "white_on_clear": (c_white_on_clear, "digit", "RGBA, ink in the alpha, RGB white"),
+    "small_in_photo": (c_small_in_photo, "digit", "a 40-70 px digit in a 1200x900 photo"),
+    "thumbnail_12_16": (c_thumbnail, "digit", "12-16 px thumbnail"),
+    "tiny8": (c_tiny8, "digit", "8x8 thumbnail"),
+    "phone_12mp": (c_phone_12mp, "digit", "4032x3024 JPEG (drafted on decode)"),
+    "two_digits": (c_two_digits, "several", "two digits side by side"),
+    "three_digits": (c_three_digits, "several", "three digits side by side"),
+    "blank": (n_blank, "none", "blank photo, black canvas, transparent canvas"),
+    "letters_symbols": (n_letters, "none", "letters and symbols, Liberation fonts"),
+    "shapes_scribbles": (n_shapes_scribbles, "none", "shapes and scribbles"),
+}
+HEAVY = {"phone_12mp": 10}  # at most this many images (each is a 12 MP JPEG to encode)
+
+
+def build(name: str, n: int, x_test: np.ndarray, y_test: np.ndarray, seed: int = 0) -> list[tuple[bytes, str]]:
+    """n (file bytes, expected answer) for one condition; the answer is a digit, a number, or "none"."""
+    gen, kind, _ = CONDITIONS[name]
+    rng = np.random.default_rng([seed, sum(map(ord, name))])
+    idx = np.random.default_rng(seed).permutation(len(x_test))
+    out = []
+    for i in range(n):
+        if kind == "none":
+            out.append((gen(i, rng), "none"))
+        elif kind == "several":
+            k = 2 if name == "two_digits" else 3
+            j = idx[(k * i) % len(idx):(k * i) % len(idx) + k]
+            out.append((gen([x_test[t] for t in j], rng), "".join(str(int(y_test[t])) for t in j)))
+        else:
+            out.append((gen(x_test[idx[i]], rng), str(int(y_test[idx[i]]))))
+    return out
+
+
+def score(answer: dict, expected: str) -> tuple[bool, bool]:
+    """(right, refused) for one answer."""
+    refused = answer["status"] in ("unsure", "no_digit")
+    if expected == "none":
+        return refused, refused
+    if len(expected) > 1:
+        return answer["status"] == "several_digits" and answer["number"] == expected, refused
+    return answer["status"] == "ok" and str(answer["digit"]) == expected, refused
+
+
+def run(n: int, models: list[str], seed: int = 0, data_dir=None) -> dict:
+    """Every condition x n images through read_image -> prepare once, then each model's
+    logits and decide: {condition: {kind, note, n, models: {name: {right, refused}}}}."""
+    _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
+    x_te, y_te = x_te.numpy(), y_te.numpy()
+    loaded = {m: load_checkpoint(ROOT / "weights" / f"{m}.pt") for m in models}
+    out = {}
+    for name, (_, kind, note) in CONDITIONS.items():
+        t0 = time.perf_counter()
+        files = build(name, min(n, HEAVY.get(name, n)), x_te, y_te, seed)
+        crops = [predict.prepare(predict.read_image(b, f"{name}_{i}")) for i, (b, _) in enumerate(files)]
+        row = {"kind": kind, "note": note, "n": len(files), "models": {}}
+        for m, (model, ckpt) in loaded.items():
+            right = refused = 0
+            for cs, (_, expected) in zip(crops, files):
+                r, f = score(predict.decide(predict.logits_of(cs, model, ckpt), ckpt), expected)
+                right += r
+                refused += f
+            row["models"][m] = {"right": right / len(files), "refused": refused / len(files)}
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        out[name] = row
+        print(f"{name:18s} " + "  ".join(f"{m} {100 * v['right']:5.1f}% (refused {100 * v['refused']:4.1f}%)"
+                                         for m, v in row["models"].items()), flush=True)
+    return out
+
+
+def mnist_check(model_name: str, n: int, data_dir=None) -> dict:
+    """The first n MNIST test digits written as 28x28 PNGs, read back by predict.predict:
+    {n, accuracy (right and ok, over all n), accepted (share ok), accuracy_accepted}."""
+    _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
+    model, ckpt = load_checkpoint(ROOT / "weights" / f"{model_name}.pt")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(n):
+            p = Path(tmp) / f"{i:05d}.png"
+            Image.fromarray(x_te[i].numpy()).save(p)
+            paths.append(p)
+        res = predict.predict(paths, model, ckpt)
+    ok = [r["status"] == "ok" for r in res]
+    right = [r["status"] == "ok" and r["digit"] == int(y) for r, y in zip(res, y_te[:n])]
+    return {"model": model_name, "n": n, "accuracy": sum(right) / n, "accepted": sum(ok) / n,
+            "accuracy_accepted": sum(right) / max(sum(ok), 1),
+            "test_acc_test_model": ckpt.get("metrics", {}).get("test_acc")}
+
+
+def table(results: dict, models: list[str]) -> str:
+    """Markdown: one row per condition, per model "right % (refused %)"."""
+    head = "| condition | kind | n | " + " | ".join(models) + " |"
+    lines = [head, "|" + "---|" * (3 + len(models))]
+    for name, row in results.items():
+        cells = [f"{100 * row['models'][m]['right']:.0f}% ({100 * row['models'][m]['refused']:.0f}%)" for m in models]
+        lines.append(f"| {name} ({row['note']}) | {row['kind']} | {row['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Per-condition accuracy and refusal rates on generated user images.")
+    p.add_argument("--n", type=int, default=100, help="images per condition")
+    p.add_argument("--models", nargs="+", default=None, help=f"shipped models to score (default: {' '.join(SHIPPED)})")
+    p.add_argument("--mnist", type=int, default=10_000, help="MNIST test digits for the PNG check (0: skip)")
+    p.add_argument("--quick", action="store_true", help="5 images per condition, convnet only, no MNIST check; "
+                                                        "writes nothing")
+    p.add_argument("--data-dir", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    models = a.models or ([DEFAULT_MODEL] if a.quick else SHIPPED)
+    n = 5 if a.quick else a.n
+    t0 = time.perf_counter()
+    results = run(n, models, data_dir=a.data_dir)
+    md = table(results, models)
+    print("\n" + md)
+    check = None
+    if not a.quick and a.mnist:
+        check = mnist_check(DEFAULT_MODEL, a.mnist, a.data_dir)
+        print(f"\nMNIST test through predict.py ({check['n']} PNGs, {DEFAULT_MODEL}): {100 * check['accuracy']:.2f}% right, "
+              f"{100 * check['accepted']:.2f}% accepted ({100 * check['accuracy_accepted']:.2f}% of those right); "
+              f"test_model.py: {100 * (check['test_acc_test_model'] or 0):.2f}%")
+    if a.quick:
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": "python benchmarks/user_images.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "n_per_condition": n, "models": models, "calibration": {
+                  m: {k: v for k, v in (load_checkpoint(ROOT / "weights" / f"{m}.pt")[1].get("calibration") or {}).items()
+                      if k in ("temperature", "threshold")} for m in models},
+              "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
+              "seconds": round(time.perf_counter() - t0, 1), "conditions": results, "mnist_check": check}
+    (RESULTS / "user_images.json").write_text(json.dumps(record, indent=2) + "\n")
+    mnist_line = ("" if check is None else
+                  f"\n\nMNIST test split through predict.py ({check['n']} 28x28 PNGs, {DEFAULT_MODEL}): "
+                  f"{100 * check['accuracy']:.2f}% right, {100 * check['accepted']:.2f}% accepted; test_model.py: "
+                  f"{100 * (check['test_acc_test_model'] or 0):.2f}%.")
+    (RESULTS / "user_images.md").write_text(
+        f"Cells: right % (refused %), {n} images per condition (fewer where the table says), "
+        f"generated from MNIST test digits by benchmarks/user_images.py on {record['date']}.\n\n" + md + mnist_line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
