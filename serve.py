@@ -151,7 +151,7 @@ class Models:
         """The model with the best validation accuracy in its checkpoint (the ConvNet, for the study's
         models; the first model with convolutions when none records one). Not the ensemble: its
         four forward passes (ResNet-18's the most) take several times the ConvNet's, on every
-        stroke the page sends, for a validation accuracy no better than the ConvNet's alone."""
+        stroke the page sends; it stays one click away in the page's menu."""
         scored = [(ckpt.get("metrics", {}).get("val_acc"), n) for n, (_, ckpt) in self.models.items()]
         scored = [(v, n) for v, n in scored if v is not None]
         if scored:

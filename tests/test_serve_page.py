@@ -73,7 +73,7 @@ def test_pen_up_to_final_guess(page):
         latencies.append(page.evaluate("window.__latencies[window.__latencies.length - 1]"))
         page.evaluate("window.__latencies = []")
     print(f"pen-up -> final guess: {', '.join(f'{t:.0f}' for t in latencies)} ms")
-    assert min(latencies) < PEN_UP_LIMIT_MS, latencies
+    assert sorted(latencies)[1] < PEN_UP_LIMIT_MS, latencies  # the median of three
 
 
 def test_clear_during_a_request_leaves_no_answer(page):
