@@ -16,7 +16,7 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
     limit while being read; a request whose headers or body take over REQUEST_TIMEOUT_S to
     arrive gets 408 and its connection is closed;
   - the image's pixel count is checked from its header before it is decoded (predict.read_image,
-    the one decoder; predict.MAX_PIXELS);
+    the one decoder, with this server's MAX_PIXELS);
   - every error, for any method and path, is a one-line JSON body {"error", "status"} with the
     right status (405 carries Allow); client disconnects are not logged as errors;
   - static files come from web/ only; /openapi.json describes the API and /docs renders it as a
@@ -53,6 +53,12 @@ MAX_BODY = 2 * 1024 * 1024  # bytes: a photo shrunk by the page (<= 1,600 px) fi
 DRAIN_MAX = 8 * MAX_BODY  # a body over the limit but under this is read and dropped after the 413, so the client sees it
 REQUEST_TIMEOUT_S = 10.0  # headers, and then the body, must each arrive within this (slow clients are closed)
 WORKERS = 2  # threads decoding images and running models: peak memory ~ WORKERS x one decoded image
+# Pixels the server decodes per image (read from the header first). Lower than predict.MAX_PIXELS
+# (50 MP, for the command line) because decoding and framing one 50 MP PNG takes hundreds of MB
+# and WORKERS of them at once took the server past the 1.5 GB it must stay under (see
+# benchmarks/results/serve_load-50mp.json, phase "largest", run with 50 MP); the page sends
+# at most 1,600 px a side (2.6 MP), and predict.read_image drafts big JPEGs before counting.
+MAX_PIXELS = 25_000_000
 MAX_WAITING = 64  # requests queued for a worker beyond those running (~1 s of ConvNet work); more get 503 + Retry-After
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
                  ".png": "image/png", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
@@ -81,9 +87,10 @@ IMAGE_ERROR_STATUS = {"empty": 400, "data_url": 400, "too_large": 413, "unreadab
 
 def read_image(body: bytes):
     """The PIL image in `body` (file bytes or a data URL); ApiError 400/413/415 when it is not one
-    to decode (predict.read_image reads the pixel count from the header before decoding)."""
+    to decode (predict.read_image reads the pixel count from the header before decoding; over
+    MAX_PIXELS is a 413)."""
     try:
-        return predict.read_image(body, name="the request body")
+        return predict.read_image(body, name="the request body", max_pixels=MAX_PIXELS)
     except predict.ImageError as e:
         raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
 

@@ -11,7 +11,7 @@ concurrency 1, 50 and 200, with latency p50/p99 and errors by kind (HTTP status,
 200 slow clients that send half a body and wait, with the latency of normal requests meanwhile
 and the time until the server has closed every slow connection; three 10000x10000 PNGs at once
 (refused from their header) and, in the full run, three of the largest the server decodes (just
-under predict.MAX_PIXELS), which is what bounds its memory; and (unless --no-browser; when
+under serve.MAX_PIXELS), which is what bounds its memory; and (unless --no-browser; when
 Playwright and Chromium are there) the time from pen-up to the final guess in headless Chromium. The server's resident memory (VmRSS, sampled every 20 ms) is recorded per
 phase. Linux only (/proc). The client runs on the same cores as the server: on a 2-core machine
 the figures are the server's and the client's together.
@@ -238,11 +238,9 @@ def start_server(weights: list[str] | None, timeout_s: float) -> tuple[subproces
 
 
 def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dict:
-    timeout_s = 2.0 if quick else None
-    if timeout_s is None:
-        sys.path.insert(0, str(ROOT))
-        import serve  # for its default; the server itself runs in its own process
-        timeout_s = serve.REQUEST_TIMEOUT_S
+    sys.path.insert(0, str(ROOT))
+    import serve  # for its limits; the server itself runs in its own process
+    timeout_s = 2.0 if quick else serve.REQUEST_TIMEOUT_S
     proc, port = start_server(weights, timeout_s)
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_name(), "note": note, "quick": quick,
            "command": "python benchmarks/serve_load.py" + (" --quick" if quick else "")}
@@ -269,11 +267,9 @@ def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dic
         h = out["huge"]
         print(f"three 10000x10000 PNGs at once: {h['by_kind']} in {h['max_ms']} ms, peak RSS {h['peak_rss_mb']} MB", flush=True)
         if not quick:  # the largest the server decodes: what bounds its memory (WORKERS of these at a time)
-            sys.path.insert(0, str(ROOT))
-            import predict
-            out["largest"] = huge_pngs(port, proc.pid, side=int(predict.MAX_PIXELS ** 0.5) - 1)
+            out["largest"] = huge_pngs(port, proc.pid, side=int(serve.MAX_PIXELS ** 0.5) - 1)
             h = out["largest"]
-            print(f"three {h['pixels']} PNGs (just under predict.MAX_PIXELS) at once: {h['by_kind']} in {h['max_ms']} ms, "
+            print(f"three {h['pixels']} PNGs (just under serve.MAX_PIXELS) at once: {h['by_kind']} in {h['max_ms']} ms, "
                   f"peak RSS {h['peak_rss_mb']} MB", flush=True)
         if browser:
             out["pen_up"] = pen_up(port, 6 if quick else 20)
@@ -321,7 +317,7 @@ def table(o: dict) -> list[str]:
                  f"{s['normal_during']['requests']} | {kinds(s['normal_during']['by_kind'])}; the slow ones: {kinds(s['slow_answered'])}, "
                  f"all closed after {s['all_closed_after_s']} s (timeout {s['server_timeout_s']:g} s) | "
                  f"{s['normal_during']['p50_ms']} ms | {s['normal_during']['max_ms']} ms (max) | | {s['peak_rss_mb']} MB |")
-    for key, what in (("huge", ""), ("largest", ", just under `predict.MAX_PIXELS`")):
+    for key, what in (("huge", ""), ("largest", ", just under `serve.MAX_PIXELS`")):
         if key in o:
             h = o[key]
             lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each{what}) at once | {h['images']} | "
