@@ -315,7 +315,7 @@ def table(o: dict) -> list[str]:
     s = o["slow"]
     lines.append(f"| {s['slow_clients']} slow clients (half a body each), plus {s['normal_during']['requests']} normal requests | "
                  f"{s['normal_during']['requests']} | {kinds(s['normal_during']['by_kind'])}; the slow ones: {kinds(s['slow_answered'])}, "
-                 f"all closed after {s['all_closed_after_s']} s (timeout {s['server_timeout_s']:g} s) | "
+                 f"all closed {s['all_closed_after_s']} s after the normal requests began (server timeout {s['server_timeout_s']:g} s) | "
                  f"{s['normal_during']['p50_ms']} ms | {s['normal_during']['max_ms']} ms (max) | | {s['peak_rss_mb']} MB |")
     for key, what in (("huge", ""), ("largest", ", just under `serve.MAX_PIXELS`")):
         if key in o:

@@ -32,7 +32,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     assert "Measured on Some CPU (2 cores) while idle, 2026-01-02" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3 + 3  # header, three concurrencies, slow clients, huge PNGs, pen-up (no "largest" here)
-    assert "408: 200, all closed after 10.2 s (timeout 10 s)" in text and "413: 3" in text
+    assert "408: 200, all closed 10.2 s after the normal requests began (server timeout 10 s)" in text and "413: 3" in text
     assert serve_load.update_readme(readme, saved) and readme.read_text() == text  # idempotent
 
 
