@@ -132,13 +132,17 @@ def test_a_failed_upload_clears_the_old_result_and_says_why(page, tmp_path):
     assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0
 
 
-def test_an_empty_canvas_sends_nothing(page):
+def test_an_empty_canvas_or_a_tap_sends_nothing(page):
     sent = predict_requests(page)
     page.select_option("#model", "convnet")  # a model switch with nothing drawn
     page.click("#clear")
     page.evaluate("predictCanvas(true)")  # what pen-up does
     page.wait_for_timeout(300)
     assert sent == [] and text(page, "#confidence") == "draw a digit"
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.click(box["x"] + 100, box["y"] + 100)  # a tap: a dot, not a digit (it would read as a "0")
+    page.wait_for_timeout(300)
+    assert sent == [] and text(page, "#confidence").startswith("draw a digit")
 
 
 def test_refusals_are_shown_in_words(page):
