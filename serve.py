@@ -4,72 +4,99 @@
     python serve.py --weights weights/convnet.pt weights/resnet.pt --port 8000
     curl --data-binary @digit.png 'http://127.0.0.1:8000/predict?model=convnet'
 
-One page (web/index.html: a canvas for mouse, pen or touch, file upload, the top guess, the
-10 probabilities, the 28x28 image the model saw and the first two conv layers' feature maps)
-and one JSON API, `POST /predict`, whose body is the raw bytes of an image file or a base64
-data URL. Built on the standard library's ThreadingHTTPServer: no dependency beyond the
-project's own, works offline, and each request gets its own thread. The image goes through
-predict.py's MNIST preprocessing and the model through feature_visualization.py's hooks,
-imported, not copied. Bad requests get a 4xx with a one-line JSON error; the server keeps going.
+One page (web/index.html: a canvas for mouse, pen or touch, file upload, the answer, the 10
+probabilities, the 28x28 image the model saw and the first two conv layers' feature maps) and
+one JSON API, `POST /predict`, whose body is the raw bytes of an image file or a base64 data URL.
+
+FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the server promises:
+  - inference runs off the event loop on WORKERS threads; at most WORKERS + MAX_WAITING requests
+    are admitted to it at once, the rest get 503 with Retry-After (so memory stays bounded and no
+    connection is reset under load; the listen backlog is 2048);
+  - a body over MAX_BODY is refused from its Content-Length, or as soon as it grows past the
+    limit while being read; a request whose headers or body take over REQUEST_TIMEOUT_S to
+    arrive gets 408 and its connection is closed;
+  - the image's pixel count is checked from its header before it is decoded (predict.read_image,
+    the one decoder, with this server's MAX_PIXELS);
+  - every error, for any method and path, is a one-line JSON body {"error", "status"} with the
+    right status (405 carries Allow); client disconnects are not logged as errors;
+  - static files come from web/ only; /openapi.json describes the API and /docs renders it as a
+    page that needs no network (FastAPI's Swagger UI would load its scripts from a CDN).
+The image goes through predict.py (decoding, MNIST framing, answers) and the model through
+feature_visualization.py's hooks, imported, not copied.
 """
 
 import argparse
+import asyncio
 import base64
-import binascii
+import html
 import io
 import json
+import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
+import h11
 import numpy as np
 import torch
 
+import predict
 from feature_visualization import feature_maps
 from models import STUDY_MODELS, CheckpointError, load_checkpoint
-from predict import preprocess
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
-MAX_BODY = 2 * 1024 * 1024  # bytes: a phone photo fits, a flood does not
+MAX_BODY = 2 * 1024 * 1024  # bytes: a photo shrunk by the page (<= 1,600 px) fits many times over; a flood does not
+DRAIN_MAX = 8 * MAX_BODY  # a body over the limit but under this is read and dropped after the 413, so the client sees it
+REQUEST_TIMEOUT_S = 10.0  # headers, and then the body, must each arrive within this (slow clients are closed)
+WORKERS = 2  # threads decoding images and running models: peak memory ~ WORKERS x one decoded image
+# Pixels the server decodes per image (read from the header first). Lower than predict.MAX_PIXELS
+# (50 MP, for the command line) because decoding and framing one 50 MP PNG takes hundreds of MB
+# and WORKERS of them at once took the server past the 1.5 GB it must stay under (see
+# benchmarks/results/serve_load-50mp.json, phase "largest", run with 50 MP); the page sends
+# at most 1,600 px a side (2.6 MP), and predict.read_image drafts big JPEGs before counting.
+MAX_PIXELS = 25_000_000
+MAX_WAITING = 64  # requests queued for a worker beyond those running (~1 s of ConvNet work); more get 503 + Retry-After
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
                  ".png": "image/png", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 
 
-class BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str):
+class ApiError(Exception):
+    """An answer other than 200: status, a one-line message, extra headers (Allow, Retry-After, Connection)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
+
+
+def error_body(status: int, message: str) -> bytes:
+    """{"error": the message's first line, at most 300 characters, "status": status} as JSON bytes."""
+    line = message.splitlines()[0] if message else HTTPStatus(status).phrase
+    return json.dumps({"error": line if len(line) <= 300 else line[:297] + "...", "status": status}).encode()
 
 
 # -----------------------------------------------------------------------------
-# Images in and out
+# The seam with predict.py: decoding, framing and answers live there; serve.py only calls them.
 
 
-def decode_image(body: bytes):
-    """The PIL image in `body`: raw file bytes (PNG, JPEG, ...) or a data URL (data:image/png;base64,...)."""
-    from PIL import Image, UnidentifiedImageError
+IMAGE_ERROR_STATUS = {"empty": 400, "data_url": 400, "too_large": 413, "unreadable": 415}  # predict.ImageError.kind -> HTTP
 
-    if not body:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, "empty body: send the bytes of an image file or a data URL")
-    if body[:5].lower() == b"data:":
-        header, _, payload = body.partition(b",")
-        if b";base64" not in header.lower():
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "data URL must be base64-encoded (data:image/png;base64,...)")
-        try:
-            body = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "data URL payload is not valid base64") from None
+
+def read_image(body: bytes):
+    """The PIL image in `body` (file bytes or a data URL); ApiError 400/413/415 when it is not one
+    to decode (predict.read_image reads the pixel count from the header before decoding; over
+    MAX_PIXELS is a 413)."""
     try:
-        image = Image.open(io.BytesIO(body))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not an image Pillow can read (send PNG, JPEG, GIF, BMP, WebP, ...)") from None
-    return image
+        return predict.read_image(body, name="the request body", max_pixels=MAX_PIXELS)
+    except predict.ImageError as e:
+        raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
+
+
+# -----------------------------------------------------------------------------
+# Images out
 
 
 def png_data_url(a: np.ndarray) -> str:
@@ -106,13 +133,14 @@ def map_grid(maps: torch.Tensor, n: int = 16, cols: int = 8) -> np.ndarray:
 
 
 # -----------------------------------------------------------------------------
-# The models: loaded once, used by every request thread
+# The models: loaded once, used by every worker thread
 
 
 class Models:
     """The checkpoints named on the command line, by name (the file's stem), plus "ensemble"
-    (mean softmax) when there are two or more. One lock around inference: the feature-map
-    hooks are per forward pass, and a 28x28 forward takes milliseconds."""
+    (mean softmax) when there are two or more. Decoding and framing run in parallel on the
+    worker threads; one lock is held around the forward passes only (the feature-map hooks
+    belong to one forward pass, and a 28x28 forward takes milliseconds)."""
 
     def __init__(self, weights: list[str]):
         self.models = {}
@@ -125,137 +153,323 @@ class Models:
     def names(self) -> list[str]:
         return list(self.models) + (["ensemble"] if len(self.models) > 1 else [])
 
+    @property
+    def default(self) -> str:
+        """The model with the best validation accuracy in its checkpoint (the ConvNet, for the study's
+        models; the first model with convolutions when none records one). Not the ensemble: its
+        four forward passes (ResNet-18's the most) take several times the ConvNet's, on every
+        stroke the page sends; it stays one click away in the page's menu."""
+        scored = [(ckpt.get("metrics", {}).get("val_acc"), n) for n, (_, ckpt) in self.models.items()]
+        scored = [(v, n) for v, n in scored if v is not None]
+        if scored:
+            return max(scored, key=lambda vn: vn[0])[1]
+        convs = [n for n, (m, _) in self.models.items() if any(isinstance(x, torch.nn.Conv2d) for x in m.modules())]
+        return (convs or self.names)[0]
+
     def describe(self) -> list[dict]:
         out = []
         for name, (model, ckpt) in self.models.items():
             m = ckpt.get("metrics", {})
             out.append({"name": name, "model": ckpt["model"], "params": sum(p.numel() for p in model.parameters()),
-                        "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc")})
+                        "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"), "default": name == self.default})
         if len(self.models) > 1:
-            out.append({"name": "ensemble", "model": "mean softmax of " + ", ".join(self.models)})
+            out.append({"name": "ensemble", "model": "mean softmax of " + ", ".join(self.models), "default": False})
         return out
 
-    def predict(self, image, name: str | None = None) -> dict:
-        name = name or self.names[0]
+    def check(self, name: str | None) -> str:
+        name = name or self.default
         if name not in self.names:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown model {name!r}; this server has {', '.join(self.names)}")
-        a = preprocess(image)  # (28, 28) in [0, 1], MNIST-style
-        members = list(self.models) if name == "ensemble" else [name]
+            raise ApiError(400, f"unknown model {name!r}; this server has {', '.join(self.names)}")
+        return name
+
+    def warm_up(self) -> None:
+        """One answer for a drawn stroke, so the first user does not wait for lazy imports (~1 s)."""
+        from PIL import Image, ImageDraw
+
+        img = Image.new("L", (280, 280), 0)
+        ImageDraw.Draw(img).line([(80, 70), (200, 70), (120, 230)], fill=255, width=20)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        self.predict(buf.getvalue(), self.default)
+
+    def predict(self, body: bytes, name: str) -> dict:
+        """The JSON answer for one request body (runs on a worker thread): predict.py's answer
+        {status, digit, probability, topk, number, digits} plus the model, the 10 calibrated
+        probabilities of the first digit (null when there is none), the crops the model saw side
+        by side as a PNG data URL (28 x 28n), the first CNN's feature maps of the first digit, ms."""
         t0 = time.perf_counter()
-        probas, features = [], None
-        with self.lock, torch.no_grad():
-            for member in members:
-                model, ckpt = self.models[member]
-                norm = ckpt["normalization"]
-                x = ((torch.from_numpy(a) - norm["mean"]) / norm["std"]).reshape(1, 1, 28, 28)
-                maps = feature_maps(model, x)
-                probas.append(torch.softmax(maps["logits"][0], dim=0))
-                if features is None and "first_conv" in maps:  # the first CNN's maps (for the ensemble too)
-                    features = {"from": member,
-                                **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
-                                   for key, label in (("first_conv", "conv1"), ("second_conv", "conv2"))}}
-        proba = torch.stack(probas).mean(0)  # (10,)
-        return {"model": name, "digit": int(proba.argmax()), "probabilities": [round(float(p), 6) for p in proba],
-                "image": png_data_url(a), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}
+        crops = predict.prepare(read_image(body))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
+        members = list(self.models) if name == "ensemble" else [name]
+        probs, features = [], None
+        if crops:
+            with self.lock, torch.no_grad():
+                for member in members:
+                    model, ckpt = self.models[member]
+                    maps = feature_maps(model, torch.cat([predict.normalize(c, ckpt) for c in crops]))  # (n, 1, 28, 28) in
+                    probs.append(predict.probabilities(maps["logits"], ckpt))  # (n, 10), calibrated
+                    if features is None and "first_conv" in maps:  # the first CNN's maps (for the ensemble too)
+                        features = {"from": member,
+                                    **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
+                                       for key, label in (("first_conv", "conv1"), ("second_conv", "conv2"))}}
+        # The ensemble: members' calibrated probabilities averaged, their thresholds too.
+        threshold = float(np.mean([predict.calibration(self.models[m][1])[1] for m in members]))
+        p = torch.stack(probs).mean(0) if probs else torch.zeros(0, 10)  # (n, 10)
+        answer = predict.decide_probs(p, threshold, topk=3)
+        seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
+        return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
+                "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}
 
 
 # -----------------------------------------------------------------------------
-# HTTP
+# HTTP: uvicorn's h11 protocol with a request timeout and JSON for its own errors
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "mnist-serve/1.0"
-    models: Models = None  # set by make_server
-    quiet = False
+def make_protocol(timeout_s: float):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    def log_message(self, fmt, *args):
-        if not self.quiet:
-            sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+    class Protocol(H11Protocol):
+        """uvicorn's HTTP/1.1 protocol, plus: a connection whose request headers do not arrive within
+        timeout_s (or that still sends a refused body that long after its answer) gets a JSON 408 or
+        is closed; a malformed request gets a JSON 400 (431 when its headers are too long)."""
 
-    def send_json(self, status: HTTPStatus, obj) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._deadline = None
+            self._hint = 400
+            next_event = self.conn.next_event
 
-    def send_error_json(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
-        body = json.dumps({"error": message, "status": int(status)}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if allow:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        self.wfile.write(body)
+            def next_event_noting_the_status():
+                try:
+                    return next_event()
+                except h11.RemoteProtocolError as e:
+                    self._hint = e.error_status_hint
+                    raise
+            self.conn.next_event = next_event_noting_the_status
 
-    def do_GET(self):
-        path = urlsplit(self.path).path
-        if path == "/predict":
-            return self.send_error_json(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /predict with an image as the body", allow="POST")
-        if path == "/api/models":
-            return self.send_json(HTTPStatus.OK, self.models.describe())
-        self.send_static(path)
+        def _arm(self):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(timeout_s, self._timed_out)
 
-    def send_static(self, path: str) -> None:
-        """Files of web/ only: the resolved path must stay inside it (no ../, no absolute paths, no links out)."""
-        name = "index.html" if path in ("", "/") else path.lstrip("/")
-        target = (WEB / name).resolve()
-        if not target.is_relative_to(WEB.resolve()) or not target.is_file() or target.suffix not in CONTENT_TYPES:
-            return self.send_error_json(HTTPStatus.NOT_FOUND, f"no such page: {path}")
-        body = target.read_bytes()
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", CONTENT_TYPES[target.suffix])
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
 
-    def do_POST(self):
-        url = urlsplit(self.path)
-        if url.path != "/predict":
-            return self.send_error_json(HTTPStatus.NOT_FOUND, f"no such endpoint: POST {url.path} (there is POST /predict)")
-        try:
-            length = self.headers.get("Content-Length")
-            if length is None:
-                raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        def connection_lost(self, exc):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm()
+
+        def _timed_out(self):
+            if self.transport.is_closing():
+                return
+            theirs, ours = self.conn.their_state, self.conn.our_state
+            if theirs is h11.IDLE and ours is h11.IDLE:  # nothing, or half a request line/headers
+                self._send_json_and_close(408, f"the request did not arrive within {timeout_s:g} s")
+            elif theirs is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE):  # still sending a refused body
+                self.transport.close()
+            # otherwise the app is reading the body (it has its own deadline) or answering
+
+        def send_400_response(self, msg: str) -> None:
+            status = self._hint if self._hint in (400, 413, 414, 431) else 400
+            why = {431: "request line or headers over the size limit"}.get(status, "malformed HTTP request")
+            self._send_json_and_close(status, why)
+
+        def _send_json_and_close(self, status: int, message: str) -> None:
+            body = error_body(status, message)
+            try:  # written by hand: h11's state machine may already be in ERROR
+                out = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+                self.transport.write(out)
+            finally:
+                self.transport.close()
+
+    return Protocol
+
+
+def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
+    """The FastAPI app over loaded `models`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, Response
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    app = FastAPI(title="MNIST study: draw a digit", version="2", docs_url=None, redoc_url=None,
+                  description="POST an image (file bytes or a base64 data URL) to /predict; the answer is JSON. "
+                              "Errors are JSON too: {\"error\": one line, \"status\": the HTTP status}.")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+    admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
+
+    def json_error(status: int, message: str, headers: dict | None = None) -> Response:
+        return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return json_error(e.status, str(e), e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):
+        message = e.detail if e.status_code != 405 else f"{request.method} is not supported on {request.url.path}"
+        return json_error(e.status_code, str(message), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_query(request, e: RequestValidationError):
+        return json_error(400, "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):  # a bug costs one request, never the server (uvicorn logs the traceback)
+        return json_error(500, f"{type(e).__name__}: {e}")
+
+    async def read_body(request: Request) -> bytes:
+        """The whole body, refused as soon as it is over MAX_BODY or late by more than timeout_s."""
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, "Content-Length is not a number", {"Connection": "close"})
+            if int(length) > MAX_BODY:
+                # Not read: uvicorn drops the rest of a body up to DRAIN_MAX after this answer (so the
+                # client, still sending, sees it); a larger one, or one waiting for 100 Continue, is cut off.
+                drain = int(length) <= DRAIN_MAX and "100-continue" not in request.headers.get("expect", "").lower()
+                raise ApiError(413, f"body of {int(length):,} bytes is over the {MAX_BODY:,}-byte limit "
+                                    "(shrink the image: 1,600 px on the long side is plenty)",
+                               {} if drain else {"Connection": "close"})
+        chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        stream = request.stream()
+        while True:
             try:
-                n = int(length)
-            except ValueError:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
-            if n > MAX_BODY:
-                # A body up to a few times the limit is read and dropped, so the client (which may
-                # still be sending it) gets the 413 cleanly; a larger one is not read at all, and
-                # the connection is closed so its bytes are never taken for the next request.
-                if n <= 8 * MAX_BODY:
-                    for _ in range(0, n, 1 << 16):
-                        self.rfile.read(min(1 << 16, n))
-                        n -= 1 << 16
-                self.close_connection = True
-                raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over the {MAX_BODY:,}-byte limit")
-            if n < 0:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length is negative")
-            body = self.rfile.read(n)
-            model = parse_qs(url.query).get("model", [None])[0]
-            self.send_json(HTTPStatus.OK, self.models.predict(decode_image(body), model))
-        except BadRequest as e:
-            self.send_error_json(e.status, str(e))
-        except Exception as e:  # a bug must cost one request, never the server
-            self.send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}".splitlines()[0])
+                chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except StopAsyncIteration:
+                break
+            except (asyncio.TimeoutError, TimeoutError):
+                raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, f"body over the {MAX_BODY:,}-byte limit", {"Connection": "close"})
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    def _not_allowed(self):
-        self.send_error_json(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here", allow="GET, POST")
+    @app.post("/predict", summary="The digit(s) in an image",
+              description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, ...) or a data URL "
+                          "(data:image/png;base64,...). Answer: model, status (ok | no_digit | unsure | several_digits), "
+                          "digit, probability, topk, number, digits, probabilities (10), image (the 28x28 the model saw, "
+                          "a PNG data URL), features (first two conv layers' maps, or null), ms. "
+                          "400/408/413/415 for bad input, 503 + Retry-After when busy.")
+    async def predict_route(request: Request, model: str | None = None):
+        name = models.check(model)
+        try:
+            body = await read_body(request)
+        except ClientDisconnect:  # the client left: nobody to answer, nothing to log
+            return Response(status_code=499)
+        if admitted[0] >= workers + max_waiting:
+            raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
+        admitted[0] += 1
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
+        finally:
+            admitted[0] -= 1
+        return Response(json.dumps(answer).encode(), media_type="application/json", headers={"Cache-Control": "no-store"})
 
-    do_PUT = do_DELETE = do_PATCH = _not_allowed
+    @app.get("/api/models", summary="The models this server has (the one marked default answers when ?model= is absent)")
+    async def api_models():
+        return models.describe()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        spec = app.openapi()
+        rows = "".join(f"<h2>{html.escape(method.upper())} {html.escape(path)}</h2><p>{html.escape(op.get('summary', ''))}</p>"
+                       f"<p>{html.escape(op.get('description', ''))}</p>"
+                       for path, ops in spec["paths"].items() for method, op in ops.items())
+        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>API</title><body style='font:15px system-ui;max-width:760px;"
+                            f"margin:2em auto'><h1>{html.escape(spec['info']['title'])}</h1><p>{html.escape(spec['info']['description'])}"
+                            f"</p>{rows}<p>The machine-readable description: <a href=/openapi.json>/openapi.json</a> "
+                            "(load it into any OpenAPI viewer).</p>")
+
+    fixed = {}  # path -> methods, for a 405 with Allow when the catch-all below sees a known path
+    for route in app.routes:
+        if getattr(route, "methods", None) and "{" not in route.path:
+            fixed.setdefault(route.path, set()).update(route.methods | ({"HEAD"} if "GET" in route.methods else set()))
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"],
+                   include_in_schema=False)
+    async def static(request: Request, path: str):
+        """Files of web/ only: the resolved path must stay inside it (no ../, no absolute paths, no links out)."""
+        url_path = request.url.path
+        if url_path in fixed:
+            raise ApiError(405, f"{request.method} is not supported on {url_path}", {"Allow": ", ".join(sorted(fixed[url_path]))})
+        try:
+            target = (WEB / (path or "index.html")).resolve()
+            found = target.is_relative_to(WEB.resolve()) and target.is_file() and target.suffix in CONTENT_TYPES
+        except (OSError, ValueError):  # a name too long, a NUL byte, ...
+            found = False
+        if not found:
+            raise ApiError(404, f"no such page or endpoint: {request.method} {url_path} (the API is POST /predict, GET /api/models)")
+        if request.method not in ("GET", "HEAD"):
+            raise ApiError(405, f"{request.method} is not supported on {url_path}", {"Allow": "GET, HEAD"})
+        return Response(target.read_bytes(), media_type=CONTENT_TYPES[target.suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+    app.state.models, app.state.pool = models, pool
+    return app
 
 
-def make_server(weights: list[str], host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> ThreadingHTTPServer:
-    """The server, bound but not yet serving (call serve_forever); port 0 picks a free one."""
-    handler = type("BoundHandler", (Handler,), {"models": Models(weights), "quiet": quiet})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class Server:
+    """uvicorn serving create_app(models) on a socket bound at construction (port 0 picks a free
+    one: see .port). serve_forever() blocks; start() serves on a thread; shutdown() stops it."""
+
+    def __init__(self, weights: list[str], host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+                 timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
+        import uvicorn
+
+        self.models = Models(weights)
+        self.models.warm_up()
+        self.app = create_app(self.models, timeout_s, workers, max_waiting)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+            self.sock.listen(2048)  # connections wait in the backlog from now on, even before uvicorn starts
+        except OSError:
+            self.sock.close()
+            raise
+        self.server_address = self.sock.getsockname()[:2]
+        self.port = self.server_address[1]
+        config = uvicorn.Config(self.app, http=make_protocol(timeout_s), lifespan="off", backlog=2048,
+                                timeout_keep_alive=5, log_level="warning" if quiet else "info", access_log=not quiet)
+        self.uvicorn = uvicorn.Server(config)
+        self._thread = None
+
+    def serve_forever(self) -> None:
+        try:
+            self.uvicorn.run(sockets=[self.sock])
+        finally:
+            self.app.state.pool.shutdown(wait=False, cancel_futures=True)
+
+    def start(self) -> "Server":
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="uvicorn")
+        self._thread.start()
+        while not self.uvicorn.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server stopped while starting")
+            time.sleep(0.01)
+        return self
+
+    def shutdown(self) -> None:
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sock.close()
+
+
+def make_server(weights: list[str], host: str = "127.0.0.1", port: int = 8000, quiet: bool = False, **limits) -> Server:
+    """The server, bound but not yet serving (call serve_forever or start); port 0 picks a free one."""
+    return Server(weights, host, port, quiet, **limits)
 
 
 def default_weights() -> list[str]:
@@ -268,24 +482,22 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 for your network)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT_S, help="seconds a request's headers, then its body, may take to arrive")
+    p.add_argument("--workers", type=int, default=WORKERS, help="inference threads (memory grows with each)")
+    p.add_argument("--max-waiting", type=int, default=MAX_WAITING, help="requests queued beyond the running ones before 503")
     a = p.parse_args(argv)
     weights = a.weights or default_weights()
     if not weights:
         sys.exit("error: no weights to serve: train one (python train.py --model convnet) or pass --weights FILE.pt")
     try:
-        server = make_server(weights, a.host, a.port, a.quiet)
+        server = make_server(weights, a.host, a.port, a.quiet, timeout_s=a.timeout, workers=a.workers, max_waiting=a.max_waiting)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     except OSError as e:
         sys.exit(f"error: cannot listen on {a.host}:{a.port} ({e.strerror}); pick another --port")
-    host, port = server.server_address[:2]
-    print(f"serving {', '.join(server.RequestHandlerClass.models.names)} at http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    host, port = server.server_address
+    print(f"serving {', '.join(server.models.names)} at http://{host}:{port}/  (API: /docs; Ctrl-C stops)", flush=True)
+    server.serve_forever()  # uvicorn handles Ctrl-C: finishes the requests in flight, then returns
     return 0
 
 

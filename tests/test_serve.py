@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,23 +20,20 @@ WEIGHTS = [str(ROOT / "weights" / "convnet.pt"), str(ROOT / "weights" / "dnn.pt"
 
 @pytest.fixture(scope="module")
 def server():
-    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv.server_address[1]
+    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True).start()
+    yield srv.port
     srv.shutdown()
-    srv.server_close()
 
 
 def request(port, method, path, body=None, headers=None):
-    """(status, headers, parsed JSON or raw bytes); the path is sent exactly as given."""
+    """(status, headers (case-insensitive), parsed JSON or raw bytes); the path is sent exactly as given."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         data = r.read()
         is_json = r.getheader("Content-Type", "").startswith("application/json")
-        return r.status, dict(r.getheaders()), json.loads(data) if is_json else data
+        return r.status, r.headers, json.loads(data) if is_json else data
     finally:
         conn.close()
 
@@ -205,6 +201,5 @@ def test_drawing_in_a_real_browser_shows_the_digit(server):
                 page.wait_for_function(f"document.querySelector('#digit').textContent === '{digit}'", timeout=15_000)
                 assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
                 assert page.locator("#conv1").get_attribute("src").startswith("data:image/png")
-            page.screenshot(path=str(ROOT / "screenshots" / "web_demo.png"), full_page=True)
         finally:
             b.close()

@@ -1,0 +1,202 @@
+"""serve.py's limits over real sockets on 127.0.0.1: JSON for every error and method, request
+timeouts for slow clients, the body limit while reading, the pixel limit before decoding,
+503 + Retry-After instead of resets under load, and no tracebacks for clients that hang up."""
+
+import http.client
+import io
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+import serve
+from conftest import ROOT
+from test_serve import WEIGHTS, encode, test_digits  # noqa: F401 (a fixture)
+
+TIMEOUT_S = 1.0  # the servers here time requests out after 1 s (the default is serve.REQUEST_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True, timeout_s=TIMEOUT_S, workers=2, max_waiting=16).start()
+    yield srv.port
+    srv.shutdown()
+
+
+def exchange(port, data: bytes, wait: float = 10.0, shut: bool = False) -> tuple[bytes, float]:
+    """Send raw bytes, read until the server closes (or `wait` passes): (what came back, seconds)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    t0 = time.perf_counter()
+    try:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    return out, time.perf_counter() - t0
+
+
+def parse(raw: bytes) -> tuple[int, dict, dict | None]:
+    """(status, headers with lower-case names, the JSON body or None) of one raw HTTP response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "TRACE", "GET", "DELETE", "PATCH"])
+def test_other_methods_on_predict_are_json_405_with_allow(server, method):
+    raw, _ = exchange(server, f"{method} /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status, headers, j = parse(raw)
+    assert status == 405 and headers["allow"] == "POST" and headers["content-type"] == "application/json"
+    if method != "HEAD":  # HEAD answers carry no body
+        assert j["status"] == 405 and method in j["error"]
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", 431),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400),
+])
+def test_malformed_requests_are_json_too(server, request_bytes, status):
+    raw, _ = exchange(server, request_bytes)
+    got, headers, j = parse(raw)
+    assert got == status and headers["content-type"] == "application/json" and j["status"] == status
+
+
+@pytest.mark.parametrize("request_bytes, what", [
+    (b"", "a connection that sends nothing"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", "half the headers"),
+    (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500, "half the body"),
+])
+def test_slow_clients_get_408_and_are_closed(server, request_bytes, what):
+    raw, seconds = exchange(server, request_bytes)
+    status, headers, j = parse(raw)
+    assert status == 408 and j["status"] == 408, what
+    assert TIMEOUT_S * 0.9 < seconds < TIMEOUT_S + 1.5, (what, seconds)
+
+
+def test_body_limit_is_enforced_while_reading(server):
+    raw, seconds = exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n")
+    status, headers, j = parse(raw)  # refused from the header, nothing read, connection closed at once
+    assert status == 413 and headers["connection"] == "close" and seconds < 1.0
+    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += (b"40000\r\n" + b"x" * 0x40000 + b"\r\n") * 12  # 3 MB with no Content-Length: refused once over
+    status, _, j = parse(exchange(server, chunked)[0])
+    assert status == 413 and "limit" in j["error"]
+
+
+def test_huge_images_are_refused_from_their_header(server):
+    body = png(10000, 10000)  # ~120 kB of PNG, 100 megapixels
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    t0 = time.perf_counter()
+    conn.request("POST", "/predict", body)
+    r = conn.getresponse()
+    j = json.loads(r.read())
+    assert r.status == 413 and "megapixels" in j["error"] and time.perf_counter() - t0 < 2.0
+    conn.close()
+
+
+def post(port, body: bytes) -> tuple[int, str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/predict?model=convnet", body)
+        r = conn.getresponse()
+        j = json.loads(r.read())
+        assert j["status"] == r.status if r.status != 200 else j["model"] == "convnet"
+        return r.status, r.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def test_200_concurrent_requests_are_all_answered(server, test_digits):
+    body = encode(test_digits[0][4], "PNG")
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        results = list(pool.map(lambda _: post(server, body), range(200)))  # a reset would raise here
+    statuses = [s for s, _ in results]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 18, statuses
+    assert all(retry == "1" for s, retry in results if s == 503)
+
+
+def test_a_normal_request_is_answered_while_slow_clients_wait(server, test_digits):
+    body = encode(test_digits[0][2], "PNG")
+    slow = []
+    for _ in range(100):
+        s = socket.create_connection(("127.0.0.1", server))
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"x" * 10000)
+        slow.append(s)
+    time.sleep(0.3)  # held, not arriving: the server has read what they sent (its timeout is 1 s)
+    t0 = time.perf_counter()
+    assert post(server, body)[0] == 200
+    took = time.perf_counter() - t0
+    print(f"a normal request beside 100 slow clients: {1000 * took:.0f} ms")
+    assert took < 1.0  # the benchmark records the figure (the issue's bound: 100 ms on a quiet machine)
+    closed_at = []
+    for s in slow:
+        s.settimeout(TIMEOUT_S + 2)
+        try:
+            while s.recv(65536):
+                pass
+        except (socket.timeout, ConnectionResetError):
+            pass
+        closed_at.append(time.perf_counter() - t0)
+        s.close()
+    assert max(closed_at) < TIMEOUT_S + 2, max(closed_at)
+
+
+def test_client_disconnects_leave_no_traceback_in_the_log(test_digits):
+    """The real command line, logging every request: clients that hang up at every stage."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--weights", *WEIGHTS, "--port", "0", "--timeout", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r":(\d+)/", line).group(1))
+        body = encode(test_digits[0][5], "PNG")
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        for data in (b"GET / HT", head, head + body[:100], head + body, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(data)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+            s.close()
+        with ThreadPoolExecutor(20) as pool:  # and many at once, mid-answer
+            list(pool.map(lambda _: exchange(port, head + body, wait=0.001), range(20)))
+        time.sleep(2.5)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body)
+        assert conn.getresponse().status == 200  # still serving
+        conn.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+
+
+def test_docs_work_offline_and_openapi_describes_predict(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.request("GET", "/openapi.json")
+    r = conn.getresponse()
+    spec = json.loads(r.read())
+    assert r.status == 200 and "post" in spec["paths"]["/predict"] and "/api/models" in spec["paths"]
+    conn.request("GET", "/docs")
+    r = conn.getresponse()
+    page = r.read().decode()
+    assert r.status == 200 and "/predict" in page and "/openapi.json" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing from a CDN
+    conn.close()
