@@ -41,7 +41,7 @@ import torch
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
 from runs import claim_file, exclusive, hardware, plot_curves, ship, stop_on_signals, write_json
-from train import TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
+from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
 
@@ -459,8 +459,9 @@ def shown(cmd: list[str]) -> str:
     return shlex.join(["python", Path(cmd[1]).name, *cmd[2:]])
 
 
-def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
-    """Run cmd in the study root, printing and saving its output (with the command as the first line)."""
+def run_logged(s: Settings, cmd: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> int:
+    """Run cmd in the study root, printing and saving its output (with the command as the first line).
+    An exit status outside `ok` stops the study (SystemExit) and leaves the output in a .tmp file."""
     log.parent.mkdir(parents=True, exist_ok=True)
     tmp = log.with_name(f".{log.name}.tmp")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -479,7 +480,7 @@ def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
             proc.terminate()
             proc.wait(timeout=60)
             raise
-    if rc != 0:
+    if rc not in ok:
         raise SystemExit(f"study: `{shown(cmd)}` failed (exit {rc}); its output is in {tmp}")
     os.replace(tmp, log)
     return rc
@@ -552,13 +553,15 @@ def run_final(s: Settings, cell: Cell) -> dict:
         cmd = command_line("train.py", ["--resume", rel(s, run_dir)])
     log = s.results / "logs" / f"train-{cell.name}.txt"
     previous = log.read_text() if log.exists() and cmd[2] == "--resume" else ""
-    run_logged(s, cmd, log)
+    run_logged(s, cmd, log, ok=(0, DIVERGED_EXIT))  # a diverged run is a result: recorded as such
     if previous:  # keep the first part of the terminal output: the screenshot shows the whole run
         log.write_text(previous + log.read_text())
     r = json.loads((run_dir / "result.json").read_text())
     import csv
-    with open(run_dir / "history.csv") as f:
-        r["history"] = [{k: (float(v) if k != "step" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    r["history"] = []  # none when the run diverged in its first epoch
+    if (run_dir / "history.csv").exists():
+        with open(run_dir / "history.csv") as f:
+            r["history"] = [{k: (float(v) if k != "step" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
     record = cell_record(cell, r, hardware(r["config"]["device"], r["config"]["precision"]))
     record["command"] = shown(final_command(s, cell))
     record["log"] = rel(s, log)

@@ -407,6 +407,9 @@ def start_run(config: TrainConfig, data: Data | None, quiet: bool, resume: bool)
     tensors = (x_train.to(dev), y_train.to(dev), data.x_val.to(dev), data.y_val.to(dev))
     model, net, opt, ema = build_net(cfg, dist, dev)
     bs, steps_per_epoch, total_steps = run_length(cfg, len(x_train))
+    if bs // dist.world < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"{cfg.model} has BatchNorm, which needs at least 2 images per batch and process; this run has "
+                         f"{bs // dist.world}: raise --batch-size (and --limit-train) to {2 * dist.world} or more")  # not mid-run
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, steps_per_epoch, cfg))
     run = Run(cfg, record, dist, dev, run_dir, log, data, tensors, model, net, ema, opt, sched,
               torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16"),
@@ -599,6 +602,9 @@ def lr_find(config: TrainConfig, data: Data | None = None, start: float = 1e-5, 
 # Command line
 
 
+DIVERGED_EXIT = 3  # `python train.py`'s exit status when the loss stopped being finite
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a model of models.py on MNIST (or run an LR range test). Every "
                                             "TrainConfig field is a flag; unset ones come from the model's recipe.",
@@ -659,8 +665,7 @@ def main(argv=None) -> int:
                 sys.exit(f"error: {run / 'last.pt'} not found; --resume takes a run folder that holds last.pt")
             stored = {k: v for k, v in read_checkpoint(run / "last.pt")["train_config"].items() if k in CONFIG_FIELDS}
             cfg = dataclasses.replace(TrainConfig(**stored), out=str(run.parent), run_name=run.name)
-            train(cfg, resume=True)
-            return 0
+            return DIVERGED_EXIT if train(cfg, resume=True)["status"] == "diverged" else 0
         if a.model == "all":
             sys.exit("error: train.py trains one model; every model over a grid of LRs is the study's LR stage: "
                      "python study.py --only lr")
@@ -670,7 +675,8 @@ def main(argv=None) -> int:
             print(f"{cfg.model}: suggested lr {r['suggested_lr']:.3g} (steepest loss descent); loss lowest at "
                   f"{r['min_loss_lr']:.3g}; plot {r['png']}")
             return 0
-        train(cfg)
+        if train(cfg)["status"] == "diverged":
+            return DIVERGED_EXIT  # the log says where; the study records the run as diverged
     except (DataError, CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -300,3 +300,14 @@ def test_owned_files_have_no_function_over_80_lines_and_train_py_stays_short():
                 long.append(f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
     assert len((ROOT / "train.py").read_text().splitlines()) <= 700
+
+
+def test_a_diverged_final_run_is_recorded_as_diverged(tmp_path, synthetic_root):
+    """`python train.py` exits non-zero when a run diverges; the study's final stage records it, and goes on."""
+    s = study.Settings(root=tmp_path, data_dir=str(synthetic_root))
+    cell = study.make_cell(s, "dnn", "sgd", 1e9, 1, 0, variant="final-x", weight_decay=0.0, batch_size=64,
+                           precision="fp32", device="cpu")
+    cell.tags.update(kind="final", attempt="")
+    record = study.run_final(s, cell)
+    assert record["status"] == "diverged" and study.load_result(s, cell.name)["status"] == "diverged"
+    assert "diverged at step" in (tmp_path / record["log"]).read_text()

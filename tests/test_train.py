@@ -392,3 +392,20 @@ def test_config_file_gives_a_runs_settings_and_flags_override_them(tmp_path):
 def test_train_py_trains_one_model_and_points_grids_at_the_study():
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "all"], capture_output=True, text=True)
     assert r.returncode != 0 and "python study.py --only lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_path, synthetic_root, synthetic_data):
+    with pytest.raises(ValueError, match="needs at least 2 images per batch"):
+        train.train(tiny(tmp_path, batch_size=1), synthetic_data, quiet=True)
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "convnet", "--batch-size", "1", "--data-dir",
+                        str(synthetic_root), "--out", str(tmp_path / "cli"), "--weights-dir", ""], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: convnet has BatchNorm, which needs at least 2 images")
+    assert "epoch" not in r.stdout.split("\n", 1)[-1]  # refused before the first step: no epoch row
+
+
+def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
+    code = train.main(["--model", "dnn", "--lr", "1e9", "--weight-decay", "0", "--batch-size", "64", "--precision", "fp32",
+                       "--device", "cpu", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", ""])
+    assert code == train.DIVERGED_EXIT != 0
+    assert json.loads((tmp_path / "dnn-lr1e+09-s0" / "result.json").read_text())["status"] == "diverged"
