@@ -116,8 +116,9 @@ def figure(root: Path, path: str, alt: str) -> str:
     return f"*({alt}: `{path}` is drawn by the study's report stage, `python study_report.py --figures`)*"
 
 
-def words(n: int) -> str:
-    return f"{n:,}"
+def and_join(items: list[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 # -----------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def run_words(c: dict, seed: bool = True, model: bool = True) -> str:
 def change_words(model: str, attempt: str) -> str:
     """What a later recipe changed against the model's first final recipe, in words."""
     if attempt == "refit":
-        return "the same settings trained on train + validation"
+        return "its recipe refit on train + validation"
     ch = study.attempt_changes(model, attempt)
     out = []
     if ch.get("elastic"):
@@ -611,7 +612,7 @@ def render_terminal(text: str, title: str, path: Path, max_lines: int = 70) -> N
     lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
     title_lines = textwrap.wrap(title, width, subsequent_indent="    ", break_on_hyphens=False)
     top = 0.25 + 0.17 * len(title_lines)  # inches taken by the title
-    fig = plt.figure(figsize=(width * 0.075 + 0.4, len(lines) * 0.17 + top + 0.4))
+    fig = plt.figure(figsize=(width * 0.075 + 0.4, len(lines) * 0.152 + top + 0.3))
     fig.patch.set_facecolor("#1e1e1e")
     fig.text(0.01, 1 - 0.15 / fig.get_figheight(), "\n".join(title_lines), color="#9cdcfe", family="monospace", fontsize=8.5,
              va="top", weight="bold", linespacing=1.25)
@@ -655,7 +656,12 @@ def test_use(f: Facts) -> dict:
     scored_files = {w for c in commands for w in c["command"].split() if w.endswith(".pt")}
     extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]
     trial_points = sum(len(t.get("curve", [])) for t in f.trials)
-    return {"runs": runs, "scorings": scorings + len(extra), "extra": extra, "trials": len(f.trials),
+    every = "?"
+    t0 = next((t for t in f.trials if len(t.get("curve", [])) > 1), None)
+    if t0 and f.data:  # curve rows are [step, seconds, test accuracy]
+        steps = f.data["split"]["train"] / t0["config"]["batch_size"]
+        every = f"1/{round(steps / (t0['curve'][1][0] - t0['curve'][0][0]))}"
+    return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "trials": len(f.trials),
             "trial_points": trial_points, "total": runs + scorings + len(extra) + trial_points}
 
 
@@ -665,6 +671,8 @@ def later_runs(f: Facts) -> list[tuple[str, str, list[dict]]]:
     for m in f.models:
         for attempt in [*study.ATTEMPTS.get(m, {}), *(["refit"] if m in study.REFITS else [])]:
             runs = [r for r in f.finals if r["tags"]["model"] == m and r["tags"].get("attempt") == attempt]
+            if attempt == "refit":  # every refit, also of a recipe that later runs replaced
+                runs = [r for r in f.records if r["tags"]["model"] == m and r["config"].get("refit")]
             if runs:
                 out.append((m, attempt, runs))
     return out
@@ -744,7 +752,7 @@ def section_summary(f: Facts) -> list[str]:
               f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times**: once at the end "
               f"of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py`"
               + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials (`benchmarks/trials.py` "
-                 "scores test every 1/8 epoch), from which QuickNet's recipe was chosen: that choice rests on test accuracy."
+                 f"scores test every {u['every']} epoch), from which QuickNet's recipe was chosen: that choice rests on test accuracy."
                  if u["trials"] else ".")]
     later = later_runs(f)
     if later:
@@ -846,9 +854,11 @@ def section_training(f: Facts) -> list[str]:
     adam_best = {b for m, o, b, _ in worst if o == "adam"}
     if worst:
         low = min(worst, key=lambda t: t[3]["best"]["val_acc"])
+        decades = sorted({round(math.log10(a / b)) for a in sgd_best for b in adam_best})
         lines += [f"SGD is best at lr {', '.join(f'{x:g}' for x in sorted(sgd_best, reverse=True))} for every model and Adam at "
                   f"{' or '.join(f'{x:g}' for x in sorted(adam_best, reverse=True))}: SGD's step is LR x gradient, Adam's about LR "
-                  "per weight, so Adam's good LRs sit one to two decades lower. Too small an LR underfits the budget: "
+                  f"per weight, so Adam's good LRs sit {' to '.join(map(str, decades))} decade{'s' if max(decades) > 1 else ''} "
+                  "lower. Too small an LR underfits the budget: "
                   f"{NAMES[low[0]]} with {OPT_NAMES[low[1]]} at lr {low[3]['tags']['lr']:g} reaches only "
                   f"{pct(low[3]['best']['val_acc'])}%. The LR range test and the finder's and extra LRs are in the appendix.", ""]
     lines += section_fitting(f)
@@ -912,8 +922,8 @@ def section_optimizers(f: Facts) -> list[str]:
     lines += ["", figure(f.root, "figures/study_optimizers.png", "validation accuracy per seed and optimizer"), ""]
     reasons = {"adamw": "per-weight adaptive steps (one LR suits every layer) and weight decay decoupled from the gradient "
                         "step, so the decay does not shrink with Adam's scaling",
-               "adam": "per-weight adaptive steps: one LR suits every layer, which matters most for the DNN's two wide "
-                       "layers whose gradients differ in scale",
+               "adam": "per-weight adaptive steps: each weight's step is scaled by its own gradient history, so one LR "
+                       "suits every layer",
                "sgd": "the plainest update, with momentum; no per-weight state",
                "adadelta": "no LR to tune"}
     for m, (best, res) in verdicts.items():
@@ -921,12 +931,12 @@ def section_optimizers(f: Facts) -> list[str]:
         behind = [OPT_NAMES[o] for o, (_, _, t) in res.items() if not t]
         text = f"**{NAMES[m]}: {OPT_NAMES[best]}.** It has the best mean validation accuracy"
         if ties:
-            text += (f", but its lead over {', '.join(ties)} is within the noise: a tie, not a finding. It was kept because "
+            text += (f", but its lead over {and_join(ties)} is within the noise: a tie, not a finding. It was kept because "
                      f"the rule takes the best mean, and for a reason the measurement cannot give: {reasons[best]}")
         else:
             text += f" and leads every other optimizer by more than the noise. Why it helps: {reasons[best]}"
         if behind:
-            text += f". Behind beyond the noise: {', '.join(behind)}"
+            text += f". Behind beyond the noise: {and_join(behind)}"
         lines += [text + ".", ""]
     fair = fair_tables(f)
     if fair:
@@ -972,9 +982,9 @@ def section_comparison(f: Facts) -> list[str]:
     text = (f"**The best model is the {NAMES[b]}**: the highest mean validation accuracy over its seeds "
             f"({mean_std([r['best']['val_acc'] for r in best_runs])}%)")
     if behind:
-        text += f", ahead of the {', '.join(behind)} by more than the noise"
+        text += f", ahead of the {and_join(behind)} by more than the noise"
     if ties:
-        text += (f"; the {', '.join(ties)} ties it on validation, so between those the data cannot choose, and we pick the "
+        text += (f"; the {and_join(ties)} tie{'s' if len(ties) == 1 else ''} it on validation, so between those the data cannot choose, and we pick the "
                  f"{NAMES[b]} as the one with the best mean")
     if "resnet" in f.models:
         text += (f". It has {f.params('resnet') / f.params(b):.0f}x fewer parameters than ResNet-18 "
@@ -982,19 +992,23 @@ def section_comparison(f: Facts) -> list[str]:
     lines += ["", text + "."]
     budgets = {m: f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
     caveat = ("**The budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
-              + ", set by the time a run takes on two CPU cores.")
+              + ", set by what a run costs on this machine.")
     if "resnet" in f.models:
         longer = [(a, rs) for m, a, rs in later_runs(f) if m == "resnet" and "epochs" in study.attempt_changes(m, a)]
         if longer:
             a, rs = longer[0]
             ep = study.attempt_changes("resnet", a)["epochs"]
             base = f.recipe_runs("resnet")
+            _, cmp = compare({"more": [r["best"]["val_acc"] for r in rs], "base": [r["best"]["val_acc"] for r in base]}, f.one_val)
+            tied = cmp["more"][2] and cmp["base"][2]
             caveat += (f" ResNet-18 with {ep:g} epochs ({len(rs)} seeds) reached "
-                       f"{mean_std([r['best']['val_acc'] for r in rs])}% validation against {mean_std([r['best']['val_acc'] for r in base])}%, "
-                       "so more epochs did not move it past the noise here; it may still gain from a longer schedule than we could run.")
+                       f"{mean_std([r['best']['val_acc'] for r in rs])}% validation against {mean_std([r['best']['val_acc'] for r in base])}%"
+                       + (": a tie, so more epochs did not move it past the noise here; it may still gain from a schedule longer "
+                          "than we could run." if tied else "; the longer schedule differs beyond the noise."))
     lines += ["", caveat, "", f1_note(f), ""]
-    lines += ["ROC-AUC is within a few millionths of 1 for every model, so the table of 1 − AUC (how far from perfect "
-              "ranking) per digit says more; the ROC figures draw the same per-class values:", "",
+    worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
+    lines += [f"Macro ROC-AUC is within {worst_auc:.0e} of 1 for every model, so 1 − AUC (how far from a perfect ranking) "
+              "per digit says more; `test_model.py`'s ROC figures draw the per-class curves:", "",
               "| model | 1 − AUC macro | worst digit (1 − AUC) | best digit (1 − AUC) |", "|---|---|---|---|"]
     for m in [*f.models, "ensemble"]:
         met = f.metrics.get(m)
@@ -1084,7 +1098,7 @@ def appendix_lines(f: Facts) -> list[str]:
               "| who scored the test set | times |", "|---|---|",
               f"| training runs, once each at the validation-best epoch (`results/cells/`) | {u['runs']} |",
               f"| `test_model.py` on files in `weights/` (`results/evaluation.json`{', plus ' + ', '.join(u['extra']) if u['extra'] else ''}) | {u['scorings']} |",
-              f"| speed benchmark recipe trials, every 1/8 epoch (`{TRIALS}`, {u['trials']} trials) | {u['trial_points']:,} |",
+              f"| speed benchmark recipe trials, every {u['every']} epoch (`{TRIALS}`, {u['trials']} trials) | {u['trial_points']:,} |",
               f"| all | {u['total']:,} |", "",
               "QuickNet's recipe (`train.RECIPES['quicknet']`) was chosen from those trials, by time to a *test* accuracy, the "
               "quantity the speed benchmark defines; its numbers are therefore not an unbiased estimate. The study's "
@@ -1202,8 +1216,9 @@ def appendix_fitting(f: Facts) -> list[str]:
     widest = max(gaps, key=gaps.get)
     lines += [f"Train minus validation accuracy at the middle and the last epoch: the widest gap is `{widest}`'s "
               f"({100 * half[widest]:+.2f} → {100 * gaps[widest]:+.2f} points); the recipe's "
-              f"({100 * half.get('baseline', 0):+.2f} → {100 * gaps.get('baseline', 0):+.2f}). Variants with strong augmentation "
-              "have a negative gap: their training batches are harder than the clean validation images.", "",
+              f"({100 * half.get('baseline', 0):+.2f} → {100 * gaps.get('baseline', 0):+.2f})."
+              + (f" Negative at the end for {', '.join(f'`{v}`' for v, g in gaps.items() if g < 0)}: their augmented training "
+                 "batches are harder than the clean validation images." if any(g < 0 for g in gaps.values()) else ""), "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), ""]
     return lines
 
@@ -1239,7 +1254,8 @@ def appendix_per_class(f: Facts) -> list[str]:
     for m in stems:
         met = f.metrics[m]
         lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(f"{met['per_class'][str(d)]['f1-score']:.4f}" for d in range(10)) + " |")
-    lines += ["", "1 − ROC-AUC per digit (one-vs-rest), the values the ROC figures' legends give:", "",
+    lines += ["", "1 − ROC-AUC per digit (one-vs-rest), from `figures/<model>_metrics.json`, which `test_model.py` writes "
+              "with its ROC figures:", "",
               "| model | macro | " + " | ".join(map(str, range(10))) + " |", "|---|---|" + "---|" * 10]
     for m in stems:
         met = f.metrics[m]
@@ -1338,9 +1354,18 @@ def appendix_ensembles(f: Facts) -> list[str]:
     lines += ["Mean softmax of final runs' validation-best checkpoints; the candidate with the best validation accuracy is "
               "the only one scored on test.", "", "| candidate | members | val % | chosen |", "|---|---|---|---|"]
     for name, c in e["candidates"].items():
-        members = "; ".join(run_words(names[n]["config"]) if n in names else n for n in c["members"])
+        members = "; ".join(recipes_with_seeds([names[n] for n in c["members"] if n in names])
+                            + [n for n in c["members"] if n not in names])
         lines.append(f"| `{name}` ({len(c['members'])} models) | {members} | {pct(c['val_acc'])} | {'yes' if name == e['chosen'] else ''} |")
     return lines + [""]
+
+
+def recipes_with_seeds(records: list[dict]) -> list[str]:
+    """Runs grouped by their settings: 'ConvNet, ..., 30 epochs, seeds 0, 1, 2'."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(run_words(r["config"], seed=False), []).append(r["config"]["seed"])
+    return [f"{k}, seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for k, v in groups.items()]
 
 
 def appendix_runs(f: Facts) -> list[str]:
@@ -1366,7 +1391,7 @@ def appendix_runs(f: Facts) -> list[str]:
                          f"{r['seconds'] / 60:.1f} | `{r['name']}` |")
     rest = [r for r in f.records if r["name"] not in seen]
     for r in rest:
-        lines.append(f"| other | {run_words(r['config'])} | {r['best'].get('epoch', 0):g} | {pct(r['best'].get('val_acc'))} | "
+        lines.append(f"| final (an earlier recipe's) | {run_words(r['config'])} | {r['best'].get('epoch', 0):g} | {pct(r['best'].get('val_acc'))} | "
                      f"{pct((r.get('test') or {}).get('acc'))} | {r['seconds'] / 60:.1f} | `{r['name']}` |")
     if f.hardware:
         lines += ["", "Hardware of every run: " + "; ".join(f"`{h}`" for h in f.hardware) + "."]
