@@ -29,7 +29,7 @@ from models import STUDY_MODELS, build_model, count_params, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)",
-         "quicknet": "QuickNet (ours)", "convnet-refit": "ConvNet refit", "ensemble": "Ensemble of the 4"}
+         "quicknet": "QuickNet (ours)", "convnet-refit": "ConvNet refit", "ensemble": "Ensemble"}
 OPT_NAMES = {"sgd": "SGD-Nesterov", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
 STEM_TEXT = {"3x3s1": "3x3 stride 1 (CIFAR-style)", "3x3s2": "3x3 stride 2", "7x7s2pool": "7x7 stride 2 + max-pool (torchvision)"}
 # A gap between two means is a tie when it is at most this many standard errors of their difference
@@ -633,7 +633,7 @@ def render_screenshots(root: Path = ROOT) -> list[str]:
         png = root / "screenshots" / f"{log.stem}.png"
         render_terminal(rest, f"$ {title}", png)
         out.append({"png": f"screenshots/{png.name}", "command": title, "log": f"results/logs/{log.name}"})
-    study.write_json(root / "screenshots" / "index.json", out)
+    write_text(root / "screenshots" / "index.json", [json.dumps(out, indent=1)])
     f = Facts(root)
     for m in f.shipped:  # the run that made each file, under a plain name the report can show
         run = f.shipped_run(m)
@@ -739,7 +739,7 @@ def section_summary(f: Facts) -> list[str]:
                      f"{f'{minutes:.1f} min' if minutes is not None else '–'} | {len(runs) or 1} |")
     ens = f.metrics.get("ensemble")
     if ens:
-        lines.append(f"| {NAMES['ensemble']} (mean softmax) | {sum(f.params(m) for m in f.models):,} | {pct(ens['accuracy'])} | – | "
+        lines.append(f"| {NAMES['ensemble']} of the {len(f.models)} (mean softmax) | {sum(f.params(m) for m in f.models):,} | {pct(ens['accuracy'])} | – | "
                      f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.1e} | – | – |")
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
@@ -799,7 +799,7 @@ def section_models(f: Facts) -> list[str]:
         lines += ["", f"FastResNet and QuickNet are our own answers to \"any other model?\": FastResNet puts ResNet's "
                   f"zero-initialized residual blocks where the maps are small, at {macs['resnet'] / macs['fastresnet']:.0f}x "
                   "fewer multiply-adds than ResNet-18; QuickNet is the speed benchmark's small ConvNet. "
-                  "ResNet-18 keeps torchvision's layer names; its stem was chosen in a one-epoch comparison (appendix)."]
+                  f"ResNet-18 keeps torchvision's layer names; its stem was chosen in a {study.STEM_EPOCHS:g}-epoch comparison (appendix)."]
     return lines + [""]
 
 
@@ -1261,8 +1261,10 @@ def appendix_per_class(f: Facts) -> list[str]:
         met = f.metrics[m]
         lines.append(f"| {NAMES.get(m, m)} | {1 - met['auc_ovr_macro']:.1e} | "
                      + " | ".join(f"{1 - met['auc_per_class'][str(d)]:.1e}" for d in range(10)) + " |")
-    lines += ["", "Test-time augmentation (`test_model.py --tta`: the mean softmax over the image and its four one-pixel "
-              "shifts), reported apart; nothing was chosen by it:", "", "| model | accuracy % | with TTA % | errors |", "|---|---|---|---|"]
+    shifts = next((met["tta"]["shifts"] for met in (f.metrics[m] for m in stems) if "tta" in met), [])
+    moved = [s_ for s_ in shifts if any(s_)]
+    lines += ["", f"Test-time augmentation (`test_model.py --tta`: the mean softmax over the image and its {len(moved)} shifted "
+              f"copies, by up to {max((max(map(abs, s_)) for s_ in moved), default=0)} px), reported apart; nothing was chosen by it:", "", "| model | accuracy % | with TTA % | errors |", "|---|---|---|---|"]
     for m in stems:
         met = f.metrics[m]
         lines.append(f"| {NAMES.get(m, m)} | {pct(met['accuracy'])} | {pct(met['tta']['accuracy']) if 'tta' in met else '–'} | "
@@ -1283,7 +1285,8 @@ def appendix_figures(f: Facts) -> list[str]:
         if (f.root / "figures" / f"{m}_conv1_filters.png").exists():
             lines += [" ".join(figure(f.root, f"figures/{m}_{k}.png", k) for k in ("conv1_filters", "conv1_maps", "conv2_maps")), ""]
         if (f.root / "figures" / f"{m}_fc1_weights.png").exists():
-            lines += ["First layer's weights, each unit's 784 weights as a 28x28 image: "
+            d = f.data or {"features_per_sample": "?", "shape": ["?", "?"]}
+            lines += [f"First layer's weights, each unit's {d['features_per_sample']} weights as a {d['shape'][0]}x{d['shape'][1]} image: "
                       + figure(f.root, f"figures/{m}_fc1_weights.png", "fc1 weights"), ""]
     return lines
 
@@ -1449,11 +1452,12 @@ def card_lines(f: Facts, m: str) -> list[str]:
     run = f.shipped_run(m)
     net = load_checkpoint(f.root / "weights" / f"{m}.pt")[0]
     base = card["model"]
+    shape = f"{f.data['shape'][0]}x{f.data['shape'][1]}" if f.data else "MNIST-sized"
     lines = [f"# Model card: {NAMES.get(m, m)} (`weights/{m}.pt`)", "",
              "Written by `python study.py --report-only` from `weights/" + m + ".json` and the study's results; see "
              "[report.md](../report.md) for how it compares with the other models.", "",
              "## Model details", "",
-             f"- **What it is**: `{type(net).__name__}` from `models.py`, a digit classifier for 28x28 grey images; "
+             f"- **What it is**: `{type(net).__name__}` from `models.py`, a digit classifier for {shape} grey images; "
              f"{f.params(m):,} parameters, {multiply_adds(net) / 1e6:.1f} M multiply-adds per image.",
              f"- **Layers**: {layer_text(net)}.",
              f"- **Trained as**: {run_words(tc)}; batch {tc['batch_size']}, {tc.get('schedule', '')} schedule, weight decay "
@@ -1475,7 +1479,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
         trained_on = (f"train + validation ({sp['train'] + sp['val']:,} images; validation is then in-sample)" if tc.get("refit")
                       else f"the {sp['train']:,}-image training split; the {sp['val']:,}-image validation split chose the epoch "
                            "and the settings")
-        lines += [f"MNIST: {d['train_samples']:,} training and {d['test_samples']:,} test images of handwritten digits, 28x28 grey, "
+        lines += [f"MNIST: {d['train_samples']:,} training and {d['test_samples']:,} test images of handwritten digits, {shape} grey, "
                   f"centred by their centre of mass. This model was trained on {trained_on}. Preprocessing: {d['preprocessing']}. "
                   f"Augmentation while training: {aug_text(tc)}.", ""]
     lines += ["## Metrics", ""]
