@@ -510,8 +510,9 @@ def curves_caption(card: dict) -> str:
                 "right: the same un-smoothed cross-entropy for both")
     eps = card["train_config"].get("label_smoothing", 0)
     return ("left: error rate, training (augmented batches, running mean over the epoch) and validation on one axis; "
-            f"right: validation cross-entropy only - this run recorded its training loss with label smoothing ε = {eps:g}, "
-            "which validation does not use, so the two losses are not comparable and the training one is not drawn")
+            f"right: validation cross-entropy only - these runs logged their training loss with label smoothing ε = {eps:g}, "
+            "which validation does not use, so the two are not comparable (runs that also log the un-smoothed training "
+            "loss, `train_ce`, draw both)")
 
 
 def plain_log_axis(ax) -> None:
@@ -839,8 +840,8 @@ def section_training(f: Facts) -> list[str]:
              f"Every run: one-cycle schedule (linear warmup over {100 * c.get('warmup', 0):g}% of the steps, then linear "
              f"decay to 0), weight decay {c.get('weight_decay', 0):g} (not on BN and biases), "
              f"±{c.get('translate', 0):g} px random shifts; the checkpoint kept is the validation-best epoch.", "",
-             "The homework's four LRs for every model, SGD-Nesterov and (for the cheaper models) Adam; validation accuracy % "
-             "at the best epoch, **bold** the row's best, one seed, every LR of a row with the same budget:", ""]
+             "The homework's LR grid for every model, SGD-Nesterov and (for the cheaper models) Adam; validation accuracy % "
+             f"at the best epoch, **bold** the row's best, seed {c.get('seed', 0)}, every LR of a row with the same budget:", ""]
     lines += lr_table(f, with_test=False)
     lines += ["", figure(f.root, "figures/study_lr.png", "validation error per LR"), ""]
     worst = []
@@ -922,8 +923,8 @@ def section_optimizers(f: Facts) -> list[str]:
     lines += ["", figure(f.root, "figures/study_optimizers.png", "validation accuracy per seed and optimizer"), ""]
     reasons = {"adamw": "per-weight adaptive steps (one LR suits every layer) and weight decay decoupled from the gradient "
                         "step, so the decay does not shrink with Adam's scaling",
-               "adam": "per-weight adaptive steps: each weight's step is scaled by its own gradient history, so one LR "
-                       "suits every layer",
+               "adam": "adaptive steps - each weight's step is scaled by its own gradient history, so one LR suits every "
+                       "layer",
                "sgd": "the plainest update, with momentum; no per-weight state",
                "adadelta": "no LR to tune"}
     for m, (best, res) in verdicts.items():
@@ -948,7 +949,7 @@ def section_optimizers(f: Facts) -> list[str]:
             for r in t["rows"]:
                 verdict = "best mean" if r["optimizer"] == t["best"] else ("tie" if r["tie"] else "behind")
                 lines.append(f"| {NAMES[m]} | {OPT_NAMES[r['optimizer']]} | {r['lr']:g} | {mean_std(r['val'])} | "
-                             f"{r['gap'] / t['one_image']:.1f} | {verdict} |")
+                             f"{max(r['gap'], 0.0) / t['one_image']:.1f} | {verdict} |")
         lines += ["", f"Rule: {next(iter(fair.values()))['rule']}.", ""]
     else:
         lines += ["A fairer comparison - every optimizer tuned on its own LR grid, then compared on fresh seeds - has not "
@@ -1025,7 +1026,7 @@ def section_plots(f: Facts) -> list[str]:
     lines = ["## Step 6: plots, features, tools", ""]
     captions = sorted({curves_caption(f.cards[m]) for m in f.models if f.cards.get(m)})
     lines += ["**Training curves** of each model's file in `weights/` (from its record `weights/<model>.json`); "
-              + "; ".join(captions) + ".", ""]
+              + "; ".join(captions) + ". Accuracy is drawn and F1 not: on these nearly balanced classes F1 tracks accuracy (Step 5).", ""]
     for m in f.models:
         card = f.cards.get(m)
         if not card:

@@ -158,3 +158,21 @@ def test_screenshot_of_a_long_test_log_drops_per_class_rows_not_epochs():
     assert sum(line.startswith("accuracy 0.9935") for line in lines) == 5
     train_log = "".join(f"  {e:3d}  6.70e-05     1.5816    0.5531   0.5494   0.4867  0.9010 0.8999   3.5s\n" for e in range(1, 31))
     assert len(sr.condense(train_log, 70)) == 30
+
+
+def test_step_4_reads_the_fair_comparison_when_it_exists(facts, monkeypatch):
+    one = 1 / 5000
+    rows = [{"optimizer": o, "lr": lr, "tuning": {lr: v[0]}, "val": v, "mean": sum(v) / len(v), "std": 0.0001}
+            for o, lr, v in (("sgd", 0.1, [0.9940, 0.9942, 0.9938]), ("adam", 0.001, [0.9941, 0.9939, 0.9940]),
+                             ("adamw", 0.001, [0.9930, 0.9931, 0.9929]), ("adadelta", 1.0, [0.9900, 0.9902, 0.9901]))]
+    for r in rows:
+        r["gap"], r["noise"] = 0.9940 - r["mean"], 2 * one
+        r["tie"] = r["gap"] <= r["noise"]
+    table = {"model": "convnet", "epochs": 5, "grid": [1.0, 0.1, 0.01, 0.001, 0.0001], "tune_seed": 0, "seeds": [1, 2, 3],
+             "one_image": one, "best": "sgd", "rule": "a tie when ...", "rows": rows}
+    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: table if m == "convnet" else None, raising=False)
+    text = "\n".join(sr.section_optimizers(facts))
+    assert "**A fairer comparison**" in text and "| ConvNet | Adam | 0.001 | 99.40 ± 0.01 | 0.0 | tie |" in text
+    assert "| ConvNet | Adadelta | 1 | 99.01 ± 0.01 | 19.5 | behind |" in text
+    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: None, raising=False)
+    assert "has not run yet" in "\n".join(sr.section_optimizers(facts))
