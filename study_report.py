@@ -40,6 +40,7 @@ MAX_REPORT_WORDS = 3000  # what the grader reads in ten minutes (issue #22); tes
 TARGETS = {"dnn": 0.9945, "convnet": 0.9970, "resnet": 0.9965}
 TARGET_BEST_SINGLE, TARGET_ENSEMBLE = 0.9975, 0.9980
 APPENDIX = "report-appendix.md"
+AUC_GAP_FIGURE = "figures/models_roc_1-auc.png"  # test_model.py with several --weights: 1 - AUC per class and model
 TRIALS = Path("benchmarks") / "results" / "trials.jsonl"
 USER_IMAGE_RESULTS = ("results/user_images.json", "benchmarks/results/user_images.json")  # benchmarks/user_images.py
 
@@ -736,12 +737,12 @@ def section_summary(f: Facts) -> list[str]:
         runs = f.recipe_runs(m)
         minutes = f.train_minutes(m)
         lines.append(f"| {NAMES.get(m, m)} | {f.params(m):,} | {pct(met['accuracy'])} | {mean_std([r['test']['acc'] for r in runs]) or '–'} | "
-                     f"{met['f1_macro']:.4f} | {1 - met['auc_ovr_macro']:.1e} | "
+                     f"{met['f1_macro']:.4f} | {1 - met['auc_ovr_macro']:.2e} | "
                      f"{f'{minutes:.1f} min' if minutes is not None else '–'} | {len(runs) or 1} |")
     ens = f.metrics.get("ensemble")
     if ens:
         lines.append(f"| {NAMES['ensemble']} of the {len(f.models)} (mean softmax) | {sum(f.params(m) for m in f.models):,} | {pct(ens['accuracy'])} | – | "
-                     f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.1e} | – | – |")
+                     f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.2e} | – | – |")
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
               f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
@@ -1018,7 +1019,9 @@ def section_comparison(f: Facts) -> list[str]:
         per = {int(k): 1 - v for k, v in met["auc_per_class"].items()}
         w = max(per, key=per.get)
         bb = min(per, key=per.get)
-        lines.append(f"| {NAMES[m]} | {1 - met['auc_ovr_macro']:.1e} | {w} ({per[w]:.1e}) | {bb} ({per[bb]:.1e}) |")
+        lines.append(f"| {NAMES[m]} | {1 - met['auc_ovr_macro']:.2e} | {w} ({per[w]:.2e}) | {bb} ({per[bb]:.2e}) |")
+    if (f.root / AUC_GAP_FIGURE).exists():
+        lines += ["", figure(f.root, AUC_GAP_FIGURE, "1 - ROC-AUC per digit and model")]
     return lines + [""]
 
 
@@ -1260,8 +1263,8 @@ def appendix_per_class(f: Facts) -> list[str]:
               "| model | macro | " + " | ".join(map(str, range(10))) + " |", "|---|---|" + "---|" * 10]
     for m in stems:
         met = f.metrics[m]
-        lines.append(f"| {NAMES.get(m, m)} | {1 - met['auc_ovr_macro']:.1e} | "
-                     + " | ".join(f"{1 - met['auc_per_class'][str(d)]:.1e}" for d in range(10)) + " |")
+        lines.append(f"| {NAMES.get(m, m)} | {1 - met['auc_ovr_macro']:.2e} | "
+                     + " | ".join(f"{1 - met['auc_per_class'][str(d)]:.2e}" for d in range(10)) + " |")
     shifts = next((met["tta"]["shifts"] for met in (f.metrics[m] for m in stems) if "tta" in met), [])
     moved = [s_ for s_ in shifts if any(s_)]
     lines += ["", f"Test-time augmentation (`test_model.py --tta`: the mean softmax over the image and its {len(moved)} shifted "
@@ -1487,7 +1490,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
     if met:
         lines += [f"On the {met['n']:,} test images (`python test_model.py`): accuracy **{pct(met['accuracy'])}%** "
                   f"({met['n'] - round(met['accuracy'] * met['n'])} errors), macro F1 {met['f1_macro']:.4f}, ROC-AUC macro "
-                  f"{met['auc_ovr_macro']:.6f} (1 − AUC {1 - met['auc_ovr_macro']:.1e})"
+                  f"{met['auc_ovr_macro']:.6f} (1 − AUC {1 - met['auc_ovr_macro']:.2e})"
                   + (f"; with test-time augmentation {pct(met['tta']['accuracy'])}%" if "tta" in met else "") + "."]
     lines.append(f"Validation accuracy of this file: {pct(card['metrics']['val_acc'])}%"
                  + (" (in-sample: it trained on validation)" if tc.get("refit") else "") + ".")
