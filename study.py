@@ -40,14 +40,14 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from train import TrainConfig, claim_file, cpu_has_bf16, cpu_name, exclusive, lr_find, plot_curves, run_length, ship, train
+from runs import claim_file, exclusive, hardware, plot_curves, ship, stop_on_signals, write_json
+from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
 # The plan's budgets. Epochs per cell are chosen so the whole study fits in a few sessions
-# of a 2-core CPU; ResNet-18 (full width) costs ~40x a ConvNet per image, so its cells are
-# shorter and it trains one seed in the final stage.
+# of a 2-core CPU; ResNet-18 (full width) costs ~40x a ConvNet per image, so its cells are shorter.
 
 LRS = (0.1, 0.01, 0.001, 0.0001)  # the homework's LR grid
 SEEDS = (0, 1, 2)
@@ -67,7 +67,7 @@ FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0
 # train.BEST_RECIPES is that run's recipe (best_recipe).
 ATTEMPTS = {
     # Ciresan et al. (2010) trained MLPs with elastic fields smoother than Simard's sigma 4; at sigma 4
-    # the ConvNet's training accuracy stalled at 98.3% (regularization stage). sigma 6 moves pixels by
+    # the ConvNet's training accuracy stalled (regularization stage, report.md). sigma 6 moves pixels by
     # ~1 px rms instead of ~1.4, on top of the affine warp.
     "dnn": {"elastic6": {"elastic": 34.0, "elastic_sigma": 6.0},
             # The DNN is cheap (~3 s an epoch): 2.5x the final schedule, the same one-cycle shape.
@@ -80,7 +80,7 @@ ATTEMPTS = {
     "convnet": {"ema": {"ema": 0.999},
                 # Elastic distortion, the augmentation Simard et al. (2003) found mattered most for CNNs on
                 # MNIST; it lost in the regularization stage at sigma 4, where it held the ConvNet's training
-                # accuracy at 98.3% in 12 epochs. The smoother sigma 6 field, on top of the affine warp, over
+                # accuracy low in 12 epochs (report.md). The smoother sigma 6 field, on top of the affine warp, over
                 # the final stage's 30 epochs.
                 "elastic6": {"elastic": 34.0, "elastic_sigma": 6.0}},
     # ResNet-18's validation-best epoch was the 9th or 10th of 10 on every seed: still improving at the
@@ -111,21 +111,6 @@ AUGMENTATIONS = ("baseline", "affine", "elastic", "affine-elastic")
 CAPACITIES = ("baseline", "wide")
 PATIENCE = 3  # the early-stopping rule the report applies to the regularization curves
 
-STAGES = ("data", "stem", "lr_find", "lr", "optim", "regularization", "final", "evaluate", "screenshots", "report")
-STAGE_HELP = {
-    "data": "Step 1: data.py's answers, the sample grid, its terminal output",
-    "stem": f"ResNet-18 stems 3x3/1, 3x3/2, 7x7/2+pool at {STEM_EPOCHS} epoch",
-    "lr_find": "LR range test per model and optimizer (the table's 'other LR')",
-    "lr": "Step 5 LR table: models x LR {0.1..0.0001}, SGD and Adam, + the finder's LR",
-    "optim": "Step 4: SGD vs Adam vs AdamW vs Adadelta, ConvNet and DNN, 3 seeds",
-    "regularization": f"over/underfitting: ConvNet without each regularizer, 3 seeds, {REG_EPOCHS} epochs",
-    "final": "each model with the validation-chosen settings, longer; ships weights/",
-    "evaluate": "Step 6: test_model.py per model and the ensemble, feature maps, training curves",
-    "screenshots": "PNG renderings of the recorded terminal output",
-    "report": "report.md from the results",
-}
-
-
 @dataclass
 class Settings:
     """Where the study writes and how big it is; --smoke shrinks every budget."""
@@ -134,6 +119,13 @@ class Settings:
     smoke: bool = False
     models: tuple[str, ...] = STUDY_MODELS
     shard: tuple[int, int] | None = None  # (i, n): this worker runs every n-th cell, from the i-th
+    _mnist: object = field(default=None, repr=False, compare=False)  # the data, loaded once, by mnist()
+
+    def mnist(self):
+        """The MNIST split, loaded on first use (never downloaded here)."""
+        if self._mnist is None:
+            self._mnist = load_data("mnist", self.data_dir, download=False)
+        return self._mnist
 
     @property
     def results(self) -> Path:
@@ -188,19 +180,6 @@ def load_result(s: Settings, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def hardware(device: str = "cpu", precision: str = "") -> str:
-    """'AMD EPYC 9R14 (2 threads, bf16)': the CPU model, as /proc/cpuinfo names it."""
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()} ({precision})"
-    return f"{cpu_name()} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
 
 
 def train_config(s: Settings, cell: Cell) -> TrainConfig:
@@ -237,11 +216,11 @@ def mine(s: Settings, items: list) -> list:
     return [c for k, c in enumerate(items) if k % n == i]
 
 
-def run_cell(s: Settings, cell: Cell, data) -> dict:
-    """Train the cell (continuing its last.pt if a run was stopped) and record its result."""
+def run_cell(s: Settings, cell: Cell, data=None) -> dict:
+    """Train the cell in this process (continuing its last.pt if a run was stopped) and record its result."""
     cfg = train_config(s, cell)
     print(f"\n=== cell {cell.name}", flush=True)
-    r = train(cfg, data, resume=True)
+    r = train(cfg, data or s.mnist(), resume=True)
     record = cell_record(cell, r, hardware(r["config"]["device"], r["config"]["precision"]))
     write_json(result_path(s, cell.name), record)
     return record
@@ -480,8 +459,9 @@ def shown(cmd: list[str]) -> str:
     return shlex.join(["python", Path(cmd[1]).name, *cmd[2:]])
 
 
-def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
-    """Run cmd in the study root, printing and saving its output (with the command as the first line)."""
+def run_logged(s: Settings, cmd: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> int:
+    """Run cmd in the study root, printing and saving its output (with the command as the first line).
+    An exit status outside `ok` stops the study (SystemExit) and leaves the output in a .tmp file."""
     log.parent.mkdir(parents=True, exist_ok=True)
     tmp = log.with_name(f".{log.name}.tmp")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -500,7 +480,7 @@ def run_logged(s: Settings, cmd: list[str], log: Path) -> int:
             proc.terminate()
             proc.wait(timeout=60)
             raise
-    if rc != 0:
+    if rc not in ok:
         raise SystemExit(f"study: `{shown(cmd)}` failed (exit {rc}); its output is in {tmp}")
     os.replace(tmp, log)
     return rc
@@ -558,22 +538,10 @@ def final_cells(s: Settings) -> list:
 
 
 def final_command(s: Settings, cell: Cell) -> list[str]:
-    o = cell.overrides
-    args = ["--model", cell.model, "--optimizer", o["optimizer"], "--lr", f"{o['lr']:g}", "--epochs", f"{o['epochs']:g}",
-            "--seed", str(o["seed"]), "--out", rel(s, s.runs / "final"), "--run-name", cell.name]
-    if o["optimizer"] == "adadelta":
-        args += ["--schedule", o["schedule"], "--warmup", f"{o['warmup']:g}"]
-    if o.get("refit"):
-        args.append("--refit")
-    for key, flag in (("rotate", "--rotate"), ("scale", "--scale"), ("elastic", "--elastic"), ("elastic_sigma", "--elastic-sigma"),
-                      ("ema", "--ema")):
-        if o.get(key):
-            args += [flag, f"{o[key]:g}"]
-    if o["model_config"].get("width"):
-        args += ["--width", str(o["model_config"]["width"])]
-    if s.root != ROOT:
-        args += ["--weights-dir", rel(s, s.root / "weights")]
-    return command_line("train.py", args)
+    """`python train.py` with a flag for every setting of the cell (train.config_argv): the run trains
+    exactly the cell's config. The data folder comes from $DATA_DIR (run_logged sets it)."""
+    cfg = TrainConfig(**cell.overrides, out=rel(s, s.runs / "final"), run_name=cell.name)
+    return command_line("train.py", config_argv(cfg))
 
 
 def run_final(s: Settings, cell: Cell) -> dict:
@@ -585,13 +553,15 @@ def run_final(s: Settings, cell: Cell) -> dict:
         cmd = command_line("train.py", ["--resume", rel(s, run_dir)])
     log = s.results / "logs" / f"train-{cell.name}.txt"
     previous = log.read_text() if log.exists() and cmd[2] == "--resume" else ""
-    run_logged(s, cmd, log)
+    run_logged(s, cmd, log, ok=(0, DIVERGED_EXIT))  # a diverged run is a result: recorded as such
     if previous:  # keep the first part of the terminal output: the screenshot shows the whole run
         log.write_text(previous + log.read_text())
     r = json.loads((run_dir / "result.json").read_text())
     import csv
-    with open(run_dir / "history.csv") as f:
-        r["history"] = [{k: (float(v) if k != "step" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    r["history"] = []  # none when the run diverged in its first epoch
+    if (run_dir / "history.csv").exists():
+        with open(run_dir / "history.csv") as f:
+            r["history"] = [{k: (float(v) if k != "step" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
     record = cell_record(cell, r, hardware(r["config"]["device"], r["config"]["precision"]))
     record["command"] = shown(final_command(s, cell))
     record["log"] = rel(s, log)
@@ -619,25 +589,18 @@ def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict, elas
 
 
 def quick_throughput(model: str, model_config: dict, steps: int = 3, batch: int = 128) -> float:
-    """Training images per second over a few steps (bf16 where the CPU has it, as training runs)."""
+    """Training images per second over a few of train.py's steps on random data (bf16 where the CPU has it, as training runs)."""
+    cfg = TrainConfig(model=model, model_config=model_config, device="cpu", lr=0.01).resolved()
     torch.manual_seed(0)
-    net = build_model(model, **model_config)
-    cl = model != "dnn"
-    if cl:
+    net = build_model(model, **cfg.model_config)
+    if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    opt = make_optimizer(net, cfg)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else torch.autocast("cpu", enabled=False)
     for i in range(steps + 1):
         if i == 1:
             t = time.perf_counter()
-        with ctx:
-            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(net, opt, x, y, cfg)
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -680,7 +643,7 @@ def plan(s: Settings, only: list[str] | None = None) -> float:
         if only and stage not in only:
             continue
         items = stage_cells(s, stage)
-        print(f"\n[{stage}] {STAGE_HELP[stage]}")
+        print(f"\n[{stage}] {STAGES[stage].help}")
         if items is None:
             print(f"    {'done' if stage_done(s, stage) else 'to do'} (minutes at most)")
             continue
@@ -716,14 +679,13 @@ def run_folder(s: Settings, c: Cell) -> Path:
 
 
 def stage_cells(s: Settings, stage: str) -> list | None:
-    return {"stem": stem_cells, "lr": lr_cells, "optim": optim_cells, "regularization": reg_cells,
-            "final": final_cells}.get(stage, lambda _s: None)(s)
+    """A grid stage's cells (Cell, or Waiting for an earlier stage's results); None for the other stages."""
+    return STAGES[stage].cells(s) if STAGES[stage].cells else None
 
 
 def stage_done(s: Settings, stage: str) -> bool:
-    marks = {"data": s.results / "data_step1.json", "lr_find": lr_find_path(s), "evaluate": s.results / "evaluation.json",
-             "screenshots": s.root / "screenshots" / "index.json", "report": s.root / "report.md"}
-    return marks[stage].exists() if stage in marks else False
+    """Whether a stage that is not a grid has written its mark file."""
+    return STAGES[stage].done is not None and STAGES[stage].done(s).exists()
 
 
 # -----------------------------------------------------------------------------
@@ -737,7 +699,7 @@ def stage_data(s: Settings) -> None:
     run_logged(s, command_line("data.py", ["--no-download"]), s.results / "logs" / "data.txt")
 
 
-def stage_lr_find(s: Settings, data) -> None:
+def stage_lr_find(s: Settings) -> None:
     out = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
     for m, opt in lr_rows(s):
         key = f"{m}-{opt}"
@@ -745,7 +707,7 @@ def stage_lr_find(s: Settings, data) -> None:
             continue
         cfg = TrainConfig(model=m, model_config=s.model_config(m), optimizer=opt, data_dir=s.data_dir)
         print(f"\n=== lr_find {key}", flush=True)
-        r = lr_find(cfg, data, steps=20 if s.smoke else 200, out_png=str(s.root / "figures" / f"lr_find-{key}.png"))
+        r = lr_find(cfg, s.mnist(), steps=20 if s.smoke else 200, out_png=str(s.root / "figures" / f"lr_find-{key}.png"))
         out[key] = {"suggested_lr": r["suggested_lr"], "min_loss_lr": r["min_loss_lr"], "steps": len(r["lrs"]),
                     "png": rel(s, Path(r["png"])), "batch_size": cfg.resolved().batch_size}
         print(f"{key}: suggested {r['suggested_lr']:.3g}, loss lowest at {r['min_loss_lr']:.3g}")
@@ -974,93 +936,122 @@ def wait_for(s: Settings, cells: list[Cell]) -> None:
         time.sleep(POLL_SECONDS)
 
 
+def report_writer() -> dict:
+    """study_report.py's functions, run from its file: the report writer is the top floor, a leaf
+    that no module imports (it imports this one)."""
+    import runpy
+    return runpy.run_path(str(ROOT / "study_report.py"), run_name="study_report")
+
+
+def run_grid(s: Settings, stage: str) -> None:
+    """Every cell of a grid stage that this worker may take: the cells that can run now, then, as a
+    shard worker, those that wait for other workers' results (alone, those are an error)."""
+    said, passes_without_progress = False, 0
+    while True:
+        items = stage_cells(s, stage)
+        waiting = [c for c in items if isinstance(c, Waiting)]
+        elsewhere = [w for w in waiting if w.stage != stage]  # a stage's own later cells wait for its earlier ones
+        if elsewhere and s.shard is None:
+            raise SystemExit(f"study: stage {stage} needs stage {elsewhere[0].stage}'s results first: "
+                             f"python study.py --only {elsewhere[0].stage}")
+        progressed = False
+        for c in mine(s, [c for c in items if isinstance(c, Cell)]):
+            if load_result(s, c.name) or not claim(s, c):
+                continue
+            progressed = True
+            try:
+                if load_result(s, c.name):  # finished by another worker between the two looks
+                    continue
+                STAGES[stage].train(s, c)
+            finally:
+                release(s, c)
+            if STAGES[stage].each:  # e.g. the LR table fills in as cells finish
+                STAGES[stage].each(s)
+        if not waiting:
+            return
+        if s.shard is None and not elsewhere:
+            passes_without_progress = 0 if progressed else passes_without_progress + 1
+            if passes_without_progress > 1:
+                raise SystemExit(f"study: stage {stage} cannot finish: {waiting[0].what} waits for cells that "
+                                 f"another worker has claimed (results/claims/); run with --shard, or remove stale claims")
+            continue  # this pass finished what the waiting cells need: resolve them now
+        if not said:
+            print(f"study: stage {stage} waits for stage {waiting[0].stage}'s results from the other workers", flush=True)
+            said = True
+        time.sleep(POLL_SECONDS)
+
+
 def run(s: Settings, only: list[str] | None = None) -> None:
-    stages = [st for st in STAGES if not only or st in only]
-    data = None
-    for stage in stages:
-        t0 = time.perf_counter()
-        print(f"\n##### stage {stage}: {STAGE_HELP[stage]}", flush=True)
-        if s.shard and s.shard[0] != 0 and stage in ("data", "lr_find", "evaluate", "screenshots", "report"):
-            print(f"study: stage {stage} is worker 0's", flush=True)
+    for name, stage in STAGES.items():
+        if only and name not in only:
             continue
-        if s.shard and stage == "evaluate":
+        t0 = time.perf_counter()
+        print(f"\n##### stage {name}: {stage.help}", flush=True)
+        if s.shard and s.shard[0] != 0 and stage.worker0:
+            print(f"study: stage {name} is worker 0's", flush=True)
+            continue
+        if s.shard and name == "evaluate":
             wait_for(s, [c for c in ready_cells(s, "final")])
-        if stage == "data":
-            stage_data(s)
-        elif stage == "lr_find":
-            data = data or load_data("mnist", s.data_dir, download=False)
-            stage_lr_find(s, data)
-        elif stage == "evaluate":
-            stage_evaluate(s)
-        elif stage == "screenshots":
-            from study_report import render_screenshots
-            render_screenshots(s.root)
-        elif stage == "report":
-            from study_report import draw_figures, update_readme, write_report
-            draw_figures(s.root)
-            print(f"wrote {write_report(s.root)}")
-            update_readme(s.root)
+        if stage.cells:
+            run_grid(s, name)
         else:
-            said, passes_without_progress = False, 0
-            while True:  # the cells that can run now; then, as a shard worker, those that wait for others
-                items = stage_cells(s, stage)
-                waiting = [c for c in items if isinstance(c, Waiting)]
-                elsewhere = [w for w in waiting if w.stage != stage]  # a stage's own later cells wait for its earlier ones
-                if elsewhere and s.shard is None:
-                    raise SystemExit(f"study: stage {stage} needs stage {elsewhere[0].stage}'s results first: "
-                                     f"python study.py --only {elsewhere[0].stage}")
-                progressed = False
-                for c in mine(s, [c for c in items if isinstance(c, Cell)]):
-                    if load_result(s, c.name) or not claim(s, c):
-                        continue
-                    progressed = True
-                    try:
-                        if load_result(s, c.name):  # finished by another worker between the two looks
-                            continue
-                        if stage == "final":
-                            run_final(s, c)
-                        else:
-                            data = data or load_data("mnist", s.data_dir, download=False)
-                            run_cell(s, c, data)
-                    finally:
-                        release(s, c)
-                    if stage == "lr":  # the table fills in as cells finish
-                        write_lr_table(s)
-                if not waiting:
-                    break
-                if s.shard is None and not elsewhere:
-                    passes_without_progress = 0 if progressed else passes_without_progress + 1
-                    if passes_without_progress > 1:
-                        raise SystemExit(f"study: stage {stage} cannot finish: {waiting[0].what} waits for cells that "
-                                         f"another worker has claimed (results/claims/); run with --shard, or remove stale claims")
-                    continue  # this pass finished what the waiting cells need: resolve them now
-                if not said:
-                    print(f"study: stage {stage} waits for stage {waiting[0].stage}'s results from the other workers", flush=True)
-                    said = True
-                time.sleep(POLL_SECONDS)
-            if stage == "lr":
-                write_lr_table(s)
-            if stage == "stem" and stem_cells(s) and not (s.results / "stem_speed.json").exists():
-                stem_speed(s)
-        print(f"##### stage {stage} done in {time.perf_counter() - t0:.0f} s", flush=True)
+            stage.run(s)
+        if stage.after:
+            stage.after(s)
+        print(f"##### stage {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def stop_on_signals() -> None:
-    """SIGTERM (a session's end, `kill`) and SIGINT, even in a background job where the shell
-    ignores SIGINT, stop the study like Ctrl-C: the run in progress saves its last.pt first."""
-    import signal
+def stem_speed_once(s: Settings) -> None:
+    if stem_cells(s) and not (s.results / "stem_speed.json").exists():
+        stem_speed(s)
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
+def stage_report(s: Settings) -> None:
+    report = report_writer()
+    report["draw_figures"](s.root)
+    print(f"wrote {report['write_report'](s.root)}")
+    report["update_readme"](s.root)
+
+
+@dataclass
+class Stage:
+    """One stage of the study: a grid of cells (cells, trained one by one by `train`) or one step (`run`)."""
+    help: str
+    cells: object = None  # (Settings) -> [Cell | Waiting]
+    train: object = None  # (Settings, Cell) -> record: in this process, or as `python train.py` (final)
+    each: object = None  # (Settings) -> None, after each cell
+    after: object = None  # (Settings) -> None, after the stage
+    run: object = None  # (Settings) -> None: a stage that is not a grid
+    done: object = None  # (Settings) -> the file that marks it done
+    worker0: bool = False  # shard workers other than worker 0 skip it
+
+
+STAGES = {
+    "data": Stage("Step 1: data.py's answers, the sample grid, its terminal output", run=lambda s: stage_data(s),
+                  done=lambda s: s.results / "data_step1.json", worker0=True),
+    "stem": Stage(f"ResNet-18 stems 3x3/1, 3x3/2, 7x7/2+pool at {STEM_EPOCHS} epoch", cells=stem_cells, train=run_cell,
+                  after=stem_speed_once),
+    "lr_find": Stage("LR range test per model and optimizer (the table's 'other LR')", run=stage_lr_find, done=lr_find_path,
+                     worker0=True),
+    "lr": Stage("Step 5 LR table: models x LR {0.1..0.0001}, SGD and Adam, + the finder's LR", cells=lr_cells, train=run_cell,
+                each=lambda s: write_lr_table(s), after=lambda s: write_lr_table(s)),
+    "optim": Stage("Step 4: SGD vs Adam vs AdamW vs Adadelta, ConvNet and DNN, 3 seeds", cells=optim_cells, train=run_cell),
+    "regularization": Stage(f"over/underfitting: ConvNet without each regularizer, 3 seeds, {REG_EPOCHS} epochs",
+                            cells=reg_cells, train=run_cell),
+    "final": Stage("each model with the validation-chosen settings, longer; ships weights/", cells=final_cells,
+                   train=lambda s, c: run_final(s, c)),
+    "evaluate": Stage("Step 6: test_model.py per model and the ensemble, feature maps, training curves",
+                      run=lambda s: stage_evaluate(s), done=lambda s: s.results / "evaluation.json", worker0=True),
+    "screenshots": Stage("PNG renderings of the recorded terminal output", run=lambda s: report_writer()["render_screenshots"](s.root),
+                         done=lambda s: s.root / "screenshots" / "index.json", worker0=True),
+    "report": Stage("report.md from the results", run=stage_report, done=lambda s: s.root / "report.md", worker0=True),
+}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run the study (every experiment of the report), resumably, and write report.md.")
     p.add_argument("--plan", action="store_true", help="print every stage and cell, its budget, estimated time here and what is done")
-    p.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
+    p.add_argument("--only", nargs="+", choices=list(STAGES), help="run only these stages")
     p.add_argument("--models", nargs="+", choices=STUDY_MODELS, default=list(STUDY_MODELS), help="study only these models")
     p.add_argument("--report-only", action="store_true", help="only rewrite report.md from the committed results")
     p.add_argument("--smoke", action="store_true", help=f"tiny budgets ({SMOKE_EPOCHS} epochs a cell, one seed, ResNet width 8): the whole pipeline in minutes")
@@ -1084,9 +1075,9 @@ def main(argv=None) -> int:
     s = Settings(root=root, data_dir=data_dir, smoke=a.smoke, models=tuple(a.models), shard=shard)
     try:
         if a.report_only:
-            from study_report import update_readme, write_report
-            print(f"wrote {write_report(s.root)}")
-            if update_readme(s.root):
+            report = report_writer()
+            print(f"wrote {report['write_report'](s.root)}")
+            if report["update_readme"](s.root):
                 print(f"updated {s.root / 'README.md'} (how to run each model)")
             return 0
         if a.plan:

@@ -20,12 +20,7 @@ import torch
 
 from data import DataError, load_raw, normalize
 from models import CheckpointError, load_checkpoint
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from runs import resolve_device
 
 
 @torch.no_grad()

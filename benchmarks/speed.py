@@ -32,8 +32,9 @@ import torch  # noqa: E402
 import torchvision.datasets  # noqa: E402,F401  (imports are excluded from the timings; data loading is not)
 import torch.nn as nn  # noqa: E402
 
+import runs  # noqa: E402
 import train  # noqa: E402
-from train import exclusive  # noqa: E402,F401  (trials.py imports it from here)
+from runs import exclusive  # noqa: E402,F401  (trials.py imports it from here)
 from data import Augment, augment, load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
@@ -129,14 +130,8 @@ def matmul_gflops(dtype, n: int = 4096, seconds: float = 2.0) -> float:
 
 
 def training_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: train.TrainConfig):
-    """One forward, backward and optimizer step on the fixed batch (x, y), as a callable to time."""
-    def step():
-        with train.autocast(cfg):
-            loss = train.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    """train.py's step (forward, backward, optimizer update) on the fixed batch (x, y), as a callable to time."""
+    return lambda: train.train_step(model, opt, x, y, cfg)
 
 
 def throughput(name: str, precision: str, channels_last: bool, batch: int, seconds: float, model_config=None) -> dict:
@@ -266,45 +261,20 @@ def cpu_flags() -> list[str]:
 
 def machine_class() -> str:
     """'bf16' on CPUs with native bf16 (AVX512-BF16 or AMX: Zen 4, Sapphire Rapids), 'fp32' elsewhere (AVX2)."""
-    return "bf16" if train.cpu_has_bf16() else "fp32"
+    return "bf16" if runs.cpu_has_bf16() else "fp32"
 
 
 def machine() -> dict:
-    return {"cpu": train.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": "cpu", "bf16_instructions": train.cpu_has_bf16(), "machine_class": machine_class(), "cpu_flags": cpu_flags(),
+    return {"cpu": runs.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": "cpu", "bf16_instructions": runs.cpu_has_bf16(), "machine_class": machine_class(), "cpu_flags": cpu_flags(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny budgets (seconds): checks the script works, numbers mean nothing")
-    p.add_argument("--seeds", type=int, default=3, help="seeds for our time-to-accuracy (median reported)")
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.add_argument("--save", default=None, help="where to save the JSON (default benchmarks/results/speed-<machine class>.json, "
-                                                "bf16 or fp32; quick: not saved)")
-    p.add_argument("--update-readme", action="store_true", help="only rewrite README.md's speed table from the saved JSON files")
-    a = p.parse_args(argv)
-    if a.update_readme:
-        print("updated README.md" if update_readme() else "README.md has no speed:classes block")
-        return 0
-    q = a.quick
-    # The lock keeps timings from sharing the 2 cores; --quick times nothing that means anything,
-    # so it runs even beside a study (CI on a developer's machine).
-    lock = None if q else exclusive("speed.py")  # noqa: F841
-    tmp = tempfile.mkdtemp(prefix="speed-")
-    out = {"machine": machine(), "quick": q}
-    print(f"machine: {out['machine']['cpu']}, {out['machine']['threads']} threads, torch {out['machine']['torch']}", flush=True)
-
-    # 0. Start-up of `python train.py` to its first training step, in fresh processes.
-    out["startup"] = startup_s(1 if q else 3)
-    print(f"start-up of python train.py to the first step: {out['startup']['median_s']:.2f} s "
-          f"(runs {', '.join(f'{t:.2f}' for t in out['startup']['runs_s'])} s)", flush=True)
-    out["startup_s"] = out["startup"]["median_s"]
-
-    # 1. Time to accuracy: ours over seeds, then the references (capped), same fixed eval points.
+def measure_time_to_accuracy(out: dict, q: bool, seeds: int, tmp: str) -> None:
+    """Ours (QuickNet's recipe) over seeds, the study's ConvNet, then the reference recipes (capped): seconds to 99.0 / 99.5%."""
     limit = 2000 if q else None
     ours, convnet = [], []
-    for seed in range(1 if q else a.seeds):
+    for seed in range(1 if q else seeds):
         common = dict(seed=seed, out=tmp, weights_dir=None, limit_train=limit, epochs=0.5 if q else None)
         r = time_to_accuracy(dataclasses.replace(OURS, **common), limit_test=1000 if q else None)
         c = time_to_accuracy(dataclasses.replace(STUDY_CONVNET, **common), targets=(0.99,), limit_test=1000 if q else None)
@@ -335,9 +305,12 @@ def main(argv=None) -> int:
         out[key] = (ref_t if ref_t is not None else ref["total_s"]) / t99 if t99 else None
         out[key + "_is_lower_bound"] = ref_t is None
 
-    # 2. Throughput per model, fp32 vs bf16, NCHW vs channels_last. bf16 only where the CPU has
+
+def measure_throughput(out: dict, q: bool) -> tuple[str, ...]:
+    """Training and inference img/s per model, precision and layout; the augmentation's cost. Returns the precisions measured."""
+    # Throughput per model, fp32 vs bf16, NCHW vs channels_last. bf16 only where the CPU has
     # bf16 instructions: elsewhere it is emulated, 10-20x slower, and nobody should use it.
-    precisions = ("fp32", "bf16") if train.cpu_has_bf16() else ("fp32",)
+    precisions = ("fp32", "bf16") if runs.cpu_has_bf16() else ("fp32",)
     out["machine_class"] = machine_class()  # results are kept per class: never mix bf16 and fp32 machines
     if "bf16" not in precisions:
         print("bf16: skipped, no bf16 instructions on this CPU (it would be emulated)", flush=True)
@@ -360,6 +333,11 @@ def main(argv=None) -> int:
     out["augment_ms_per_batch_256"] = augment_ms(seconds=0.2 if q else 1.0)
     print("augmentation, ms per batch of 256: " + ", ".join(f"{k} {v:.2f}" for k, v in out["augment_ms_per_batch_256"].items()), flush=True)
 
+    return precisions
+
+
+def measure_resnet_and_inference(out: dict, q: bool, precisions: tuple[str, ...]) -> None:
+    """ResNet-18's epoch against the machine's matmul ceiling; ConvNet inference on the test set."""
     # 3. ResNet-18 epoch vs the bf16 ceiling measured now: ceiling = matmul GFLOP/s / (3 x fwd FLOPs).
     # (fp32 and its matmul rate where the CPU has no bf16.)
     fast = precisions[-1]
@@ -387,6 +365,37 @@ def main(argv=None) -> int:
         infer[prec] = time.perf_counter() - t
     out["convnet_test_inference_s"] = min(infer.values())
     out["convnet_test_inference_by_precision_s"] = infer
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets (seconds): checks the script works, numbers mean nothing")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for our time-to-accuracy (median reported)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--save", default=None, help="where to save the JSON (default benchmarks/results/speed-<machine class>.json, "
+                                                "bf16 or fp32; quick: not saved)")
+    p.add_argument("--update-readme", action="store_true", help="only rewrite README.md's speed table from the saved JSON files")
+    a = p.parse_args(argv)
+    if a.update_readme:
+        print("updated README.md" if update_readme() else "README.md has no speed:classes block")
+        return 0
+    q = a.quick
+    # The lock keeps timings from sharing the 2 cores; --quick times nothing that means anything,
+    # so it runs even beside a study (CI on a developer's machine).
+    lock = None if q else exclusive("speed.py")  # noqa: F841
+    tmp = tempfile.mkdtemp(prefix="speed-")
+    out = {"machine": machine(), "quick": q}
+    print(f"machine: {out['machine']['cpu']}, {out['machine']['threads']} threads, torch {out['machine']['torch']}", flush=True)
+
+    # 0. Start-up of `python train.py` to its first training step, in fresh processes.
+    out["startup"] = startup_s(1 if q else 3)
+    print(f"start-up of python train.py to the first step: {out['startup']['median_s']:.2f} s "
+          f"(runs {', '.join(f'{t:.2f}' for t in out['startup']['runs_s'])} s)", flush=True)
+    out["startup_s"] = out["startup"]["median_s"]
+
+    measure_time_to_accuracy(out, q, a.seeds, tmp)
+    precisions = measure_throughput(out, q)
+    measure_resnet_and_inference(out, q, precisions)
 
     # 5. Peak memory of training runs (fresh processes: data + model + optimizer), read from /proc (Linux).
     if not q and Path("/proc/self/status").exists():

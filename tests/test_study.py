@@ -8,6 +8,7 @@ import re
 import pytest
 
 import study
+import runs
 import study_report
 import train
 
@@ -18,7 +19,7 @@ def smoke_root(real_data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study-smoke")
     lock = root / "lock"
     saved = study.exclusive
-    study.exclusive = lambda name: train.exclusive(name, lock)
+    study.exclusive = lambda name: runs.exclusive(name, lock)
     try:
         assert study.main(["--smoke", "--root", str(root), "--data-dir", str(real_data_dir)]) == 0
     finally:
@@ -161,8 +162,8 @@ def test_cell_names_are_made_from_settings_and_shared_between_stages(tmp_path):
 
 def test_a_second_study_is_refused_while_one_runs(tmp_path, monkeypatch):
     lock = tmp_path / "lock"
-    held = train.exclusive("first", lock)
-    monkeypatch.setattr(study, "exclusive", lambda name: train.exclusive(name, lock))
+    held = runs.exclusive("first", lock)
+    monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, lock))
     try:
         with pytest.raises(SystemExit, match="another benchmark or study is running"):
             study.main(["--smoke", "--root", str(tmp_path / "s"), "--only", "data"])
@@ -248,3 +249,70 @@ def test_best_recipes_are_the_studys_final_choice_from_the_committed_results():
     s = study.Settings()
     for m in study.STUDY_MODELS:
         assert train.BEST_RECIPES.get(m) == study.best_recipe(s, m), m
+
+
+def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
+    """A final run trains through `python train.py`: a setting that no stage changes today (label
+    smoothing, dropout, momentum) must still reach training, not be dropped by a whitelist."""
+    s = study.Settings(root=tmp_path)
+    cell = study.make_cell(s, "convnet", "adamw", 0.01, 30, 2, variant="final-x", label_smoothing=0.0, momentum=0.8,
+                           model_config={"dropout": 0.3, "width": 64}, rotate=10.0, scale=0.1, ema=0.999)
+    argv = study.final_command(s, cell)[2:]
+    cfg = train.config_from_args(train.parse_args(argv))
+    assert cfg == train.TrainConfig(**cell.overrides, out="runs/study/final", run_name=cell.name)
+    assert (cfg.label_smoothing, cfg.momentum, cfg.model_config) == (0.0, 0.8, {"dropout": 0.3, "width": 64})
+
+
+# -----------------------------------------------------------------------------
+# The floors: imports point down only, and the files stay readable
+
+FLOORS = {"data": 1, "models": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2,
+          "train": 3, "serve": 3, "study": 4, "study_report": 5}
+OWNED = ["train.py", "study.py", "runs.py", "benchmarks/speed.py", "benchmarks/gpu_check.py", "benchmarks/trials.py"]
+
+
+def our_imports(path) -> set[str]:
+    """The modules of this repository that `path` imports, anywhere in the file (ast, not regex)."""
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & set(FLOORS)
+
+
+def test_imports_point_down_the_floors_and_nothing_imports_the_report_writer():
+    from conftest import ROOT
+    for name, floor in FLOORS.items():
+        for dep in our_imports(ROOT / f"{name}.py") - {name}:
+            assert FLOORS[dep] <= floor, f"{name}.py (floor {floor}) imports {dep}.py (floor {FLOORS[dep]})"
+            assert not (FLOORS[dep] == floor and name in our_imports(ROOT / f"{dep}.py")), f"{name} <-> {dep}: a circle"
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")]:
+        assert "study_report" not in our_imports(path), f"{path.name} imports study_report.py"
+    for low in ("data", "models", "runs", "predict", "test_model", "feature_visualization"):
+        assert "train" not in our_imports(ROOT / f"{low}.py"), low
+
+
+def test_owned_files_have_no_function_over_80_lines_and_train_py_stays_short():
+    import ast
+    from conftest import ROOT
+    long = []
+    for rel in OWNED:
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+    assert len((ROOT / "train.py").read_text().splitlines()) <= 700
+
+
+def test_a_diverged_final_run_is_recorded_as_diverged(tmp_path, synthetic_root):
+    """`python train.py` exits non-zero when a run diverges; the study's final stage records it, and goes on."""
+    s = study.Settings(root=tmp_path, data_dir=str(synthetic_root))
+    cell = study.make_cell(s, "dnn", "sgd", 1e9, 1, 0, variant="final-x", weight_decay=0.0, batch_size=64,
+                           precision="fp32", device="cpu")
+    cell.tags.update(kind="final", attempt="")
+    record = study.run_final(s, cell)
+    assert record["status"] == "diverged" and study.load_result(s, cell.name)["status"] == "diverged"
+    assert "diverged at step" in (tmp_path / record["log"]).read_text()

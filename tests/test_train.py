@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 import models
+import runs
 import train
 from conftest import ROOT
 
@@ -85,14 +86,14 @@ def test_best_recipe_fills_what_no_flag_gave(monkeypatch):
     monkeypatch.setattr(train, "BEST_RECIPES", {"convnet": dict(optimizer="adamw", lr=0.01, epochs=30, elastic=34.0,
                                                                 model_config={"width": 64})})
     a = train.parse_args(["--model", "convnet", "--recipe", "best", "--epochs", "1", "--rotate", "0"])
-    cfg = train.config_from_args(a, "convnet", None).resolved()
+    cfg = train.config_from_args(a).resolved()
     assert (cfg.optimizer, cfg.lr, cfg.elastic, cfg.model_config["width"]) == ("adamw", 0.01, 34.0, 64)
     assert (cfg.epochs, cfg.rotate) == (1, 0.0)  # typed flags win, even one equal to its default
     a = train.parse_args(["--model", "convnet", "--recipe", "best", "--lr", "0.002", "--width", "16"])
-    cfg = train.config_from_args(a, "convnet", 0.002).resolved()
+    cfg = train.config_from_args(a).resolved()
     assert (cfg.lr, cfg.model_config["width"], cfg.epochs) == (0.002, 16, 30)
     with pytest.raises(ValueError, match="no best recipe for dnn"):
-        train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "best"]), "dnn", None)
+        train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "best"]))
 
 
 @pytest.mark.parametrize("name,kwargs", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(lr=0.01)),
@@ -139,7 +140,7 @@ def test_one_epoch_learns_and_leaves_its_files(tmp_path, synthetic_data):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [float(r["epoch"]) for r in rows] == [1, 2]
-    assert set(train.HISTORY_FIELDS) <= set(rows[0])
+    assert set(runs.HISTORY_FIELDS) <= set(rows[0])
     # every checkpoint loads with weights_only=True and has the documented keys
     for f in ("best.pt", "last.pt"):
         ckpt = torch.load(run / f, weights_only=True)
@@ -208,68 +209,29 @@ def test_early_stopping(tmp_path, synthetic_data):
     assert r["status"] == "stopped_early" and len(r["history"]) < 20
 
 
-def test_sweep_marks_divergence_continues_and_resumes(tmp_path, synthetic_data, monkeypatch, capsys):
-    monkeypatch.setattr(train, "load_data", lambda *a, **k: synthetic_data)
-    base = tiny(tmp_path, model_config={}, optimizer="sgd", weight_decay=0)
-    results = tmp_path / "results"
-    rows = train.sweep(base, ["dnn", "convnet"], [1e9, 0.05], str(results))
-    status = {(r["model"], float(r["lr"])): r["status"] for r in rows}
-    assert status[("dnn", 1e9)] == "diverged" and status[("convnet", 1e9)] == "diverged"
-    assert status[("dnn", 0.05)] == "finished" and status[("convnet", 0.05)] == "finished"
-    md = (results / "lr_table.md").read_text()
-    assert "| dnn | diverged |" in md and "lr 1e+09" in md and "| convnet | diverged | " in md
-    # a second call finds every cell done and trains nothing
-    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished cell was trained again"))
-    train.sweep(base, ["dnn", "convnet"], [1e9, 0.05], str(results))
-    assert capsys.readouterr().out.count("skipped") == 4
-
-
-def test_sweep_shards_split_the_grid_and_claims_keep_cells_single(tmp_path, synthetic_data, monkeypatch, capsys):
-    import platform
-    monkeypatch.setattr(train, "load_data", lambda *a, **k: synthetic_data)
-    base = tiny(tmp_path, model_config={}, optimizer="sgd", weight_decay=0)
-    results = tmp_path / "results"
-    # another machine's worker holds the convnet lr 0.05 cell: this worker must leave it alone
-    held = results / "claims" / "convnet-sgd-lr0.05-s0.json"
-    held.parent.mkdir(parents=True)
-    held.write_text(json.dumps({"host": platform.node() + "-other", "pid": 1}))
-    trained = []
-    real_train = train.train
-    monkeypatch.setattr(train, "train", lambda cfg, *a, **k: trained.append((cfg.model, cfg.lr)) or real_train(cfg, *a, **k))
-    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(0, 2))  # cells 0 and 2
-    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(1, 2))  # cells 1 and 3 (3 is claimed)
-    assert trained == [("dnn", 0.1), ("convnet", 0.1), ("dnn", 0.05)]
-    assert "being trained by another worker" in capsys.readouterr().out
-    held.unlink()
-    train.sweep(base, ["dnn", "convnet"], [0.1, 0.05], str(results), shard=(1, 2))
-    rows = train.read_table(results / "lr_table.csv")
-    assert sorted((r["model"], float(r["lr"])) for r in rows) == sorted((m, lr) for m in ("dnn", "convnet") for lr in (0.1, 0.05))
-    assert trained.count(("convnet", 0.05)) == 1 and not list((results / "claims").glob("*.json"))
-
-
 def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     r = train.train(tiny(tmp_path), synthetic_data, quiet=True)
     best = tmp_path / "runs" / r["config"]["run_name"] / "best.pt"
     cfg = tiny(tmp_path).resolved()
     target = tmp_path / "weights" / "convnet.pt"
-    log = train.RunLog(None, quiet=True)
-    train.promote(best, cfg, genuine=True, log=log)
+    log = runs.RunLog(None, quiet=True)
+    runs.promote(best, cfg, genuine=True, log=log)
     assert target.exists()
     stored = torch.load(target, weights_only=True)
     stored["metrics"]["val_acc"] = 1.0  # pretend the shipped weights are perfect
     models.save_atomic(stored, target)
     before = target.read_bytes()
-    train.promote(best, cfg, genuine=True, log=log)
+    runs.promote(best, cfg, genuine=True, log=log)
     assert target.read_bytes() == before  # a worse run leaves them alone
     stored["metrics"]["val_acc"] = 0.0
     models.save_atomic(stored, target)
-    train.promote(best, cfg, genuine=True, log=log)
+    runs.promote(best, cfg, genuine=True, log=log)
     assert torch.load(target, weights_only=True)["metrics"]["val_acc"] == r["best"]["val_acc"]
     card = json.loads(target.with_suffix(".json").read_text())  # provenance written beside the weights
     assert card["metrics"]["val_acc"] == r["best"]["val_acc"] and len(card["history"]) == 1 and card["train_config"]["lr"] == 0.05
     # a limited run never replaces shipped weights, however good
     target.unlink()
-    train.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True, log=log)
+    runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True, log=log)
     assert not target.exists()
 
 
@@ -329,21 +291,6 @@ def test_quicknet_recipe_as_train_py_runs_it(real_data, tmp_path):
     assert r["test"]["acc"] > 0.993, r["test"]
 
 
-def test_lr_advice_points_at_the_table_only_when_far_from_its_best(tmp_path):
-    table = tmp_path / "lr_table.csv"
-    table.write_text("model,optimizer,lr,epochs,status,val_acc\n"
-                     "resnet,sgd,0.1,2,finished,0.99\nresnet,sgd,0.01,2,finished,0.98\nresnet,sgd,0.001,2,finished,0.90\n"
-                     "resnet,adam,0.001,2,finished,0.985\n")
-    cfg = lambda opt, lr: train.TrainConfig(model="resnet", optimizer=opt, lr=lr).resolved()  # noqa: E731
-    line = train.lr_advice(cfg("sgd", 0.001), table)
-    assert line.startswith("note: lr 0.001 is 100x below the best LR") and "0.1" in line and "90.00%" in line
-    assert "\n" not in line and "report.md" in line
-    assert train.lr_advice(cfg("sgd", 0.05), table) is None  # within 10x of the best
-    assert train.lr_advice(cfg("adam", 0.001), table) is None  # Adam's own row: 0.001 is its best
-    assert train.lr_advice(cfg("adamw", 0.001), table) is None  # no row for this optimizer: nothing to say
-    assert train.lr_advice(cfg("sgd", 0.001), tmp_path / "missing.csv") is None
-
-
 def test_torchrun_two_processes_gloo_one_run_dir_same_weights(real_data_dir, tmp_path):
     """`torchrun --standalone --nproc-per-node=2 train.py ...` on CPU: gloo, one run folder written
     by rank 0 only, the parameters equal on both ranks at the end, world size and backend recorded."""
@@ -400,3 +347,65 @@ def test_resume_accepts_a_last_pt_from_before_a_new_setting_existed(tmp_path, sy
     torch.save(ckpt, run / "last.pt")
     train.train(cfg, synthetic_data, quiet=True, resume=True)
     assert f"resumed {run} at step 20/" in (run / "log.txt").read_text()
+
+
+# -----------------------------------------------------------------------------
+# TrainConfig is the one description: flags are made from its fields, and back
+
+
+def test_help_lists_a_flag_for_every_train_config_field():
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True)
+    for f in dataclasses.fields(train.TrainConfig):
+        name = f.name.replace("_", "-")
+        assert f"--{name}" in r.stdout or f"--no-{name}" in r.stdout, f.name
+
+
+def test_every_field_round_trips_config_to_flags_to_config():
+    """Each field set to a value other than its default, one at a time and all at once: config -> argv -> config."""
+    changed = dict(model="dnn", model_config={"width": 16, "dropout": 0.2, "stem": "3x3s1", "hidden": [64, 32]},
+                   dataset="fashion-mnist", data_dir="/some/data", lr=0.003, epochs=0.25, batch_size=96, optimizer="adamw",
+                   momentum=0.8, schedule="cosine", warmup=0.05, gamma=0.5, weight_decay=0.0, label_smoothing=0.0,
+                   augment=False, translate=1.5, rotate=7.5, scale=0.05, elastic=34.0, elastic_sigma=6.0, patience=3,
+                   ema=0.999, seed=7, deterministic=True, device="cpu", precision="fp32", channels_last=False,
+                   limit_train=5000, refit=True, out="/tmp/x", run_name="my-run", weights_dir=None, eval_batch_size=500,
+                   sync_bn=True)
+    assert set(changed) == {f.name for f in dataclasses.fields(train.TrainConfig)}, "a new field needs a value here"
+    default = train.TrainConfig()
+    for name, value in [*changed.items(), ("all", None)]:
+        cfg = train.TrainConfig(**changed) if name == "all" else dataclasses.replace(default, **{name: value})
+        argv = train.config_argv(cfg)
+        back = train.config_from_args(train.parse_args(argv))
+        assert back == cfg, (name, argv)
+    assert train.config_argv(default) == []
+
+
+def test_config_file_gives_a_runs_settings_and_flags_override_them(tmp_path):
+    stored = dataclasses.asdict(train.TrainConfig(model="dnn", lr=0.003, label_smoothing=0.0, run_name="old").resolved())
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "world_size": 1, "backend": None}))
+    cfg = train.config_from_args(train.parse_args(["--config", str(tmp_path / "config.json"), "--seed", "4"]))
+    assert (cfg.model, cfg.lr, cfg.label_smoothing, cfg.seed) == ("dnn", 0.003, 0.0, 4)
+    assert cfg.run_name is None  # named after its own settings, not the old run's
+    with pytest.raises(ValueError, match="not a readable JSON file"):
+        train.config_from_args(train.parse_args(["--config", str(tmp_path / "missing.json")]))
+
+
+def test_train_py_trains_one_model_and_points_grids_at_the_study():
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "all"], capture_output=True, text=True)
+    assert r.returncode != 0 and "python study.py --only lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_path, synthetic_root, synthetic_data):
+    with pytest.raises(ValueError, match="needs at least 2 images per batch"):
+        train.train(tiny(tmp_path, batch_size=1), synthetic_data, quiet=True)
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "convnet", "--batch-size", "1", "--data-dir",
+                        str(synthetic_root), "--out", str(tmp_path / "cli"), "--weights-dir", ""], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: convnet has BatchNorm, which needs at least 2 images")
+    assert "epoch" not in r.stdout.split("\n", 1)[-1]  # refused before the first step: no epoch row
+
+
+def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
+    code = train.main(["--model", "dnn", "--lr", "1e9", "--weight-decay", "0", "--batch-size", "64", "--precision", "fp32",
+                       "--device", "cpu", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", ""])
+    assert code == train.DIVERGED_EXIT != 0
+    assert json.loads((tmp_path / "dnn-lr1e+09-s0" / "result.json").read_text())["status"] == "diverged"

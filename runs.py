@@ -1,0 +1,582 @@
+"""The run folder and the machine: what every training run writes and what it runs on.
+
+    log = RunLog(run_dir / "log.txt"); log("a line")        # printed and appended
+    write_history(run_dir / "history.csv", rows)             # one row per epoch (HISTORY_FIELDS)
+    promote(run_dir / "best.pt", cfg, genuine, log)          # -> weights/<model>.pt + its card, if better on val
+
+Also: device and precision facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name,
+hardware), one atomic-write helper, the process-wide lock that keeps two timing runs apart
+(exclusive), claim files that let several workers share one grid, and the signal handling that
+turns `kill` into Ctrl-C. Imports only models.py of ours; train.py, test_model.py, study.py and
+benchmarks/ import it.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import CheckpointError, count_params, read_checkpoint, save_atomic
+
+# -----------------------------------------------------------------------------
+# Files
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path` (named per process), then rename: readers and
+    other workers never see half a file, and a crash leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj, indent: int = 1, newline: bool = True) -> Path:
+    """obj as JSON, atomically (see write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + ("\n" if newline else ""))
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), set in one place."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# -----------------------------------------------------------------------------
+# A run's settings on the command line: a flag per field of its config dataclass, and back.
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """int for `int | None`, etc."""
+    args = [a for a in typing.get_args(f.type) if a is not type(None)]
+    return args[0] if args else f.type
+
+
+def flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def yes_no(text: str) -> bool:
+    answers = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    if text.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return answers[text.lower()]
+
+
+def none_if_empty(text: str) -> str | None:
+    return text or None
+
+
+def flag_text(v) -> str:
+    """A value as a flag's argument: floats in their shortest exact form (0.1, 5e-05, 30)."""
+    return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else str(v)
+
+
+def add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
+    """A flag per field of the dataclass `cls`: its default, its metadata's help and argparse options.
+    bool: --x (default False) or --no-x (default True), or --x yes|no (default None); dict: --x JSON;
+    an optional str: '' means None."""
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        kind, default, meta = field_type(f), getattr(defaults, f.name), dict(f.metadata)
+        help = meta.pop("help", "").replace("%", "%%")
+        if kind is bool and default is False:
+            p.add_argument(flag(f), action="store_true", help=help)
+        elif kind is bool and default is True:
+            p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=f"turn off: {help}")
+        elif kind is bool:
+            p.add_argument(flag(f), type=yes_no, metavar="{yes,no}", default=default, help=help)
+        elif kind is dict:
+            p.add_argument(flag(f), type=json.loads, default=default, metavar="JSON", help=help)
+        else:
+            parse = none_if_empty if kind is str and f.type is not str else kind
+            p.add_argument(flag(f), type=parse, default=default, help=help, **meta)
+
+
+def dataclass_argv(obj) -> list[str]:
+    """The flags of add_dataclass_flags that make `obj` again: one per field that differs from its default."""
+    defaults, argv = type(obj)(), []
+    for f in dataclasses.fields(obj):
+        value, default = getattr(obj, f.name), getattr(defaults, f.name)
+        if value == default:
+            continue
+        kind = field_type(f)
+        if kind is bool and default in (False, True):
+            argv.append(flag(f) if default is False else f"--no-{f.name.replace('_', '-')}")
+        elif kind is bool:
+            argv += [flag(f), "yes" if value else "no"]
+        elif kind is dict:
+            argv += [flag(f), json.dumps(value)]
+        else:
+            argv += [flag(f), "" if value is None else flag_text(value)]
+    return argv
+
+
+# -----------------------------------------------------------------------------
+# The machine
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' if available, else 'mps' (Apple), else 'cpu'; any other name as given."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 autocast is 2-3x faster on CPUs with native bf16 (AVX512-BF16, AMX) and slower elsewhere."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it ('AMD EPYC 9R14'); the architecture elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> bf16 on CUDA with bf16 (else fp16) and on CPUs with bf16 instructions, else fp32."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+def hardware(device: str = "cpu", precision: str = "") -> str:
+    """'AMD EPYC 9R14 (2 threads, bf16)': the CPU model, as /proc/cpuinfo names it; the GPU's name on CUDA."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} ({precision})"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
+
+
+# torch.optim without torch._dynamo: importing the compiler takes ~1.4 s, half of
+# `python train.py`'s start-up, and plain (eager) training never uses it. torch.optim
+# imports it twice over: each step() runs in a wrapper that imports it to insert compiler
+# graph breaks, and four Optimizer methods are wrapped in torch._disable_dynamo, whose
+# first call imports it to mark them "never compile". tests/test_train.py checks that a
+# run imports no torch._dynamo and that these optimizers take exactly torch.optim's steps.
+
+
+def skip_dynamo_import() -> None:
+    """Mark the four wrapped Optimizer methods the way torch/_compile.py caches its own
+    result after the import: the method itself. Outside torch.compile nothing changes;
+    a torch whose wrapper looks different is left alone (then it just costs the import)."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        method = getattr(torch.optim.Optimizer, name, None)
+        inner = getattr(method, "__wrapped__", None)
+        if inner is not None and method.__code__.co_filename.endswith("_compile.py"):
+            setattr(inner, "__dynamo_disable", inner)
+
+
+def eager(cls: type) -> type:
+    """torch.optim's `cls` with its step() called directly under no_grad: the same update
+    (torch's own code), minus the wrapper that imports torch._dynamo for graph breaks."""
+    raw_step = getattr(cls.step, "__wrapped__", None)
+    if raw_step is None:  # another torch: keep its step as it is
+        return cls
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            return raw_step(self, closure)
+
+    return type(cls.__name__, (cls,), {"step": step, "__doc__": cls.__doc__})
+
+
+
+def code_version() -> str:
+    """The repository's short commit, '-dirty' with uncommitted changes to tracked files; 'unknown' outside git."""
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if commit.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: str) -> dict:
+    """What a run ran on: torch, python, device, threads, CPU, code version (and the GPU on CUDA)."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device,
+           "threads": torch.get_num_threads(), "cpu": cpu_name(), "code_version": code_version()}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+# -----------------------------------------------------------------------------
+# Distributed data parallel: `torchrun --nproc-per-node=N train.py ...` runs N copies of this
+# script; each trains on its 1/N of every global batch and DDP averages the gradients, so the
+# run is the same optimization as one process with the same --batch-size and --lr (the batch
+# size is the *global* batch). Without torchrun (WORLD_SIZE unset) nothing here does anything.
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the only process that prints, writes files and updates weights/."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of t over the ranks (a new tensor on t's device); t itself when alone."""
+        if self.world == 1:
+            return t
+        dev = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        out = t.detach().clone().to(dev)
+        torch.distributed.all_reduce(out)
+        return out.to(t.device)
+
+    def broadcast(self, obj):
+        """Rank 0's obj, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def distributed(device: str) -> Dist:
+    """Join the torchrun job this process belongs to (gloo on CPU, NCCL on CUDA), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not td.is_initialized():
+        td.init_process_group(backend)
+    return Dist(td.get_rank(), td.get_world_size(), local_rank, backend)
+
+
+# -----------------------------------------------------------------------------
+# The run folder: log.txt, history.csv, curves.png, checkpoints
+
+
+def confusion(target: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, K) counts, rows = true class, columns = predicted."""
+    return torch.bincount(target * k + pred, minlength=k * k).view(k, k).cpu()
+
+
+def macro_f1(conf: torch.Tensor) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur (as sklearn's f1_score(average='macro'))."""
+    tp = conf.diag().double()
+    support, predicted = conf.sum(1).double(), conf.sum(0).double()
+    present = (support + predicted) > 0
+    f1 = torch.where(present, 2 * tp / (support + predicted).clamp(min=1), torch.zeros_like(tp))
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+class RunLog:
+    """Prints a line and appends it to log.txt."""
+
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self.path, self.quiet = path, quiet
+
+    def __call__(self, line: str = "") -> None:
+        if not self.quiet:
+            print(line, flush=True)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "seconds"]
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv: one row per epoch, the columns of HISTORY_FIELDS (losses in nats, accuracies in [0, 1])."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+    os.replace(tmp, path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    """Train vs validation loss, accuracy and macro-F1 per epoch."""
+    if not history:
+        return
+    plt = pyplot()
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in zip(axes, ("loss", "acc", "f1"), ("loss (CE)", "accuracy", "macro F1")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train (augmented, running)")
+        ax.plot(ep, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def same_settings(stored: dict, record: dict, defaults: dict) -> bool:
+    """Whether a last.pt's train_config describes the run `record` describes. A moved run folder is
+    still the same run; a setting added after last.pt was written counts as its value in `defaults` there."""
+    where = {"out", "run_name", "weights_dir"}
+    return all(stored.get(k, defaults.get(k)) == record.get(k, defaults.get(k)) for k in (set(stored) | set(record)) - where)
+
+
+def open_run_dir(run_dir: Path, record: dict, dist: "Dist", resume: bool, defaults: dict) -> dict | None:
+    """Make the run folder. Returns its last.pt when `resume` and it holds a run of these same
+    settings; otherwise clears the folder's files of an earlier run and returns None."""
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    saved = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
+    if saved is not None and not same_settings(saved["train_config"], record, defaults):
+        if dist.main:
+            print(f"{run_dir}/last.pt was made with other settings: starting over")
+        saved = None
+    dist.barrier()  # every rank has read last.pt before rank 0 may delete it
+    if saved is None and dist.main:
+        for stale in ("last.pt", "log.txt", "history.csv", "best.pt", "curves.png", "result.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+    return saved
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, title: str, out_png: str) -> str:
+    """The LR range test's smoothed loss against the LR (log axis), the suggestion marked; returns out_png."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggestion, color="r", ls="--", label=f"suggested {suggestion:.2g} (steepest)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(title)
+    ax.legend()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+def checkpoint(model, record: dict, normalization: dict, epoch: float, metrics: dict, **extra) -> dict:
+    """A checkpoint dict: the weights, the run's record (its TrainConfig as a dict, plus facts such as
+    world_size) and the normalization it was trained with; models.load_checkpoint rebuilds the net."""
+    return {"model": record["model"], "model_config": dict(record["model_config"]), "state_dict": model.state_dict(),
+            "train_config": dict(record), "metrics": dict(metrics), "normalization": normalization, "epoch": epoch, **extra}
+
+
+def save_last(run, epoch_acc) -> None:
+    """A train.Run's last.pt (everything to continue it exactly), written by rank 0; under torchrun
+    every rank must call it (their RNG states are gathered). epoch_acc: the epoch's running metrics."""
+    rng_ranks = run.dist.gather(torch.get_rng_state()) if run.dist.world > 1 else None
+    if not run.dist.main:
+        return
+    ckpt = checkpoint(run.scored(), run.record, run.data.normalization, run.step / run.steps_per_epoch, run.best,
+                      optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(),
+                      rng_cpu=torch.get_rng_state(), step=run.step, history=run.history, best=run.best,
+                      epoch_acc=epoch_acc, seconds=run.seconds())
+    if rng_ranks is not None:
+        ckpt["rng_cpu_ranks"] = rng_ranks
+    if run.ema is not None:  # the raw weights and the average's own state, to continue both exactly
+        ckpt["raw_state_dict"] = run.model.state_dict()
+        ckpt["ema_state"] = run.ema.state_dict()
+    if run.cfg.device.startswith("cuda"):
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state()
+    save_atomic(ckpt, run.run_dir / "last.pt")
+
+
+def restore_last(run, saved: dict) -> None:
+    """Continue a train.Run from its last.pt: weights, optimizer, schedule, scaler, RNG, history and
+    the epoch's running metrics."""
+    run.model.load_state_dict(saved["raw_state_dict"] if run.ema is not None else saved["state_dict"])
+    if run.ema is not None:
+        run.ema.load_state_dict(saved["ema_state"])
+    run.opt.load_state_dict(saved["optimizer"])
+    run.sched.load_state_dict(saved["scheduler"])
+    run.scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["rng_cpu_ranks"][run.dist.rank] if run.dist.world > 1 else saved["rng_cpu"])
+    if "rng_cuda" in saved and run.cfg.device.startswith("cuda"):
+        torch.cuda.set_rng_state(saved["rng_cuda"])
+    run.step, run.history, run.best, run.acc = saved["step"], saved["history"], saved["best"], saved["epoch_acc"]
+    run.elapsed_before = saved["seconds"]
+    run.log(f"resumed {run.run_dir} at step {run.step}/{run.total_steps}")
+
+
+def log_header(run) -> None:
+    """A train.Run's first lines: model, optimizer, budget, device, data; then the epoch table's header."""
+    cfg, dist, n = run.cfg, run.dist, len(run.tensors[0])
+    run.log(f"{cfg.model}: {count_params(run.model):,} params | {cfg.optimizer} lr {cfg.lr:g} "
+            f"{cfg.schedule} | {cfg.epochs:g} epochs x {run.steps_per_epoch} steps of {run.bs} | {cfg.device} {cfg.precision}"
+            f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if run.aug else 'off'} | seed {cfg.seed} | {n:,} train images"
+            + (f" | {dist.world} processes ({dist.backend}{', sync BN' if cfg.sync_bn else ''}), {run.bs // dist.world} images each per step"
+               if dist.world > 1 else ""))
+    if cfg.refit:
+        run.log("refit: training on train + validation; the val columns are in-sample and the last epoch is kept (never promoted)")
+    run.log(f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
+
+
+def log_epoch(log: RunLog, row: dict) -> None:
+    """One row of the epoch table that log_header heads."""
+    log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
+        f"{row['val_loss']:>8.4f} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def promote(best_path: Path, cfg, genuine: bool, log: RunLog) -> None:
+    """Copy best.pt to weights/<model>.pt only if it beats the file there on validation accuracy."""
+    if not cfg.weights_dir:
+        return
+    if not genuine or cfg.limit_train:
+        log(f"weights: not promoted ({'data is not the genuine release' if not genuine else '--limit-train run'})")
+        return
+    prefix = "" if cfg.dataset == "mnist" else f"{cfg.dataset}-"
+    target = Path(cfg.weights_dir) / f"{prefix}{cfg.model}.pt"
+    new = read_checkpoint(best_path)
+    if target.exists():
+        try:
+            old_acc = float(read_checkpoint(target)["metrics"].get("val_acc", -1))
+        except CheckpointError as e:
+            log(f"weights: {target} kept, unreadable ({e}); remove it to let this run replace it")
+            return
+        if new["metrics"]["val_acc"] <= old_acc:
+            log(f"weights: {target} kept (val acc {old_acc:.4f} >= this run's {new['metrics']['val_acc']:.4f})")
+            return
+        log(f"weights: {target} updated (val acc {old_acc:.4f} -> {new['metrics']['val_acc']:.4f})")
+    else:
+        log(f"weights: {target} written (val acc {new['metrics']['val_acc']:.4f})")
+    ship(best_path, target, environment(cfg.device))
+
+
+def ship(best_path: Path, target: Path, env: dict) -> None:
+    """Write a run's best.pt to target (atomically) and its card target.json beside it: the
+    settings and per-epoch history that made the weights (the run folder is not committed)."""
+    new = read_checkpoint(best_path)
+    save_atomic(new, target)
+    run_dir = best_path.parent
+    history = list(csv.DictReader(open(run_dir / "history.csv"))) if (run_dir / "history.csv").exists() else []
+    card = {"weights": str(target), "model": new["model"], "model_config": new["model_config"], "metrics": new["metrics"],
+            "train_config": new["train_config"], "environment": env, "history": history}
+    write_json(target.with_suffix(".json"), card, indent=2, newline=False)
+
+
+# -----------------------------------------------------------------------------
+# Locks, claims, signals
+
+
+def exclusive(name: str = "benchmark", path: Path | None = None):
+    """Hold a lock for the whole process: two timing runs (benchmarks/, the study) at once on
+    2 cores make both worthless. Exits with a one-line error when another one holds it."""
+    import fcntl
+    import tempfile
+
+    # MNIST_STUDY_LOCK: another lock file, e.g. for two shard workers of one study on one machine (tests)
+    path = path or Path(os.environ.get("MNIST_STUDY_LOCK") or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock")
+    f = path.open("w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SystemExit(f"{name}: another benchmark or study is running (lock {path}); wait for it: "
+                         f"runs side by side on 2 cores make both slow and their timings meaningless")
+    return f  # keep a reference: the lock lives as long as the file stays open
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_file(path: Path) -> bool:
+    """Claim a unit of work by creating `path` exclusively (O_CREAT | O_EXCL): True if this process
+    may do it. Workers sharing a folder (one per machine, or per GPU) never do the same work twice;
+    a claim whose owner is a dead process on this machine is taken over (its run resumes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return False  # being written right now by its claimant
+            if other.get("host") == me["host"] and other.get("pid") != me["pid"] and not pid_alive(other.get("pid", -1)):
+                path.unlink(missing_ok=True)  # stale: its worker died
+                continue
+            return other.get("pid") == me["pid"] and other.get("host") == me["host"]
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (a session's end, `kill`) and SIGINT, even in a background job where the shell
+    ignores SIGINT, stop the process like Ctrl-C: a run in progress saves its last.pt first."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
