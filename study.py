@@ -445,8 +445,11 @@ def optim_fair_cells(s: Settings) -> list:
     cells = []
     for m in (m for m in OPTIM_MODELS if m in s.models):
         for opt in FAIR_OPTIMIZERS:
-            cells += fair_tuning_cells(s, m, opt)
+            tuning = fair_tuning_cells(s, m, opt)
+            cells += tuning
             lr = fair_lr(s, m, opt)
+            if lr is None and all(load_result(s, c.name) for c in tuning):
+                continue  # every LR diverged: nothing to compare (the table says so)
             if lr is None:
                 cells.append(Waiting("optim_fair", f"{m} {opt} at its tuned LR, seeds {list(s.seeds(FAIR_SEEDS))}",
                                      m, s.epochs(LR_EPOCHS[m]), len(s.seeds(FAIR_SEEDS))))
@@ -463,7 +466,8 @@ def optim_fair_table(s: Settings, model: str) -> dict | None:
 
     Returns {"model", "epochs", "grid": FAIR_LRS, "tune_seed", "seeds": the comparison seeds,
     "one_image": one validation image as an accuracy (1/5,000 = 0.0002), "rule": the tie rule in words,
-    "best": the optimizer with the best mean, "rows": [per optimizer: {"optimizer", "lr": tuned,
+    "best": the optimizer with the best mean, "rows": [per optimizer: {"optimizer", "lr": tuned (None, and
+    no comparison, when every LR diverged; then val is [] and mean, std, gap, noise are None),
     "tuning": {lr: val_acc or None if diverged} at the tuning seed, "val": [val_acc per comparison seed],
     "mean", "std" (sample std; 0.0 for one seed), "gap": best mean - this mean, "noise": FAIR_NOISE_SE x
     the standard error of that difference (at least one_image), "tie": gap <= noise, "hardware": the
@@ -475,9 +479,13 @@ def optim_fair_table(s: Settings, model: str) -> dict | None:
     rows = []
     for opt in FAIR_OPTIMIZERS:
         tuning = {c.tags["lr"]: load_result(s, c.name) for c in fair_tuning_cells(s, model, opt)}
-        lr = fair_lr(s, model, opt)
-        if lr is None:
+        if any(r is None for r in tuning.values()):
             return None
+        lr = fair_lr(s, model, opt)
+        if lr is None:  # every LR diverged
+            rows.append({"optimizer": opt, "lr": None, "tuning": {lr_: None for lr_ in tuning}, "val": [], "mean": None,
+                         "std": None, "hardware": sorted({r.get("hardware", "") for r in tuning.values()})})
+            continue
         results = [load_result(s, make_cell(s, model, opt, lr, LR_EPOCHS[model], seed).name) for seed in seeds]
         if any(r is None for r in results):
             return None
@@ -486,8 +494,13 @@ def optim_fair_table(s: Settings, model: str) -> dict | None:
                      "tuning": {lr_: (r["best"].get("val_acc") if r["status"] != "diverged" else None) for lr_, r in tuning.items()},
                      "val": val, "mean": statistics.mean(val), "std": statistics.stdev(val) if len(val) > 1 else 0.0,
                      "hardware": sorted({r.get("hardware", "") for r in [*tuning.values(), *results]})})
-    best = max(rows, key=lambda r: r["mean"])
+    best = max((r for r in rows if r["mean"] is not None), key=lambda r: r["mean"], default=None)
+    if best is None:
+        return None
     for r in rows:
+        if r["mean"] is None:
+            r.update(gap=None, noise=None, tie=False)
+            continue
         se = math.sqrt(best["std"] ** 2 / len(best["val"]) + r["std"] ** 2 / len(r["val"]))
         r["gap"] = best["mean"] - r["mean"]
         r["noise"] = max(FAIR_NOISE_SE * se, one_image)

@@ -124,3 +124,19 @@ def test_the_table_gives_means_stds_and_ties_by_the_stated_rule(tmp_path):
         assert r["tie"] == (b["mean"] - r["mean"] <= r["noise"] + 1e-12)
         assert r["tuning"] == pytest.approx(grid(best[o]))
     assert rows["adam"]["tie"] and rows["sgd"]["tie"] and not rows["adadelta"]["tie"]
+
+
+def test_an_optimizer_whose_every_lr_diverged_is_left_out_not_waited_for(tmp_path):
+    s = study.Settings(root=tmp_path)
+    accs = {o: grid(0.01) for o in study.FAIR_OPTIMIZERS}
+    accs["sgd"] = {lr: None for lr in study.FAIR_LRS}
+    tune(s, "convnet", accs)
+    cells = [c for c in study.optim_fair_cells(s) if c.model == "convnet"]
+    assert all(isinstance(c, study.Cell) for c in cells)  # nothing waits: the stage can finish
+    assert not [c for c in cells if c.tags["optimizer"] == "sgd" and c.tags["seed"] in study.FAIR_SEEDS]
+    for c in cells:
+        if c.tags["seed"] in study.FAIR_SEEDS:
+            fake_result(s, c, 0.99)
+    rows = {r["optimizer"]: r for r in study.optim_fair_table(s, "convnet")["rows"]}
+    assert rows["sgd"]["lr"] is None and rows["sgd"]["val"] == [] and not rows["sgd"]["tie"]
+    assert all(rows[o]["tie"] for o in ("adam", "adamw", "adadelta"))
