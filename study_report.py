@@ -425,6 +425,12 @@ def fair_tables(f: Facts) -> dict:
     return out
 
 
+def fair_runs_done(f: Facts) -> int:
+    """How many runs of the fair optimizer comparison have their result (0 where the stage does not exist)."""
+    fn = getattr(study, "optim_fair_cells", None)
+    return len(results_of(f.s, fn(f.s))) if fn else 0
+
+
 def figure_optimizers(f: Facts) -> str | None:
     """Each seed's validation accuracy per optimizer (dots), the mean and its ±1 std: the spread shows the ties."""
     groups = optim_groups(f)
@@ -656,14 +662,22 @@ def test_use(f: Facts) -> dict:
     commands = (f.evaluation or {}).get("commands", [])
     scorings = sum(c["models_scored"] for c in commands)
     scored_files = {w for c in commands for w in c["command"].split() if w.endswith(".pt")}
-    extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]
+    extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]  # scored outside the study
+    later = {}  # other recorded test_model.py passes (e.g. results/roc_redraw.json): {file: (times, why)}
+    for p in sorted(f.s.results.glob("*.json")):
+        if p.name == "evaluation.json":
+            continue
+        d = read_json(p)
+        if isinstance(d, dict) and isinstance(d.get("commands"), list) and all("models_scored" in c for c in d["commands"]):
+            later[f"results/{p.name}"] = (sum(c["models_scored"] for c in d["commands"]), d.get("why", ""))
+    scorings += sum(n for n, _ in later.values())
     trial_points = sum(len(t.get("curve", [])) for t in f.trials)
     every = "?"
     t0 = next((t for t in f.trials if len(t.get("curve", [])) > 1), None)
     if t0 and f.data:  # curve rows are [step, seconds, test accuracy]
         steps = f.data["split"]["train"] / t0["config"]["batch_size"]
         every = f"1/{round(steps / (t0['curve'][1][0] - t0['curve'][0][0]))}"
-    return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "trials": len(f.trials),
+    return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "later": later, "trials": len(f.trials),
             "trial_points": trial_points, "total": runs + scorings + len(extra) + trial_points}
 
 
@@ -953,8 +967,10 @@ def section_optimizers(f: Facts) -> list[str]:
                              f"{max(r['gap'], 0.0) / t['one_image']:.1f} | {verdict} |")
         lines += ["", f"Rule: {next(iter(fair.values()))['rule']}.", ""]
     else:
-        lines += ["A fairer comparison - every optimizer tuned on its own LR grid, then compared on fresh seeds - has not "
-                  "run yet; the table above gives AdamW and Adadelta LRs that were not tuned for them.", ""]
+        done = fair_runs_done(f)
+        lines += ["A fairer comparison - every optimizer tuned on its own LR grid, then compared on fresh seeds - "
+                  + (f"has not finished ({done} of its runs recorded so far)" if done else "has not run yet")
+                  + "; the table above gives AdamW and Adadelta LRs that were not tuned for them.", ""]
     return lines
 
 
@@ -1101,7 +1117,10 @@ def appendix_lines(f: Facts) -> list[str]:
     lines += ["## Test-set use", "",
               "| who scored the test set | times |", "|---|---|",
               f"| training runs, once each at the validation-best epoch (`results/cells/`) | {u['runs']} |",
-              f"| `test_model.py` on files in `weights/` (`results/evaluation.json`{', plus ' + ', '.join(u['extra']) if u['extra'] else ''}) | {u['scorings']} |",
+              f"| `test_model.py` on files in `weights/`: the study's evaluation (`results/evaluation.json`)"
+              + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
+              + "".join(f", `{p}` ({n}: {why.rstrip('.')})" for p, (n, why) in u["later"].items())
+              + f" | {u['scorings']} |",
               f"| speed benchmark recipe trials, every {u['every']} epoch (`{TRIALS}`, {u['trials']} trials) | {u['trial_points']:,} |",
               f"| all | {u['total']:,} |", "",
               "QuickNet's recipe (`train.RECIPES['quicknet']`) was chosen from those trials, by time to a *test* accuracy, the "
@@ -1170,7 +1189,9 @@ def appendix_lines(f: Facts) -> list[str]:
             lines.append(f"| {OPT_NAMES[r['optimizer']]} | " + " | ".join(tune) + f" | {r['lr']:g} | {mean_std(r['val'])} |")
         lines += [""]
     if not fair:
-        lines += ["The fair comparison (each optimizer's own tuned LR, fresh seeds) has not run yet.", ""]
+        done = fair_runs_done(f)
+        lines += ["The fair comparison (each optimizer's own tuned LR, fresh seeds) "
+                  + (f"has not finished: {done} of its runs are recorded (in the runs table below)." if done else "has not run yet."), ""]
     lines += appendix_per_class(f) + appendix_figures(f) + appendix_targets(f) + appendix_ensembles(f)
     lines += ["## Tie rules", "",
               f"- Comparing means over seeds (optimizers, models): {tie_rule_text(f.one_val)}.",
