@@ -740,8 +740,12 @@ def section_summary(f: Facts) -> list[str]:
              f"Every table, run and screenshot behind it is in the [appendix]({APPENDIX}); each model has a card "
              "(`weights/<model>.md`: how to run it, its metrics and limits).", ""]
     if f.hardware:
-        lines += [f"All training and testing ran on one machine: `{f.hardware[0]}`"
-                  + (f" (and {len(f.hardware) - 1} other)" if len(f.hardware) > 1 else "") + ".", ""]
+        made = {r["hardware"] for m in f.shipped if (r := f.shipped_run(m))}
+        count = {h: sum(r["hardware"] == h for r in f.records) for h in f.hardware}
+        order = sorted(f.hardware, key=lambda h: (h not in made, -count[h], h))
+        lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
+                                                                               if h in made else "") + ")" for h in order)
+                  + ". Times compare only within one machine.", ""]
     lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro) "
               "| training time | seeds |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in f.shipped if m != "convnet-refit"]:
@@ -1400,7 +1404,8 @@ def appendix_runs(f: Facts) -> list[str]:
     lines = ["## Every training run", "",
              f"All {len(f.records)} training runs of the study, by stage; the run's file is `results/cells/<file>.json` and its "
              "terminal output, where kept, `results/logs/`. **Bold**: the run whose weights are in `weights/`.", "",
-             "| stage | run | val-best epoch | val % | test % | minutes | file |", "|---|---|---|---|---|---|---|"]
+             "| stage | run | val-best epoch | val % | test % | minutes | machine | file |", "|---|---|---|---|---|---|---|---|"]
+    machine = {h: i + 1 for i, h in enumerate(f.hardware)}
     shipped = {f.shipped_run(m)["name"] for m in f.shipped if f.shipped_run(m)}
     stages = [("stem", study.stem_cells), ("LR sweep", study.lr_cells), ("optimizer", study.optim_cells),
               ("regularization", study.reg_cells), ("final", study.final_cells)]
@@ -1416,13 +1421,13 @@ def appendix_runs(f: Facts) -> list[str]:
             name = f"**{run_words(r['config'])}**" if r["name"] in shipped else run_words(r["config"])
             val = pct(r["best"].get("val_acc")) if r["status"] != "diverged" else "diverged"
             lines.append(f"| {stage} | {name} | {r['best'].get('epoch', 0):g} | {val} | {pct((r.get('test') or {}).get('acc'))} | "
-                         f"{r['seconds'] / 60:.1f} | `{r['name']}` |")
+                         f"{r['seconds'] / 60:.1f} | {machine.get(r['hardware'], '?')} | `{r['name']}` |")
     rest = [r for r in f.records if r["name"] not in seen]
     for r in rest:
         lines.append(f"| final (an earlier recipe's) | {run_words(r['config'])} | {r['best'].get('epoch', 0):g} | {pct(r['best'].get('val_acc'))} | "
-                     f"{pct((r.get('test') or {}).get('acc'))} | {r['seconds'] / 60:.1f} | `{r['name']}` |")
+                     f"{pct((r.get('test') or {}).get('acc'))} | {r['seconds'] / 60:.1f} | {machine.get(r['hardware'], '?')} | `{r['name']}` |")
     if f.hardware:
-        lines += ["", "Hardware of every run: " + "; ".join(f"`{h}`" for h in f.hardware) + "."]
+        lines += ["", "Machines: " + "; ".join(f"{i} = `{h}`" for h, i in machine.items()) + "."]
     return lines + [""]
 
 
