@@ -1496,7 +1496,9 @@ def card_lines(f: Facts, m: str) -> list[str]:
              + (f"; code version `{env['code_version']}`" if env.get("code_version") else "") + ".", ""]
     train_cmd = run["command"] if run else f"python train.py --model {base}" + (" --refit" if tc.get("refit") else "")
     lines += ["## How to use it", "", "```bash",
-              f"{train_cmd}   # train (the command that made this file; writes runs/ and, if better on validation, weights/)",
+              f"{train_cmd}   # train: "
+              + ("the command that made this file" if run else f"its recipe (train.RECIPES); this file's settings are in weights/{m}.json")
+              + " (writes runs/, and weights/ if better on validation)",
               f"python test_model.py --weights weights/{m}.pt --out figures   # test: accuracy, F1, ROC-AUC, confusion matrix",
               f"python predict.py my_digit.png --weights weights/{m}.pt   # predict your own image",
               f"python feature_visualization.py --weights weights/{m}.pt --digit 7 --out figures   # visualize"
