@@ -908,8 +908,22 @@ def section_fitting(f: Facts) -> list[str]:
         parts.append(f"at width {small_w} ({small_p:,} parameters) training accuracy itself stays at "
                      f"{pct(m_('small', 'train_acc'))}% - underfitting")
     lines[0] += " " + "; ".join(parts) + "."
-    lines += ["", "Early stopping is built in: every run keeps its validation-best epoch. The per-variant table, the removed "
-              "regularizers one by one and the augmentations tried are in the appendix.", "",
+    aug, width = study.chosen_augmentation(f.s), study.chosen_width(f.s)
+    choice = ""
+    if aug and width:
+        verdicts = []
+        for chosen, variants in ((aug[0], study.AUGMENTATIONS), (width[0], study.CAPACITIES)):
+            vals = {v: [r["best"]["val_acc"] for r in by[v]] for v in variants if v in by}
+            if chosen != "baseline" and "baseline" in vals and chosen in vals:
+                _, res = compare(vals, f.one_val)
+                verdicts.append((chosen, res["baseline"][2]))
+        if verdicts and all(tie for _, tie in verdicts):
+            note = " - each ties the recipe on validation, so these are choices within the noise"
+        else:
+            note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the recipe on validation" for c, tie in verdicts)
+        choice = f" The final runs take the best means here, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
+    lines += ["", "Early stopping is built in: every run keeps its validation-best epoch." + choice + " The per-variant table, "
+              "the removed regularizers one by one and the augmentations tried are in the appendix.", "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), "",
               "*Each panel: the same quantity, error rate, for training and validation. Training error is measured on "
               "augmented batches while the weights still change, so it can lie above validation error.*", ""]
