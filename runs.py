@@ -15,6 +15,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -330,7 +331,8 @@ class RunLog:
                 f.write(line + "\n")
 
 
-HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "seconds"]
+# train_loss is the optimised loss (label-smoothed); train_ce the plain cross-entropy, the loss val_loss measures.
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "seconds", "train_ce"]
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -339,7 +341,7 @@ def write_history(path: Path, history: list[dict]) -> None:
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
         w.writeheader()
-        w.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+        w.writerows({k: row.get(k, math.nan) for k in HISTORY_FIELDS} for row in history)  # nan: not recorded then
     os.replace(tmp, path)
 
 
@@ -350,8 +352,10 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    plain = all(math.isfinite(float(h.get("train_ce", math.nan))) for h in history)  # runs from before train_ce: the optimised loss
     for ax, key, label in zip(axes, ("loss", "acc", "f1"), ("loss (CE)", "accuracy", "macro F1")):
-        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train (augmented, running)")
+        train_key = "train_ce" if key == "loss" and plain else f"train_{key}"
+        ax.plot(ep, [float(h[train_key]) for h in history], "o-", label="train (augmented, running)")
         ax.plot(ep, [h[f"val_{key}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
         ax.set_title(label)

@@ -429,7 +429,9 @@ def train_epoch(run: Run, on_step, show_bar: bool) -> None:
     epoch = run.step // run.steps_per_epoch
     epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
     order = epoch_order(len(x_train), cfg.seed, epoch).to(run.dev)
-    run.acc = run.acc or {"loss": torch.zeros((), device=run.dev), "conf": torch.zeros(10, 10, dtype=torch.long), "t": 0.0}
+    zero = torch.zeros((), device=run.dev)
+    run.acc = run.acc or {"loss": zero.clone(), "ce": zero.clone(), "conf": torch.zeros(10, 10, dtype=torch.long), "t": 0.0}
+    run.acc.setdefault("ce", torch.full((), math.nan, device=run.dev))  # a last.pt from before train_ce: unknown
     run.t_epoch = time.perf_counter()
     n_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
     bar = progress_bar(epoch_end - run.step, f"epoch {epoch + 1}/{n_epochs}", show_bar)
@@ -446,6 +448,7 @@ def train_epoch(run: Run, on_step, show_bar: bool) -> None:
         run.step += 1
         run.first_step_unix = run.first_step_unix or time.time()
         run.acc["loss"] += loss.detach() * len(y)
+        run.acc["ce"] += cross_entropy(logits.detach(), y) * len(y)  # unsmoothed, as val_loss: curves compare like with like
         run.acc["conf"] += confusion(y, logits.detach().argmax(1), 10)
         if on_step:
             on_step(run.step, run.scored())  # with --ema, the average: what would be validated and shipped
@@ -474,7 +477,8 @@ def end_epoch(run: Run) -> dict:
     row = {"epoch": round(run.step / run.steps_per_epoch, 4), "step": run.step, "lr": run.opt.param_groups[0]["lr"],
            "train_loss": train_loss, "train_acc": float(conf.diag().sum()) / seen,
            "train_f1": macro_f1(conf), "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
-           "seconds": run.acc["t"] + time.perf_counter() - run.t_epoch}
+           "seconds": run.acc["t"] + time.perf_counter() - run.t_epoch,
+           "train_ce": float(run.dist.all_sum(run.acc["ce"])) / seen}
     run.history.append(row)
     run.acc = None
     log_epoch(run.log, row)

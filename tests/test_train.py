@@ -409,3 +409,14 @@ def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
                        "--device", "cpu", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", ""])
     assert code == train.DIVERGED_EXIT != 0
     assert json.loads((tmp_path / "dnn-lr1e+09-s0" / "result.json").read_text())["status"] == "diverged"
+
+
+def test_history_records_the_unsmoothed_train_ce_beside_the_optimised_loss(tmp_path, synthetic_data):
+    r = train.train(tiny(tmp_path, label_smoothing=0.2), synthetic_data, quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "runs" / r["config"]["run_name"] / "history.csv")))
+    assert list(rows[0]) == runs.HISTORY_FIELDS and runs.HISTORY_FIELDS[:10] == [
+        "epoch", "step", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "seconds"]
+    ce, smoothed = float(rows[0]["train_ce"]), float(rows[0]["train_loss"])
+    assert 0 < ce < smoothed  # smoothing 0.2 adds to the loss of a net that has learned
+    r0 = train.train(tiny(tmp_path, label_smoothing=0.0, out=str(tmp_path / "plain")), synthetic_data, quiet=True)
+    assert r0["history"][0]["train_ce"] == pytest.approx(r0["history"][0]["train_loss"], rel=1e-6)
