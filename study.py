@@ -422,6 +422,7 @@ def optim_fair_cells(s: Settings) -> list:
     with the LR and optim stages where the settings are the same."""
     cells = []
     for m in (m for m in OPTIM_MODELS if m in s.models):
+        compare = []  # after all of the model's tuning cells: a stopped run leaves every LR chosen, if not every seed run
         for opt in FAIR_OPTIMIZERS:
             tuning = fair_tuning_cells(s, m, opt)
             cells += tuning
@@ -429,10 +430,11 @@ def optim_fair_cells(s: Settings) -> list:
             if lr is None and all(load_result(s, c.name) for c in tuning):
                 continue  # every LR diverged: nothing to compare (the table says so)
             if lr is None:
-                cells.append(Waiting("optim_fair", f"{m} {opt} at its tuned LR, seeds {list(s.seeds(FAIR_SEEDS))}",
-                                     m, s.epochs(LR_EPOCHS[m]), len(s.seeds(FAIR_SEEDS))))
+                compare.append(Waiting("optim_fair", f"{m} {opt} at its tuned LR, seeds {list(s.seeds(FAIR_SEEDS))}",
+                                       m, s.epochs(LR_EPOCHS[m]), len(s.seeds(FAIR_SEEDS))))
                 continue
-            cells += [make_cell(s, m, opt, lr, LR_EPOCHS[m], seed) for seed in s.seeds(FAIR_SEEDS)]
+            compare += [make_cell(s, m, opt, lr, LR_EPOCHS[m], seed) for seed in s.seeds(FAIR_SEEDS)]
+        cells += compare
     unique = {}
     for c in cells:  # a tuned LR's seeds never repeat a tuning cell (the seeds differ), but stay safe
         unique.setdefault(c.name if isinstance(c, Cell) else id(c), c)
