@@ -176,3 +176,18 @@ def test_step_4_reads_the_fair_comparison_when_it_exists(facts, monkeypatch):
     assert "| ConvNet | Adadelta | 1 | 99.01 ± 0.01 | 19.5 | behind |" in text
     monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: None, raising=False)
     assert re.search(r"has not (run yet|finished)", "\n".join(sr.section_optimizers(facts)))
+
+
+def test_training_curves_use_the_unsmoothed_training_loss_when_recorded(tmp_path):
+    import types
+    config = {"model": "convnet", "model_config": {"width": 32}, "augment": True, "translate": 2.0, "optimizer": "sgd", "lr": 0.1,
+              "epochs": 3.0, "seed": 0, "label_smoothing": 0.1}
+    hist = [{"epoch": str(e), "train_acc": str(0.9 + e / 100), "val_acc": str(0.95 + e / 100), "val_loss": str(0.2 / e),
+             "train_loss": str(0.6 / e)} for e in (1, 2, 3)]
+    old = {"train_config": config, "metrics": {"epoch": 3.0}, "history": hist}
+    assert "validation cross-entropy only" in sr.curves_caption(old) and "ε = 0.1" in sr.curves_caption(old)
+    new = {**old, "history": [{**h, "train_ce": str(0.25 / float(h["epoch"]))} for h in hist]}
+    assert "the same un-smoothed cross-entropy for both" in sr.curves_caption(new)
+    f = types.SimpleNamespace(cards={"convnet": new}, root=tmp_path)
+    assert sr.figure_curves(f, "convnet") == "figures/curves_convnet.png"
+    assert (tmp_path / "figures" / "curves_convnet.png").stat().st_size > 5000
