@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     device = "cpu" if dry else "cuda"
     out_dir = Path(a.out or tempfile.mkdtemp(prefix="gpu-check-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = tempfile.mkdtemp(prefix="gpu-check-runs-")
+    run_root = tempfile.mkdtemp(prefix="gpu-check-runs-")
     gpu = torch.cuda.get_device_name() if device == "cuda" else f"CPU dry run: {runs.cpu_name()}"
     precision = runs.resolve_precision("auto", device)
     out = {"device": gpu, "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda, "precision": precision,
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     saved()
 
     # 2. Time to 99.0% / 99.5% with QuickNet's recipe, data on the device.
-    common = dict(device=device, out=runs, weights_dir=None)
+    common = dict(device=device, out=run_root, weights_dir=None)
     if dry:
         common.update(limit_train=1000, epochs=0.1)
     seeds = []
