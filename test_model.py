@@ -63,7 +63,8 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, class_names=None) -> dict:
     """Accuracy, F1, per-class precision/recall/F1/support, confusion matrix and ROC-AUC.
 
     AUC is one-vs-rest on the probabilities: macro (mean of the per-class AUCs) and
-    micro (all K binary problems pooled into one curve).
+    micro (all K binary problems pooled into one curve). y_true: (N,) labels 0..K-1; proba: (N, K).
+    one_minus_auc_*: 1 - AUC, the fraction of wrongly ordered (positive, negative) pairs.
     """
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, roc_auc_score
     from sklearn.preprocessing import label_binarize
@@ -82,6 +83,10 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, class_names=None) -> dict:
         "auc_ovr_macro": float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)),
         "auc_micro": float(roc_auc_score(onehot, proba, average="micro")),
         "auc_per_class": {n: float(roc_auc_score(onehot[:, i], proba[:, i])) for i, n in enumerate(names)},
+        # 1 - AUC: the fraction of (positive, negative) pairs ranked wrongly, what separates models at AUC ~ 0.9999
+        "one_minus_auc_per_class": {n: 1.0 - float(roc_auc_score(onehot[:, i], proba[:, i])) for i, n in enumerate(names)},
+        "one_minus_auc_ovr_macro": 1.0 - float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)),
+        "one_minus_auc_micro": 1.0 - float(roc_auc_score(onehot, proba, average="micro")),
         "per_class": {n: {m: float(report[n][m]) for m in ("precision", "recall", "f1-score", "support")} for n in names},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "report_text": classification_report(y_true, y_pred, labels=labels, target_names=names, digits=4, zero_division=0),
@@ -116,7 +121,7 @@ def test_model(weights, data_dir=None, device="auto", out_dir=None, tta: bool = 
                          "f1_macro": float(f1_score(y, p_tta.argmax(1), average="macro"))}
         result["_proba_tta"] = p_tta
     if out_dir:
-        result["figures"] = save_figures(y, proba, x, Path(out_dir), Path(weights).stem, class_names)
+        result["figures"] = save_figures(y, proba, x, Path(out_dir), Path(weights).stem, class_names, result)
     result["_proba"] = proba  # kept for ensembles; dropped before printing
     return result
 
@@ -131,38 +136,72 @@ def ensemble(results: list[dict], y: np.ndarray, class_names, x=None, out_dir=No
         result["tta"] = {"shifts": results[0]["tta"]["shifts"], "accuracy": float(accuracy_score(y, p_tta.argmax(1))),
                          "f1_macro": float(f1_score(y, p_tta.argmax(1), average="macro"))}
     if out_dir is not None:
-        result["figures"] = save_figures(y, proba, x, Path(out_dir), "ensemble", class_names)
+        result["figures"] = save_figures(y, proba, x, Path(out_dir), "ensemble", class_names, result)
     result["_proba"] = proba
     return result
 
 
 # -----------------------------------------------------------------------------
-# Figures
+# ROC curves. Every AUC shown (legend, terminal, report) is metrics()' number in one format.
+
+AUC_DIGITS = 6  # the report's model table and _print show AUCs to 6 decimals
 
 
-def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, stem: str, class_names) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import auc, confusion_matrix, roc_curve
-    from sklearn.preprocessing import label_binarize
+def fmt_auc(value: float) -> str:
+    return f"{value:.{AUC_DIGITS}f}"
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _one_sided_tpr(fpr: np.ndarray, tpr: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A ROC curve (roc_curve's points, FPR non-decreasing, from 0 to 1) read at x: (TPR just left of x,
+    TPR just right of x). They differ only where the curve rises vertically at x; elsewhere both are the
+    linear interpolation between the curve's points on either side."""
+    fu, first = np.unique(fpr, return_index=True)  # each FPR value's lowest TPR (its first point)
+    last = np.r_[first[1:] - 1, len(fpr) - 1]  # and its highest (its last point)
+    j = np.clip(np.searchsorted(fu, x, side="right") - 1, 0, len(fu) - 1)  # the curve's FPR value <= x
+    at = fu[j] == x
+    k = np.minimum(j + 1, len(fu) - 1)
+    w = np.where(at | (k == j), 0.0, (x - fu[j]) / np.where(k == j, 1.0, fu[k] - fu[j]))
+    between = tpr[last[j]] + w * (tpr[first[k]] - tpr[last[j]])  # from x's left neighbour's top to its right one's bottom
+    return np.where(at, tpr[first[j]], between), np.where(at, tpr[last[j]], between)
+
+
+def roc_curves(y: np.ndarray, proba: np.ndarray) -> dict:
+    """One-vs-rest ROC curves of a K-class scorer. y: (N,) labels 0..K-1; proba: (N, K) scores; every
+    class needs positives and negatives in y (else ValueError, as roc_auc_score raises).
+
+    Returns {"classes": [(fpr, tpr)] per class, "micro": (fpr, tpr), "macro": (fpr, tpr)}. Per class
+    and micro (the K binary problems pooled) are sklearn.metrics.roc_curve's. Macro is the pointwise
+    mean TPR of the class curves at the union of their FPR points (scikit-learn's ROC example), with
+    both one-sided values at every FPR where some class curve rises vertically, so the mean is exact
+    between the points: its area (trapezoids) is the mean of the class AUCs, roc_auc_score(average=
+    "macro"), and at every FPR it lies between the lowest and the highest class curve."""
+    from sklearn.metrics import roc_curve
+
     k = proba.shape[1]
-    onehot = label_binarize(y, classes=list(range(k)))
-    paths = []
+    onehot = (np.asarray(y)[:, None] == np.arange(k)).astype(int)  # (N, K)
+    if (onehot.sum(0) == 0).any() or (onehot.sum(0) == len(y)).any():
+        raise ValueError("ROC needs positives and negatives of every class; classes without either: "
+                         f"{[i for i in range(k) if onehot[:, i].sum() in (0, len(y))]}")
+    classes = [tuple(roc_curve(onehot[:, i], proba[:, i])[:2]) for i in range(k)]
+    grid = np.unique(np.concatenate([f for f, _ in classes]))  # every class curve's FPR points
+    sides = [_one_sided_tpr(f, t, grid) for f, t in classes]
+    left, right = np.mean([s[0] for s in sides], axis=0), np.mean([s[1] for s in sides], axis=0)
+    macro = (np.repeat(grid, 2), np.stack([left, right], axis=1).ravel())  # (x, left), (x, right) for each x
+    micro = tuple(roc_curve(onehot.ravel(), proba.ravel())[:2])
+    return {"classes": classes, "micro": micro, "macro": macro}
 
-    # ROC: one-vs-rest per class, plus micro (pooled) and macro (mean TPR on a common FPR grid)
+
+def roc_figure(y: np.ndarray, proba: np.ndarray, m: dict, stem: str, class_names):
+    """The ROC figure: each class, micro and macro; legend AUCs are m's (metrics()) in fmt_auc."""
+    import matplotlib.pyplot as plt
+
+    curves = roc_curves(y, proba)
+    names = [str(c) for c in class_names]
     fig, ax = plt.subplots(figsize=(7, 6))
-    grid, tprs = np.linspace(0, 1, 1001), []
-    for i in range(k):
-        fpr, tpr, _ = roc_curve(onehot[:, i], proba[:, i])
-        tprs.append(np.interp(grid, fpr, tpr))
-        ax.plot(fpr, tpr, lw=1, label=f"{class_names[i]} (AUC {auc(fpr, tpr):.5f})")
-    fpr, tpr, _ = roc_curve(onehot.ravel(), proba.ravel())
-    ax.plot(fpr, tpr, "k--", lw=2, label=f"micro-average (AUC {auc(fpr, tpr):.5f})")
-    macro = np.mean(tprs, axis=0)
-    ax.plot(grid, macro, "k:", lw=2, label=f"macro-average (AUC {auc(grid, macro):.5f})")
+    for name, (fpr, tpr) in zip(names, curves["classes"]):
+        ax.plot(fpr, tpr, lw=1, label=f"{name} (AUC {fmt_auc(m['auc_per_class'][name])})")
+    ax.plot(*curves["micro"], "k--", lw=2, label=f"micro-average (AUC {fmt_auc(m['auc_micro'])})")
+    ax.plot(*curves["macro"], "k:", lw=2, label=f"macro-average (AUC {fmt_auc(m['auc_ovr_macro'])})")
     ax.set_xscale("symlog", linthresh=1e-3)  # every curve hugs the top-left corner: zoom on small FPR
     ax.set_xlim(0, 1)
     ax.set_ylim(0.9, 1.001)
@@ -170,7 +209,61 @@ def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, s
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC, one-vs-rest: {stem}")
     ax.legend(fontsize=7, loc="lower right")
-    paths.append(_save(fig, out / f"{stem}_roc.png"))
+    return fig
+
+
+def auc_gap_figure(results: list[dict], path: Path) -> str:
+    """1 - AUC per class on a log axis, one series per scored model: what separates models whose AUCs
+    all round to 0.9999. results: metrics() dicts with "weights" (names the series) and "auc_per_class"
+    (figures/*_metrics.json work, old ones too). A class with AUC exactly 1 has no place on a log
+    axis: it is drawn hollow at the axis' floor, half the smallest 1 - AUC that N test images allow."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results[0]["auc_per_class"])
+    n = results[0]["n"]
+    floor = 0.5 / (n * n / 4)  # one wrongly ordered pair of P x (N - P) <= N^2 / 4 pairs, halved
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(results):
+        gaps = np.array([1.0 - r["auc_per_class"][c] for c in names])
+        label = Path(r["weights"]).stem if r.get("model") != "ensemble" else "ensemble (mean softmax)"
+        line, = ax.plot(range(len(names)), np.where(gaps > 0, gaps, np.nan), "o-", lw=1, ms=5,
+                        label=f"{label}: macro {1.0 - r['auc_ovr_macro']:.2e}", zorder=3)
+        zero = np.nonzero(gaps <= 0)[0]
+        if len(zero):
+            ax.plot(zero, np.full(len(zero), floor), "o", mfc="none", color=line.get_color(), ms=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlabel("class (one-vs-rest)")
+    ax.set_ylabel("1 - AUC (log)")
+    ax.set_title("1 - ROC-AUC per class: the fraction of (positive, negative) pairs ranked wrongly")
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# Figures
+
+
+def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, stem: str, class_names,
+                 m: dict | None = None) -> list[str]:
+    """<stem>_roc.png, <stem>_confusion_matrix.png and (with x) <stem>_mistakes.png under out. m: the
+    metrics() of (y, proba), computed here when not given; the ROC legend shows its AUCs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    k = proba.shape[1]
+    paths = []
+
+    # ROC: one-vs-rest per class, plus micro (pooled) and macro (mean of the class curves)
+    m = m if m is not None else metrics(y, proba, class_names)
+    paths.append(_save(roc_figure(y, proba, m, stem, class_names), out / f"{stem}_roc.png"))
 
     # Confusion matrix: counts and row-normalized (recall per class on the diagonal)
     cm = confusion_matrix(y, proba.argmax(1), labels=list(range(k)))
@@ -226,7 +319,7 @@ def _print(r: dict) -> None:
     print(f"== {r['weights']} ({r['model']})")
     print(r["report_text"])
     print(f"accuracy {r['accuracy']:.4f} | F1 macro {r['f1_macro']:.4f}, weighted {r['f1_weighted']:.4f} | "
-          f"ROC-AUC OvR macro {r['auc_ovr_macro']:.6f}, micro {r['auc_micro']:.6f} | n={r['n']}"
+          f"ROC-AUC OvR macro {fmt_auc(r['auc_ovr_macro'])}, micro {fmt_auc(r['auc_micro'])} | n={r['n']}"
           + (f" | {r['inference_seconds']:.2f}s inference" if "inference_seconds" in r else ""))
     if "tta" in r:
         print(f"with test-time augmentation ({len(r['tta']['shifts'])} shifts, reported apart): accuracy {r['tta']['accuracy']:.4f} | "
@@ -238,7 +331,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", nargs="+", required=True, help="one or more .pt files; several also give the ensemble (mean softmax)")
     p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="save <name>_roc.png, <name>_confusion_matrix.png, <name>_mistakes.png and <name>_metrics.json here")
+    p.add_argument("--out", help="save <name>_roc.png, <name>_confusion_matrix.png, <name>_mistakes.png and <name>_metrics.json here "
+                                 "(several --weights: also models_roc_1-auc.png, 1 - AUC per class and model)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation: the mean over the image and its 4 one-pixel shifts")
     a = p.parse_args(argv)
@@ -250,6 +344,8 @@ def main(argv=None) -> int:
             results.append(ensemble(results, y, names, x, a.out))
     except (CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
+    if a.out and len(results) > 1:  # every model scored here and their ensemble, side by side
+        results[-1]["figures"].append(auc_gap_figure(results, Path(a.out) / "models_roc_1-auc.png"))
     for r in results:
         r.pop("_proba")
         r.pop("_proba_tta", None)
@@ -265,7 +361,7 @@ def main(argv=None) -> int:
         if len(results) > 1:
             print("\n| model | accuracy | F1 macro | AUC macro | AUC micro |\n|---|---|---|---|---|")
             for r in results:
-                print(f"| {r['weights']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['auc_ovr_macro']:.6f} | {r['auc_micro']:.6f} |")
+                print(f"| {r['weights']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {fmt_auc(r['auc_ovr_macro'])} | {fmt_auc(r['auc_micro'])} |")
     return 0
 
 

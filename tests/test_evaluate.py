@@ -66,6 +66,108 @@ def test_ensemble_averages_probabilities():
 
 
 # -----------------------------------------------------------------------------
+# ROC curves and their AUCs (issue #22): checked against scikit-learn on synthetic scores
+
+
+def synthetic_scores(seed: int, n: int = 3000, k: int = 10, decimals: int | None = 1):
+    """(y (n,), softmax (n, k)): the true class's logit raised by 0.5-4, rounded so that scores tie."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += rng.uniform(0.5, 4, n)
+    if decimals is not None:
+        logits = np.round(logits, decimals)
+    p = np.exp(logits)
+    return y, p / p.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed, k, decimals", [(0, 10, 1), (1, 10, None), (2, 3, 0), (3, 4, 2)])
+def test_roc_curves_are_sklearns_and_the_macro_area_is_the_macro_auc(seed, k, decimals):
+    from sklearn.metrics import auc, roc_curve
+    y, p = synthetic_scores(seed, k=k, decimals=decimals)
+    c = tm.roc_curves(y, p)
+    onehot = np.eye(k)[y]
+    for i, (fpr, tpr) in enumerate(c["classes"]):
+        ref = roc_curve(onehot[:, i], p[:, i])
+        assert np.array_equal(fpr, ref[0]) and np.array_equal(tpr, ref[1])
+    assert auc(*c["micro"]) == pytest.approx(roc_auc_score(onehot, p, average="micro"), abs=1e-12)
+    assert auc(*c["macro"]) == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12)
+    fpr, tpr = c["macro"]
+    assert fpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == pytest.approx(1) and np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= -1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_macro_curve_never_lies_below_all_class_curves(seed):
+    """Between the FPR points of the union (where no curve has a vertex, so every TPR is one number)
+    and on the symlog plot's first decade, the macro curve is the mean of the class curves."""
+    y, p = synthetic_scores(seed)
+    c = tm.roc_curves(y, p)
+    grid = np.unique(np.concatenate([f for f, _ in c["classes"]]))
+    x = np.unique(np.r_[(grid[1:] + grid[:-1]) / 2, np.geomspace(1e-5, 1e-3, 50)])
+    x = x[~np.isin(x, grid)]
+    per_class = np.array([np.interp(x, f, t) for f, t in c["classes"]])  # (K, len(x))
+    macro = np.interp(x, *c["macro"])
+    assert np.all(macro >= per_class.min(0) - 1e-12) and np.all(macro <= per_class.max(0) + 1e-12)
+    assert np.allclose(macro, per_class.mean(0), atol=1e-12)
+
+
+def test_the_old_1001_point_grid_was_not_the_mean_of_the_curves():
+    """The bug the exact macro curve replaces: near-perfect scorers reach TPR ~1 at FPR < 1e-3, so a
+    macro curve on a 0.001-step grid ran below every class curve at FPR 0.0005, and its area was off."""
+    from sklearn.metrics import auc
+    y, p = synthetic_scores(0, n=20_000, decimals=None)
+    c = tm.roc_curves(y, p)
+    grid = np.linspace(0, 1, 1001)
+    old = np.mean([np.interp(grid, f, t) for f, t in c["classes"]], axis=0)
+    at = np.array([0.0005])
+    assert np.interp(at, grid, old)[0] < min(np.interp(at, f, t)[0] for f, t in c["classes"])
+    assert np.interp(at, *c["macro"])[0] >= min(np.interp(at, f, t)[0] for f, t in c["classes"])
+    macro_auc = roc_auc_score(y, p, multi_class="ovr", average="macro")
+    assert abs(auc(*c["macro"]) - macro_auc) < 1e-12 < abs(auc(grid, old) - macro_auc)
+
+
+def test_the_roc_legend_shows_the_metrics_aucs_to_the_tables_precision():
+    import re
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    y, p = synthetic_scores(4)
+    names = [str(i) for i in range(10)]
+    m = tm.metrics(y, p, names)
+    fig = tm.roc_figure(y, p, m, "synthetic", names)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    shown = {t.rsplit(" (AUC ", 1)[0]: re.fullmatch(r".* \(AUC (\d\.\d+)\)", t).group(1) for t in texts}
+    expected = {**{n: m["auc_per_class"][n] for n in names}, "micro-average": m["auc_micro"], "macro-average": m["auc_ovr_macro"]}
+    assert set(shown) == set(expected)
+    for name, value in expected.items():
+        assert shown[name] == tm.fmt_auc(value) == f"{value:.6f}", name
+    assert shown["macro-average"] == f"{roc_auc_score(y, p, multi_class='ovr', average='macro'):.6f}"
+
+
+def test_one_minus_auc_is_reported_beside_the_auc():
+    y, p = synthetic_scores(5)
+    m = tm.metrics(y, p)
+    onehot = np.eye(10)[y]
+    for i in range(10):
+        assert m["one_minus_auc_per_class"][str(i)] == pytest.approx(1 - roc_auc_score(onehot[:, i], p[:, i]), abs=1e-15)
+        assert m["auc_per_class"][str(i)] == roc_auc_score(onehot[:, i], p[:, i])  # the old key stays
+    assert m["one_minus_auc_ovr_macro"] == pytest.approx(1 - m["auc_ovr_macro"], abs=1e-15)
+    assert m["one_minus_auc_micro"] == pytest.approx(1 - m["auc_micro"], abs=1e-15)
+
+
+def test_the_1_minus_auc_figure_takes_old_metrics_files_and_perfect_classes(tmp_path):
+    y, p = synthetic_scores(6)
+    a = {"weights": "weights/a.pt", "model": "convnet", **tm.metrics(y, p)}
+    perfect = np.full_like(p, 0.01)
+    perfect[np.arange(len(y)), y] = 0.91
+    b = {"weights": "weights/b.pt", "model": "dnn", **tm.metrics(y, perfect)}
+    old = {k: v for k, v in a.items() if not k.startswith("one_minus")}  # a metrics file from before the new keys
+    path = tm.auc_gap_figure([a, b, old], tmp_path / "x_roc_1-auc.png")
+    assert (tmp_path / "x_roc_1-auc.png").stat().st_size > 5000 and path.endswith("x_roc_1-auc.png")
+
+
+# -----------------------------------------------------------------------------
 # Bad checkpoints: one line naming the file, non-zero exit, no traceback
 
 
@@ -185,6 +287,10 @@ def test_cli_two_weights_give_an_ensemble_row(trained_convnet, real_data_dir, tm
     assert tm.main(["--weights", str(path), str(path), "--data-dir", str(real_data_dir), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| best+best |" in out and (tmp_path / "ensemble_metrics.json").is_file()
+    assert (tmp_path / "models_roc_1-auc.png").stat().st_size > 5000
+    import json
+    saved = json.loads((tmp_path / "best_metrics.json").read_text())
+    assert {"auc_per_class", "auc_ovr_macro", "one_minus_auc_per_class", "one_minus_auc_ovr_macro"} <= set(saved)
 
 
 def _as_photo(digit: np.ndarray, path, size=300, offset=(280, 60)) -> None:

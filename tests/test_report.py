@@ -1,0 +1,193 @@
+"""study_report.py: the committed report.md, report-appendix.md and model cards weights/<model>.md,
+checked against the committed results they are written from (offline, no training), plus the
+writer's pieces on small synthetic inputs."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import study_report as sr
+from models import count_params, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD_SECTIONS = ("## Model details", "## How to use it", "## Training data", "## Metrics", "## Hardware and time",
+                 "## Intended use", "## Limitations")
+
+
+@pytest.fixture(scope="module")
+def facts():
+    if not (ROOT / "results" / "evaluation.json").exists():
+        pytest.fail("results/evaluation.json is missing: the committed study results are needed (python study.py)")
+    return sr.Facts(ROOT)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return (ROOT / "report.md").read_text()
+
+
+def section(text: str, title: str) -> str:
+    """The markdown between '## <title>...' and the next '## '."""
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_committed_markdown_is_what_the_writer_writes_now(facts):
+    """Regeneration is deterministic and the committed files are up to date (python study.py --report-only)."""
+    render = lambda lines: "\n".join(lines).rstrip("\n") + "\n"  # noqa: E731  (as write_text)
+    assert (ROOT / "report.md").read_text() == render(sr.report_lines(facts))
+    assert (ROOT / sr.APPENDIX).read_text() == render(sr.appendix_lines(facts))
+    for m in facts.shipped:
+        assert (ROOT / "weights" / f"{m}.md").read_text() == render(sr.card_lines(facts, m)), m
+    assert render(sr.report_lines(facts)) == render(sr.report_lines(sr.Facts(ROOT)))  # twice, same bytes
+
+
+def test_report_fits_ten_minutes(report):
+    assert len(report.split()) <= sr.MAX_REPORT_WORDS
+
+
+def test_summary_table_comes_before_step_1_and_steps_are_in_order(report):
+    head = report.split("\n## Step 1")[0]
+    assert "| model | parameters | test accuracy %" in head
+    positions = [report.index(f"\n## Step {i}") for i in range(1, 7)]
+    assert positions == sorted(positions)
+
+
+def test_step_5_names_the_best_model(facts, report):
+    best, _ = facts.best_model()
+    assert f"best model is the {sr.NAMES[best]}" in section(report, "Step 5")
+
+
+def test_no_internal_words_or_run_file_names(facts, report):
+    for word in ("cell", "attempt", "shipped"):
+        assert not re.search(rf"\b{word}", report, re.IGNORECASE), word
+    for r in facts.records:
+        assert r["name"] not in report, r["name"]
+    assert not re.search(r"\b(dnn|convnet|resnet|fastresnet|quicknet)-[\w.-]*-e\d+-s\d+", report)
+
+
+def test_hardware_string_at_most_twice(facts, report):
+    assert facts.hardware
+    for hw in facts.hardware:
+        assert report.count(hw) <= 2, hw
+
+
+def test_parameter_counts_are_those_of_the_weights_files(facts, report):
+    rows = {}
+    for line in report.split("\n## Step 1")[0].splitlines() + section(report, "Step 2").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for m in facts.shipped:
+            if cells and cells[0] == sr.NAMES[m]:
+                number = next(c for c in cells[1:] if re.fullmatch(r"[\d,]+", c))
+                rows.setdefault(m, set()).add(int(number.replace(",", "")))
+    assert {"dnn", "convnet", "resnet"} <= set(rows)
+    for m, counts in rows.items():
+        assert counts == {count_params(load_checkpoint(ROOT / "weights" / f"{m}.pt")[0])}, m
+
+
+def test_every_link_of_the_report_and_appendix_exists():
+    for name in ("report.md", sr.APPENDIX):
+        links = re.findall(r"\]\(([^)#]+)", (ROOT / name).read_text())
+        assert links
+        missing = [link for link in links if not (ROOT / link.replace("%20", " ")).exists()]
+        assert not missing, (name, missing)
+
+
+def test_a_card_per_model_file_with_its_sections(facts):
+    assert {"dnn", "convnet", "resnet"} <= set(facts.shipped)
+    for m in facts.shipped:
+        text = (ROOT / "weights" / f"{m}.md").read_text()
+        for s in CARD_SECTIONS:
+            assert s in text, (m, s)
+        assert f"python test_model.py --weights weights/{m}.pt" in text and f"predict.py" in text
+        met = facts.metrics.get(m)
+        if met:
+            assert f"{100 * met['accuracy']:.2f}%" in text
+
+
+def test_summary_accuracies_are_test_model_numbers(facts, report):
+    head = report.split("\n## Step 1")[0]
+    for m in facts.models:
+        row = next(line for line in head.splitlines() if line.startswith(f"| {sr.NAMES[m]} | "))
+        assert row.split("|")[3].strip() == f"{100 * facts.metrics[m]['accuracy']:.2f}"
+
+
+def test_test_set_count_includes_the_speed_trials(facts, report):
+    u = sr.test_use(facts)
+    trials = [json.loads(line) for line in (ROOT / sr.TRIALS).read_text().splitlines() if line.strip()]
+    assert u["trial_points"] == sum(len(t["curve"]) for t in trials) > 0
+    assert f"**{u['total']:,} times**" in report
+
+
+# -----------------------------------------------------------------------------
+# The writer's pieces on synthetic inputs
+
+
+def test_compare_calls_gaps_within_the_seeds_noise_ties():
+    one = 1 / 5000
+    best, res = sr.compare({"a": [0.9940, 0.9944, 0.9936], "b": [0.9937, 0.9935, 0.9939], "c": [0.9900, 0.9902, 0.9898]}, one)
+    assert best == "a" and res["a"][2] and res["b"][2] and not res["c"][2]
+    best, res = sr.compare({"x": [0.99], "y": [0.99 - one]}, one)  # one image apart: a tie by the floor
+    assert res["y"][2]
+
+
+def test_run_words_names_a_run_by_its_settings():
+    c = {"model": "convnet", "model_config": {"width": 64}, "augment": True, "translate": 2.0, "rotate": 10.0, "scale": 0.1,
+         "elastic": 34.0, "elastic_sigma": 6.0, "ema": 0.0, "optimizer": "adamw", "lr": 0.01, "epochs": 30.0, "seed": 2}
+    assert sr.run_words(c) == ("ConvNet, width 64, ±2 px shifts + affine warp (±10°, ±10% scale) + elastic warp (α 34, σ 6), "
+                               "AdamW lr 0.01, 30 epochs, seed 2")
+
+
+def test_screenshot_of_a_json_log_keeps_the_ensemble_line():
+    scored = [{"weights": "weights/a.pt", "accuracy": 0.99, "f1_macro": 0.99, "auc_ovr_macro": 0.9999, "tta": {"accuracy": 0.991}},
+              {"weights": "weights/a.pt+weights/b.pt", "model": "ensemble", "accuracy": 0.995, "f1_macro": 0.995,
+               "auc_ovr_macro": 0.99999, "tta": {"accuracy": 0.996}}]
+    lines = sr.condense(json.dumps(scored, indent=2) + "\n", 70)
+    assert any(line.startswith("ENSEMBLE of the 1 files above | 0.9950") for line in lines)
+    assert len(lines) <= 70
+
+
+def test_screenshot_of_a_long_test_log_drops_per_class_rows_not_epochs():
+    per_class = "".join(f"           {d}     0.9959    0.9980    0.9969       980\n" for d in range(10))
+    test_log = ("== weights/x.pt (x)\n" + per_class + "\nweighted avg     0.9935    0.9935    0.9935     10000\n"
+                "accuracy 0.9935 | F1 macro 0.9935\n") * 5
+    lines = sr.condense(test_log, 40)
+    assert sum(line.startswith("accuracy 0.9935") for line in lines) == 5
+    train_log = "".join(f"  {e:3d}  6.70e-05     1.5816    0.5531   0.5494   0.4867  0.9010 0.8999   3.5s\n" for e in range(1, 31))
+    assert len(sr.condense(train_log, 70)) == 30
+
+
+def test_step_4_reads_the_fair_comparison_when_it_exists(facts, monkeypatch):
+    one = 1 / 5000
+    rows = [{"optimizer": o, "lr": lr, "tuning": {lr: v[0]}, "val": v, "mean": sum(v) / len(v), "std": 0.0001}
+            for o, lr, v in (("sgd", 0.1, [0.9940, 0.9942, 0.9938]), ("adam", 0.001, [0.9941, 0.9939, 0.9940]),
+                             ("adamw", 0.001, [0.9930, 0.9931, 0.9929]), ("adadelta", 1.0, [0.9900, 0.9902, 0.9901]))]
+    for r in rows:
+        r["gap"], r["noise"] = 0.9940 - r["mean"], 2 * one
+        r["tie"] = r["gap"] <= r["noise"]
+    table = {"model": "convnet", "epochs": 5, "grid": [1.0, 0.1, 0.01, 0.001, 0.0001], "tune_seed": 0, "seeds": [1, 2, 3],
+             "one_image": one, "best": "sgd", "rule": "a tie when ...", "rows": rows}
+    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: table if m == "convnet" else None, raising=False)
+    text = "\n".join(sr.section_optimizers(facts))
+    assert "**A fairer comparison**" in text and "| ConvNet | Adam | 0.001 | 99.40 ± 0.01 | 0.0 | tie |" in text
+    assert "| ConvNet | Adadelta | 1 | 99.01 ± 0.01 | 19.5 | behind |" in text
+    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: None, raising=False)
+    assert re.search(r"has not (run yet|finished)", "\n".join(sr.section_optimizers(facts)))
+
+
+def test_training_curves_use_the_unsmoothed_training_loss_when_recorded(tmp_path):
+    import types
+    config = {"model": "convnet", "model_config": {"width": 32}, "augment": True, "translate": 2.0, "optimizer": "sgd", "lr": 0.1,
+              "epochs": 3.0, "seed": 0, "label_smoothing": 0.1}
+    hist = [{"epoch": str(e), "train_acc": str(0.9 + e / 100), "val_acc": str(0.95 + e / 100), "val_loss": str(0.2 / e),
+             "train_loss": str(0.6 / e)} for e in (1, 2, 3)]
+    old = {"train_config": config, "metrics": {"epoch": 3.0}, "history": hist}
+    assert "validation cross-entropy only" in sr.curves_caption(old) and "ε = 0.1" in sr.curves_caption(old)
+    new = {**old, "history": [{**h, "train_ce": str(0.25 / float(h["epoch"]))} for h in hist]}
+    assert "the same un-smoothed cross-entropy for both" in sr.curves_caption(new)
+    f = types.SimpleNamespace(cards={"convnet": new}, root=tmp_path)
+    assert sr.figure_curves(f, "convnet") == "figures/curves_convnet.png"
+    assert (tmp_path / "figures" / "curves_convnet.png").stat().st_size > 5000
