@@ -13,9 +13,9 @@ The contract (what serve.py and the benchmarks use; each step is one function):
     answer = decide(logits, ckpt, topk=3, features=feats)  # -> {status, digit, probability, topk, number, digits}
 
 `classify(image, model, ckpt)` runs prepare -> forward -> decide in one call and returns
-(answer, crops). For an ensemble, average the members' `probabilities(logits, ckpt)` and call
-`decide_probs(probs, threshold)` (the probability threshold only: the rejector below reads one
-model's features). read_image raises ImageError (a ValueError, one line naming the file and
+(answer, crops). For an ensemble, `decide_ensemble([(logits, feats, ckpt), ...])`: the members'
+calibrated probabilities averaged against their mean threshold, and each crop kept "ok" only
+when every member's rejector accepts it (one member: exactly `decide`). read_image raises ImageError (a ValueError, one line naming the file and
 the fix) with `kind` in "empty", "data_url", "unreadable", "too_large" (e.g. for HTTP 400/413/415).
 
 An answer's `status` is one of
@@ -490,14 +490,47 @@ def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tens
     score = digit_score(logits, features, ckpt)
     if score is None or len(score) == 0:
         return answer
-    limit = float(ckpt["calibration"]["rejector"]["threshold"])
+    return _refuse(answer, score >= float(ckpt["calibration"]["rejector"]["threshold"]))
+
+
+def _refuse(answer: dict, keep: torch.Tensor) -> dict:
+    """The answer with every crop whose `keep` (n,) is False turned from "ok" to "unsure" (and a
+    number with such a digit turned "unsure"); changed in place and returned."""
     parts = answer["digits"] if answer["digits"] else [answer]
-    for part, s in zip(parts, score):
-        if float(s) < limit and part["status"] == "ok":
+    for part, k in zip(parts, keep):
+        if not bool(k) and part["status"] == "ok":
             part.update(status="unsure", digit=None)
     if answer["digits"] and any(d["status"] != "ok" for d in parts):
         answer.update(status="unsure", number=None)
     return answer
+
+
+def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]], topk: int = 3) -> dict:
+    """The answer of an ensemble for the crops of one image. members: one (logits (n, 10),
+    features (n, F) or None, ckpt) per model, from `forward` on the same n crops.
+
+    The rule: the members' calibrated probabilities are averaged and the mean of their
+    probability thresholds applies to the mean (decide_probs); then every member whose
+    checkpoint has a rejector (and whose features are given) checks each crop, and a crop
+    stays "ok" only when every one of them scores it at or above its own rejector threshold
+    (each threshold was chosen on that member's validation digits; the ensemble is the
+    careful option, so one member that sees a letter is enough to refuse it, at the cost of
+    the few digits any one rejector refuses). With one member this is exactly `decide`; with
+    no rejector among the members, only the probability threshold applies."""
+    if len(members) == 1:
+        logits, features, ckpt = members[0]
+        return decide(logits, ckpt, topk, features)
+    probs = torch.stack([probabilities(lg, ck) for lg, _, ck in members]).mean(0)  # (n, 10)
+    threshold = float(np.mean([calibration(ck)[1] for _, _, ck in members]))
+    answer = decide_probs(probs, threshold, topk)
+    votes = []  # (n,) bools, one per member with a rejector: it accepts the crop
+    for logits, features, ckpt in members:
+        score = digit_score(logits, features, ckpt)
+        if score is not None and len(score):
+            votes.append(score >= float(ckpt["calibration"]["rejector"]["threshold"]))
+    if not votes:
+        return answer
+    return _refuse(answer, torch.stack(votes).all(0))  # (n,): every rejector accepts
 
 
 def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -509,21 +542,31 @@ def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @torch.no_grad()
-def forward(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict,
+            layers: dict[str, torch.nn.Module] | None = None,
+            outputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits (n, 10), penultimate features (n, F) or None) for n crops (28, 28), one batch.
     The features are the input of the model's last nn.Linear (its classifier), caught by a
-    forward hook; None when the model has no Linear. n = 0 gives ((0, 10), None)."""
+    forward hook; None when the model has no Linear. n = 0 gives ((0, 10), None).
+
+    layers/outputs: optionally {name: module} of `model` whose outputs (float, CPU) this same
+    forward pass also stores into the dict `outputs` under those names (serve.py shows the
+    conv layers' feature maps from the pass that gives the answer). The hooks live for this
+    one call only, so concurrent callers of one model need a lock (serve.py holds one)."""
     if not crops:
         return torch.zeros(0, 10), None
     device = next(model.parameters()).device
     x = torch.cat([normalize(c, ckpt) for c in crops]).to(device)
     caught = {}
     head = _last_linear(model)
-    hook = head.register_forward_hook(lambda m, i, o: caught.__setitem__("f", i[0])) if head is not None else None
+    hooks = [head.register_forward_hook(lambda m, i, o: caught.__setitem__("f", i[0]))] if head is not None else []
+    if layers and outputs is not None:
+        hooks += [m.register_forward_hook(lambda mod, i, o, key=k: outputs.__setitem__(key, o.detach().float().cpu()))
+                  for k, m in layers.items()]
     try:
         logits = model(x).float().cpu()
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     f = caught.get("f")
     return logits, (f.float().flatten(1).cpu() if f is not None and len(f) == len(logits) else None)

@@ -189,6 +189,39 @@ def test_forward_gives_logits_and_the_classifier_input():
     assert predict.forward([], model, ckpt)[0].shape == (0, 10)
 
 
+def test_decide_ensemble_averages_and_every_rejector_must_accept():
+    def ckpt(threshold, first):  # a rejector that wants features[first] above 5
+        w = torch.zeros(12)
+        w[first] = 1.0
+        return {"normalization": {"mean": 0.1, "std": 0.3},
+                "calibration": {"temperature": 1.0, "threshold": threshold,
+                                "rejector": {"mean": torch.zeros(12), "scale": torch.ones(12), "weights": w,
+                                             "bias": -5.0, "threshold": 0.5}}}
+    a, b = ckpt(0.5, 0), ckpt(0.7, 1)
+    logits = torch.zeros(2, 10)
+    logits[:, 2] = 10.0  # two confident 2s
+    both = torch.tensor([[9.0, 9.0], [9.0, 9.0]])
+    one = torch.tensor([[9.0, 9.0], [9.0, 1.0]])  # member b's rejector refuses the second crop
+    assert predict.decide_ensemble([(logits, both, a), (logits, both, b)])["number"] == "22"
+    refused = predict.decide_ensemble([(logits, both, a), (logits, one, b)])
+    assert refused["status"] == "unsure" and [d["status"] for d in refused["digits"]] == ["ok", "unsure"]
+    # one member is exactly decide(); no features: the probability threshold only
+    assert predict.decide_ensemble([(logits[:1], one[1:], b)]) == predict.decide(logits[:1], b, features=one[1:])
+    assert predict.decide_ensemble([(logits, None, a), (logits, None, b)])["status"] == "several_digits"
+    # the mean probability against the mean threshold (0.6): 1.0 and 0.1 average to 0.55 -> unsure
+    vague = torch.zeros(1, 10)
+    assert predict.decide_ensemble([(logits[:1], None, a), (vague, None, b)])["status"] == "unsure"
+
+
+def test_forward_also_catches_the_asked_layers_in_the_same_pass():
+    model = models.build_model("convnet", width=8).eval()
+    ckpt = {"normalization": {"mean": 0.13, "std": 0.31}}
+    maps = {}
+    logits, feats = predict.forward([np.zeros((28, 28), np.float32)] * 2, model, ckpt, models.conv_layers(model), maps)
+    assert set(maps) == set(models.conv_layers(model)) and maps["first_conv"].shape[0] == 2
+    assert torch.equal(logits, predict.forward([np.zeros((28, 28), np.float32)] * 2, model, ckpt)[0])
+
+
 def test_cli_answers_every_file_and_exits_1_only_on_unreadable(tmp_path, capsys):
     model = models.build_model("convnet", width=8)
     ckpt = {"model": "convnet", "model_config": {"width": 8}, "state_dict": model.state_dict(),
