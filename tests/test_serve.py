@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 import models
 import predict
 import serve
-from conftest import ROOT
+from conftest import ROOT, in_ci, skip_or_fail
 
 WEIGHTS = [str(ROOT / "weights" / "convnet.pt"), str(ROOT / "weights" / "dnn.pt")]
 
@@ -212,11 +213,19 @@ def browser():
     except ImportError:
         sync_playwright = None
     if sync_playwright is None or not os.path.exists(CHROMIUM):
-        why = "needs Playwright (pip install -r requirements.txt) and chromium (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser test {why}; .ci/run installs both", pytrace=False)
-        pytest.skip(why)
+        skip_or_fail("the browser tests need Playwright (pip install -r requirements.txt) and chromium "
+                     f"(apt-get install chromium; looked for {CHROMIUM})", ".ci/run installs both")
     return sync_playwright
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_outside(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                           ("false", pytest.skip.Exception), ("", pytest.skip.Exception)):
+        monkeypatch.setenv("CI", value)
+        assert in_ci() == (outcome is pytest.fail.Exception)
+        with pytest.raises(outcome, match="chromium"):
+            browser()
 
 
 # Strokes in canvas pixels (the canvas is 280x280), drawn as a person would.
