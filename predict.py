@@ -39,9 +39,10 @@ Finding the ink (prepare): grey with ink from the alpha channel when the colour 
 none; light paper made the majority; uneven light divided out (the paper's brightness
 estimated by a grey closing wider than the strokes, then smoothed); an Otsu threshold on the
 result; long thin ruled or grid lines removed; connected components, far specks dropped,
-pieces that overlap horizontally joined into one digit. Each digit is framed as MNIST's
-were: its bounding box scaled so the longer side is 20 px, pasted into 28x28 with its centre
-of mass at the centre. scipy.ndimage and scikit-image do the image operations.
+pieces that overlap horizontally joined into one digit; a square-ish thumbnail (shorter side
+under MIN_SIDE, at most ONE_CELL_ASPECT elongated: an MNIST 28x28) is one digit, all its ink.
+Each digit is framed as MNIST's were: its bounding box scaled so the longer side is 20 px,
+pasted into 28x28 with its centre of mass at the centre. scipy.ndimage and scikit-image do the image operations.
 """
 
 import argparse
@@ -68,6 +69,7 @@ UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enl
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
 TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: framed from a LANCZOS enlargement, mask grown 2 px
+ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -390,6 +392,11 @@ def prepare(image) -> list[np.ndarray]:
     grey = _reduce(to_grey(image), WORK_SIDE)
     big = _enlarge(grey, MIN_SIDE)
     masks = find_digits(ink_map(big))
+    if big.shape != grey.shape and len(masks) > 1 and max(grey.shape) <= ONE_CELL_ASPECT * min(grey.shape):
+        # A square-ish thumbnail (an MNIST 28x28, an 8x8 crop) is one character cell: a gap of a
+        # pixel there is sampling (a 4's bar or a 1's stroke broken between two pixels), not space
+        # between two digits, so all its ink is one digit.
+        masks = [np.logical_or.reduce(masks)]
     if big.shape == grey.shape:
         return [frame(ink_map(grey), m) for m in masks]
     # A thumbnail: the digits are found on the enlarged copy (components hold together), then

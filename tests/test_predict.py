@@ -127,6 +127,22 @@ def test_several_digits_left_to_right_and_far_specks_dropped():
     assert np.abs(crops[0] - crops[2]).mean() < 0.01 and np.abs(crops[0] - crops[1]).mean() > 0.02  # order kept
 
 
+def test_a_square_thumbnail_is_one_digit_even_when_its_strokes_break():
+    """A 28x28 MNIST-like 4 whose bar is broken by one pixel: one digit, not two (MNIST test
+    images 736 and 6152 were read as two); an elongated thumbnail still splits."""
+    four = np.zeros((28, 28), np.uint8)
+    four[6:16, 8:11] = 255    # left arm
+    four[14:17, 8:15] = 255   # bar, left half
+    four[14:17, 16:21] = 255  # bar, right half after a 1-px gap
+    four[5:24, 17:20] = 255   # stem
+    four[5:24, 16] = 0        # the gap runs the stem's full height
+    assert len(predict.prepare(Image.fromarray(four))) == 1
+    row = np.zeros((28, 84), np.uint8)
+    row[4:24, 10:14] = 255
+    row[4:24, 60:64] = 255  # two 1s far apart in a 3:1 strip
+    assert len(predict.prepare(Image.fromarray(row))) == 2
+
+
 def test_jpeg_is_drafted_and_pixel_limit_is_one_line_error():
     big = Image.new("RGB", (4000, 3000), (240, 235, 225))
     ImageDraw.Draw(big).line([(1500, 1000), (2300, 1000), (1800, 2100)], fill=(30, 30, 40), width=70)
