@@ -13,13 +13,14 @@ Both are chosen on data the model was not trained on and the test split never se
 - threshold p: the answer is "ok" only when the calibrated top probability is >= p. The
   candidates are scored on the validation digits (share accepted, accuracy of those accepted)
   and on generated non-digits (`non_digits`: letters and symbols drawn with Debian's DejaVu
-  fonts, shapes, scribbles; share refused). The chosen p is the highest that still accepts
+  fonts and Pillow's bundled font, thickened and tilted, shapes, scribbles; share refused). The chosen p is the highest that still accepts
   PROB_ACCEPT of the validation digits; the whole curve is saved.
 - a rejector: the top probability alone refuses few letters (a ConvNet is confident on an
-  "A"), so a logistic regression over the sorted logits and their logsumexp (11 numbers)
-  is fitted, validation digits (also as 8-16 px thumbnails) against the non-digits' crops,
-  and its threshold is the
-  highest that keeps MIN_ACCEPT of the validation digits "ok" together with p.
+  "A"), so a logistic regression over the penultimate features and the logits is fitted on
+  validation half A (also as 8-16 px thumbnails) against the non-digits of seed 1; its
+  threshold is the highest that keeps MIN_ACCEPT of validation half B "ok" together with p,
+  and its regularization C (REJECTOR_CS) the one whose thresholds then refuse the most of
+  the unseen non-digits of seed 2.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
 Imports data.py, models.py and predict.py only.
 """
@@ -40,12 +41,15 @@ from models import CheckpointError, load_checkpoint, read_checkpoint, save_atomi
 
 ROOT = Path(__file__).resolve().parent
 MIN_ACCEPT = 0.995  # share of validation digits that must stay "ok" (the product promises >= 99% on test)
-REJECTOR_C = 0.01  # inverse L2 strength of the rejector's logistic regression (thousands of features, few negatives)
+# Inverse L2 strengths tried for the rejector's logistic regression (thousands of features, few
+# negatives); the one refusing the most held-out non-digits at the chosen thresholds is kept.
+REJECTOR_CS = (0.0003, 0.001, 0.003, 0.01)
 PROB_ACCEPT = 0.9975  # the probability threshold alone keeps this share; the rejector takes the rest of the margin
 ECE_BINS = 15
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
 # Letters and symbols that are not drawn like any digit (no O, I, l, S, Z, B, G, b, g, q, ...).
-NON_DIGIT_CHARS = "AEFHKMNRUVWXYacefhkmnrtuvwxy?%&@#*+=<>"
+NON_DIGIT_CHARS = "AEFHJKLMNPRTUVWXYacefhkmnprtuvwxy?%&@#*+=<>$€£¥§©®"
+GLYPH_TILT = 20  # degrees: letters and symbols are drawn tilted by up to this either way (hands slant)
 
 
 # -----------------------------------------------------------------------------
@@ -58,26 +62,31 @@ def fonts(family: str = "DejaVu") -> list[Path]:
 
 
 def non_digits(n: int, seed: int = 0, family: str = "DejaVu", size: int = 280):
-    """n PIL images ("L", size x size, dark ink on white), a quarter each: a letter or symbol
-    of NON_DIGIT_CHARS in a random font of `family`, a filled or outlined shape (square,
-    triangle, star, cross), a scribble (a random walk of 8-20 steps), and two to four short
-    random strokes. Deterministic for a seed."""
+    """n PIL images ("L", size x size, dark ink on white): two fifths a letter or symbol of
+    NON_DIGIT_CHARS in a random font of `family` or Pillow's own bundled font, its strokes
+    thickened by 0 to size/30 px (pens and markers) and tilted by up to GLYPH_TILT degrees;
+    a fifth each a filled or outlined shape (square, triangle, star, cross), a scribble (a
+    random walk of 8-20 steps), and two to four short random strokes. Deterministic for a seed."""
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(seed)
-    faces = fonts(family) or fonts()
+    faces = (fonts(family) or fonts()) + [None]  # None: Pillow's bundled font (a third design)
     out = []
     for i in range(n):
         img = Image.new("L", (size, size), 255)
         draw = ImageDraw.Draw(img)
-        kind = i % 4
+        kind = (0, 0, 1, 2, 3)[i % 5]
         width = int(rng.integers(size // 40, size // 14))
         c = size / 2 + rng.uniform(-size / 10, size / 10, 2)
         r = size * rng.uniform(0.2, 0.35)
-        if kind == 0 and faces:
+        if kind == 0:
             ch = NON_DIGIT_CHARS[rng.integers(len(NON_DIGIT_CHARS))]
-            font = ImageFont.truetype(str(faces[rng.integers(len(faces))]), int(size * rng.uniform(0.45, 0.7)))
-            draw.text(tuple(c), ch, fill=0, font=font, anchor="mm")
+            face, px = faces[rng.integers(len(faces))], int(size * rng.uniform(0.45, 0.7))
+            font = ImageFont.truetype(str(face), px) if face is not None else ImageFont.load_default(px)
+            draw.text(tuple(c), ch, fill=0, font=font, anchor="mm", stroke_width=int(rng.integers(0, size // 30 + 1)),
+                      stroke_fill=0)
+            img = img.rotate(float(rng.uniform(-GLYPH_TILT, GLYPH_TILT)), resample=Image.BILINEAR, center=tuple(c),
+                             fillcolor=255)
         elif kind == 1:
             shape = rng.integers(4)
             if shape == 0:
@@ -193,7 +202,7 @@ def plain(d: dict) -> dict:
     return f"tensor{list(d.shape)}" if isinstance(d, torch.Tensor) else d
 
 
-def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 800,
+def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 1600,
               write: bool = True) -> dict:
     """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
     with write=True, store them in the checkpoint (atomically) and in its .json beside it.
@@ -246,56 +255,67 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
     x = torch.cat([torch.cat([f, lg], 1) for lg, f in pos + neg]).numpy()
     y = np.r_[np.ones(sum(len(o[0]) for o in pos)), np.zeros(sum(len(o[0]) for o in neg))]
     scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=REJECTOR_C, class_weight="balanced", max_iter=3000).fit(scaler.transform(x), y)
-    rejector = {"mean": torch.tensor(scaler.mean_, dtype=torch.float32),
-                "scale": torch.tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32),
-                "weights": torch.tensor(clf.coef_[0], dtype=torch.float32), "bias": float(clf.intercept_[0]),
-                "threshold": 0.0, "C": REJECTOR_C,
-                "features": "penultimate features (input of the last Linear) and the 10 logits, standardized",
-                "fitted_on": f"{len(half_a)} validation digits (half A) and as many 8-16 px thumbnails of them, "
-                             f"vs {len(neg)} generated non-digits (DejaVu, seed 1)"}
-    c = {"calibration": {"temperature": t, "rejector": rejector}}
     nd_b = non_digits(max(n_non_digits // 2, 1), seed=2, family="DejaVu")
-
-    def per_image(outs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per image: number of crops, the lowest calibrated top probability and rejector score
-        over its crops, and the first crop's digit (what predict.decide compares with thresholds)."""
-        k = np.array([len(lg) for lg, _ in outs])
-        lowest_p, lowest_s, digit = np.ones(len(k)), np.ones(len(k)), np.full(len(k), -1)
-        for i, (lg, f) in enumerate(outs):
-            if len(lg):
-                probs = predict.probabilities(lg, c)
-                lowest_p[i] = float(probs.max(1).values.min())
-                lowest_s[i] = float(predict.digit_score(lg, f, c).min())
-                digit[i] = int(probs[0].argmax())
-        return k, lowest_p, lowest_s, digit
-
-    vk, vp, vs, vd = per_image(model_out([crops[i] for i in half_b]))
-    nk, np_, ns, _ = per_image(model_out(prepared(nd_b)[0]))
+    val_outs, nd_outs = model_out([crops[i] for i in half_b]), model_out(prepared(nd_b)[0])
     labels_b = labels.numpy()[half_b]
 
-    def scores(p: float, r: float) -> dict:
-        # as predict.decide: "ok" needs one crop passing both thresholds; a refusal is no crop or any crop failing
-        ok = (vk == 1) & (vp >= p) & (vs >= r)
-        refused = (nk == 0) | (np_ < p) | (ns < r)
-        return {"threshold": p, "rejector_threshold": r, "val_accepted": float(ok.mean()),
-                "val_acc_accepted": float((ok & (vd == labels_b)).sum() / max(ok.sum(), 1)),
-                "non_digit_refused": float(refused.mean())}
+    def fit_and_choose(strength: float):
+        """The rejector fitted with C = strength, and both thresholds chosen for it on half B."""
+        clf = LogisticRegression(C=strength, class_weight="balanced", max_iter=3000).fit(scaler.transform(x), y)
+        rejector = {"mean": torch.tensor(scaler.mean_, dtype=torch.float32),
+                    "scale": torch.tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32),
+                    "weights": torch.tensor(clf.coef_[0], dtype=torch.float32), "bias": float(clf.intercept_[0]),
+                    "threshold": 0.0, "C": strength,
+                    "features": "penultimate features (input of the last Linear) and the 10 logits, standardized",
+                    "fitted_on": f"{len(half_a)} validation digits (half A) and as many 8-16 px thumbnails of them, "
+                                 f"vs {len(neg)} generated non-digits (DejaVu, seed 1)"}
+        c = {"calibration": {"temperature": t, "rejector": rejector}}
 
-    # The probability threshold alone, then the rejector's on top of the chosen one.
-    curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
-    fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
-    p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
-    rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
-    fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
-    chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
+        def per_image(outs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            """Per image: number of crops, the lowest calibrated top probability and rejector score
+            over its crops, and the first crop's digit (what predict.decide compares with thresholds)."""
+            k = np.array([len(lg) for lg, _ in outs])
+            lowest_p, lowest_s, digit = np.ones(len(k)), np.ones(len(k)), np.full(len(k), -1)
+            for i, (lg, f) in enumerate(outs):
+                if len(lg):
+                    probs = predict.probabilities(lg, c)
+                    lowest_p[i] = float(probs.max(1).values.min())
+                    lowest_s[i] = float(predict.digit_score(lg, f, c).min())
+                    digit[i] = int(probs[0].argmax())
+            return k, lowest_p, lowest_s, digit
+
+        vk, vp, vs, vd = per_image(val_outs)
+        nk, np_, ns, _ = per_image(nd_outs)
+
+        def scores(p: float, r: float) -> dict:
+            # as predict.decide: "ok" needs one crop passing both thresholds; a refusal is no crop or any crop failing
+            ok = (vk == 1) & (vp >= p) & (vs >= r)
+            refused = (nk == 0) | (np_ < p) | (ns < r)
+            return {"threshold": p, "rejector_threshold": r, "val_accepted": float(ok.mean()),
+                    "val_acc_accepted": float((ok & (vd == labels_b)).sum() / max(ok.sum(), 1)),
+                    "non_digit_refused": float(refused.mean())}
+
+        # The probability threshold alone, then the rejector's on top of the chosen one.
+        curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
+        fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
+        p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
+        rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
+        fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
+        chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
+        return rejector, chosen, curve, rejector_curve
+
+    # C (the rejector's regularization) chosen like the thresholds: on half B and the unseen
+    # non-digits, the C whose chosen thresholds refuse the most of them (ties: the stronger one).
+    tried = [(strength, *fit_and_choose(strength)) for strength in REJECTOR_CS]
+    _, rejector, chosen, curve, rejector_curve = max(tried, key=lambda r: (r[2]["non_digit_refused"], -r[0]))
+    result["rejector_c_tried"] = {str(st): round(ch["non_digit_refused"], 5) for st, _, ch, _, _ in tried}
     rejector["threshold"] = chosen["rejector_threshold"]
     result.update({"threshold": chosen["threshold"], "rejector": rejector, "min_accept": MIN_ACCEPT,
                    "prob_accept": PROB_ACCEPT, "val_n": len(val_idx),
                    "val_accepted": chosen["val_accepted"], "val_acc_accepted": chosen["val_acc_accepted"],
                    "val_n_thresholds": len(half_b), "non_digit_n": len(nd_b),
                    "non_digit_refused": chosen["non_digit_refused"],
-                   "non_digits": "letters/symbols (DejaVu fonts), shapes, scribbles, strokes: calibrate.non_digits; "
+                   "non_digits": "letters/symbols (DejaVu fonts and Pillow's bundled font, thickened, tilted), shapes, scribbles, strokes: calibrate.non_digits; "
                                  "seed 1 fits the rejector, seed 2 scores the thresholds",
                    "curve": curve, "rejector_curve": rejector_curve})
     if write:
@@ -346,7 +366,7 @@ def main(argv=None) -> int:
     p.add_argument("weights", nargs="+", help="checkpoints (.pt) to calibrate")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $DATA_DIR or data/)")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images (cheap runs)")
-    p.add_argument("--non-digits", type=int, default=800, help="generated non-digit images for the threshold")
+    p.add_argument("--non-digits", type=int, default=1600, help="generated non-digit images for the threshold")
     p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     p.add_argument("--out", default=str(ROOT / "results" / "calibration"), help="folder for <name>.json with the curve")
     a = p.parse_args(argv)

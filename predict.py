@@ -13,9 +13,9 @@ The contract (what serve.py and the benchmarks use; each step is one function):
     answer = decide(logits, ckpt, topk=3, features=feats)  # -> {status, digit, probability, topk, number, digits}
 
 `classify(image, model, ckpt)` runs prepare -> forward -> decide in one call and returns
-(answer, crops). For an ensemble, average the members' `probabilities(logits, ckpt)` and call
-`decide_probs(probs, threshold)` (the probability threshold only: the rejector below reads one
-model's features). read_image raises ImageError (a ValueError, one line naming the file and
+(answer, crops). For an ensemble, `decide_ensemble([(logits, feats, ckpt), ...])`: the members'
+calibrated probabilities averaged against their mean threshold, and each crop kept "ok" only
+when every member's rejector accepts it (one member: exactly `decide`). read_image raises ImageError (a ValueError, one line naming the file and
 the fix) with `kind` in "empty", "data_url", "unreadable", "too_large" (e.g. for HTTP 400/413/415).
 
 An answer's `status` is one of
@@ -39,9 +39,10 @@ Finding the ink (prepare): grey with ink from the alpha channel when the colour 
 none; light paper made the majority; uneven light divided out (the paper's brightness
 estimated by a grey closing wider than the strokes, then smoothed); an Otsu threshold on the
 result; long thin ruled or grid lines removed; connected components, far specks dropped,
-pieces that overlap horizontally joined into one digit. Each digit is framed as MNIST's
-were: its bounding box scaled so the longer side is 20 px, pasted into 28x28 with its centre
-of mass at the centre. scipy.ndimage and scikit-image do the image operations.
+pieces that overlap horizontally joined into one digit; a square-ish thumbnail (shorter side
+under MIN_SIDE, at most ONE_CELL_ASPECT elongated: an MNIST 28x28) is one digit, all its ink.
+Each digit is framed as MNIST's were: its bounding box scaled so the longer side is 20 px,
+pasted into 28x28 with its centre of mass at the centre. scipy.ndimage and scikit-image do the image operations.
 """
 
 import argparse
@@ -68,6 +69,7 @@ UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enl
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
 TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: framed from a LANCZOS enlargement, mask grown 2 px
+ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -390,6 +392,11 @@ def prepare(image) -> list[np.ndarray]:
     grey = _reduce(to_grey(image), WORK_SIDE)
     big = _enlarge(grey, MIN_SIDE)
     masks = find_digits(ink_map(big))
+    if big.shape != grey.shape and len(masks) > 1 and max(grey.shape) <= ONE_CELL_ASPECT * min(grey.shape):
+        # A square-ish thumbnail (an MNIST 28x28, an 8x8 crop) is one character cell: a gap of a
+        # pixel there is sampling (a 4's bar or a 1's stroke broken between two pixels), not space
+        # between two digits, so all its ink is one digit.
+        masks = [np.logical_or.reduce(masks)]
     if big.shape == grey.shape:
         return [frame(ink_map(grey), m) for m in masks]
     # A thumbnail: the digits are found on the enlarged copy (components hold together), then
@@ -490,14 +497,47 @@ def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tens
     score = digit_score(logits, features, ckpt)
     if score is None or len(score) == 0:
         return answer
-    limit = float(ckpt["calibration"]["rejector"]["threshold"])
+    return _refuse(answer, score >= float(ckpt["calibration"]["rejector"]["threshold"]))
+
+
+def _refuse(answer: dict, keep: torch.Tensor) -> dict:
+    """The answer with every crop whose `keep` (n,) is False turned from "ok" to "unsure" (and a
+    number with such a digit turned "unsure"); changed in place and returned."""
     parts = answer["digits"] if answer["digits"] else [answer]
-    for part, s in zip(parts, score):
-        if float(s) < limit and part["status"] == "ok":
+    for part, k in zip(parts, keep):
+        if not bool(k) and part["status"] == "ok":
             part.update(status="unsure", digit=None)
     if answer["digits"] and any(d["status"] != "ok" for d in parts):
         answer.update(status="unsure", number=None)
     return answer
+
+
+def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]], topk: int = 3) -> dict:
+    """The answer of an ensemble for the crops of one image. members: one (logits (n, 10),
+    features (n, F) or None, ckpt) per model, from `forward` on the same n crops.
+
+    The rule: the members' calibrated probabilities are averaged and the mean of their
+    probability thresholds applies to the mean (decide_probs); then every member whose
+    checkpoint has a rejector (and whose features are given) checks each crop, and a crop
+    stays "ok" only when every one of them scores it at or above its own rejector threshold
+    (each threshold was chosen on that member's validation digits; the ensemble is the
+    careful option, so one member that sees a letter is enough to refuse it, at the cost of
+    the few digits any one rejector refuses). With one member this is exactly `decide`; with
+    no rejector among the members, only the probability threshold applies."""
+    if len(members) == 1:
+        logits, features, ckpt = members[0]
+        return decide(logits, ckpt, topk, features)
+    probs = torch.stack([probabilities(lg, ck) for lg, _, ck in members]).mean(0)  # (n, 10)
+    threshold = float(np.mean([calibration(ck)[1] for _, _, ck in members]))
+    answer = decide_probs(probs, threshold, topk)
+    votes = []  # (n,) bools, one per member with a rejector: it accepts the crop
+    for logits, features, ckpt in members:
+        score = digit_score(logits, features, ckpt)
+        if score is not None and len(score):
+            votes.append(score >= float(ckpt["calibration"]["rejector"]["threshold"]))
+    if not votes:
+        return answer
+    return _refuse(answer, torch.stack(votes).all(0))  # (n,): every rejector accepts
 
 
 def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -509,21 +549,31 @@ def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @torch.no_grad()
-def forward(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict,
+            layers: dict[str, torch.nn.Module] | None = None,
+            outputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits (n, 10), penultimate features (n, F) or None) for n crops (28, 28), one batch.
     The features are the input of the model's last nn.Linear (its classifier), caught by a
-    forward hook; None when the model has no Linear. n = 0 gives ((0, 10), None)."""
+    forward hook; None when the model has no Linear. n = 0 gives ((0, 10), None).
+
+    layers/outputs: optionally {name: module} of `model` whose outputs (float, CPU) this same
+    forward pass also stores into the dict `outputs` under those names (serve.py shows the
+    conv layers' feature maps from the pass that gives the answer). The hooks live for this
+    one call only, so concurrent callers of one model need a lock (serve.py holds one)."""
     if not crops:
         return torch.zeros(0, 10), None
     device = next(model.parameters()).device
     x = torch.cat([normalize(c, ckpt) for c in crops]).to(device)
     caught = {}
     head = _last_linear(model)
-    hook = head.register_forward_hook(lambda m, i, o: caught.__setitem__("f", i[0])) if head is not None else None
+    hooks = [head.register_forward_hook(lambda m, i, o: caught.__setitem__("f", i[0]))] if head is not None else []
+    if layers and outputs is not None:
+        hooks += [m.register_forward_hook(lambda mod, i, o, key=k: outputs.__setitem__(key, o.detach().float().cpu()))
+                  for k, m in layers.items()]
     try:
         logits = model(x).float().cpu()
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     f = caught.get("f")
     return logits, (f.float().flatten(1).cpu() if f is not None and len(f) == len(logits) else None)

@@ -21,8 +21,9 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
     right status (405 carries Allow); client disconnects are not logged as errors;
   - static files come from web/ only; /openapi.json describes the API and /docs renders it as a
     page that needs no network (FastAPI's Swagger UI would load its scripts from a CDN).
-The image goes through predict.py (decoding, MNIST framing, answers) and the model through
-feature_visualization.py's hooks, imported, not copied.
+The image goes through predict.py (decoding, MNIST framing, predict.forward, and the answer from
+predict.decide for one model, predict.decide_ensemble for the ensemble), imported, not copied: for
+one model the API answers exactly as `python predict.py` does, the rejector included.
 """
 
 import argparse
@@ -44,8 +45,7 @@ import numpy as np
 import torch
 
 import predict
-from feature_visualization import feature_maps
-from models import STUDY_MODELS, CheckpointError, load_checkpoint
+from models import STUDY_MODELS, CheckpointError, conv_layers, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
@@ -200,21 +200,27 @@ class Models:
         t0 = time.perf_counter()
         crops = predict.prepare(read_image(body))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
         members = list(self.models) if name == "ensemble" else [name]
-        probs, features = [], None
+        outs, features = [], None  # outs: (logits (n, 10), penultimate features (n, F) or None, ckpt) per member
         if crops:
-            with self.lock, torch.no_grad():
+            with self.lock:
                 for member in members:
                     model, ckpt = self.models[member]
-                    maps = feature_maps(model, torch.cat([predict.normalize(c, ckpt) for c in crops]))  # (n, 1, 28, 28) in
-                    probs.append(predict.probabilities(maps["logits"], ckpt))  # (n, 10), calibrated
-                    if features is None and "first_conv" in maps:  # the first CNN's maps (for the ensemble too)
+                    # One forward pass per member gives the answer and the feature maps shown (the first CNN's).
+                    layers = conv_layers(model) if features is None else {}
+                    maps = {}
+                    logits, feats = predict.forward(crops, model, ckpt, layers, maps)
+                    outs.append((logits, feats, ckpt))
+                    if "first_conv" in maps:
                         features = {"from": member,
                                     **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
                                        for key, label in (("first_conv", "conv1"), ("second_conv", "conv2"))}}
-        # The ensemble: members' calibrated probabilities averaged, their thresholds too.
-        threshold = float(np.mean([predict.calibration(self.models[m][1])[1] for m in members]))
-        p = torch.stack(probs).mean(0) if probs else torch.zeros(0, 10)  # (n, 10)
-        answer = predict.decide_probs(p, threshold, topk=3)
+        # predict.py's decision: one model -> predict.decide with its features (the rejector applies);
+        # the ensemble -> predict.decide_ensemble (mean probability vs mean threshold, every rejector must accept).
+        if not outs:
+            answer, p = predict.decide_probs(torch.zeros(0, 10), predict.DEFAULT_THRESHOLD), torch.zeros(0, 10)
+        else:
+            answer = predict.decide_ensemble(outs, topk=3)
+            p = torch.stack([predict.probabilities(lg, ck) for lg, _, ck in outs]).mean(0)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
                 "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}

@@ -3,6 +3,7 @@
     python benchmarks/user_images.py             # every condition x 100 digits, every shipped model, + the MNIST check
     python benchmarks/user_images.py --quick     # 3 images per condition (one 12 MP photo), convnet only, no MNIST check (CI)
     python benchmarks/user_images.py --mnist 0   # skip the 10,000-PNG MNIST test-split check
+    python benchmarks/user_images.py --mnist-only   # only the MNIST check, printed (writes nothing)
 
 Each condition is a generator (`CONDITIONS`): a 28x28 MNIST test digit (uint8, white on
 black) and a random generator -> the bytes of an image file (PNG or JPEG, with EXIF, 16-bit,
@@ -393,6 +394,14 @@ def mnist_check(model_name: str, n: int, data_dir=None) -> dict:
             "test_acc_test_model": ckpt.get("metrics", {}).get("test_acc")}
 
 
+def mnist_line(check: dict) -> str:
+    """One line of text for mnist_check's result."""
+    return (f"MNIST test through predict.py ({check['n']} PNGs, {check['model']}): top guess {100 * check['top1_accuracy']:.2f}%, "
+            f"{100 * check['accuracy']:.2f}% right and ok, "
+            f"{100 * check['accepted']:.2f}% accepted ({100 * check['accuracy_accepted']:.2f}% of those right); "
+            f"test_model.py: {100 * (check['test_acc_test_model'] or 0):.2f}%")
+
+
 def table(results: dict, models: list[str]) -> str:
     """Markdown: one row per condition, per model "right % (refused %)"."""
     head = "| condition | kind | n | " + " | ".join(models) + " |"
@@ -410,9 +419,16 @@ def main(argv=None) -> int:
     p.add_argument("--mnist", type=int, default=10_000, help="MNIST test digits for the PNG check (0: skip)")
     p.add_argument("--quick", action="store_true", help="3 images per condition, convnet only, no MNIST check; "
                                                         "writes nothing")
+    p.add_argument("--mnist-only", action="store_true", help="only the MNIST PNG check (--mnist digits), printed; "
+                                                             "writes nothing")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    if a.mnist_only:
+        if a.mnist <= 0:
+            sys.exit("error: --mnist-only needs --mnist N with N > 0 (the number of test digits to check)")
+        print(mnist_line(mnist_check(DEFAULT_MODEL, a.mnist, a.data_dir)))
+        return 0
     models = a.models or ([DEFAULT_MODEL] if a.quick else SHIPPED)
     n = 3 if a.quick else a.n
     t0 = time.perf_counter()
@@ -422,10 +438,7 @@ def main(argv=None) -> int:
     check = None
     if not a.quick and a.mnist:
         check = mnist_check(DEFAULT_MODEL, a.mnist, a.data_dir)
-        print(f"\nMNIST test through predict.py ({check['n']} PNGs, {DEFAULT_MODEL}): top guess {100 * check['top1_accuracy']:.2f}%, "
-              f"{100 * check['accuracy']:.2f}% right and ok, "
-              f"{100 * check['accepted']:.2f}% accepted ({100 * check['accuracy_accepted']:.2f}% of those right); "
-              f"test_model.py: {100 * (check['test_acc_test_model'] or 0):.2f}%")
+        print("\n" + mnist_line(check))
     if a.quick:
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -437,14 +450,14 @@ def main(argv=None) -> int:
               "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
               "seconds": round(time.perf_counter() - t0, 1), "conditions": results, "mnist_check": check}
     (RESULTS / "user_images.json").write_text(json.dumps(record, indent=2) + "\n")
-    mnist_line = ("" if check is None else
+    mnist_md = ("" if check is None else
                   f"\n\nMNIST test split through predict.py ({check['n']} 28x28 PNGs, {DEFAULT_MODEL}): "
                   f"top guess {100 * check['top1_accuracy']:.2f}% right; {100 * check['accuracy']:.2f}% right and accepted, "
                   f"{100 * check['accepted']:.2f}% accepted; test_model.py: "
                   f"{100 * (check['test_acc_test_model'] or 0):.2f}%.")
     (RESULTS / "user_images.md").write_text(
         f"Cells: right % (refused %), {n} images per condition (fewer where the table says), "
-        f"generated from MNIST test digits by benchmarks/user_images.py on {record['date']}.\n\n" + md + mnist_line + "\n")
+        f"generated from MNIST test digits by benchmarks/user_images.py on {record['date']}.\n\n" + md + mnist_md + "\n")
     return 0
 
 

@@ -15,6 +15,19 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 
 
+def in_ci() -> bool:
+    """True under CI: $CI set to anything but "", "0", "false" or "no" (GitHub, GitLab and .ci/run set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(why: str, fix: str) -> None:
+    """A test that cannot run here: outside CI a skip giving the reason; under CI a failure
+    (a missing tool must never let CI pass without the test)."""
+    if in_ci():
+        pytest.fail(f"{why}; {fix}", pytrace=False)
+    pytest.skip(f"{why} (under CI=true this fails)")
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Unsigned-byte IDX: magic 0x0801 (labels, 1-D) or 0x0803 (images, 3-D), big-endian dims, raw bytes."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -44,6 +44,10 @@ def test_calibration_is_stored_in_the_checkpoint_and_used(tmp_path, real_data_di
     (tmp_path / "w.json").write_text(json.dumps({"model": "convnet"}))
     r = calibrate.calibrate(path, data_dir=real_data_dir, limit_val=200, n_non_digits=40, write=True)
     assert r["temperature"] > 0 and 0.3 <= r["threshold"] <= 0.99 and len(r["curve"]) > 10
+    # the rejector's C: every candidate scored on the unseen non-digits, the best one kept
+    tried = r["rejector_c_tried"]
+    assert set(tried) == {str(c) for c in calibrate.REJECTOR_CS}
+    assert tried[str(r["rejector"]["C"])] == max(tried.values()) == round(r["non_digit_refused"], 5)
     _, ckpt = models.load_checkpoint(path)
     cal = ckpt["calibration"]
     assert cal["temperature"] == r["temperature"] and cal["rejector"]["weights"].shape == (8 * 4 * 9 + 10,)

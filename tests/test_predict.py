@@ -127,6 +127,22 @@ def test_several_digits_left_to_right_and_far_specks_dropped():
     assert np.abs(crops[0] - crops[2]).mean() < 0.01 and np.abs(crops[0] - crops[1]).mean() > 0.02  # order kept
 
 
+def test_a_square_thumbnail_is_one_digit_even_when_its_strokes_break():
+    """A 28x28 MNIST-like 4 whose bar is broken by one pixel: one digit, not two (MNIST test
+    images 736 and 6152 were read as two); an elongated thumbnail still splits."""
+    four = np.zeros((28, 28), np.uint8)
+    four[6:16, 8:11] = 255    # left arm
+    four[14:17, 8:15] = 255   # bar, left half
+    four[14:17, 16:21] = 255  # bar, right half after a 1-px gap
+    four[5:24, 17:20] = 255   # stem
+    four[5:24, 16] = 0        # the gap runs the stem's full height
+    assert len(predict.prepare(Image.fromarray(four))) == 1
+    row = np.zeros((28, 84), np.uint8)
+    row[4:24, 10:14] = 255
+    row[4:24, 60:64] = 255  # two 1s far apart in a 3:1 strip
+    assert len(predict.prepare(Image.fromarray(row))) == 2
+
+
 def test_jpeg_is_drafted_and_pixel_limit_is_one_line_error():
     big = Image.new("RGB", (4000, 3000), (240, 235, 225))
     ImageDraw.Draw(big).line([(1500, 1000), (2300, 1000), (1800, 2100)], fill=(30, 30, 40), width=70)
@@ -187,6 +203,39 @@ def test_forward_gives_logits_and_the_classifier_input():
     assert logits.shape == (3, 10) and feats.shape == (3, model.fc.in_features)
     assert torch.allclose(model.fc(feats), logits, atol=1e-5)
     assert predict.forward([], model, ckpt)[0].shape == (0, 10)
+
+
+def test_decide_ensemble_averages_and_every_rejector_must_accept():
+    def ckpt(threshold, first):  # a rejector that wants features[first] above 5
+        w = torch.zeros(12)
+        w[first] = 1.0
+        return {"normalization": {"mean": 0.1, "std": 0.3},
+                "calibration": {"temperature": 1.0, "threshold": threshold,
+                                "rejector": {"mean": torch.zeros(12), "scale": torch.ones(12), "weights": w,
+                                             "bias": -5.0, "threshold": 0.5}}}
+    a, b = ckpt(0.5, 0), ckpt(0.7, 1)
+    logits = torch.zeros(2, 10)
+    logits[:, 2] = 10.0  # two confident 2s
+    both = torch.tensor([[9.0, 9.0], [9.0, 9.0]])
+    one = torch.tensor([[9.0, 9.0], [9.0, 1.0]])  # member b's rejector refuses the second crop
+    assert predict.decide_ensemble([(logits, both, a), (logits, both, b)])["number"] == "22"
+    refused = predict.decide_ensemble([(logits, both, a), (logits, one, b)])
+    assert refused["status"] == "unsure" and [d["status"] for d in refused["digits"]] == ["ok", "unsure"]
+    # one member is exactly decide(); no features: the probability threshold only
+    assert predict.decide_ensemble([(logits[:1], one[1:], b)]) == predict.decide(logits[:1], b, features=one[1:])
+    assert predict.decide_ensemble([(logits, None, a), (logits, None, b)])["status"] == "several_digits"
+    # the mean probability against the mean threshold (0.6): 1.0 and 0.1 average to 0.55 -> unsure
+    vague = torch.zeros(1, 10)
+    assert predict.decide_ensemble([(logits[:1], None, a), (vague, None, b)])["status"] == "unsure"
+
+
+def test_forward_also_catches_the_asked_layers_in_the_same_pass():
+    model = models.build_model("convnet", width=8).eval()
+    ckpt = {"normalization": {"mean": 0.13, "std": 0.31}}
+    maps = {}
+    logits, feats = predict.forward([np.zeros((28, 28), np.float32)] * 2, model, ckpt, models.conv_layers(model), maps)
+    assert set(maps) == set(models.conv_layers(model)) and maps["first_conv"].shape[0] == 2
+    assert torch.equal(logits, predict.forward([np.zeros((28, 28), np.float32)] * 2, model, ckpt)[0])
 
 
 def test_cli_answers_every_file_and_exits_1_only_on_unreadable(tmp_path, capsys):

@@ -6,14 +6,17 @@ import io
 import json
 import os
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import models
+import predict
 import serve
-from conftest import ROOT
+from conftest import ROOT, in_ci, skip_or_fail
 
 WEIGHTS = [str(ROOT / "weights" / "convnet.pt"), str(ROOT / "weights" / "dnn.pt")]
 
@@ -133,6 +136,55 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(server, test_digit
     assert [j["probabilities"] for _, _, j in results] == expected
 
 
+def letter(ch: str, font_file: str) -> bytes:
+    """A letter or symbol drawn as calibrate.non_digits draws them: black on white, 280x280, as PNG."""
+    from PIL import ImageDraw, ImageFont
+
+    import calibrate
+    path = [f for d in calibrate.FONT_DIRS for f in d.glob(font_file)]
+    assert path, f"{font_file} is not installed (Debian: fonts-dejavu-core, fonts-liberation)"
+    img = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(img).text((140, 140), ch, fill=0, font=ImageFont.truetype(str(path[0]), 180), anchor="mm")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("ch, font_file", [("A", "DejaVuSans.ttf"), ("W", "DejaVuSans.ttf"), ("+", "DejaVuSans.ttf"),
+                                           ("A", "LiberationSans-Regular.ttf"), ("%", "LiberationSerif-Regular.ttf")])
+def test_api_answers_exactly_as_predict_py_for_one_model_and_the_ensemble(server, ch, font_file):
+    body = letter(ch, font_file)
+    crops = predict.prepare(predict.read_image(body))
+    outs = []
+    for w in WEIGHTS:
+        model, ckpt = models.load_checkpoint(w)
+        logits, feats = predict.forward(crops, model.eval(), ckpt)
+        outs.append((logits, feats, ckpt))
+
+    def same(j, expected):
+        assert [j[k] for k in ("status", "digit", "number")] == [expected[k] for k in ("status", "digit", "number")]
+        assert [d for d, _ in j["topk"]] == [d for d, _ in expected["topk"]]
+        assert j["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+
+    status, _, j = request(server, "POST", "/predict?model=convnet", body)
+    assert status == 200
+    same(j, predict.decide(outs[0][0], outs[0][2], topk=3, features=outs[0][1]))  # what `predict.py` prints
+    status, _, j = request(server, "POST", "/predict?model=ensemble", body)
+    assert status == 200
+    same(j, predict.decide_ensemble(outs, topk=3))
+
+
+def test_a_rendered_letter_a_is_refused_by_the_api_as_by_predict_py(server, tmp_path, capsys):
+    """DejaVu Sans "A": the ConvNet's probability alone reads it as a confident 4; its rejector refuses it."""
+    body = letter("A", "DejaVuSans.ttf")
+    (tmp_path / "A.png").write_bytes(body)
+    assert predict.main([str(tmp_path / "A.png"), "--weights", WEIGHTS[0], "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)[0]
+    status, _, j = request(server, "POST", "/predict?model=convnet", body)
+    assert status == 200 and cli["status"] == j["status"] == "unsure" and cli["digit"] is j["digit"] is None
+    assert cli["probability"] == pytest.approx(j["probability"], abs=1e-6)
+
+
 def test_page_is_served_and_needs_no_network(server):
     status, headers, body = request(server, "GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -161,11 +213,19 @@ def browser():
     except ImportError:
         sync_playwright = None
     if sync_playwright is None or not os.path.exists(CHROMIUM):
-        why = "needs Playwright (pip install -r requirements.txt) and chromium (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser test {why}; .ci/run installs both", pytrace=False)
-        pytest.skip(why)
+        skip_or_fail("the browser tests need Playwright (pip install -r requirements.txt) and chromium "
+                     f"(apt-get install chromium; looked for {CHROMIUM})", ".ci/run installs both")
     return sync_playwright
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_outside(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                           ("false", pytest.skip.Exception), ("", pytest.skip.Exception)):
+        monkeypatch.setenv("CI", value)
+        assert in_ci() == (outcome is pytest.fail.Exception)
+        with pytest.raises(outcome, match="chromium"):
+            browser()
 
 
 # Strokes in canvas pixels (the canvas is 280x280), drawn as a person would.

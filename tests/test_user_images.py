@@ -123,3 +123,13 @@ def test_benchmark_scoring():
     assert user_images.score({"status": "unsure", "digit": None, "number": None}, "none") == (True, True)
     assert user_images.score({"status": "several_digits", "digit": None, "number": "37"}, "37") == (True, False)
     assert user_images.score(ok7, "none") == (False, False)
+
+
+def test_benchmark_mnist_only_prints_the_check_and_writes_nothing(real_data_dir, capsys, monkeypatch, tmp_path):
+    import user_images
+    monkeypatch.setattr(user_images, "RESULTS", tmp_path / "results")
+    assert user_images.main(["--mnist-only", "--mnist", "20", "--data-dir", str(real_data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "MNIST test through predict.py (20 PNGs, convnet)" in out and not (tmp_path / "results").exists()
+    with pytest.raises(SystemExit, match="--mnist N"):
+        user_images.main(["--mnist-only", "--mnist", "0"])
