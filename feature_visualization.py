@@ -23,13 +23,12 @@ import torch
 
 from data import DataError, load_raw, normalize
 from models import CheckpointError, conv_layers, load_checkpoint
+from runs import pyplot
 
 
 def _grid(images, path: Path, title: str, cols: int, cmap="gray", symmetric=False, labels=None, first=None):
     """images: (N, H, W) tensor; each drawn in its own panel with its own colour scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = ([first] if first is not None else []) + list(images)
     rows = math.ceil(len(panels) / cols)

@@ -137,10 +137,9 @@ class QuickNet(ConvNet):
     Why: on 2 CPU cores the time to 99.5% is set by multiply-adds per image times the
     epochs it takes. Width 16 costs ~1.8 M multiply-adds per image in the two stages,
     a quarter of ConvNet's 7.5 M, and the extra conv where the maps are 3x3 adds only
-    0.33 M but lets every output see the whole digit before the linear head. In the
-    trials (benchmarks/results/trials.jsonl), ConvNet at width 16 ended 5-6 epoch runs at
-    99.45-99.54% test accuracy (10 runs); with this conv, 5 epochs ended at 99.47-99.59%
-    (7 runs, median 99.58%), which leaves a margin above 99.5% that ConvNet lacked. No
+    0.33 M but lets every output see the whole digit before the linear head. The evidence
+    that this conv leaves a margin above 99.5% which ConvNet at width 16 lacked, at equal
+    epochs: the recipe trials, benchmarks/results/trials.jsonl (benchmarks/trials.py). No
     dropout: in short runs it cost time and did not help. 66,426 parameters at width 16.
     """
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import predict
-from models import STUDY_MODELS, CheckpointError, conv_layers, load_checkpoint
+from models import STUDY_MODELS, CheckpointError, conv_layers, count_params, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
@@ -170,7 +170,7 @@ class Models:
         out = []
         for name, (model, ckpt) in self.models.items():
             m = ckpt.get("metrics", {})
-            out.append({"name": name, "model": ckpt["model"], "params": sum(p.numel() for p in model.parameters()),
+            out.append({"name": name, "model": ckpt["model"], "params": count_params(model),
                         "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"), "default": name == self.default})
         if len(self.models) > 1:
             out.append({"name": "ensemble", "model": "mean softmax of " + ", ".join(self.models), "default": False})

@@ -20,7 +20,7 @@ import torch
 
 from data import DataError, load_raw, normalize
 from models import CheckpointError, load_checkpoint
-from runs import resolve_device
+from runs import pyplot, resolve_device
 
 
 @torch.no_grad()
@@ -193,7 +193,7 @@ def roc_curves(y: np.ndarray, proba: np.ndarray) -> dict:
 
 def roc_figure(y: np.ndarray, proba: np.ndarray, m: dict, stem: str, class_names):
     """The ROC figure: each class, micro and macro; legend AUCs are m's (metrics()) in fmt_auc."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     curves = roc_curves(y, proba)
     names = [str(c) for c in class_names]
@@ -217,9 +217,7 @@ def auc_gap_figure(results: list[dict], path: Path) -> str:
     all round to 0.9999. results: metrics() dicts with "weights" (names the series) and "auc_per_class"
     (figures/*_metrics.json work, old ones too). A class with AUC exactly 1 has no place on a log
     axis: it is drawn hollow at the axis' floor, half the smallest 1 - AUC that N test images allow."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results[0]["auc_per_class"])
     n = results[0]["n"]
@@ -252,9 +250,8 @@ def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, s
                  m: dict | None = None) -> list[str]:
     """<stem>_roc.png, <stem>_confusion_matrix.png and (with x) <stem>_mistakes.png under out. m: the
     metrics() of (y, proba), computed here when not given; the ROC legend shows its AUCs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    from matplotlib.colors import LogNorm
     from sklearn.metrics import confusion_matrix
 
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +267,7 @@ def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, s
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], cm / cm.sum(1, keepdims=True), "row-normalized", ".3f")):
         # log colour scale: the few errors stay visible next to ~1,000 correct per class (zeros stay blank)
-        ax.imshow(np.ma.masked_equal(mat, 0), cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=mat[mat > 0].min(), vmax=mat.max()))
+        ax.imshow(np.ma.masked_equal(mat, 0), cmap="Blues", norm=LogNorm(vmin=mat[mat > 0].min(), vmax=mat.max()))
         for r in range(k):
             for c in range(k):
                 v = mat[r, c]
@@ -305,7 +302,7 @@ def save_figures(y: np.ndarray, proba: np.ndarray, x: torch.Tensor, out: Path, s
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

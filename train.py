@@ -62,7 +62,7 @@ FALLBACK = dict(optimizer="sgd", lr=0.1, epochs=1.0, batch_size=256, ema=0.0, ro
 # The study's final recipes, `--recipe best`: the settings `python study.py` chose on the validation
 # split for its final runs; they train the shipped weights (minutes to an hour on 2 CPU cores). A test
 # checks that they equal the study's choice from the committed results (study.best_recipe). Evidence:
-# report.md, Step 5 and "Against the accuracy targets"; results/cells/*-final-*.json.
+# report.md, Step 5; report-appendix.md, "Accuracy targets and the runs made for them"; results/cells/*-final-*.json.
 AFFINE = dict(rotate=10.0, scale=0.1)  # with the recipe's +-2 px shifts
 BEST_RECIPES: dict[str, dict] = {
     "dnn": dict(optimizer="adam", lr=0.001, epochs=150, **AFFINE),  # the final stage's e150 attempt won on validation

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import study
 import study_report as sr
 from models import count_params, load_checkpoint
 
@@ -170,11 +171,11 @@ def test_step_4_reads_the_fair_comparison_when_it_exists(facts, monkeypatch):
         r["tie"] = r["gap"] <= r["noise"]
     table = {"model": "convnet", "epochs": 5, "grid": [1.0, 0.1, 0.01, 0.001, 0.0001], "tune_seed": 0, "seeds": [1, 2, 3],
              "one_image": one, "best": "sgd", "rule": "a tie when ...", "rows": rows}
-    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: table if m == "convnet" else None, raising=False)
+    monkeypatch.setattr(study, "optim_fair_table", lambda s, m: table if m == "convnet" else None, raising=False)
     text = "\n".join(sr.section_optimizers(facts))
     assert "**A fairer comparison**" in text and "| ConvNet | Adam | 0.001 | 99.40 ± 0.01 | 0.0 | tie |" in text
     assert "| ConvNet | Adadelta | 1 | 99.01 ± 0.01 | 19.5 | behind |" in text
-    monkeypatch.setattr(sr.study, "optim_fair_table", lambda s, m: None, raising=False)
+    monkeypatch.setattr(study, "optim_fair_table", lambda s, m: None, raising=False)
     assert re.search(r"has not (run yet|finished)", "\n".join(sr.section_optimizers(facts)))
 
 

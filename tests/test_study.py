@@ -8,6 +8,7 @@ import re
 import pytest
 
 import study
+import study_cells
 import runs
 import study_report
 import train
@@ -82,7 +83,7 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
 
 def test_an_attempt_may_run_fewer_seeds_and_its_seed_list_is_no_recipe_field(tmp_path, monkeypatch):
     s = study.Settings(root=tmp_path)  # full budgets, no results: the plan only
-    monkeypatch.setattr(study, "final_choice", lambda s, m: {"optimizer": "sgd", "lr": 0.1, "variant": "affine", "overrides": {}})
+    monkeypatch.setattr(study_cells, "final_choice", lambda s, m: {"optimizer": "sgd", "lr": 0.1, "variant": "affine", "overrides": {}})
     cells = [c for c in study.recipe_cells(s) if c.model == "resnet"]
     seeds = {a: sorted(c.tags["seed"] for c in cells if c.tags["attempt"] == a) for a in {c.tags["attempt"] for c in cells}}
     assert seeds == {"": [0, 1, 2], "e15": [0, 1]}
@@ -266,9 +267,18 @@ def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
 # -----------------------------------------------------------------------------
 # The floors: imports point down only, and the files stay readable
 
-FLOORS = {"data": 1, "models": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2,
-          "train": 3, "serve": 3, "study": 4, "study_report": 5}
-OWNED = ["train.py", "study.py", "runs.py", "benchmarks/speed.py", "benchmarks/gpu_check.py", "benchmarks/trials.py"]
+FLOORS = {"data": 1, "models": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2, "calibrate": 2,
+          "train": 3, "serve": 3, "study_cells": 4, "study": 4,
+          "report_facts": 5, "report_figures": 5, "report_text": 5, "report_cards": 5, "study_report": 5}
+# Not yet split (issue #21), owned by another branch at the time of writing: named here so that
+# no other long function can appear, and this list is the only place to look for what is left.
+LONG_FUNCTIONS_LEFT = {("calibrate.py", "calibrate"), ("serve.py", "create_app")}
+
+
+def product_files() -> list:
+    """Every product .py file: the top-level scripts and benchmarks/*.py (not tests/)."""
+    from conftest import ROOT
+    return sorted([*ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")])
 
 
 def our_imports(path) -> set[str]:
@@ -283,26 +293,47 @@ def our_imports(path) -> set[str]:
     return names & set(FLOORS)
 
 
+def test_every_top_level_script_has_a_floor():
+    from conftest import ROOT
+    assert {p.stem for p in ROOT.glob("*.py")} == set(FLOORS)
+
+
 def test_imports_point_down_the_floors_and_nothing_imports_the_report_writer():
     from conftest import ROOT
+    graph = {name: our_imports(ROOT / f"{name}.py") - {name} for name in FLOORS}
     for name, floor in FLOORS.items():
-        for dep in our_imports(ROOT / f"{name}.py") - {name}:
+        for dep in graph[name]:
             assert FLOORS[dep] <= floor, f"{name}.py (floor {floor}) imports {dep}.py (floor {FLOORS[dep]})"
-            assert not (FLOORS[dep] == floor and name in our_imports(ROOT / f"{dep}.py")), f"{name} <-> {dep}: a circle"
-    for path in [*ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")]:
-        assert "study_report" not in our_imports(path), f"{path.name} imports study_report.py"
+
+    def reaches(a, b, seen=()):  # is there a path of imports a -> ... -> b?
+        return any(d == b or (d not in seen and reaches(d, b, (*seen, d))) for d in graph[a])
+    circles = [n for n in FLOORS if reaches(n, n)]
+    assert not circles, f"import circle through {circles}"
+    for path in product_files():
+        deps = our_imports(path) - {path.stem}
+        assert "study_report" not in deps, f"{path.name} imports study_report.py"
+        # the report's parts serve study_report.py alone; report_facts.py is shared by the parts
+        if path.stem != "study_report":
+            parts = {"report_figures", "report_text", "report_cards"} | ({"report_facts"} if not path.stem.startswith("report_") else set())
+            assert not deps & parts, f"{path.name} imports {sorted(deps & parts)}: only study_report.py may"
     for low in ("data", "models", "runs", "predict", "test_model", "feature_visualization"):
         assert "train" not in our_imports(ROOT / f"{low}.py"), low
 
 
-def test_owned_files_have_no_function_over_80_lines_and_train_py_stays_short():
+def test_no_product_file_over_800_lines_no_function_over_80_and_train_py_stays_short():
     import ast
     from conftest import ROOT
-    long = []
-    for rel in OWNED:
-        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
-                long.append(f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    long, big = [], []
+    for path in product_files():
+        text = path.read_text()
+        rel = str(path.relative_to(ROOT))
+        if len(text.splitlines()) > 800:
+            big.append(f"{rel} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text)):
+            n = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and n > 80 and (rel, node.name) not in LONG_FUNCTIONS_LEFT:
+                long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    assert not big, big
     assert not long, long
     assert len((ROOT / "train.py").read_text().splitlines()) <= 700
 
