@@ -22,7 +22,7 @@ Both are chosen on data the model was not trained on and the test split never se
   and its regularization C (REJECTOR_CS) the one whose thresholds then refuse the most of
   the unseen non-digits of seed 2.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
-Imports data.py, models.py and predict.py only.
+Imports data.py, models.py, predict.py and runs.py (for runs.pyplot) only.
 """
 
 import argparse
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import predict
+import runs
 from data import load_raw, resolve_data_dir, stratified_split
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
 
@@ -202,13 +203,10 @@ def plain(d: dict) -> dict:
     return f"tensor{list(d.shape)}" if isinstance(d, torch.Tensor) else d
 
 
-def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 1600,
-              write: bool = True) -> dict:
-    """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
-    with write=True, store them in the checkpoint (atomically) and in its .json beside it.
-    Returns {weights, temperature, threshold, ece_before, ece_after, nll_before, nll_after,
-    val_n, val_accepted, val_acc_accepted, non_digit_n, non_digit_refused, curve: [...]}."""
-    model, ckpt = load_checkpoint(weights)
+def validation_crops(data_dir, limit_val: int | None):
+    """The validation split (data.stratified_split's, first limit_val when given) through predict's path.
+    Returns (x_tr (N, 28, 28) uint8 training images, val_idx, labels (V,) long, crops per image,
+    number of crops per image); the crops are prepared once per process and data folder."""
     x_tr, y_tr, _, _, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
     _, val_idx = stratified_split(y_tr)
     if limit_val:
@@ -218,91 +216,145 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
     if key not in _VAL_CROPS:  # the same for every checkpoint: prepared once per process
         _VAL_CROPS[key] = prepared([digit_image(a) for a in x_tr[val_idx].numpy()])
     crops, counts = _VAL_CROPS[key]
-    # Temperature from the images that give one crop (what "a digit" is to the product).
+    return x_tr, val_idx, labels, crops, counts
+
+
+def temperature_step(model, ckpt: dict, crops, counts: list[int], labels: torch.Tensor, weights) -> tuple[float, list[int], dict]:
+    """The temperature from the validation images that give one crop (what "a digit" is to the product).
+    Returns (T, the indices of those images, the result's temperature fields: T, ECE and NLL before/after)."""
     single = [i for i, k in enumerate(counts) if k == 1]
     logits = predict.logits_of([crops[i][0] for i in single], model, ckpt)
     t = fit_temperature(logits, labels[single])
     before, after = torch.softmax(logits, 1), torch.softmax(logits / t, 1)
     nll = lambda p: float(torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), labels[single]))  # noqa: E731
     result = {"weights": str(weights), "temperature": round(t, 4), "method": "temperature scaling (Guo et al. 2017)",
-              "fitted_on": f"validation split through predict.prepare ({len(single)} of {len(val_idx)} images "
+              "fitted_on": f"validation split through predict.prepare ({len(single)} of {len(counts)} images "
                            f"give one crop)", "ece_bins": ECE_BINS,
               "ece_before": round(ece(before, labels[single]), 5), "ece_after": round(ece(after, labels[single]), 5),
               "nll_before": round(nll(before), 5), "nll_after": round(nll(after), 5)}
+    return t, single, result
+
+
+def model_outputs(crop_lists, model, ckpt: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image: (logits (k, 10), penultimate features (k, F)), k its number of crops (batches of 512)."""
+    flat = [c for cs in crop_lists for c in cs]
+    outs = [predict.forward(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
+    lg = torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)])
+    ft = torch.cat([o[1] for o in outs]) if outs else torch.zeros(0, 1)
+    res, at = [], 0
+    for cs in crop_lists:
+        res.append((lg[at:at + len(cs)], ft[at:at + len(cs)]))
+        at += len(cs)
+    return res
+
+
+def rejector_data(model, ckpt: dict, x_val: np.ndarray, crops, half_a: list[int], n_non_digits: int):
+    """The rejector's training set: positives are the one-crop images of validation half A and the
+    same digits as 8-16 px thumbnails (a user may well have those, so "low resolution" is not learnt
+    as "not a digit"); negatives the non-digits of seed 1. x_val (V, 28, 28) uint8.
+    Returns (x (n, F + 10) features and logits, y (n,) 1 digit / 0 not, the fitted StandardScaler,
+    the number of negative images)."""
+    from sklearn.preprocessing import StandardScaler
+
+    x_a = x_val[half_a]
+    thumbs = [thumbnail(a, side) for a, side in zip(x_a, np.resize(THUMB_SIDES, len(x_a)))]
+    pos = [o for o in model_outputs([crops[i] for i in half_a] + prepared(thumbs)[0], model, ckpt) if len(o[0]) == 1]
+    neg = [o for o in model_outputs(prepared(non_digits(n_non_digits, seed=1, family="DejaVu"))[0], model, ckpt) if len(o[0])]
+    x = torch.cat([torch.cat([f, lg], 1) for lg, f in pos + neg]).numpy()
+    y = np.r_[np.ones(sum(len(o[0]) for o in pos)), np.zeros(sum(len(o[0]) for o in neg))]
+    return x, y, StandardScaler().fit(x), len(neg)
+
+
+def fit_rejector(strength: float, x: np.ndarray, y: np.ndarray, scaler, n_half_a: int, n_neg: int) -> dict:
+    """The rejector (a logistic regression with C = strength over standardized x) as stored in the
+    checkpoint; its threshold is 0.0 until choose_thresholds sets it."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=strength, class_weight="balanced", max_iter=3000).fit(scaler.transform(x), y)
+    return {"mean": torch.tensor(scaler.mean_, dtype=torch.float32),
+            "scale": torch.tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32),
+            "weights": torch.tensor(clf.coef_[0], dtype=torch.float32), "bias": float(clf.intercept_[0]),
+            "threshold": 0.0, "C": strength,
+            "features": "penultimate features (input of the last Linear) and the 10 logits, standardized",
+            "fitted_on": f"{n_half_a} validation digits (half A) and as many 8-16 px thumbnails of them, "
+                         f"vs {n_neg} generated non-digits (DejaVu, seed 1)"}
+
+
+def per_image(outs, c: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: number of crops, the lowest calibrated top probability and rejector score
+    over its crops, and the first crop's digit (what predict.decide compares with thresholds).
+    c: a checkpoint-like {"calibration": {temperature, rejector}}."""
+    k = np.array([len(lg) for lg, _ in outs])
+    lowest_p, lowest_s, digit = np.ones(len(k)), np.ones(len(k)), np.full(len(k), -1)
+    for i, (lg, f) in enumerate(outs):
+        if len(lg):
+            probs = predict.probabilities(lg, c)
+            lowest_p[i] = float(probs.max(1).values.min())
+            lowest_s[i] = float(predict.digit_score(lg, f, c).min())
+            digit[i] = int(probs[0].argmax())
+    return k, lowest_p, lowest_s, digit
+
+
+def choose_thresholds(val: tuple, nd: tuple, labels_b: np.ndarray) -> tuple[dict, list[dict], list[dict]]:
+    """The probability threshold (the highest keeping PROB_ACCEPT of the validation digits), then the
+    rejector's on top of it (the highest keeping MIN_ACCEPT). val, nd: per_image of validation half B
+    and of the unseen non-digits. Returns (the chosen scores, the probability curve, the rejector curve)."""
+    vk, vp, vs, vd = val
+    nk, np_, ns, _ = nd
+
+    def scores(p: float, r: float) -> dict:
+        # as predict.decide: "ok" needs one crop passing both thresholds; a refusal is no crop or any crop failing
+        ok = (vk == 1) & (vp >= p) & (vs >= r)
+        refused = (nk == 0) | (np_ < p) | (ns < r)
+        return {"threshold": p, "rejector_threshold": r, "val_accepted": float(ok.mean()),
+                "val_acc_accepted": float((ok & (vd == labels_b)).sum() / max(ok.sum(), 1)),
+                "non_digit_refused": float(refused.mean())}
+
+    curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
+    fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
+    p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
+    rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
+    fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
+    chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
+    return chosen, curve, rejector_curve
+
+
+def write_calibration(weights: str | Path, result: dict) -> None:
+    """Store the calibration (result without its curves and path) in the checkpoint, atomically,
+    and in weights/<name>.json beside it when that exists (tensors as their shapes)."""
+    stored = {k: v for k, v in result.items() if k not in ("curve", "rejector_curve", "weights")}
+    raw = read_checkpoint(weights)
+    raw["calibration"] = stored
+    save_atomic(raw, weights)
+    side = Path(weights).with_suffix(".json")
+    if side.is_file():
+        meta = json.loads(side.read_text())
+        meta["calibration"] = plain(stored)
+        side.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 1600,
+              write: bool = True) -> dict:
+    """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
+    with write=True, store them in the checkpoint (atomically) and in its .json beside it.
+    Returns {weights, temperature, threshold, ece_before, ece_after, nll_before, nll_after,
+    val_n, val_accepted, val_acc_accepted, non_digit_n, non_digit_refused, curve: [...]}."""
+    model, ckpt = load_checkpoint(weights)
+    x_tr, val_idx, labels, crops, counts = validation_crops(data_dir, limit_val)
+    t, single, result = temperature_step(model, ckpt, crops, counts, labels, weights)
     # The rejector is fitted on half the validation digits (A) and the non-digits of seed 1;
     # both thresholds are chosen on the other half (B) and non-digits of seed 2, unseen by the fit.
     half_a, half_b = single[0::2], [i for i in range(len(val_idx)) if i not in set(single[0::2])]
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    def model_out(crop_lists):  # per image: (logits (k, 10), features (k, F))
-        flat = [c for cs in crop_lists for c in cs]
-        outs = [predict.forward(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
-        lg = torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)])
-        ft = torch.cat([o[1] for o in outs]) if outs else torch.zeros(0, 1)
-        res, at = [], 0
-        for cs in crop_lists:
-            res.append((lg[at:at + len(cs)], ft[at:at + len(cs)]))
-            at += len(cs)
-        return res
-
-    # Positives also include the same digits as small thumbnails (8-16 px), which a user may
-    # well have, so the rejector does not learn "low resolution" as "not a digit".
-    x_a = x_tr[val_idx].numpy()[half_a]
-    thumbs = [thumbnail(a, side) for a, side in zip(x_a, np.resize(THUMB_SIDES, len(x_a)))]
-    pos = [o for o in model_out([crops[i] for i in half_a] + prepared(thumbs)[0]) if len(o[0]) == 1]
-    neg = [o for o in model_out(prepared(non_digits(n_non_digits, seed=1, family="DejaVu"))[0]) if len(o[0])]
-    x = torch.cat([torch.cat([f, lg], 1) for lg, f in pos + neg]).numpy()
-    y = np.r_[np.ones(sum(len(o[0]) for o in pos)), np.zeros(sum(len(o[0]) for o in neg))]
-    scaler = StandardScaler().fit(x)
+    x, y, scaler, n_neg = rejector_data(model, ckpt, x_tr[val_idx].numpy(), crops, half_a, n_non_digits)
     nd_b = non_digits(max(n_non_digits // 2, 1), seed=2, family="DejaVu")
-    val_outs, nd_outs = model_out([crops[i] for i in half_b]), model_out(prepared(nd_b)[0])
+    val_outs, nd_outs = model_outputs([crops[i] for i in half_b], model, ckpt), model_outputs(prepared(nd_b)[0], model, ckpt)
     labels_b = labels.numpy()[half_b]
 
     def fit_and_choose(strength: float):
         """The rejector fitted with C = strength, and both thresholds chosen for it on half B."""
-        clf = LogisticRegression(C=strength, class_weight="balanced", max_iter=3000).fit(scaler.transform(x), y)
-        rejector = {"mean": torch.tensor(scaler.mean_, dtype=torch.float32),
-                    "scale": torch.tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32),
-                    "weights": torch.tensor(clf.coef_[0], dtype=torch.float32), "bias": float(clf.intercept_[0]),
-                    "threshold": 0.0, "C": strength,
-                    "features": "penultimate features (input of the last Linear) and the 10 logits, standardized",
-                    "fitted_on": f"{len(half_a)} validation digits (half A) and as many 8-16 px thumbnails of them, "
-                                 f"vs {len(neg)} generated non-digits (DejaVu, seed 1)"}
+        rejector = fit_rejector(strength, x, y, scaler, len(half_a), n_neg)
         c = {"calibration": {"temperature": t, "rejector": rejector}}
-
-        def per_image(outs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            """Per image: number of crops, the lowest calibrated top probability and rejector score
-            over its crops, and the first crop's digit (what predict.decide compares with thresholds)."""
-            k = np.array([len(lg) for lg, _ in outs])
-            lowest_p, lowest_s, digit = np.ones(len(k)), np.ones(len(k)), np.full(len(k), -1)
-            for i, (lg, f) in enumerate(outs):
-                if len(lg):
-                    probs = predict.probabilities(lg, c)
-                    lowest_p[i] = float(probs.max(1).values.min())
-                    lowest_s[i] = float(predict.digit_score(lg, f, c).min())
-                    digit[i] = int(probs[0].argmax())
-            return k, lowest_p, lowest_s, digit
-
-        vk, vp, vs, vd = per_image(val_outs)
-        nk, np_, ns, _ = per_image(nd_outs)
-
-        def scores(p: float, r: float) -> dict:
-            # as predict.decide: "ok" needs one crop passing both thresholds; a refusal is no crop or any crop failing
-            ok = (vk == 1) & (vp >= p) & (vs >= r)
-            refused = (nk == 0) | (np_ < p) | (ns < r)
-            return {"threshold": p, "rejector_threshold": r, "val_accepted": float(ok.mean()),
-                    "val_acc_accepted": float((ok & (vd == labels_b)).sum() / max(ok.sum(), 1)),
-                    "non_digit_refused": float(refused.mean())}
-
-        # The probability threshold alone, then the rejector's on top of the chosen one.
-        curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
-        fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
-        p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
-        rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
-        fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
-        chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
-        return rejector, chosen, curve, rejector_curve
+        return (rejector, *choose_thresholds(per_image(val_outs, c), per_image(nd_outs, c), labels_b))
 
     # C (the rejector's regularization) chosen like the thresholds: on half B and the unseen
     # non-digits, the C whose chosen thresholds refuse the most of them (ties: the stronger one).
@@ -319,15 +371,7 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
                                  "seed 1 fits the rejector, seed 2 scores the thresholds",
                    "curve": curve, "rejector_curve": rejector_curve})
     if write:
-        stored = {k: v for k, v in result.items() if k not in ("curve", "rejector_curve", "weights")}
-        raw = read_checkpoint(weights)
-        raw["calibration"] = stored
-        save_atomic(raw, weights)
-        side = Path(weights).with_suffix(".json")
-        if side.is_file():
-            meta = json.loads(side.read_text())
-            meta["calibration"] = plain(stored)
-            side.write_text(json.dumps(meta, indent=2) + "\n")
+        write_calibration(weights, result)
     return result
 
 
@@ -335,11 +379,7 @@ def plot_tradeoff(results_dir: str | Path, out: str | Path) -> Path:
     """figures/unsure_tradeoff.png from results/calibration/*.json: per checkpoint, the share of
     validation digits accepted against the share of (unseen) non-digits refused, as the
     rejector's threshold moves (at the chosen probability threshold); the chosen point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = runs.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for f in sorted(Path(results_dir).glob("*.json")):
         r = json.loads(f.read_text())

@@ -297,22 +297,17 @@ def make_protocol(timeout_s: float):
     return Protocol
 
 
-def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
-    """The FastAPI app over loaded `models`."""
-    from fastapi import FastAPI, Request
+def json_error(status: int, message: str, headers: dict | None = None):
+    """A JSON error Response: {"error": message, "status": status} with that status and headers."""
+    from fastapi.responses import Response
+
+    return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
+
+
+def add_error_handlers(app) -> None:
+    """Every error as JSON: ApiError, HTTP errors (405 names the method), bad query parameters (400), bugs (500)."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, Response
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
-
-    app = FastAPI(title="MNIST study: draw a digit", version="2", docs_url=None, redoc_url=None,
-                  description="POST an image (file bytes or a base64 data URL) to /predict; the answer is JSON. "
-                              "Errors are JSON too: {\"error\": one line, \"status\": the HTTP status}.")
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
-    admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
-
-    def json_error(status: int, message: str, headers: dict | None = None) -> Response:
-        return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -331,34 +326,44 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     async def _bug(request, e: Exception):  # a bug costs one request, never the server (uvicorn logs the traceback)
         return json_error(500, f"{type(e).__name__}: {e}")
 
-    async def read_body(request: Request) -> bytes:
-        """The whole body, refused as soon as it is over MAX_BODY or late by more than timeout_s."""
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise ApiError(400, "Content-Length is not a number", {"Connection": "close"})
-            if int(length) > MAX_BODY:
-                # Not read: uvicorn drops the rest of a body up to DRAIN_MAX after this answer (so the
-                # client, still sending, sees it); a larger one, or one waiting for 100 Continue, is cut off.
-                drain = int(length) <= DRAIN_MAX and "100-continue" not in request.headers.get("expect", "").lower()
-                raise ApiError(413, f"body of {int(length):,} bytes is over the {MAX_BODY:,}-byte limit "
-                                    "(shrink the image: 1,600 px on the long side is plenty)",
-                               {} if drain else {"Connection": "close"})
-        chunks, size = [], 0
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        stream = request.stream()
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - asyncio.get_running_loop().time()))
-            except StopAsyncIteration:
-                break
-            except (asyncio.TimeoutError, TimeoutError):
-                raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, f"body over the {MAX_BODY:,}-byte limit", {"Connection": "close"})
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+async def read_body(request, timeout_s: float) -> bytes:
+    """The whole body, refused as soon as it is over MAX_BODY or late by more than timeout_s."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "Content-Length is not a number", {"Connection": "close"})
+        if int(length) > MAX_BODY:
+            # Not read: uvicorn drops the rest of a body up to DRAIN_MAX after this answer (so the
+            # client, still sending, sees it); a larger one, or one waiting for 100 Continue, is cut off.
+            drain = int(length) <= DRAIN_MAX and "100-continue" not in request.headers.get("expect", "").lower()
+            raise ApiError(413, f"body of {int(length):,} bytes is over the {MAX_BODY:,}-byte limit "
+                                "(shrink the image: 1,600 px on the long side is plenty)",
+                           {} if drain else {"Connection": "close"})
+    chunks, size = [], 0
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except StopAsyncIteration:
+            break
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"body over the {MAX_BODY:,}-byte limit", {"Connection": "close"})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: float, workers: int, max_waiting: int) -> None:
+    """POST /predict (on `pool`, at most workers + max_waiting admitted, else 503) and GET /api/models."""
+    from fastapi import Request
+    from fastapi.responses import Response
+    from starlette.requests import ClientDisconnect
+
+    admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
 
     @app.post("/predict", summary="The digit(s) in an image",
               description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, ...) or a data URL "
@@ -369,7 +374,7 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     async def predict_route(request: Request, model: str | None = None):
         name = models.check(model)
         try:
-            body = await read_body(request)
+            body = await read_body(request, timeout_s)
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
         if admitted[0] >= workers + max_waiting:
@@ -385,6 +390,11 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     async def api_models():
         return models.describe()
 
+
+def add_docs_route(app) -> None:
+    """GET /docs: a plain HTML page listing the API's routes from the app's OpenAPI description."""
+    from fastapi.responses import HTMLResponse
+
     @app.get("/docs", include_in_schema=False)
     async def docs():
         spec = app.openapi()
@@ -395,6 +405,13 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
                             f"margin:2em auto'><h1>{html.escape(spec['info']['title'])}</h1><p>{html.escape(spec['info']['description'])}"
                             f"</p>{rows}<p>The machine-readable description: <a href=/openapi.json>/openapi.json</a> "
                             "(load it into any OpenAPI viewer).</p>")
+
+
+def add_static_route(app) -> None:
+    """The catch-all: files of web/ for GET/HEAD, 405 with Allow on the routes registered before it, 404 otherwise.
+    Register it last (it answers every path the routes before it do not)."""
+    from fastapi import Request
+    from fastapi.responses import Response
 
     fixed = {}  # path -> methods, for a 405 with Allow when the catch-all below sees a known path
     for route in app.routes:
@@ -420,6 +437,20 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
         return Response(target.read_bytes(), media_type=CONTENT_TYPES[target.suffix],
                         headers={"Cache-Control": "no-cache"})
 
+
+def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
+    """The FastAPI app over loaded `models`: JSON error handlers, POST /predict and GET /api/models,
+    GET /docs, then the catch-all for web/ (last, so it sees only what the others do not answer)."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="MNIST study: draw a digit", version="2", docs_url=None, redoc_url=None,
+                  description="POST an image (file bytes or a base64 data URL) to /predict; the answer is JSON. "
+                              "Errors are JSON too: {\"error\": one line, \"status\": the HTTP status}.")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+    add_error_handlers(app)
+    add_api_routes(app, models, pool, timeout_s, workers, max_waiting)
+    add_docs_route(app)
+    add_static_route(app)
     app.state.models, app.state.pool = models, pool
     return app
 
