@@ -391,22 +391,55 @@ def user_image_results(f: Facts) -> tuple[str, dict] | None:
     return None
 
 
+def user_image_worst(d: dict, m: str, k: int = 3) -> tuple[list, list] | None:
+    """Where model m does worst in a benchmarks/user_images.py result d.
+
+    d has the shape {"conditions": {name: {"kind": "control"|"digit"|"several"|"none", "note": str, "n": int,
+    "models": {model: {"right": share, "refused": share}}}}} (shares in 0..1). Returns (digits, non_digits) or None when
+    m has no entry: digits are the (name, note, n, right, refused) of the conditions with a digit to read whose 'right'
+    share is among the k lowest (every condition tied with the k-th is kept, and conditions where m is always right are
+    left out); non_digits are the same tuples for every "none" condition (there 'right' is the share refused), lowest
+    first."""
+    conds = d.get("conditions") if isinstance(d, dict) else None
+    if not isinstance(conds, dict):
+        return None
+    rows = []
+    for name, c in conds.items():
+        r = c.get("models", {}).get(m) if isinstance(c, dict) and isinstance(c.get("models"), dict) else None
+        if isinstance(r, dict) and isinstance(r.get("right"), (int, float)):
+            rows.append((c.get("kind"), name, c.get("note", ""), c.get("n"), r["right"], r.get("refused", 0.0)))
+    if not rows:
+        return None
+    digits = sorted((row for row in rows if row[0] != "none" and row[4] < 1), key=lambda row: (row[4], row[1]))
+    if len(digits) > k:
+        digits = [row for row in digits if row[4] <= digits[k - 1][4]]
+    non_digits = sorted((row for row in rows if row[0] == "none"), key=lambda row: (row[4], row[1]))
+    return [row[1:] for row in digits], [row[1:] for row in non_digits]
+
+
 def user_image_text(f: Facts, m: str) -> list[str]:
+    """The card's lines on users' kinds of images (benchmarks/user_images.py): the conditions where model m does worst."""
     found = user_image_results(f)
     if not found:
         return ["- Users' own images (photos, thick or thin strokes, off-centre digits): not measured yet "
                 "(`benchmarks/user_images.py` writes that measurement)."]
     path, d = found
-    out = [f"- Users' kinds of images, from `{path}` (`benchmarks/user_images.py`):"]
-    rows = d.get(m) if isinstance(d, dict) else None
-    rows = rows or (d.get("models", {}).get(m) if isinstance(d, dict) and isinstance(d.get("models"), dict) else None)
-    if isinstance(rows, dict):
-        for k, v in rows.items():
-            acc = v.get("accuracy") if isinstance(v, dict) else v if isinstance(v, (int, float)) else None
-            if isinstance(acc, (int, float)):
-                out.append(f"  - {k}: {pct(acc)}% correct")
-    if len(out) == 1:
-        out[0] += " see that file; this model has no entry in it."
+    worst = user_image_worst(d, m)
+    if worst is None:
+        return [f"- Users' kinds of images: `{path}` (`benchmarks/user_images.py`) has no entry for this file; "
+                "run that benchmark with it to measure it."]
+    digits, non_digits = worst
+    out = [f"- Users' kinds of images, from `{path}` (`benchmarks/user_images.py`, through `predict.py`'s path), "
+           "where this model does worst:"]
+    if digits:
+        out.append("  - digits it reads least often (share right, share refused): "
+                   + "; ".join(f"{name} ({note}, {n} images): {pct(r, 1)}% right, {pct(x, 1)}% refused"
+                               for name, note, n, r, x in digits) + ".")
+    else:
+        out.append("  - it read every digit image of every condition right.")
+    if non_digits:
+        out.append("  - non-digits it should refuse (share refused; the rest were read as a digit): "
+                   + "; ".join(f"{name} ({note}, {n} images): {pct(r, 1)}%" for name, note, n, r, _ in non_digits) + ".")
     return out
 
 

@@ -192,3 +192,30 @@ def test_training_curves_use_the_unsmoothed_training_loss_when_recorded(tmp_path
     f = types.SimpleNamespace(cards={"convnet": new}, root=tmp_path)
     assert sr.figure_curves(f, "convnet") == "figures/curves_convnet.png"
     assert (tmp_path / "figures" / "curves_convnet.png").stat().st_size > 5000
+
+
+def test_card_lists_the_user_image_conditions_where_the_model_does_worst(tmp_path):
+    """user_image_text reads benchmarks/user_images.py's shape: conditions[c]["models"][m]["right"/"refused"]."""
+    import report_cards
+    from types import SimpleNamespace
+
+    def cond(kind, n, a, b):
+        return {"kind": kind, "note": f"{kind} note", "n": n,
+                "models": {"a": {"right": a[0], "refused": a[1]}, "b": {"right": b[0], "refused": b[1]}}}
+    d = {"models": ["a", "b"], "conditions": {
+        "plain": cond("control", 30, (1.0, 0.0), (0.9, 0.1)), "shadow": cond("digit", 30, (0.8, 0.1), (1.0, 0.0)),
+        "tiny": cond("digit", 20, (0.7, 0.05), (1.0, 0.0)), "grid": cond("digit", 30, (0.9, 0.0), (1.0, 0.0)),
+        "ruled": cond("digit", 30, (0.9, 0.0), (1.0, 0.0)), "pairs": cond("several", 30, (0.95, 0.0), (1.0, 0.0)),
+        "letters": cond("none", 30, (0.5, 0.5), (0.25, 0.25))}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "user_images.json").write_text(json.dumps(d))
+    f = SimpleNamespace(root=tmp_path)
+    text = "\n".join(report_cards.user_image_text(f, "a"))
+    assert "no entry" not in text
+    # the three lowest 'right' shares, lowest first; tied 3rd place (grid, ruled) both kept; better ones left out
+    assert text.index("tiny") < text.index("shadow") < text.index("grid")
+    assert "ruled" in text and "pairs" not in text and "plain" not in text
+    assert "70.0% right, 5.0% refused" in text and "letters (none note, 30 images): 50.0%" in text
+    text_b = "\n".join(report_cards.user_image_text(f, "b"))
+    assert "plain" in text_b and "shadow" not in text_b and "25.0%" in text_b
+    assert "no entry" in "\n".join(report_cards.user_image_text(f, "c"))
