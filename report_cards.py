@@ -383,6 +383,20 @@ def appendix_screenshots(f: Facts) -> list[str]:
 # weights/<model>.md: a model card per file in weights/ (Mitchell et al. 2019)
 
 
+def mistakes_text(met: dict, k: int = 3, most: int = 6) -> str:
+    """The card's line on the most frequent test mistakes of met["confusion_matrix"] (10x10 counts): the k most
+    frequent pairs, every pair tied with the k-th too when that makes at most `most`, else "among others"."""
+    every = confusion_pairs(met, k=len(met["confusion_matrix"]) ** 2)
+    pairs = every[:k]
+    if len(every) > k and every[k][2] == every[k - 1][2]:
+        tied = [p for p in every if p[2] >= every[k - 1][2]]
+        pairs, more = (tied, "") if len(tied) <= most else (pairs, f", among others tied at {every[k - 1][2]}")
+    else:
+        more = ""
+    return ("- Its most frequent test mistakes (true → predicted, count): "
+            + ", ".join(f"{i} → {j} ({n})" for i, j, n in pairs) + more + ".")
+
+
 def user_image_results(f: Facts) -> tuple[str, dict] | None:
     for p in USER_IMAGE_RESULTS:
         d = read_json(f.root / p)
@@ -505,9 +519,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
               "multi-digit strings, letters, or decisions that matter without a person checking.", "",
               "## Limitations", ""]
     if met:
-        pairs = confusion_pairs(met)
-        lines.append("- Its most frequent test mistakes (true → predicted, count): "
-                     + ", ".join(f"{i} → {j} ({n})" for i, j, n in pairs) + ".")
+        lines.append(mistakes_text(met))
     lines += user_image_text(f, m)
     if m == "quicknet":
         lines.append("- Its recipe was chosen from trials that scored the test set (`benchmarks/trials.py`), so its test "

@@ -5,6 +5,7 @@ import math
 import statistics
 
 import study
+import test_model
 from models import build_model, count_params, load_checkpoint
 from report_facts import (
     APPENDIX, AUC_GAP_FIGURE, Facts, NAMES, OPT_NAMES, and_join, change_words, compare, curves_caption, f1_note,
@@ -28,8 +29,8 @@ def section_summary(f: Facts) -> list[str]:
         lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
                                                                                if h in made else "") + ")" for h in order)
                   + ". Times compare only within one machine.", ""]
-    lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro) "
-              "| training time | seeds |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
+              "| training time (this file's run) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in f.shipped if m != "convnet-refit"]:
         met = f.metrics.get(m)
         if not met:
@@ -46,7 +47,8 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
               f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
-              "validation-best epoch. Training time is the wall time of the run that made the file."]
+              "validation-best epoch. Training time is the wall time of the one run that made the file (Step 5 gives the mean "
+              "over seeds). 1 − ROC-AUC is how far the macro ROC-AUC is from a perfect 1."]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     u = test_use(f)
@@ -254,6 +256,32 @@ def section_optimizers(f: Facts) -> list[str]:
     return lines
 
 
+def comparison_notes(f: Facts, b: str) -> list[str]:
+    """Step 5's sentences on the summary table's other rows (QuickNet, the ensemble) and on files from later recipes."""
+    out = []
+    later = [(m, run["tags"]["attempt"]) for m in f.models
+             if (run := f.shipped_run(m)) and run["tags"].get("attempt") and run["tags"]["attempt"] != "refit"]
+    if later:
+        out.append("The shipped " + and_join([NAMES[m] for m, _ in later]) + f" file{'s' if len(later) > 1 else ''} came from "
+                   "runs made after the Step 3-4 recipe, when test scores missed the accuracy targets ("
+                   + "; ".join(f"{NAMES[m]}: {change_words(m, a)}" for m, a in later) + "); the rows "
+                   f"above are the seeds of those later recipes ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them)).")
+    named = "The best single model is named from the study's models by validation alone"
+    if "quicknet" in f.shipped:
+        named += "; QuickNet is left out of that choice because its recipe was chosen on test scores (`benchmarks/trials.py`)"
+    out.append(named + ".")
+    ens, met = f.metrics.get("ensemble"), f.metrics.get(b)
+    if ens and met:
+        diff = round((ens["accuracy"] - met["accuracy"]) * f.n_test)
+        members = sum(f.params(m) for m in f.models)
+        out.append(f"The ensemble of the {len(f.models)} (mean softmax) gets "
+                   + (f"{abs(diff)} more test image{'s' if abs(diff) != 1 else ''} right" if diff > 0 else
+                      f"{abs(diff)} fewer test image{'s' if abs(diff) != 1 else ''} right" if diff < 0 else "as many test images right")
+                   + f" than the {NAMES[b]} file ({pct(ens['accuracy'])}% against {pct(met['accuracy'])}%) with "
+                   f"{members / f.params(b):.0f}x its parameters and {len(f.models)} forward passes an image.")
+    return ["", " ".join(out)] if out else []
+
+
 def section_comparison(f: Facts) -> list[str]:
     lines = ["## Step 5: comparing the models", ""]
     best = f.best_model()
@@ -262,7 +290,7 @@ def section_comparison(f: Facts) -> list[str]:
     b, res = best
     lines += ["Each model's final recipe (the one that made its file in `weights/`) over its seeds, validation and test "
               "mean ± std; the file's own test metrics; and the budget it had:", "",
-              "| model | validation % | test % | test accuracy % (file) | macro F1 | ROC-AUC (macro) | epochs | minutes a run | verdict on validation |",
+              "| model | validation % | test % | test accuracy % (file) | macro F1 | ROC-AUC (macro; larger is better) | epochs | minutes a run (mean over seeds) | verdict on validation |",
               "|---|---|---|---|---|---|---|---|---|"]
     for m in f.models:
         runs = f.recipe_runs(m)
@@ -286,8 +314,8 @@ def section_comparison(f: Facts) -> list[str]:
                  f"{NAMES[b]} as the one with the best mean")
     if "resnet" in f.models:
         text += (f". It has {f.params('resnet') / f.params(b):.0f}x fewer parameters than ResNet-18 "
-                 f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes")
-    lines += ["", text + "."]
+                 f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
+    lines += ["", text + "."] + comparison_notes(f, b)
     budgets = {m: f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
     caveat = ("**The budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
               + ", set by what a run costs on this machine.")
@@ -332,7 +360,10 @@ def section_plots(f: Facts) -> list[str]:
             continue
         lines += [f"{NAMES[m]} ({run_words(card['train_config'], model=False)}):", "",
                   figure(f.root, f"figures/curves_{m}.png", f"{NAMES[m]} training curves"), ""]
-    lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`):", ""]
+    lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`). "
+              f"The ROC axes are zoomed: the true positive rate starts at {test_model.ROC_YMIN:g}, not 0, and the false "
+              f"positive rate is on a symlog scale (linear below {test_model.ROC_LINTHRESH:g}, logarithmic above), since "
+              "every curve hugs the top-left corner:", ""]
     for m in f.models:
         if f.metrics.get(m):
             lines += [f"{NAMES[m]}: " + figure(f.root, f"figures/{m}_roc.png", f"{NAMES[m]} ROC") + " "

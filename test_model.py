@@ -22,6 +22,11 @@ from data import DataError, load_raw, normalize
 from models import CheckpointError, load_checkpoint
 from runs import pyplot, resolve_device
 
+# The ROC figure's zoom (study_report's Step 6 caption reads these): true positive rate from ROC_YMIN up,
+# false positive rate on a symlog axis, linear below ROC_LINTHRESH.
+ROC_YMIN = 0.9
+ROC_LINTHRESH = 1e-3
+
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
@@ -202,9 +207,9 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, m: dict, stem: str, class_names
         ax.plot(fpr, tpr, lw=1, label=f"{name} (AUC {fmt_auc(m['auc_per_class'][name])})")
     ax.plot(*curves["micro"], "k--", lw=2, label=f"micro-average (AUC {fmt_auc(m['auc_micro'])})")
     ax.plot(*curves["macro"], "k:", lw=2, label=f"macro-average (AUC {fmt_auc(m['auc_ovr_macro'])})")
-    ax.set_xscale("symlog", linthresh=1e-3)  # every curve hugs the top-left corner: zoom on small FPR
+    ax.set_xscale("symlog", linthresh=ROC_LINTHRESH)  # every curve hugs the top-left corner: zoom on small FPR
     ax.set_xlim(0, 1)
-    ax.set_ylim(0.9, 1.001)
+    ax.set_ylim(ROC_YMIN, 1.001)
     ax.set_xlabel("false positive rate (symlog)")
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC, one-vs-rest: {stem}")

@@ -219,3 +219,19 @@ def test_card_lists_the_user_image_conditions_where_the_model_does_worst(tmp_pat
     text_b = "\n".join(report_cards.user_image_text(f, "b"))
     assert "plain" in text_b and "shadow" not in text_b and "25.0%" in text_b
     assert "no entry" in "\n".join(report_cards.user_image_text(f, "c"))
+
+
+def test_card_mistakes_say_when_more_pairs_tie_at_the_cut_off():
+    import report_cards
+
+    def cm(cells):
+        m = [[0] * 10 for _ in range(10)]
+        for (i, j), n in cells.items():
+            m[i][j] = n
+        return {"confusion_matrix": m}
+    few = report_cards.mistakes_text(cm({(4, 9): 5, (7, 2): 3, (3, 5): 2, (8, 3): 2, (1, 7): 1}))
+    assert "4 → 9 (5), 7 → 2 (3), 3 → 5 (2), 8 → 3 (2)." in few and "1 → 7" not in few
+    many = report_cards.mistakes_text(cm({(4, 9): 5, **{(i, (i + 1) % 10): 2 for i in range(8)}}))
+    assert "among others" in many and many.count("→") == 1 + 3  # the header has one
+    plain = report_cards.mistakes_text(cm({(4, 9): 5, (7, 2): 3, (3, 5): 2, (8, 3): 1}))
+    assert "among others" not in plain and "8 → 3" not in plain
