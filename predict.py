@@ -654,25 +654,28 @@ def describe(r: dict) -> str:
     if r["status"] == "no_digit":
         return f"{r['file']}: no digit (the image has no ink)"
     if r["status"] == "several_digits":
-        each = ", ".join(f"{d['digit']} ({d['probability']:.3f})" for d in r["digits"])
-        return f"{r['file']}: the number {r['number']}  [{each}]"
-    alts = ", ".join(f"{d}: {q:.3f}" for d, q in r["topk"][1:])
+        each = ", ".join(f"{d['digit']} {d['probability']:.3f}" for d in r["digits"])
+        return f"{r['file']}: the number {r['number']} (probability of each digit: {each})"
+    alts = ", ".join(f"{d} {q:.3f}" for d, q in r["topk"][1:])
     if r["status"] == "unsure":
         if r["digits"]:
-            each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} ({d['probability']:.3f})" for d in r["digits"])
-            return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits  [{each}]"
+            each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} {d['probability']:.3f}" for d in r["digits"])
+            return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (probability of each: {each})"
         return (f"{r['file']}: unsure: not confidently a digit (the closest digit is {r['topk'][0][0]}, "
                 f"probability {r['probability']:.3f}, but it does not pass the checkpoint's calibrated checks)"
-                + (f"  [{alts}]" if alts else ""))
-    return f"{r['file']}: {r['digit']} ({r['probability']:.3f})" + (f"  [{alts}]" if alts else "")
+                + (f"; next: {alts}" if alts else ""))
+    return f"{r['file']}: {r['digit']} (probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else "") + ")"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Predict the digit(s) in image files (any format Pillow reads). "
                                             "Exit 0 when every file was read (a refusal is an answer), 1 otherwise.")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument("--weights", default="weights/convnet.pt", help="checkpoint written by train.py")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--weights", default="weights/convnet.pt",
+                   help="checkpoint written by train.py (default: %(default)s)")
+    p.add_argument("--topk", type=int, default=3,
+                   help="how many of the most probable digits to report per image, best first (default: %(default)s); "
+                        "the text output shows the best and, after 'next:', the others")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)

@@ -277,3 +277,22 @@ def test_mismatched_keys_name_a_missing_and_an_unexpected_one(tmp_path):
                 "normalization": {"mean": 0.13, "std": 0.31}}, tmp_path / "w.pt")
     with pytest.raises(models.CheckpointError, match=r"missing e\.g\. .+; unexpected e\.g\. extra\.weight"):
         models.load_checkpoint(tmp_path / "w.pt")
+
+
+def test_text_output_labels_the_probability_and_the_next_digits():
+    ok = {"file": "photo.jpg", "status": "ok", "digit": 3, "probability": 0.97, "topk": [[3, 0.97], [9, 0.03], [8, 0.0]],
+          "number": None, "digits": []}
+    assert predict.describe(ok) == "photo.jpg: 3 (probability 0.970; next: 9 0.030, 8 0.000)"
+    assert predict.describe({**ok, "topk": [[3, 0.97]]}) == "photo.jpg: 3 (probability 0.970)"
+    two = {**ok, "status": "several_digits", "digit": None, "number": "42", "topk": [],
+           "digits": [{"status": "ok", "digit": 4, "probability": 0.99}, {"status": "ok", "digit": 2, "probability": 0.98}]}
+    assert predict.describe(two) == "photo.jpg: the number 42 (probability of each digit: 4 0.990, 2 0.980)"
+    unsure = predict.describe({**ok, "status": "unsure"})
+    assert "closest digit is 3" in unsure and unsure.endswith("; next: 9 0.030, 8 0.000")
+
+
+def test_cli_help_explains_topk_and_shows_the_weights_default(capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "most probable digits" in out and "default: weights/convnet.pt" in out
