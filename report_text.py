@@ -239,7 +239,7 @@ def section_optimizers(f: Facts) -> list[str]:
     fair = fair_tables(f)
     if fair:
         lines += ["**A fairer comparison** (each optimizer tuned on its own LR grid at one seed, then compared on other "
-                  "seeds; it came after the choice and changes nothing shipped):", "",
+                  "seeds; it came after the choice and changes no file in `weights/`):", "",
                   "| model | optimizer | tuned LR | validation % (mean ± std) | behind the best by (validation images) | verdict |",
                   "|---|---|---|---|---|---|"]
         for m, t in fair.items():
@@ -248,6 +248,7 @@ def section_optimizers(f: Facts) -> list[str]:
                 lines.append(f"| {NAMES[m]} | {OPT_NAMES[r['optimizer']]} | {r['lr']:g} | {mean_std(r['val'])} | "
                              f"{max(r['gap'], 0.0) / t['one_image']:.1f} | {verdict} |")
         lines += ["", f"Rule: {next(iter(fair.values()))['rule']}.", ""]
+        lines += [fair_verdict(NAMES[m], verdicts[m][0], t) for m, t in fair.items() if m in verdicts] + [""]
     else:
         done = fair_runs_done(f)
         lines += ["A fairer comparison - every optimizer tuned on its own LR grid, then compared on fresh seeds - "
@@ -256,13 +257,26 @@ def section_optimizers(f: Facts) -> list[str]:
     return lines
 
 
+def fair_verdict(name: str, chosen: str, t: dict) -> str:
+    """One sentence: does the fairer comparison `t` (study.optim_fair_table) agree with the optimizer `chosen` above?"""
+    rows = {r["optimizer"]: r for r in t["rows"]}
+    best = t["best"]
+    if best == chosen or rows.get(chosen, {}).get("tie"):
+        return (f"For the {name} it agrees with the choice above: {OPT_NAMES[chosen]} "
+                + ("has the best mean again." if best == chosen else f"ties the best mean ({OPT_NAMES[best]})."))
+    gap = max(rows[chosen]["gap"], 0.0) / t["one_image"] if chosen in rows and rows[chosen]["gap"] is not None else None
+    return (f"For the {name} it disagrees: {OPT_NAMES[best]} at lr {rows[best]['lr']:g} leads {OPT_NAMES[chosen]}"
+            + (f" by {gap:.1f} validation images, beyond the noise" if gap is not None else "")
+            + f"; the {name}'s later runs used {OPT_NAMES[chosen]} and were not re-run with it.")
+
+
 def comparison_notes(f: Facts, b: str) -> list[str]:
     """Step 5's sentences on the summary table's other rows (QuickNet, the ensemble) and on files from later recipes."""
     out = []
     later = [(m, run["tags"]["attempt"]) for m in f.models
              if (run := f.shipped_run(m)) and run["tags"].get("attempt") and run["tags"]["attempt"] != "refit"]
     if later:
-        out.append("The shipped " + and_join([NAMES[m] for m, _ in later]) + f" file{'s' if len(later) > 1 else ''} came from "
+        out.append("The " + and_join([NAMES[m] for m, _ in later]) + f" file{'s' if len(later) > 1 else ''} came from "
                    "runs made after the Step 3-4 recipe, when test scores missed the accuracy targets ("
                    + "; ".join(f"{NAMES[m]}: {change_words(m, a)}" for m, a in later) + "); the rows "
                    f"above are the seeds of those later recipes ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them)).")

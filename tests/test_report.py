@@ -235,3 +235,18 @@ def test_card_mistakes_say_when_more_pairs_tie_at_the_cut_off():
     assert "among others" in many and many.count("→") == 1 + 3  # the header has one
     plain = report_cards.mistakes_text(cm({(4, 9): 5, (7, 2): 3, (3, 5): 2, (8, 3): 1}))
     assert "among others" not in plain and "8 → 3" not in plain
+
+
+def test_fair_verdict_says_whether_the_fairer_comparison_agrees():
+    from report_text import fair_verdict
+
+    def table(best, rows):
+        return {"best": best, "one_image": 0.0002,
+                "rows": [{"optimizer": o, "lr": lr, "gap": gap, "tie": tie} for o, lr, gap, tie in rows]}
+
+    agree = fair_verdict("ConvNet", "adamw", table("adamw", [("adamw", 0.01, 0.0, True), ("adam", 0.01, 0.0004, True)]))
+    assert agree.startswith("For the ConvNet it agrees") and "best mean again" in agree
+    tied = fair_verdict("ConvNet", "adam", table("adamw", [("adamw", 0.01, 0.0, True), ("adam", 0.01, 0.0004, True)]))
+    assert "agrees" in tied and "ties the best mean (AdamW)" in tied
+    differ = fair_verdict("DNN", "adam", table("adamw", [("adamw", 0.01, 0.0, True), ("adam", 0.001, 0.0024, False)]))
+    assert "disagrees" in differ and "lr 0.01" in differ and "by 12.0 validation images" in differ
