@@ -399,25 +399,31 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {k: getattr(model, k) for k in ("first_conv", "second_conv") if hasattr(model, k)}
 
 
+def probe(model: nn.Module, hooks: dict, input_size=(1, 1, 28, 28)) -> None:
+    """One forward pass of zeros (shape `input_size`) in eval mode with no_grad, with forward hooks
+    {module: hook(module, inputs, output)} attached for the pass only; the training mode is restored."""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 def summary(model: nn.Module, input_size=(1, 1, 28, 28)) -> str:
     """A Keras-style table: every leaf layer, its output shape and parameter count."""
-    rows, hooks = [], []
+    rows = []
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, _inputs, output):
         rows.append((names[module], type(module).__name__, tuple(output.shape[1:]),
                      sum(p.numel() for p in module.parameters(recurse=False))))
 
-    for m in model.modules():
-        if not list(m.children()):
-            hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_size))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    probe(model, {m: hook for m in model.modules() if not list(m.children())}, input_size)
     lines = [f"{'layer':<28}{'type':<18}{'output shape':<18}{'params':>10}", "-" * 74]
     lines += [f"{n:<28}{t:<18}{str(s):<18}{p:>10,}" for n, t, s, p in rows]
     total = count_params(model)

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import study
-from models import STUDY_MODELS, count_params, load_checkpoint
+from models import STUDY_MODELS, count_params, load_checkpoint, probe
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)",
@@ -254,7 +254,7 @@ class Facts:
 def multiply_adds(model, input_size=(1, 1, 28, 28)) -> int:
     """Multiply-adds per image of the model's Conv2d and Linear layers (one forward pass on zeros)."""
     import torch
-    total, hooks = [0], []
+    total = [0]
 
     def conv(mod, _i, out):
         total[0] += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
@@ -262,18 +262,8 @@ def multiply_adds(model, input_size=(1, 1, 28, 28)) -> int:
     def lin(mod, _i, out):
         total[0] += mod.in_features * mod.out_features
 
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d):
-            hooks.append(mod.register_forward_hook(conv))
-        elif isinstance(mod, torch.nn.Linear):
-            hooks.append(mod.register_forward_hook(lin))
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_size))
-    model.train(was)
-    for h in hooks:
-        h.remove()
+    probe(model, {mod: conv if isinstance(mod, torch.nn.Conv2d) else lin for mod in model.modules()
+                  if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))}, input_size)
     return total[0]
 
 
@@ -304,8 +294,7 @@ def part_text(mod) -> str:
 def layer_text(model, input_size=(1, 1, 28, 28)) -> str:
     """The net top to bottom, each part with its output shape where it changes: Sequentials of plain layers opened."""
     import torch
-    rows, hooks = [], []
-    parts = []
+    rows, parts = [], []
     for name, child in model.named_children():
         if isinstance(child, torch.nn.Identity):
             continue
@@ -313,20 +302,13 @@ def layer_text(model, input_size=(1, 1, 28, 28)) -> str:
             parts += list(child.children())
         else:
             parts.append(child)
-    for mod in parts:
-        def hook(m, _i, out):
-            text = part_text(m)
-            if text not in ("BN", "ReLU", "Dropout", "Flatten"):
-                text += " " + "x".join(str(d) for d in tuple(out.shape[1:]))
-            rows.append(text)
-        hooks.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_size))
-    model.train(was)
-    for h in hooks:
-        h.remove()
+    def hook(m, _i, out):
+        text = part_text(m)
+        if text not in ("BN", "ReLU", "Dropout", "Flatten"):
+            text += " " + "x".join(str(d) for d in tuple(out.shape[1:]))
+        rows.append(text)
+
+    probe(model, {mod: hook for mod in parts}, input_size)
     return " → ".join(rows)
 
 
