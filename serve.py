@@ -13,7 +13,8 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
     are admitted to it at once, the rest get 503 with Retry-After (so memory stays bounded and no
     connection is reset under load; the listen backlog is 2048);
   - a body over MAX_BODY is refused from its Content-Length, or as soon as it grows past the
-    limit while being read; a request whose headers or body take over REQUEST_TIMEOUT_S to
+    limit while being read; bodies held at once stay under BODY_BUDGET bytes (else 503 +
+    Retry-After); a request whose headers or body take over REQUEST_TIMEOUT_S to
     arrive gets 408 and its connection is closed;
   - the image's pixel count is checked from its header before it is decoded (predict.read_image,
     the one decoder, with this server's MAX_PIXELS);
@@ -49,8 +50,13 @@ from models import STUDY_MODELS, CheckpointError, conv_layers, count_params, loa
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
-MAX_BODY = 2 * 1024 * 1024  # bytes: a photo shrunk by the page (<= 1,600 px) fits many times over; a flood does not
-DRAIN_MAX = 8 * MAX_BODY  # a body over the limit but under this is read and dropped after the 413, so the client sees it
+# Bytes per request body: a phone photo as the camera wrote it (a 12-48 MP JPEG is 3-12 MB) fits,
+# so `curl --data-binary @IMG_1234.jpg` works; the page shrinks uploads to 1,600 px first anyway.
+MAX_BODY = 16 * 1024 * 1024
+DRAIN_MAX = 2 * MAX_BODY  # a body over the limit but under this is read and dropped after the 413, so the client sees it
+# Bytes of request bodies held at once (being read, queued or being answered): what bounds the
+# memory many big uploads take, as WORKERS + MAX_WAITING bounds the work. Beyond it: 503 + Retry-After.
+BODY_BUDGET = 64 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0  # headers, and then the body, must each arrive within this (slow clients are closed)
 WORKERS = 2  # threads decoding images and running models: peak memory ~ WORKERS x one decoded image
 # Pixels the server decodes per image (read from the header first). Lower than predict.MAX_PIXELS
@@ -219,7 +225,7 @@ class Models:
         if not outs:
             answer, p = predict.decide_probs(torch.zeros(0, 10), predict.DEFAULT_THRESHOLD), torch.zeros(0, 10)
         else:
-            answer = predict.decide_ensemble(outs, topk=3)
+            answer = predict.decide_ensemble(outs, topk=3, crops=crops)
             p = torch.stack([predict.probabilities(lg, ck) for lg, _, ck in outs]).mean(0)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
@@ -327,43 +333,76 @@ def add_error_handlers(app) -> None:
         return json_error(500, f"{type(e).__name__}: {e}")
 
 
-async def read_body(request, timeout_s: float) -> bytes:
-    """The whole body, refused as soon as it is over MAX_BODY or late by more than timeout_s."""
+class BodyBudget:
+    """The bytes of request bodies the server holds at once, touched only on the event loop:
+    `take` reserves n more or raises a 503 (with Retry-After) when that would pass `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, n: int, headers: dict | None = None) -> None:
+        if self.held + n > self.limit:
+            raise ApiError(503, f"busy: {self.held:,} bytes of uploads in memory; try again in 1 s",
+                           {"Retry-After": "1", **(headers or {})})
+        self.held += n
+
+
+def unread_body_headers(request, length: int) -> dict:
+    """Headers for an answer given before a body of `length` bytes is read: none when uvicorn will
+    read and drop it (up to DRAIN_MAX, so the client, still sending, sees the answer), else
+    Connection: close (a larger body, or one waiting for 100 Continue, is cut off)."""
+    drain = length <= DRAIN_MAX and "100-continue" not in request.headers.get("expect", "").lower()
+    return {} if drain else {"Connection": "close"}
+
+
+async def read_body(request, timeout_s: float, budget: BodyBudget) -> tuple[bytes, int]:
+    """(the whole body, the bytes reserved for it in `budget`: the caller gives them back), refused
+    as soon as it is over MAX_BODY, over the budget, or late by more than timeout_s."""
     length = request.headers.get("content-length")
+    reserved = 0
     if length is not None:
         if not length.isdigit():
             raise ApiError(400, "Content-Length is not a number", {"Connection": "close"})
         if int(length) > MAX_BODY:
-            # Not read: uvicorn drops the rest of a body up to DRAIN_MAX after this answer (so the
-            # client, still sending, sees it); a larger one, or one waiting for 100 Continue, is cut off.
-            drain = int(length) <= DRAIN_MAX and "100-continue" not in request.headers.get("expect", "").lower()
             raise ApiError(413, f"body of {int(length):,} bytes is over the {MAX_BODY:,}-byte limit "
                                 "(shrink the image: 1,600 px on the long side is plenty)",
-                           {} if drain else {"Connection": "close"})
+                           unread_body_headers(request, int(length)))
+        budget.take(int(length), unread_body_headers(request, int(length)))  # not read yet: 503 at once
+        reserved = int(length)
     chunks, size = [], 0
     deadline = asyncio.get_running_loop().time() + timeout_s
     stream = request.stream()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except StopAsyncIteration:
-            break
-        except (asyncio.TimeoutError, TimeoutError):
-            raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, f"body over the {MAX_BODY:,}-byte limit", {"Connection": "close"})
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except StopAsyncIteration:
+                break
+            except (asyncio.TimeoutError, TimeoutError):
+                raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, f"body over the {MAX_BODY:,}-byte limit", {"Connection": "close"})
+            if size > reserved:  # a body without Content-Length: reserved as it arrives
+                budget.take(size - reserved, {"Connection": "close"})
+                reserved = size
+            chunks.append(chunk)
+    except BaseException:
+        budget.held -= reserved
+        raise
+    return b"".join(chunks), reserved
 
 
-def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: float, workers: int, max_waiting: int) -> None:
-    """POST /predict (on `pool`, at most workers + max_waiting admitted, else 503) and GET /api/models."""
+def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: float, workers: int, max_waiting: int,
+                   body_budget: int = BODY_BUDGET) -> None:
+    """POST /predict (on `pool`, at most workers + max_waiting admitted and body_budget bytes of
+    bodies held, else 503) and GET /api/models."""
     from fastapi import Request
     from fastapi.responses import Response
     from starlette.requests import ClientDisconnect
 
     admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
+    budget = BodyBudget(body_budget)
 
     @app.post("/predict", summary="The digit(s) in an image",
               description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, ...) or a data URL "
@@ -374,16 +413,19 @@ def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: flo
     async def predict_route(request: Request, model: str | None = None):
         name = models.check(model)
         try:
-            body = await read_body(request, timeout_s)
+            body, reserved = await read_body(request, timeout_s, budget)
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
-        if admitted[0] >= workers + max_waiting:
-            raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
-        admitted[0] += 1
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
+            if admitted[0] >= workers + max_waiting:
+                raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
+            admitted[0] += 1
+            try:
+                answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
+            finally:
+                admitted[0] -= 1
         finally:
-            admitted[0] -= 1
+            budget.held -= reserved
         return Response(json.dumps(answer).encode(), media_type="application/json", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/models", summary="The models this server has (the one marked default answers when ?model= is absent)")
@@ -438,7 +480,8 @@ def add_static_route(app) -> None:
                         headers={"Cache-Control": "no-cache"})
 
 
-def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
+def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING,
+               body_budget: int = BODY_BUDGET):
     """The FastAPI app over loaded `models`: JSON error handlers, POST /predict and GET /api/models,
     GET /docs, then the catch-all for web/ (last, so it sees only what the others do not answer)."""
     from fastapi import FastAPI
@@ -448,7 +491,7 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
                               "Errors are JSON too: {\"error\": one line, \"status\": the HTTP status}.")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
     add_error_handlers(app)
-    add_api_routes(app, models, pool, timeout_s, workers, max_waiting)
+    add_api_routes(app, models, pool, timeout_s, workers, max_waiting, body_budget)
     add_docs_route(app)
     add_static_route(app)
     app.state.models, app.state.pool = models, pool
@@ -460,12 +503,13 @@ class Server:
     one: see .port). serve_forever() blocks; start() serves on a thread; shutdown() stops it."""
 
     def __init__(self, weights: list[str], host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                 timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING):
+                 timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING,
+                 body_budget: int = BODY_BUDGET):
         import uvicorn
 
         self.models = Models(weights)
         self.models.warm_up()
-        self.app = create_app(self.models, timeout_s, workers, max_waiting)
+        self.app = create_app(self.models, timeout_s, workers, max_waiting, body_budget)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -361,7 +361,7 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | No
             right = refused = 0
             for cs, (_, expected) in zip(crops, files):
                 logits, features = predict.forward(cs, model, ckpt)
-                r, f = score(predict.decide(logits, ckpt, features=features), expected)
+                r, f = score(predict.decide(logits, ckpt, features=features, crops=cs), expected)
                 right += r
                 refused += f
             row["models"][m] = {"right": right / len(files), "refused": refused / len(files)}

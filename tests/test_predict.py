@@ -196,6 +196,51 @@ def test_rejector_turns_ok_into_unsure_only_with_features():
     assert predict.digit_score(logits, torch.zeros(1, 5), ckpt) is None  # another model's features: no rejector
 
 
+def rendered(ch: str, font: str, size: int = 150) -> list[np.ndarray]:
+    """`ch` in black on a white 240x240 page, through prepare."""
+    from PIL import ImageFont
+    img = Image.new("L", (240, 240), 255)
+    ImageDraw.Draw(img).text((120, 120), ch, fill=0, font=ImageFont.truetype(font, size), anchor="mm")
+    return predict.prepare(img)
+
+
+def test_dot_apart_refuses_dotted_characters_in_debian_fonts():
+    import calibrate
+    fonts = [str(f) for f in calibrate.fonts("DejaVu") + calibrate.fonts("Liberation")]
+    assert len(fonts) >= 4, "Debian's DejaVu and Liberation fonts are needed (fonts-dejavu-core, fonts-liberation)"
+    caught = {ch: [len(c) == 1 and predict.dot_apart(c[0]) for c in (rendered(ch, f) for f in fonts)] for ch in "?ij\u00bf!"}
+    for ch in "?ij\u00bf":  # ?, i, j and the inverted ?: in nearly every font (an extra-light dot is 1 px wide)
+        assert sum(caught[ch]) >= 0.9 * len(fonts), (ch, [f for f, c in zip(fonts, caught[ch]) if not c])
+    assert sum(caught["!"]) >= len(fonts) / 2  # a bold ! 's dot is often too big a share of its bar
+    for digit in "0123456789":  # the same fonts' digits are never taken for one
+        assert not any(len(c) == 1 and predict.dot_apart(c[0]) for c in (rendered(digit, f) for f in fonts)), digit
+
+
+def test_a_dot_apart_is_unsure_whatever_the_model_says():
+    ckpt = {"normalization": {"mean": 0.1, "std": 0.3}, "calibration": {"temperature": 1.0, "threshold": 0.5}}
+    logits = torch.zeros(2, 10)
+    logits[:, 3] = 10.0  # both read as a confident 3
+    question = np.zeros((28, 28), np.float32)
+    question[4:8, 9:19] = question[4:15, 15:19] = question[12:17, 11:15] = 1.0  # a hook ...
+    question[20:24, 11:15] = 1.0  # ... and its dot, two empty rows below
+    three = np.zeros((28, 28), np.float32)
+    three[4:8, 9:19] = three[4:24, 15:19] = three[12:16, 11:19] = three[20:24, 9:19] = 1.0
+    assert predict.dot_apart(question) and not predict.dot_apart(three)
+    assert predict.decide(logits[:1], ckpt, crops=[question])["status"] == "unsure"
+    assert predict.decide(logits[:1], ckpt, crops=[three])["status"] == "ok"
+    assert predict.decide(logits[:1], ckpt)["status"] == "ok"  # no crops: no shape check
+    assert predict.decide(logits, ckpt, crops=[three, question])["status"] == "unsure"  # "3?" is not a number
+    assert predict.decide_ensemble([(logits[:1], None, ckpt), (logits[:1], None, ckpt)], crops=[question])["status"] == "unsure"
+
+
+def test_dot_apart_rarely_fires_on_mnist_test_digits(real_data_dir):
+    """The shape rule costs at most 0.1% of MNIST's test digits (issue #23: >= 99% accepted)."""
+    import data
+    _, _, x_te, _, _ = data.load_raw(data_dir=real_data_dir, download=False)
+    fired = sum(predict.dot_apart(c) for x in x_te.numpy() for c in predict.prepare(Image.fromarray(x)))
+    assert fired <= len(x_te) // 1000, fired
+
+
 def test_forward_gives_logits_and_the_classifier_input():
     model = models.build_model("convnet", width=8).eval()
     ckpt = {"normalization": {"mean": 0.13, "std": 0.31}}

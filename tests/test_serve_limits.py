@@ -94,13 +94,40 @@ def test_slow_clients_get_408_and_are_closed(server, request_bytes, what):
 
 
 def test_body_limit_is_enforced_while_reading(server):
-    raw, seconds = exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n")
-    status, headers, j = parse(raw)  # refused from the header, nothing read, connection closed at once
+    too_big = serve.DRAIN_MAX + 1  # over the limit and too big to drain: refused from the header, connection closed at once
+    raw, seconds = exchange(server, f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {too_big}\r\n\r\n".encode())
+    status, headers, j = parse(raw)
     assert status == 413 and headers["connection"] == "close" and seconds < 1.0
-    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-    chunked += (b"40000\r\n" + b"x" * 0x40000 + b"\r\n") * 12  # 3 MB with no Content-Length: refused once over
+    chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"  # 1 MiB chunks, no Content-Length: refused once over the limit
+    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * (serve.MAX_BODY // 0x100000 + 1)
     status, _, j = parse(exchange(server, chunked)[0])
     assert status == 413 and "limit" in j["error"]
+
+
+def test_bodies_held_at_once_stay_under_the_budget(test_digits):
+    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True, timeout_s=5.0, body_budget=100_000).start()
+    try:
+        held = socket.create_connection(("127.0.0.1", srv.port), timeout=10)  # announces 80 kB, sends 1 kB: held
+        held.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 80000\r\n\r\n" + b"x" * 1000)
+        time.sleep(0.3)
+        body = encode(test_digits[0][0], "PNG")
+        body += b"\0" * (50_000 - len(body))  # a real digit, padded: 80 + 50 kB is over the 100 kB budget
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("POST", "/predict", body)
+        r = conn.getresponse()
+        j = json.loads(r.read())
+        assert r.status == 503 and j["status"] == 503 and r.getheader("Retry-After") == "1", j
+        conn.close()
+        held.sendall(b"x" * 79_000)  # the held body completes (not an image: 415) and gives its bytes back
+        assert parse(held.recv(65536))[0] == 415
+        held.close()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("POST", "/predict", body)
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["digit"] == test_digits[1][0]
+        conn.close()
+    finally:
+        srv.shutdown()
 
 
 def test_huge_images_are_refused_from_their_header(server):
