@@ -88,6 +88,29 @@ class DNN(nn.Module):
         return self.fc(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN, added to the (projected) input, then ReLU."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:  # the shortcut must match shape: 1x1 conv + BN
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
 # -----------------------------------------------------------------------------
 # A classic CNN, sized for a 2-core CPU
 
@@ -104,14 +127,22 @@ class ConvNet(nn.Module):
     14x14 or less: ~7.5 M multiply-adds per image in all. The head keeps *where* each
     feature fired (flatten) rather than pooling it away: in one-epoch runs that was worth
     ~0.3 points of accuracy over a global max or average pool. 104,938 parameters at width 32.
+
+    blocks > 0 makes it deeper without changing a shape: that many residual BasicBlocks (two
+    3x3 conv-BN, identity shortcut) after the stem, after layer1 and after layer2, at 14x14,
+    7x7 and 3x3. blocks=1 is 9 conv layers, like the small residual CNNs behind the best
+    fixed-schedule MNIST results (issue #25; ../shared/BENCHMARKS.md); blocks=0 is the net
+    above, with the same state-dict keys as before the option existed.
     """
 
-    def __init__(self, width: int = 32, dropout: float = 0.1, num_classes: int = 10):
+    def __init__(self, width: int = 32, dropout: float = 0.1, num_classes: int = 10, blocks: int = 0):
         super().__init__()
         w = width
         self.stem = conv_bn(1, w, kernel_size=5, stride=2)
         self.layer1 = conv_pool_bn(w, 2 * w)
         self.layer2 = conv_pool_bn(2 * w, 4 * w)
+        # Empty when blocks=0: an empty nn.Sequential is the identity and holds no parameters.
+        self.res0, self.res1, self.res2 = (nn.Sequential(*[BasicBlock(c, c) for _ in range(blocks)]) for c in (w, 2 * w, 4 * w))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(flat_features(nn.Sequential(self.stem, self.layer1, self.layer2)), num_classes)
 
@@ -124,7 +155,7 @@ class ConvNet(nn.Module):
         return self.layer1[0]
 
     def forward(self, x):
-        x = self.layer2(self.layer1(self.stem(x)))  # (B, 4w, 3, 3)
+        x = self.res2(self.layer2(self.res1(self.layer1(self.res0(self.stem(x))))))  # (B, 4w, 3, 3)
         return self.fc(self.dropout(x.flatten(1)))  # (B, 10)
 
 
@@ -154,29 +185,6 @@ class QuickNet(ConvNet):
 
 # -----------------------------------------------------------------------------
 # ResNet-18 (He et al., 2016), small-image variant, torchvision's layer names
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN, added to the (projected) input, then ReLU."""
-
-    expansion = 1
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:  # the shortcut must match shape: 1x1 conv + BN
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 def make_stage(block, c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:

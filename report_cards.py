@@ -9,8 +9,8 @@ import study
 import train
 from models import build_model, count_params, load_checkpoint
 from report_facts import (
-    TARGET_BEST_SINGLE, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
-    aug_text, change_words, compare, confusion_pairs, fair_runs_done, fair_tables, figure, layer_text, lr_table, mean_std, multiply_adds,
+    RECIPE_TARGETS, TARGET_BEST_SINGLE, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
+    aug_text, change_words, changes_words, compare, confusion_pairs, fair_runs_done, fair_tables, figure, layer_text, lr_table, mean_std, multiply_adds,
     one_image_note, optim_groups, pct, read_json, reg_groups, results_of, run_words, test_use, tie_rule_text
 )
 
@@ -28,10 +28,11 @@ def appendix_lines(f: Facts) -> list[str]:
                 "- [Over- and underfitting](#over--and-underfitting)", "- [Optimizer comparison in full](#optimizer-comparison-in-full)",
                 "- [Per-class metrics](#per-class-metrics)", "- [Figures per model](#figures-per-model)",
                 "- [Accuracy targets and the runs made for them](#accuracy-targets-and-the-runs-made-for-them)",
-                "- [Ensembles](#ensembles)", "- [Tie rules](#tie-rules)", "- [Every training run](#every-training-run)",
+                "- [Ensembles](#ensembles)", "- [Accuracy by recipe](#accuracy-by-recipe)", "- [Tie rules](#tie-rules)", "- [Every training run](#every-training-run)",
                 "- [Screenshots](#screenshots)", ""]
     return (contents + appendix_test_use(f) + appendix_lr(f) + appendix_stem(f) + appendix_fitting(f) + appendix_optimizers(f)
-            + appendix_per_class(f) + appendix_figures(f) + appendix_targets(f) + appendix_ensembles(f) + appendix_tie_rules(f)
+            + appendix_per_class(f) + appendix_figures(f) + appendix_targets(f) + appendix_ensembles(f) + appendix_recipes(f)
+            + appendix_tie_rules(f)
             + appendix_runs(f) + appendix_screenshots(f))
 
 
@@ -325,6 +326,47 @@ def appendix_ensembles(f: Facts) -> list[str]:
                             + [n for n in c["members"] if n not in names])
         lines.append(f"| `{name}` ({len(c['members'])} models) | {members} | {pct(c['val_acc'])} | {'yes' if name == e['chosen'] else ''} |")
     return lines + [""]
+
+
+def candidate_words(model: str, candidate: str) -> str:
+    if candidate == "final":
+        return "the final stage's recipe"
+    if candidate in study.ATTEMPTS.get(model, {}):
+        return change_words(model, candidate)
+    return changes_words(study.RECIPE_CANDIDATES.get(model, {}).get(candidate, {})) or candidate
+
+
+def appendix_recipes(f: Facts) -> list[str]:
+    """Issue #25 from results/final_recipes.json: the candidates on validation, the chosen recipe's
+    refits on test (per seed, mean ± std, against RECIPE_TARGETS) and the fixed ensemble."""
+    d = read_json(f.s.results / "final_recipes.json")
+    lines = ["## Accuracy by recipe", ""]
+    if not d or not d.get("models"):
+        return lines + ["Not run yet (`python study.py --only recipes`).", ""]
+    lines += [f"A model's accuracy as the mean of a fixed recipe's seeds, not its luckiest run. Candidates are compared on "
+              f"validation only (new ones on seeds {', '.join(map(str, d['screen_seeds']))}, never scored on test); {d['rule']}, "
+              f"seeds {', '.join(map(str, d['seeds']))}. The new candidates were designed after the final stage's test scores "
+              "had missed the targets; the choice among them used validation alone.", "",
+              "| model | candidate | change to the final recipe | seeds | val % (mean) | chosen |", "|---|---|---|---|---|---|"]
+    for m, e in d["models"].items():
+        for cand, vals in e["val"].items():
+            lines.append(f"| {NAMES.get(m, m)} | `{cand}` | {candidate_words(m, cand)} | {len(vals)} | {pct(e['val_mean'][cand])} | "
+                         f"{'yes' if cand == e['candidate'] else ''} |")
+    lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed |", "|---|---|---|---|---|---|---|"]
+    for m, e in d["models"].items():
+        accs = [x["test_acc"] for x in e["seeds"]]
+        target = RECIPE_TARGETS.get(m)
+        met = ("yes" if e["test_mean"] >= target else f"no: {round((target - e['test_mean']) * f.n_test, 1)} test images short") \
+            if e.get("done") and target else f"{len(accs)} of {len(d['seeds'])} seeds done"
+        minutes = f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.1f}" if accs else "–"
+        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}` | {pct(target) if target else '–'} | "
+                     f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
+    ens = d.get("ensemble")
+    members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
+    lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
+              + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
+                 "not scored yet (it waits for every member)."), ""]
+    return lines
 
 
 def recipes_with_seeds(records: list[dict]) -> list[str]:

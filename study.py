@@ -47,6 +47,8 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     chosen_augmentation, chosen_width, best_optimizer, FAIR_LRS, FAIR_OPTIMIZERS, FAIR_TUNE_SEED, FAIR_SEEDS,
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
+    SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
+    recipe_refit_cells, recipes_cells,
 )
 from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
@@ -487,6 +489,80 @@ def stage_evaluate(s: Settings) -> None:
 
 
 # -----------------------------------------------------------------------------
+# Stage recipes' record: results/final_recipes.json (issue #25)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None) -> dict:
+    """{"members": [{"checkpoint", "sha256"}], "test_acc"} of the members' mean softmax on the test
+    set: scored once; a file from an earlier call with the same members' sha256 is reused."""
+    record = {"members": [{"checkpoint": rel(s, p), "sha256": sha256(p)} for p in members]}
+    if before and before.get("members") == record["members"] and before.get("test_acc") is not None:
+        return before
+    from models import load_checkpoint
+    from test_model import predict_proba
+    data = s.mnist()
+    probs = []
+    for p in members:
+        model, _ = load_checkpoint(p, "cpu")
+        probs.append(torch.from_numpy(predict_proba(model, data.x_test)))
+    record["test_acc"] = float((torch.stack(probs).mean(0).argmax(1) == data.y_test).float().mean())
+    return record
+
+
+def write_final_recipes(s: Settings) -> Path:
+    """results/final_recipes.json: per model of RECIPE_MODELS, the validation evidence for each
+    candidate, the chosen recipe (the full TrainConfig of its refits, seed aside), each finished
+    seed's test accuracy and the sha256 of its checkpoint, and their mean/std once every seed is
+    done; the RECIPE_ENSEMBLE's members and test accuracy once all of them exist.
+    Accuracies are fractions (0.9968), not percent."""
+    path = s.results / "final_recipes.json"
+    before = json.loads(path.read_text()) if path.exists() else {}
+    out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
+           "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
+                   "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
+    members = []
+    for m in (m for m in RECIPE_MODELS if m in s.models):
+        choice = recipe_choice(s, m)
+        if choice is None:
+            continue
+        entry = {"candidate": choice["candidate"], "val": choice["val"], "val_mean": choice["mean"], "seeds": []}
+        for c in recipe_refit_cells(s, m, choice):
+            r, ckpt = load_result(s, c.name), s.runs / "cells" / c.name / "best.pt"
+            if r is None or not r.get("test") or not ckpt.exists():
+                continue
+            config = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
+            entry["recipe"] = config
+            entry["seeds"].append({"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"],
+                                   "seconds": r["seconds"], "hardware": r["hardware"],
+                                   "checkpoint": rel(s, ckpt), "sha256": sha256(ckpt)})
+            if m in RECIPE_ENSEMBLE:
+                members.append(ckpt)
+        accs = [x["test_acc"] for x in entry["seeds"]]
+        entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
+        if entry["done"]:
+            entry.update(test_mean=statistics.mean(accs), test_std=statistics.stdev(accs) if len(accs) > 1 else 0.0)
+        out["models"][m] = entry
+    wanted = [m for m in RECIPE_ENSEMBLE if m in s.models]
+    if wanted and all(out["models"].get(m, {}).get("done") for m in wanted):
+        out["ensemble"] = {"recipes": wanted, **recipes_ensemble_test(s, members, before.get("ensemble"))}
+        # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
+        out["why"] = "the fixed recipe ensemble, scored once"
+        out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
+                            "models_scored": len(members)}]
+    write_json(path, out)
+    return path
+
+
+# -----------------------------------------------------------------------------
 # Running the plan
 
 
@@ -627,6 +703,9 @@ STAGES = {
                             cells=reg_cells, train=run_cell),
     "final": Stage("each model with the validation-chosen settings, longer; ships weights/", cells=final_cells,
                    train=lambda s, c: run_final(s, c)),
+    "recipes": Stage("issue #25: candidate recipes compared on validation, the chosen one refit on 60,000 images, 3 seeds",
+                     cells=recipes_cells, train=run_cell, each=lambda s: write_final_recipes(s),
+                     after=lambda s: write_final_recipes(s)),
     "evaluate": Stage("Step 6: test_model.py per model and the ensemble, feature maps, training curves",
                       run=lambda s: stage_evaluate(s), done=lambda s: s.results / "evaluation.json", worker0=True),
     "screenshots": Stage("PNG renderings of the recorded terminal output", run=lambda s: report_writer()["render_screenshots"](s.root),

@@ -119,6 +119,9 @@ class TrainConfig:
     # a recipe and epoch count chosen on validation before. Nothing is left to choose on: the last
     # epoch is kept, the "val" columns are in-sample, and the run is never promoted into weights/.
     refit: bool = setting(False, "train on train + validation for exactly --epochs; keeps the last epoch, never promoted")
+    # Off for runs that choose between recipes (study stage "recipes"): they are judged on validation
+    # only, so the test set is not looked at for them at all (issue #25).
+    score_test: bool = setting(True, "score the validation-best checkpoint on the test set at the end")
     out: str = setting("runs", "folder for run folders")
     run_name: str | None = setting(None, "name of the run folder under --out (default <model>-lr<lr>-s<seed>)")
     weights_dir: str | None = setting("weights", "where a run that beats the stored model on validation accuracy "
@@ -545,15 +548,16 @@ def finish(run: Run, status: str) -> dict:
     plot_curves(run.history, run.run_dir / "curves.png", cfg.run_name)
     best_path = run.run_dir / "best.pt"
     if status != "diverged" and best_path.exists():
-        # Only the checkpoint chosen on validation is ever scored on the test set.
-        best_ckpt = read_checkpoint(best_path)
-        run.scored().load_state_dict(best_ckpt["state_dict"])
-        test = evaluate(run.scored(), run.data.x_test.to(run.dev), run.data.y_test.to(run.dev), cfg)
-        result["test"] = {"acc": test["acc"], "f1": test["f1"], "loss": test["loss"]}
-        best_ckpt["metrics"].update(test_acc=test["acc"], test_f1=test["f1"])
-        save_atomic(best_ckpt, best_path)
-        run.log(f"best epoch {run.best['epoch']:g}: val acc {run.best['val_acc']:.4f} | test acc {test['acc']:.4f}, "
-                f"macro-F1 {test['f1']:.4f} | {seconds:.1f}s")
+        tested = ""
+        if cfg.score_test:  # only the checkpoint chosen on validation is ever scored on the test set
+            best_ckpt = read_checkpoint(best_path)
+            run.scored().load_state_dict(best_ckpt["state_dict"])
+            test = evaluate(run.scored(), run.data.x_test.to(run.dev), run.data.y_test.to(run.dev), cfg)
+            result["test"] = {"acc": test["acc"], "f1": test["f1"], "loss": test["loss"]}
+            best_ckpt["metrics"].update(test_acc=test["acc"], test_f1=test["f1"])
+            save_atomic(best_ckpt, best_path)
+            tested = f" | test acc {test['acc']:.4f}, macro-F1 {test['f1']:.4f}"
+        run.log(f"best epoch {run.best['epoch']:g}: val acc {run.best['val_acc']:.4f}{tested or ' | test not scored'} | {seconds:.1f}s")
         if not cfg.refit:  # a refit has no validation accuracy to compare: it is shipped by hand, labelled
             promote(best_path, cfg, run.data.genuine, run.log)
     (run.run_dir / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))

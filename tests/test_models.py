@@ -152,6 +152,19 @@ def test_checkpoints_record_the_stem_and_old_files_load_with_theirs(tmp_path):
     assert models.load_checkpoint(other)[0].stem == "3x3s2"
 
 
+def test_convnet_blocks_deepen_it_without_changing_a_shape_or_the_old_keys():
+    import torch
+    plain, deep = models.build_model("convnet", width=16), models.build_model("convnet", width=16, blocks=1)
+    assert list(plain.state_dict()) == [k for k in deep.state_dict() if not k.startswith("res")]
+    assert not any(k.startswith("res") for k in plain.state_dict())  # files saved before `blocks` existed still load
+    convs = lambda m: sum(isinstance(x, torch.nn.Conv2d) for x in m.modules())  # noqa: E731
+    assert (convs(plain), convs(deep)) == (3, 9)
+    x = torch.randn(2, 1, 28, 28)
+    assert deep(x).shape == (2, 10) and deep.first_conv is deep.stem[0] and deep.second_conv is deep.layer1[0]
+    with torch.no_grad():
+        assert deep.res1(torch.zeros(2, 32, 7, 7)).shape == (2, 32, 7, 7)
+
+
 def test_complete_config_fills_defaults_and_rejects_unknown_options():
     assert models.complete_config("convnet", {"width": 8}) == {"width": 8, "dropout": 0.1, "num_classes": 10}
     with pytest.raises(ValueError, match="takes no option"):

@@ -344,3 +344,29 @@ def test_a_diverged_final_run_is_recorded_as_diverged(tmp_path, synthetic_root):
     record = study.run_final(s, cell)
     assert record["status"] == "diverged" and study.load_result(s, cell.name)["status"] == "diverged"
     assert "diverged at step" in (tmp_path / record["log"]).read_text()
+
+
+def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recorded(smoke_root):
+    s = study_report.settings(smoke_root)
+    rec = json.loads((smoke_root / "results" / "final_recipes.json").read_text())
+    for m in study.RECIPE_MODELS:
+        choice = study.recipe_choice(s, m)
+        assert choice and rec["models"][m]["candidate"] == choice["candidate"]
+        assert choice["mean"][choice["candidate"]] == max(choice["mean"].values())  # the validation-best candidate
+        cands = study.candidate_cells(s, m)
+        assert set(cands) == {"final", *study.ATTEMPTS.get(m, {}), *study.RECIPE_CANDIDATES.get(m, {})}
+        screens = [c for name in study.RECIPE_CANDIDATES.get(m, {}) for c in cands[name]]
+        assert all(study.load_result(s, c.name)["test"] is None for c in screens)  # screening never looks at test
+        seeds = rec["models"][m]["seeds"]
+        assert [x["seed"] for x in seeds] == list(s.seeds(study.RECIPE_SEEDS)) and rec["models"][m]["done"]
+        for x in seeds:
+            r = study.load_result(s, x["cell"])
+            assert r["config"]["refit"] and r["test"]["acc"] == x["test_acc"] == rec["models"][m]["test_mean"]
+            assert x["sha256"] == study.sha256(smoke_root / x["checkpoint"])
+            assert rec["models"][m]["recipe"]["epochs"] == r["config"]["epochs"] and "seed" not in rec["models"][m]["recipe"]
+    ens = rec["ensemble"]
+    assert ens["recipes"] == list(study.RECIPE_ENSEMBLE) and len(ens["members"]) == len(study.RECIPE_ENSEMBLE)
+    assert 0.0 <= ens["test_acc"] <= 1.0
+    before = (smoke_root / "results" / "final_recipes.json").read_text()
+    study.write_final_recipes(s)  # members unchanged: the ensemble is not scored again, the file is the same
+    assert (smoke_root / "results" / "final_recipes.json").read_text() == before

@@ -249,6 +249,17 @@ def test_refit_trains_on_train_plus_val_keeps_the_last_epoch_and_is_never_promot
     assert "refit: training on train + validation" in log
 
 
+def test_a_screening_run_never_scores_the_test_set(tmp_path, synthetic_data, monkeypatch):
+    scored = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda model, x, y, cfg: scored.append(x.data_ptr()) or real(model, x, y, cfg))
+    r = train.train(tiny(tmp_path, epochs=1, score_test=False), synthetic_data, quiet=True)
+    assert r["test"] is None and r["best"]["val_acc"] > 0 and r["config"]["score_test"] is False
+    assert scored and synthetic_data.x_test.data_ptr() not in scored  # validation every epoch, test never
+    log = (tmp_path / "runs" / r["config"]["run_name"] / "log.txt").read_text()
+    assert "test not scored" in log and "test acc" not in log
+
+
 def test_lr_find_suggests_a_sane_lr(tmp_path, synthetic_data):
     r = train.lr_find(tiny(tmp_path), synthetic_data, steps=60, out_png=str(tmp_path / "lr.png"))
     assert 1e-5 <= r["suggested_lr"] <= 10 and (tmp_path / "lr.png").is_file()
@@ -367,7 +378,7 @@ def test_every_field_round_trips_config_to_flags_to_config():
                    momentum=0.8, schedule="cosine", warmup=0.05, gamma=0.5, weight_decay=0.0, label_smoothing=0.0,
                    augment=False, translate=1.5, rotate=7.5, scale=0.05, elastic=34.0, elastic_sigma=6.0, patience=3,
                    ema=0.999, seed=7, deterministic=True, device="cpu", precision="fp32", channels_last=False,
-                   limit_train=5000, refit=True, out="/tmp/x", run_name="my-run", weights_dir=None, eval_batch_size=500,
+                   limit_train=5000, refit=True, score_test=False, out="/tmp/x", run_name="my-run", weights_dir=None, eval_batch_size=500,
                    sync_bn=True)
     assert set(changed) == {f.name for f in dataclasses.fields(train.TrainConfig)}, "a new field needs a value here"
     default = train.TrainConfig()
