@@ -29,11 +29,34 @@ def appendix_lines(f: Facts) -> list[str]:
                 "- [Per-class metrics](#per-class-metrics)", "- [Figures per model](#figures-per-model)",
                 "- [Accuracy targets and the runs made for them](#accuracy-targets-and-the-runs-made-for-them)",
                 "- [Ensembles](#ensembles)", "- [Accuracy by recipe](#accuracy-by-recipe)", "- [Tie rules](#tie-rules)", "- [Every training run](#every-training-run)",
-                "- [Screenshots](#screenshots)", ""]
+                "- [Screenshots](#screenshots)", "- [Glossary](#glossary)", ""]
     return (contents + appendix_test_use(f) + appendix_lr(f) + appendix_stem(f) + appendix_fitting(f) + appendix_optimizers(f)
             + appendix_per_class(f) + appendix_figures(f) + appendix_targets(f) + appendix_ensembles(f) + appendix_recipes(f)
             + appendix_tie_rules(f)
-            + appendix_runs(f) + appendix_screenshots(f))
+            + appendix_runs(f) + appendix_screenshots(f) + GLOSSARY)
+
+
+GLOSSARY = ["## Glossary", "", "The terms the report uses, in one line each.", "",
+            "| term | meaning here |", "|---|---|",
+            "| validation split | 5,000 of MNIST's 60,000 training images, held out; every choice is made on it |",
+            "| test set | MNIST's 10,000 test images; scored, never chosen on (the appendix counts every scoring) |",
+            "| seed | the random start (weights, batch order, augmentation); one recipe on 3 seeds shows its noise |",
+            "| recipe | every training setting (model, optimizer, LR, schedule, augmentation, epochs), without the seed |",
+            "| refit | a recipe trained again on all 60,000 training images for its fixed epochs, the last epoch kept |",
+            "| logits | the model's 10 raw outputs; softmax turns them into probabilities |",
+            "| one-cycle | the LR schedule: a linear warm-up to the peak LR, then a linear decay to 0 |",
+            "| label smoothing | the training target puts 0.9 on the right digit and spreads 0.1 over all ten |",
+            "| elastic warp | a smooth random displacement of the pixels (Simard et al. 2003); σ sets its smoothness |",
+            "| EMA | an exponential moving average of the weights, evaluated instead of the last ones |",
+            "| TTA | test-time augmentation: the mean prediction over a few shifted copies of the image |",
+            "| ensemble | several models' softmax probabilities averaged |",
+            "| macro F1 | F1 (the harmonic mean of precision and recall) per digit, averaged over the ten |",
+            "| ROC-AUC | the chance a digit's image scores higher for that digit than another image does; macro: the ten averaged |",
+            "| calibration | how well the probabilities match how often the model is right |",
+            "| temperature | one number T dividing the logits, fitted on validation so the probabilities are calibrated |",
+            "| ECE | expected calibration error: the gap between confidence and accuracy, averaged over confidence bins |",
+            "| selective prediction | answering only when confident enough (`unsure` otherwise), traded against accuracy |",
+            "| model card | `weights/<model>.md`: what a shipped file is, how it was trained, its metrics and limits |", ""]
 
 
 def appendix_test_use(f: Facts) -> list[str]:
@@ -347,13 +370,16 @@ def appendix_recipes(f: Facts) -> list[str]:
               f"validation only (new ones on seeds {', '.join(map(str, d['screen_seeds']))}, never scored on test); {d['rule']}, "
               f"seeds {', '.join(map(str, d['seeds']))}. The new candidates were designed after the final stage's test scores "
               "had missed the targets; the choice among them used validation alone.", "",
-              "| model | candidate | change to the final recipe | seeds | val % (mean) | chosen |", "|---|---|---|---|---|---|"]
+              "| model | candidate | change to the final recipe | runs done | val % (mean) | chosen |", "|---|---|---|---|---|---|"]
     for m, e in d["models"].items():
         for cand, vals in e["val"].items():
-            lines.append(f"| {NAMES.get(m, m)} | `{cand}` | {candidate_words(m, cand)} | {len(vals)} | {pct(e['val_mean'][cand])} | "
-                         f"{'yes' if cand == e['candidate'] else ''} |")
+            chosen = "yes" if cand == e["candidate"] else "" if e["candidate"] else "(waits for every run)"
+            lines.append(f"| {NAMES.get(m, m)} | `{cand}` | {candidate_words(m, cand)} | {len(vals)} of {e['planned'][cand]} | "
+                         f"{pct(e['val_mean'][cand]) if vals else '–'} | {chosen} |")
     lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed |", "|---|---|---|---|---|---|---|"]
     for m, e in d["models"].items():
+        if not e["candidate"]:
+            continue
         accs = [x["test_acc"] for x in e["seeds"]]
         target = RECIPE_TARGETS.get(m)
         met = ("yes" if e["test_mean"] >= target else f"no: {round((target - e['test_mean']) * f.n_test, 1)} test images short") \

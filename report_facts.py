@@ -447,7 +447,7 @@ def f1_note(f: Facts) -> str:
     gaps = [abs(met["f1_macro"] - met["accuracy"]) for met in f.metrics.values() if met]
     return (f"Macro F1 is within {100 * max(gaps):.2f} points of accuracy for every model: the test classes are nearly "
             f"balanced ({min(counts):,} to {max(counts):,} images a digit) and the few errors spread over all ten, so each "
-            "class's precision and recall, and their mean, sit at the accuracy. The figures keep accuracy (as error rate) only.")
+            "class's precision and recall, and their mean, sit at the accuracy. So the figures plot accuracy only (as error rate): F1 would draw the same picture.")
 
 
 def lr_table(f: Facts, with_test: bool) -> list[str]:

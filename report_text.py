@@ -21,14 +21,14 @@ def section_summary(f: Facts) -> list[str]:
     lines = ["# MNIST: a DNN, a ConvNet and ResNet-18 (and two nets of our own)", "",
              "Written by `python study.py --report-only` from the recorded results; no number is typed by hand. "
              f"Every table, run and screenshot behind it is in the [appendix]({APPENDIX}); each model has a card "
-             "(`weights/<model>.md`: how to run it, its metrics and limits).", ""]
+             f"(`weights/<model>.md`: how to run it, its metrics and limits); the terms are in its [glossary]({APPENDIX}#glossary).", ""]
     if f.hardware:
         made = {r["hardware"] for m in f.shipped if (r := f.shipped_run(m))}
         count = {h: sum(r["hardware"] == h for r in f.records) for h in f.hardware}
         order = sorted(f.hardware, key=lambda h: (h not in made, -count[h], h))
         lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
                                                                                if h in made else "") + ")" for h in order)
-                  + ". Times compare only within one machine.", ""]
+                  + ". Training times are comparable only between runs on the same machine.", ""]
     lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
               "| training time (this file's run) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in f.shipped if m != "convnet-refit"]:
@@ -202,7 +202,8 @@ def section_optimizers(f: Facts) -> list[str]:
     n_seeds = max(len(v) for g in groups.values() for v in g.values())
     lines += ["**Noise first.** " + one_image_note(f) + "So " + tie_rule_text(f.one_val) + ".", "",
               f"Each optimizer at its best LR from the sweep (AdamW at Adam's LR, Adadelta at {study.ADADELTA_LR:g} with "
-              f"step decay), the sweep's budget, {n_seeds} seeds; validation accuracy %:", "",
+              f"step decay), the sweep's budget, {n_seeds} seeds; validation accuracy %."
+              + left_out_text(f) + ":", "",
               "| model | optimizer | LR | validation % (mean ± std) | behind the best by (validation images) | verdict |",
               "|---|---|---|---|---|---|"]
     verdicts = {}
@@ -255,6 +256,16 @@ def section_optimizers(f: Facts) -> list[str]:
                   + (f"has not finished ({done} of its runs recorded so far)" if done else "has not run yet")
                   + "; the table above gives AdamW and Adadelta LRs that were not tuned for them.", ""]
     return lines
+
+
+def left_out_text(f: Facts) -> str:
+    """Which models the optimizer comparison left out, and the optimizer they train with."""
+    out = {m: c["optimizer"] for m in f.models if m not in study.OPTIM_MODELS and (c := study.final_choice(f.s, m))}
+    if not out:
+        return ""
+    return (f" {and_join([NAMES[m] for m in out])} {'was' if len(out) == 1 else 'were'} left out for the cost; "
+            f"{'it uses' if len(out) == 1 else 'they use'} {and_join(sorted({OPT_NAMES[o] for o in out.values()}))}, "
+            "the optimizer of their best LR-table run")
 
 
 def fair_verdict(name: str, chosen: str, t: dict) -> str:

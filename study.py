@@ -48,7 +48,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
-    recipe_refit_cells, recipes_cells,
+    recipe_refit_cells, recipes_cells, candidate_evidence,
 )
 from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
@@ -531,11 +531,13 @@ def write_final_recipes(s: Settings) -> Path:
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
     members = []
     for m in (m for m in RECIPE_MODELS if m in s.models):
-        choice = recipe_choice(s, m)
-        if choice is None:
+        if final_choice(s, m) is None:
             continue
-        entry = {"candidate": choice["candidate"], "val": choice["val"], "val_mean": choice["mean"], "seeds": []}
-        for c in recipe_refit_cells(s, m, choice):
+        choice = recipe_choice(s, m)
+        val, planned = candidate_evidence(s, m)
+        entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
+                 "val_mean": {k: statistics.mean(v) for k, v in val.items() if v}, "seeds": []}
+        for c in recipe_refit_cells(s, m, choice) if choice else []:
             r, ckpt = load_result(s, c.name), s.runs / "cells" / c.name / "best.pt"
             if r is None or not r.get("test") or not ckpt.exists():
                 continue

@@ -596,18 +596,25 @@ def candidate_cells(s: Settings, model: str) -> dict[str, list]:
     return out
 
 
+def candidate_evidence(s: Settings, model: str) -> tuple[dict, dict]:
+    """({candidate: [val_acc of each finished run]}, {candidate: runs planned}); a diverged run counts 0."""
+    cands = candidate_cells(s, model)
+    val = {}
+    for name, cells in cands.items():
+        rs = [load_result(s, c.name) for c in cells if isinstance(c, Cell)]
+        val[name] = [r["best"]["val_acc"] if r["status"] != "diverged" else 0.0 for r in rs if r]
+    return val, {name: len(cells) for name, cells in cands.items()}
+
+
 def recipe_choice(s: Settings, model: str) -> dict | None:
     """The model's recipe: the candidate with the best mean validation accuracy (ties: the earlier
     candidate). Returns {"candidate", "cell": one of its cells (its overrides are the recipe, seed
     aside), "val": {candidate: [val_acc per seed]}, "mean": {candidate: mean}}; None until every
     candidate's runs have their results."""
     cands = candidate_cells(s, model)
-    val = {}
-    for name, cells in cands.items():
-        rs = [load_result(s, c.name) if isinstance(c, Cell) else None for c in cells]
-        if any(r is None for r in rs):
-            return None
-        val[name] = [r["best"]["val_acc"] if r["status"] != "diverged" else 0.0 for r in rs]
+    val, planned = candidate_evidence(s, model)
+    if any(len(val[k]) < planned[k] or any(isinstance(c, Waiting) for c in cands[k]) for k in cands):
+        return None
     mean = {k: statistics.mean(v) for k, v in val.items()}
     order = list(cands)
     best = max(order, key=lambda k: (mean[k], -order.index(k)))
@@ -616,13 +623,16 @@ def recipe_choice(s: Settings, model: str) -> dict | None:
 
 def recipe_refit_cells(s: Settings, model: str, choice: dict) -> list[Cell]:
     """The chosen recipe on all 60,000 training images (refit: its fixed epochs, the last one
-    kept), RECIPE_SEEDS, each scored once on test."""
+    kept), RECIPE_SEEDS, each scored once on test. A final-stage recipe's refits are named as
+    refit_cells names them, so a refit already run for REFITS is the same cell, not a second run."""
     c0 = choice["cell"]
     same = {k: v for k, v in c0.overrides.items() if k not in ("model", "optimizer", "lr", "epochs", "seed", "score_test")}
+    variant = c0.tags["variant"]
+    variant = variant.replace("final-", "refit-", 1) if variant.startswith("final-") else f"recipe-{choice['candidate']}"
     out = []
     for seed in s.seeds(RECIPE_SEEDS):
         c = make_cell(s, model, c0.overrides["optimizer"], c0.overrides["lr"], c0.epochs, seed,
-                      variant=f"recipe-{choice['candidate']}", **same, refit=True)
+                      variant=variant, **same, refit=True)
         c.tags.update(kind="recipe", candidate=choice["candidate"])
         out.append(c)
     return out
