@@ -101,6 +101,34 @@ def big_png(side: int = 10000) -> bytes:
     return buf.getvalue()
 
 
+def phone_jpeg(width: int = 4032, height: int = 3024) -> bytes:
+    """A 12 MP phone photo as the camera writes it: a dark 7 on grey paper with sensor grain
+    (sigma 5 per channel), JPEG quality 95 (~3.9 MB: over the page's 2 MB, under serve.MAX_BODY)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (width, height), 200)
+    s, cx = height / 280, width / 2
+    ImageDraw.Draw(img).line([(cx - 60 * s, 70 * s), (cx + 60 * s, 70 * s), (cx - 20 * s, 230 * s)], fill=40, width=int(20 * s))
+    grain = np.random.default_rng(0).normal(0, 5, (height, width, 3))
+    rgb = np.clip(np.asarray(img, np.float32)[..., None] + grain, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def phones(port: int, pid: int, n: int) -> dict:
+    """n phone photos POSTed at once: what serve.BODY_BUDGET lets in (200) and turns away (503)."""
+    body = phone_jpeg()
+    with PeakRSS(pid) as rss, ThreadPoolExecutor(n) as pool:
+        t0 = time.perf_counter()
+        results = list(pool.map(lambda _: post(port, body), range(n)))
+        wall = time.perf_counter() - t0
+    return {"images": n, "jpeg_bytes": len(body), "by_kind": {k: sum(1 for r in results if r[0] == k) for k, _ in results},
+            "p50_ms": round(1000 * statistics.median(t for _, t in results), 1), "max_ms": round(1000 * max(t for _, t in results), 1),
+            "wall_s": round(wall, 2), "peak_rss_mb": round(rss.peak)}
+
+
 def post(port: int, body: bytes, path: str = "/predict", timeout: float = 60.0) -> tuple[str, float]:
     """One POST on a fresh connection: (its kind: "200", "503", ..., "reset", "timeout", "refused", "<Exception>"), seconds)."""
     t0 = time.perf_counter()
@@ -266,6 +294,10 @@ def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dic
         out["huge"] = huge_pngs(port, proc.pid)
         h = out["huge"]
         print(f"three 10000x10000 PNGs at once: {h['by_kind']} in {h['max_ms']} ms, peak RSS {h['peak_rss_mb']} MB", flush=True)
+        out["phones"] = phones(port, proc.pid, 8 if quick else 40)
+        ph = out["phones"]
+        print(f"{ph['images']} phone photos ({ph['jpeg_bytes'] / 1e6:.1f} MB JPEGs) at once: {ph['by_kind']}, p50 {ph['p50_ms']} ms, "
+              f"max {ph['max_ms']} ms, peak RSS {ph['peak_rss_mb']} MB", flush=True)
         if not quick:  # the largest the server decodes: what bounds its memory (WORKERS of these at a time)
             out["largest"] = huge_pngs(port, proc.pid, side=int(serve.MAX_PIXELS ** 0.5) - 1)
             h = out["largest"]
@@ -322,6 +354,10 @@ def table(o: dict) -> list[str]:
             h = o[key]
             lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each{what}) at once | {h['images']} | "
                          f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | | {h['peak_rss_mb']} MB |")
+    if "phones" in o:
+        ph = o["phones"]
+        lines.append(f"| {ph['images']} phone photos at once ({ph['jpeg_bytes'] / 1e6:.1f} MB JPEGs of 12 MP, as the camera wrote them) | "
+                     f"{ph['images']} | {kinds(ph['by_kind'])} | {ph['p50_ms']} ms | {ph['max_ms']} ms (max) | | {ph['peak_rss_mb']} MB |")
     if o.get("pen_up"):
         p = o["pen_up"]
         lines.append(f"| pen-up to final guess in the page ({p['browser']}, model `{p['model']}`) | {p['drawings']} drawings | | "

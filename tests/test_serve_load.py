@@ -17,6 +17,8 @@ def result() -> dict:
             "slow": {"slow_clients": 200, "normal_during": {"requests": 5, "by_kind": {"200": 5}, "p50_ms": 4.0, "max_ms": 9.0},
                      "slow_answered": {"408": 200}, "all_closed_after_s": 10.2, "server_timeout_s": 10.0, "peak_rss_mb": 710},
             "huge": {"images": 3, "pixels": "10000x10000", "png_bytes": 120368, "by_kind": {"413": 3}, "max_ms": 12.0, "peak_rss_mb": 712},
+            "phones": {"images": 40, "jpeg_bytes": 3851497, "by_kind": {"200": 17, "503": 23}, "p50_ms": 900.0, "max_ms": 2000.0,
+                       "peak_rss_mb": 900},
             "pen_up": {"drawings": 4, "model": "convnet", "p50_ms": 20.0, "max_ms": 30.0, "browser": "headless Chromium"},
             "server_log_tracebacks": 0}
 
@@ -31,7 +33,8 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     assert "Measured on Some CPU (2 cores) while idle, 2026-01-02" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 3 + 3  # header, three concurrencies, slow clients, huge PNGs, pen-up (no "largest" here)
+    assert len(rows) == 1 + 3 + 4  # header, three concurrencies, slow clients, huge PNGs, phones, pen-up (no "largest" here)
+    assert "| 40 phone photos at once (3.9 MB JPEGs of 12 MP, as the camera wrote them) | 40 | 200: 17, 503: 23 |" in text
     assert "408: 200, all closed 10.2 s after the normal requests began (server timeout 10 s)" in text and "413: 3" in text
     assert serve_load.update_readme(readme, saved) and readme.read_text() == text  # idempotent
 
@@ -44,3 +47,9 @@ def test_the_readme_has_the_block():
 def test_drawn_digit_is_the_pgm_the_page_sends():
     body = serve_load.drawn_digit()
     assert body.startswith(b"P5\n280 280\n255\n") and len(body) == len(b"P5\n280 280\n255\n") + 280 * 280
+
+
+def test_the_phone_photo_is_bigger_than_the_page_sends_and_fits_the_server():
+    import serve
+    body = serve_load.phone_jpeg()
+    assert 2 * 1024 * 1024 < len(body) < serve.MAX_BODY and body[:2] == b"\xff\xd8"
