@@ -166,7 +166,7 @@ def test_convnet_blocks_deepen_it_without_changing_a_shape_or_the_old_keys():
 
 
 def test_complete_config_fills_defaults_and_rejects_unknown_options():
-    assert models.complete_config("convnet", {"width": 8}) == {"width": 8, "dropout": 0.1, "num_classes": 10}
+    assert models.complete_config("convnet", {"width": 8}) == {"width": 8, "dropout": 0.1, "num_classes": 10, "blocks": 0}
     with pytest.raises(ValueError, match="takes no option"):
         models.complete_config("dnn", {"stem": "3x3s1"})
 
