@@ -553,9 +553,8 @@ def write_final_recipes(s: Settings) -> Path:
         if entry["done"]:
             entry.update(test_mean=statistics.mean(accs), test_std=statistics.stdev(accs) if len(accs) > 1 else 0.0)
         out["models"][m] = entry
-    wanted = [m for m in RECIPE_ENSEMBLE if m in s.models]
-    if wanted and all(out["models"].get(m, {}).get("done") for m in wanted):
-        out["ensemble"] = {"recipes": wanted, **recipes_ensemble_test(s, members, before.get("ensemble"))}
+    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):  # every member, also under --models
+        out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, members, before.get("ensemble"))}
         # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
         out["why"] = "the fixed recipe ensemble, scored once"
         out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
