@@ -132,6 +132,8 @@ def run_words(c: dict, seed: bool = True, model: bool = True) -> str:
         parts.append(f"width {mc['width']}")
     if mc.get("stem"):
         parts.append(f"stem {STEM_TEXT.get(mc['stem'], mc['stem'])}")
+    if mc.get("blocks"):
+        parts.append(f"{mc['blocks']} residual block{'s' if mc['blocks'] > 1 else ''} per stage")
     parts.append(aug_text(c))
     if c.get("ema"):
         parts.append(f"weight EMA {c['ema']:g}")
@@ -418,6 +420,7 @@ def one_image_note(f: Facts) -> str:
     spread = [statistics.stdev(v) for v in seed_groups(f.finals).values() if len(v) > 1]
     spread += [statistics.stdev([r["best"]["val_acc"] for r in recs]) for g in optim_groups(f).values()
                for recs in g.values() if len(recs) > 1]
+    spread += [row["std"] for t in fair_tables(f).values() for row in t["rows"] if row.get("std")]
     return (f"One validation image is {100 * f.one_val:.2f} points of accuracy and one test image {100 * f.one_test:.2f}; "
             f"the same recipe on another seed moves validation accuracy by up to {100 * max(spread):.2f} points (std). "
             if spread else f"One validation image is {100 * f.one_val:.2f} points of accuracy. ")

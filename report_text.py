@@ -120,7 +120,7 @@ def section_training(f: Facts) -> list[str]:
              "Loss: cross-entropy between the softmax and the smoothed one-hot target, written out in `train.cross_entropy`:",
              "", "    CE = -(1/B) Σ_b Σ_k y_bk · log softmax(z_b)_k,   y = (1 - ε) · onehot + ε / K", "",
              f"with label smoothing ε = {eps:g} in training and ε = 0 for validation and test. "
-             f"Every run: one-cycle schedule (linear warmup over {100 * c.get('warmup', 0):g}% of the steps, then linear "
+             f"Unless noted (Adadelta, refits), every run: one-cycle schedule (linear warmup over {100 * c.get('warmup', 0):g}% of the steps, then linear "
              f"decay to 0), weight decay {c.get('weight_decay', 0):g} (not on BN and biases), "
              f"±{c.get('translate', 0):g} px random shifts; the checkpoint kept is the validation-best epoch.", "",
              "The homework's LR grid for every model, SGD-Nesterov and (for the cheaper models) Adam; validation accuracy % "
@@ -358,7 +358,7 @@ def section_comparison(f: Facts) -> list[str]:
                           "than we could run." if tied else "; the longer schedule differs beyond the noise."))
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
-    lines += [f"Macro ROC-AUC is within {worst_auc:.0e} of 1 for every model, so 1 − AUC (how far from a perfect ranking) "
+    lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model, so 1 − AUC (how far from a perfect ranking) "
               "per digit says more; `test_model.py`'s ROC figures draw the per-class curves:", "",
               "| model | 1 − AUC macro | worst digit (1 − AUC) | best digit (1 − AUC) |", "|---|---|---|---|"]
     for m in [*f.models, "ensemble"]:

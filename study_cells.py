@@ -432,8 +432,8 @@ def optim_fair_table(s: Settings, model: str) -> dict | None:
         r["tie"] = r["gap"] <= r["noise"] + 1e-12
     return {"model": model, "epochs": s.epochs(LR_EPOCHS[model]), "grid": list(FAIR_LRS), "tune_seed": FAIR_TUNE_SEED,
             "seeds": list(seeds), "one_image": one_image, "best": best["optimizer"],
-            "rule": f"a tie when the gap to the best mean is at most {FAIR_NOISE_SE:g} standard errors of the difference "
-                    f"of the two means over {len(seeds)} seeds, and at least one validation image", "rows": rows}
+            "rule": f"a tie when the gap to the best mean is at most the larger of {FAIR_NOISE_SE:g} standard errors of the "
+                    f"difference of the two means over {len(seeds)} seeds and one validation image", "rows": rows}
 
 
 def final_choice(s: Settings, model: str) -> dict | None:

@@ -250,3 +250,12 @@ def test_fair_verdict_says_whether_the_fairer_comparison_agrees():
     assert "agrees" in tied and "ties the best mean (AdamW)" in tied
     differ = fair_verdict("DNN", "adam", table("adamw", [("adamw", 0.01, 0.0, True), ("adam", 0.001, 0.0024, False)]))
     assert "disagrees" in differ and "lr 0.01" in differ and "by 12.0 validation images" in differ
+
+
+def test_readme_user_images_table_is_the_benchmark_file():
+    import report_cards
+    text = (ROOT / "README.md").read_text()
+    block = text.split(report_cards.USER_IMAGES_BEGIN, 1)[1].split(report_cards.USER_IMAGES_END, 1)[0]
+    assert block.strip("\n") == (ROOT / "benchmarks" / "results" / "user_images.md").read_text().strip("\n")
+    assert report_cards.replace_block("a\n<b>\nold\n<e>\nz", "<b>", "<e>", "new\n") == "a\n<b>\nnew\n<e>\nz"
+    assert report_cards.replace_block("no markers", "<b>", "<e>", "x") == "no markers"
