@@ -406,6 +406,10 @@ def appendix_recipes(f: Facts) -> list[str]:
         minutes = f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.1f}" if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}` | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
+    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e in d["models"].items() for x in e["seeds"] if not x.get("checkpoint")]
+    if lost:
+        lines += ["", f"Recorded without its file ({', '.join(lost)}): trained in an earlier session on another machine, and "
+                      "`runs/` is not committed; its test score counts, but the ensemble and shipping need the file again."]
     ens = d.get("ensemble")
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "

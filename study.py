@@ -521,8 +521,9 @@ def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None)
 def write_final_recipes(s: Settings) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS, the validation evidence for each
     candidate, the chosen recipe (the full TrainConfig of its refits, seed aside), each finished
-    seed's test accuracy and the sha256 of its checkpoint, and their mean/std once every seed is
-    done; the RECIPE_ENSEMBLE's members and test accuracy once all of them exist.
+    seed's test accuracy and the sha256 of its checkpoint (None when the file is not on this
+    machine), and their mean/std once every seed is done; the RECIPE_ENSEMBLE's members and test
+    accuracy once every member's file exists.
     Accuracies are fractions (0.9968), not percent."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
@@ -538,14 +539,16 @@ def write_final_recipes(s: Settings) -> Path:
         entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
                  "val_mean": {k: statistics.mean(v) for k, v in val.items() if v}, "seeds": []}
         for c in recipe_refit_cells(s, m, choice) if choice else []:
-            r, ckpt = load_result(s, c.name), s.runs / "cells" / c.name / "best.pt"
-            if r is None or not r.get("test") or not ckpt.exists():
+            r = load_result(s, c.name)
+            if r is None or not r.get("test"):
                 continue
-            config = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
-            entry["recipe"] = config
+            # In-process cells keep their files under runs/study/cells, final-stage refits under runs/study/final.
+            # runs/ is not committed: a run of an earlier session on another machine has its record, not its file.
+            ckpt = next((p for p in (s.runs / "cells" / c.name / "best.pt", s.runs / "final" / c.name / "best.pt") if p.exists()), None)
+            entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
             entry["seeds"].append({"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"],
                                    "seconds": r["seconds"], "hardware": r["hardware"],
-                                   "checkpoint": rel(s, ckpt), "sha256": sha256(ckpt)})
+                                   "checkpoint": rel(s, ckpt) if ckpt else None, "sha256": sha256(ckpt) if ckpt else None})
             if m in RECIPE_ENSEMBLE:
                 members.append(ckpt)
         accs = [x["test_acc"] for x in entry["seeds"]]
@@ -553,7 +556,7 @@ def write_final_recipes(s: Settings) -> Path:
         if entry["done"]:
             entry.update(test_mean=statistics.mean(accs), test_std=statistics.stdev(accs) if len(accs) > 1 else 0.0)
         out["models"][m] = entry
-    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):  # every member, also under --models
+    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE) and None not in members:  # every member's file
         out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, members, before.get("ensemble"))}
         # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
         out["why"] = "the fixed recipe ensemble, scored once"
