@@ -401,6 +401,7 @@ def main(argv=None) -> int:
         print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated README.md" if update_readme() else ""))
     problems = [f"concurrency {r['concurrency']}: {k}" for r in o["load"] for k in r["by_kind"] if k not in ("200", "503")]
     problems += [f"huge PNGs: {k}" for k in o["huge"]["by_kind"] if not k.startswith("4")]
+    problems += [f"phone photos: {k}" for k in o.get("phones", {}).get("by_kind", {}) if k not in ("200", "503")]
     problems += [f"largest PNGs: {k}" for k in o.get("largest", {}).get("by_kind", {}) if k != "200" and not k.startswith("4")]
     problems += ["server died"] * (not o["server_alive"]) + ["tracebacks in the server log"] * (o["server_log_tracebacks"] > 0)
     if problems:
