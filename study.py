@@ -494,11 +494,8 @@ def stage_evaluate(s: Settings) -> None:
 
 def sha256(path: Path) -> str:
     import hashlib
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None) -> dict:
