@@ -27,6 +27,9 @@ An answer's `status` is one of
     unsure          ink, but not confidently a digit (a letter, a symbol, a scribble): digit None
     several_digits  several digits side by side, each confident: `number` ("37") and `digits`
                     (one answer dict per digit, left to right); digit None
+An `unsure` answer (and each unsure digit) says why in `reason`: "probability" (the calibrated
+probability is under the threshold), "digit_score" (the rejector says it is no digit) or "shape"
+(dot_apart); None otherwise.
 `probability` is the calibrated probability of the top class (for several_digits: the
 product of the digits' probabilities); `topk` is [[digit, p], ...], best first.
 
@@ -489,7 +492,7 @@ def probabilities(logits: torch.Tensor, ckpt: dict) -> torch.Tensor:
 def _one(p: torch.Tensor, threshold: float, topk: int) -> dict:
     q, idx = p.topk(min(topk, p.numel()))
     ok = float(q[0]) >= threshold
-    return {"status": "ok" if ok else "unsure", "digit": int(idx[0]) if ok else None,
+    return {"status": "ok" if ok else "unsure", "digit": int(idx[0]) if ok else None, "reason": None if ok else "probability",
             "probability": float(q[0]), "topk": [[int(i), float(v)] for i, v in zip(idx, q)]}
 
 
@@ -500,12 +503,12 @@ def decide_probs(probs: torch.Tensor, threshold: float, topk: int = 3) -> dict:
     else unsure (with `digits` still given, so a caller can show which one was unsure)."""
     probs = torch.as_tensor(probs).reshape(-1, 10)
     if len(probs) == 0:
-        return {"status": "no_digit", "digit": None, "probability": None, "topk": [], "number": None, "digits": []}
+        return {"status": "no_digit", "digit": None, "reason": None, "probability": None, "topk": [], "number": None, "digits": []}
     parts = [_one(p, threshold, topk) for p in probs]
     if len(parts) == 1:
         return {**parts[0], "number": None, "digits": []}
     sure = all(d["status"] == "ok" for d in parts)
-    return {"status": "several_digits" if sure else "unsure", "digit": None,
+    return {"status": "several_digits" if sure else "unsure", "digit": None, "reason": None if sure else "probability",
             "probability": float(np.prod([d["probability"] for d in parts])), "topk": [],
             "number": "".join(str(d["digit"]) for d in parts) if sure else None, "digits": parts}
 
@@ -533,11 +536,6 @@ def shape_keep(crops: list[np.ndarray] | None, n: int) -> torch.Tensor | None:
     return torch.tensor([not dot_apart(c) for c in crops])
 
 
-def both(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """a & b, where None means "no objection"."""
-    return b if a is None else a if b is None else a & b
-
-
 def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tensor | None = None,
            crops: list[np.ndarray] | None = None) -> dict:
     """The model's logits (n, 10) for the crops of one image -> the answer dict, with the
@@ -548,20 +546,23 @@ def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tens
     Without features only the probability threshold applies (it refuses fewer letters)."""
     answer = decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
     score = digit_score(logits, features, ckpt)
-    keep = None if score is None or len(score) == 0 else score >= float(ckpt["calibration"]["rejector"]["threshold"])
-    keep = both(keep, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)))
-    return answer if keep is None else _refuse(answer, keep)
+    if score is not None and len(score):
+        _refuse(answer, score >= float(ckpt["calibration"]["rejector"]["threshold"]), "digit_score")
+    return _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
 
 
-def _refuse(answer: dict, keep: torch.Tensor) -> dict:
-    """The answer with every crop whose `keep` (n,) is False turned from "ok" to "unsure" (and a
-    number with such a digit turned "unsure"); changed in place and returned."""
+def _refuse(answer: dict, keep: torch.Tensor | None, reason: str) -> dict:
+    """The answer with every crop whose `keep` (n,) is False turned from "ok" to "unsure" with
+    `reason` (and a number with such a digit turned "unsure"); keep None changes nothing. The
+    answer is changed in place and returned."""
+    if keep is None:
+        return answer
     parts = answer["digits"] if answer["digits"] else [answer]
     for part, k in zip(parts, keep):
         if not bool(k) and part["status"] == "ok":
-            part.update(status="unsure", digit=None)
-    if answer["digits"] and any(d["status"] != "ok" for d in parts):
-        answer.update(status="unsure", number=None)
+            part.update(status="unsure", digit=None, reason=reason)
+    if answer["digits"] and answer["status"] != "unsure" and any(d["status"] != "ok" for d in parts):
+        answer.update(status="unsure", number=None, reason=next(d["reason"] for d in parts if d["status"] != "ok"))
     return answer
 
 
@@ -590,9 +591,8 @@ def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]
         score = digit_score(logits, features, ckpt)
         if score is not None and len(score):
             votes.append(score >= float(ckpt["calibration"]["rejector"]["threshold"]))
-    keep = both(torch.stack(votes).all(0) if votes else None,  # (n,): every rejector accepts
-                shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)))
-    return answer if keep is None else _refuse(answer, keep)
+    _refuse(answer, torch.stack(votes).all(0) if votes else None, "digit_score")  # (n,): every rejector accepts
+    return _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
 
 
 def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -686,7 +686,7 @@ def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3
     results, at = [], 0
     for path, crops in read:
         if isinstance(crops, ImageError):
-            results.append({"file": str(path), "status": "error", "digit": None, "probability": None, "topk": [],
+            results.append({"file": str(path), "status": "error", "digit": None, "reason": None, "probability": None, "topk": [],
                             "number": None, "digits": [], "error": str(crops)})
             continue
         r = {"file": str(path), **decide(logits[at:at + len(crops)], ckpt, topk,
@@ -700,6 +700,12 @@ def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3
             r["seen"] = str(seen)
         results.append(r)
     return results
+
+
+UNSURE_WORDS = {  # why a crop is "unsure": the answer's `reason`
+    "probability": "not confidently a digit: its calibrated probability is under the checkpoint's threshold",
+    "digit_score": "does not look like a digit to the checkpoint's digit/non-digit check (the rejector)",
+    "shape": "a stroke with a dot above or below it, like ?, !, i or j: not a digit"}
 
 
 def describe(r: dict) -> str:
@@ -716,9 +722,8 @@ def describe(r: dict) -> str:
         if r["digits"]:
             each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} {d['probability']:.3f}" for d in r["digits"])
             return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (probability of each: {each})"
-        return (f"{r['file']}: unsure: not confidently a digit (the closest digit is {r['topk'][0][0]}, "
-                f"probability {r['probability']:.3f}, but it fails a check for digits: calibrated probability, digit score or shape)"
-                + (f"; next: {alts}" if alts else ""))
+        return (f"{r['file']}: unsure: {UNSURE_WORDS.get(r.get('reason'), 'not confidently a digit')} (the closest digit "
+                f"is {r['topk'][0][0]}, probability {r['probability']:.3f})" + (f"; next: {alts}" if alts else ""))
     return f"{r['file']}: {r['digit']} (probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else "") + ")"
 
 

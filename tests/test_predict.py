@@ -174,10 +174,11 @@ def test_decide_statuses_and_calibration():
     assert a["status"] == "ok" and a["digit"] == 3 and a["probability"] == pytest.approx(np.exp(6) / (np.exp(6) + 9))
     assert a["topk"][0][0] == 3 and len(a["topk"]) == 3
     b = predict.decide(vague, ckpt)
-    assert b["status"] == "unsure" and b["digit"] is None and b["topk"][0][0] == 4
+    assert b["status"] == "unsure" and b["digit"] is None and b["topk"][0][0] == 4 and b["reason"] == "probability"
     c = predict.decide(torch.cat([sure, sure]), ckpt)
     assert c["status"] == "several_digits" and c["number"] == "33" and c["digit"] is None and len(c["digits"]) == 2
-    assert predict.decide(torch.cat([sure, vague]), ckpt)["status"] == "unsure"
+    mixed = predict.decide(torch.cat([sure, vague]), ckpt)
+    assert mixed["status"] == "unsure" and mixed["reason"] == "probability" and [d["reason"] for d in mixed["digits"]] == [None, "probability"]
     assert predict.calibration({"normalization": {}}) == (1.0, predict.DEFAULT_THRESHOLD)
     x = predict.normalize(np.zeros((28, 28)), ckpt)
     assert x.shape == (1, 1, 28, 28) and torch.allclose(x, torch.full_like(x, -0.1 / 0.3))
@@ -192,6 +193,8 @@ def test_rejector_turns_ok_into_unsure_only_with_features():
     logits[0, 2] = 10.0  # confident either way; the rejector wants the first feature above 5
     assert predict.decide(logits, ckpt, features=torch.tensor([[9.0, 0.0]]))["status"] == "ok"
     assert predict.decide(logits, ckpt, features=torch.tensor([[1.0, 0.0]]))["status"] == "unsure"
+    assert predict.decide(logits, ckpt, features=torch.tensor([[1.0, 0.0]]))["reason"] == "digit_score"
+    assert predict.decide(logits, ckpt, features=torch.tensor([[9.0, 0.0]]))["reason"] is None
     assert predict.decide(logits, ckpt)["status"] == "ok"  # no features: the probability threshold only
     assert predict.digit_score(logits, torch.zeros(1, 5), ckpt) is None  # another model's features: no rejector
 
@@ -227,6 +230,8 @@ def test_a_dot_apart_is_unsure_whatever_the_model_says():
     three[4:8, 9:19] = three[4:24, 15:19] = three[12:16, 11:19] = three[20:24, 9:19] = 1.0
     assert predict.dot_apart(question) and not predict.dot_apart(three)
     assert predict.decide(logits[:1], ckpt, crops=[question])["status"] == "unsure"
+    assert predict.decide(logits[:1], ckpt, crops=[question])["reason"] == "shape"
+    assert "like ?, !, i or j" in predict.describe({"file": "q.png", **predict.decide(logits[:1], ckpt, crops=[question])})
     assert predict.decide(logits[:1], ckpt, crops=[three])["status"] == "ok"
     assert predict.decide(logits[:1], ckpt)["status"] == "ok"  # no crops: no shape check
     assert predict.decide(logits, ckpt, crops=[three, question])["status"] == "unsure"  # "3?" is not a number
