@@ -29,6 +29,7 @@ APPENDIX = "report-appendix.md"
 AUC_GAP_FIGURE = "figures/models_roc_1-auc.png"  # test_model.py with several --weights: 1 - AUC per class and model
 TRIALS = Path("benchmarks") / "results" / "trials.jsonl"
 USER_IMAGE_RESULTS = ("results/user_images.json", "benchmarks/results/user_images.json")  # benchmarks/user_images.py
+RECIPE_ROBUSTNESS = Path("benchmarks") / "results" / "user_images_recipes.json"  # benchmarks/user_images.py --recipes
 
 # -----------------------------------------------------------------------------
 # Reading results
@@ -101,6 +102,31 @@ def figure(root: Path, path: str, alt: str) -> str:
     if (root / path).exists():
         return f"![{alt}]({rel_link(path)})"
     return f"*({alt}: `{path}` is drawn by the study's report stage, `python study_report.py --figures`)*"
+
+
+def recipe_robustness(root: Path) -> dict:
+    """From `benchmarks/user_images.py --recipes` (RECIPE_ROBUSTNESS): {model: {"recipe": [per seed
+    file, its mean top-guess accuracy over the digit conditions], "recipe_tiny8": [per seed file],
+    "file": the shipped file's mean or None, "file_tiny8", "conditions": how many, "n": images per
+    condition, "sha256": {label: sha256}}}; {} before it ran. Fractions, not percent."""
+    d = read_json(root / RECIPE_ROBUSTNESS)
+    if not d:
+        return {}
+    conds = d["conditions"]
+    mean = {k: statistics.mean(c["files"][k] for c in conds.values()) for k in d["files"]}
+    tiny = {k: conds["tiny8"]["files"][k] for k in d["files"]} if "tiny8" in conds else {}
+    out = {}
+    for k in d["files"]:
+        m, _, rest = k.partition(" ")
+        e = out.setdefault(m, {"recipe": [], "recipe_tiny8": [], "file": None, "file_tiny8": None, "conditions": len(conds),
+                               "n": d["n_per_condition"], "sha256": {}})
+        e["sha256"][k] = d["files"][k]["sha256"]
+        if rest == "shipped":
+            e.update(file=mean[k], file_tiny8=tiny.get(k))
+        else:
+            e["recipe"].append(mean[k])
+            e["recipe_tiny8"].append(tiny.get(k))
+    return out
 
 
 def and_join(items: list[str]) -> str:
@@ -370,8 +396,7 @@ def curves_caption(card: dict) -> str:
     eps = card["train_config"].get("label_smoothing", 0)
     return ("left: error rate, training (augmented batches, running mean over the epoch) and validation on one axis; "
             f"right: validation cross-entropy only - these runs logged their training loss with label smoothing ε = {eps:g}, "
-            "which validation does not use, so the two are not comparable (runs that also log the un-smoothed training "
-            "loss, `train_ce`, draw both)")
+            "which validation does not use, so the two are not comparable")
 
 
 # -----------------------------------------------------------------------------

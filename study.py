@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
-    recipe_refit_cells, recipes_cells, candidate_evidence,
+    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell,
 )
 from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
@@ -515,19 +515,29 @@ def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None)
     return record
 
 
+def run_file(s: Settings, name: str) -> Path | None:
+    """A cell's checkpoint on this machine: in-process cells keep theirs under runs/study/cells,
+    final-stage runs under runs/study/final; None when neither exists (runs/ is not committed)."""
+    return next((p for p in (s.runs / "cells" / name / "best.pt", s.runs / "final" / name / "best.pt") if p.exists()), None)
+
+
 def write_final_recipes(s: Settings) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS, the validation evidence for each
     candidate, the chosen recipe (the full TrainConfig of its refits, seed aside), each finished
-    seed's test accuracy and the sha256 of its checkpoint (None when the file is not on this
-    machine), and their mean/std once every seed is done; the RECIPE_ENSEMBLE's members and test
-    accuracy once every member's file exists.
+    seed's test accuracy and the checkpoint + sha256 of its file, and their mean/std once every
+    seed is done; the RECIPE_ENSEMBLE's members and test accuracy.
+    A seed in RECIPE_AGAIN keeps its first test score; its "again" entry is the rerun, whose file
+    is the seed's checkpoint. A file not on this machine keeps the checkpoint and sha256 recorded
+    when it was made (None if it never was), and the ensemble's record is kept while its members
+    are the same files; it is scored (once) only when every member's file is here.
     Accuracies are fractions (0.9968), not percent."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
+    made = {x["cell"]: x for e in before.get("models", {}).values() for x in e.get("seeds", [])}
     out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
            "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
-    members = []
+    members = []  # (checkpoint as recorded, the file here or None)
     for m in (m for m in RECIPE_MODELS if m in s.models):
         if final_choice(s, m) is None:
             continue
@@ -535,30 +545,43 @@ def write_final_recipes(s: Settings) -> Path:
         val, planned = candidate_evidence(s, m)
         entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
                  "val_mean": {k: statistics.mean(v) for k, v in val.items() if v}, "seeds": []}
-        for c in recipe_refit_cells(s, m, choice) if choice else []:
+        refits = recipe_refit_cells(s, m, choice) if choice else []
+        if refits:  # the recipe as planned; the first finished refit's full config replaces it
+            entry["recipe"] = {k: v for k, v in asdict(train_config(s, refits[0])).items() if k not in ("seed", "run_name", "out", "data_dir")}
+        for c in refits:
             r = load_result(s, c.name)
             if r is None or not r.get("test"):
                 continue
-            # In-process cells keep their files under runs/study/cells, final-stage refits under runs/study/final.
-            # runs/ is not committed: a run of an earlier session on another machine has its record, not its file.
-            ckpt = next((p for p in (s.runs / "cells" / c.name / "best.pt", s.runs / "final" / c.name / "best.pt") if p.exists()), None)
+            again = again_cell(c)
+            ra = load_result(s, again.name) if again else None
+            file_cell = again.name if ra else c.name
+            ckpt, old = run_file(s, file_cell), made.get(c.name, {})
             entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
-            entry["seeds"].append({"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"],
-                                   "seconds": r["seconds"], "hardware": r["hardware"],
-                                   "checkpoint": rel(s, ckpt) if ckpt else None, "sha256": sha256(ckpt) if ckpt else None})
+            seed = {"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"], "seconds": r["seconds"],
+                    "hardware": r["hardware"], "checkpoint": rel(s, ckpt) if ckpt else old.get("checkpoint"),
+                    "sha256": sha256(ckpt) if ckpt else old.get("sha256")}
+            if ra:
+                seed["again"] = {"cell": again.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"],
+                                 "hardware": ra["hardware"]}
+            entry["seeds"].append(seed)
             if m in RECIPE_ENSEMBLE:
-                members.append(ckpt)
+                members.append((seed["checkpoint"], ckpt))
         accs = [x["test_acc"] for x in entry["seeds"]]
         entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
         if entry["done"]:
             entry.update(test_mean=statistics.mean(accs), test_std=statistics.stdev(accs) if len(accs) > 1 else 0.0)
         out["models"][m] = entry
-    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE) and None not in members:  # every member's file
-        out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, members, before.get("ensemble"))}
-        # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
-        out["why"] = "the fixed recipe ensemble, scored once"
-        out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
-                            "models_scored": len(members)}]
+    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
+        old = before.get("ensemble") or {}
+        if all(here for _, here in members):
+            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, [h for _, h in members], old)}
+        elif [x["checkpoint"] for x in old.get("members", [])] == [c for c, _ in members]:
+            out["ensemble"] = old  # scored on the machine that has the files
+        if out["ensemble"]:
+            # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
+            out["why"] = "the fixed recipe ensemble, scored once"
+            out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
+                                "models_scored": len(members)}]
     write_json(path, out)
     return path
 

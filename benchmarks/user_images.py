@@ -22,6 +22,7 @@ Results: benchmarks/results/user_images.json and .md (the table that README and 
 
 import argparse
 import datetime
+import hashlib
 import io
 import json
 import platform
@@ -345,17 +346,25 @@ def score(answer: dict, expected: str) -> tuple[bool, bool]:
     return answer["status"] == "ok" and str(answer["digit"]) == expected, refused
 
 
+def prepared(n: int, seed: int = 0, data_dir=None, heavy: int | None = None, kinds: tuple[str, ...] | None = None):
+    """Yields (condition, kind, note, files [(bytes, expected)], crops per file) for every condition
+    (of `kinds`, default all): n images each (HEAVY ones fewer), through read_image -> prepare once."""
+    _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
+    x_te, y_te = x_te.numpy(), y_te.numpy()
+    for name, (_, kind, note) in CONDITIONS.items():
+        if kinds and kind not in kinds:
+            continue
+        files = build(name, min(n, heavy if heavy is not None and name in HEAVY else HEAVY.get(name, n)), x_te, y_te, seed)
+        yield name, kind, note, files, [predict.prepare(predict.read_image(b, f"{name}_{i}")) for i, (b, _) in enumerate(files)]
+
+
 def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | None = None) -> dict:
     """Every condition x n images through read_image -> prepare once, then each model's
     logits and decide: {condition: {kind, note, n, models: {name: {right, refused}}}}."""
-    _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
-    x_te, y_te = x_te.numpy(), y_te.numpy()
     loaded = {m: load_checkpoint(ROOT / "weights" / f"{m}.pt") for m in models}
     out = {}
-    for name, (_, kind, note) in CONDITIONS.items():
-        t0 = time.perf_counter()
-        files = build(name, min(n, heavy if heavy is not None and name in HEAVY else HEAVY.get(name, n)), x_te, y_te, seed)
-        crops = [predict.prepare(predict.read_image(b, f"{name}_{i}")) for i, (b, _) in enumerate(files)]
+    t0 = time.perf_counter()
+    for name, kind, note, files, crops in prepared(n, seed, data_dir, heavy):
         row = {"kind": kind, "note": note, "n": len(files), "models": {}}
         for m, (model, ckpt) in loaded.items():
             right = refused = 0
@@ -366,10 +375,68 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | No
                 refused += f
             row["models"][m] = {"right": right / len(files), "refused": refused / len(files)}
         row["seconds"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
         out[name] = row
         print(f"{name:18s} " + "  ".join(f"{m} {100 * v['right']:5.1f}% (refused {100 * v['refused']:4.1f}%)"
                                          for m, v in row["models"].items()), flush=True)
     return out
+
+
+# -----------------------------------------------------------------------------
+# Per recipe (issue #25): does a recipe's accuracy travel to users' kinds of images?
+
+RECIPES_FILE = ROOT / "results" / "final_recipes.json"
+SUMMARY = ("tiny8", "thumbnail_12_16", "small_in_photo", "white_on_clear", "three_digits")  # the hardest rows first
+
+
+def top_guess(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> str:
+    """The model's top guess for one image's crops, left to right ("" for no crop): its argmax
+    alone, calibration and refusals aside, so files with and without calibration compare."""
+    logits, _ = predict.forward(crops, model, ckpt)
+    return "".join(str(int(i)) for i in logits.argmax(1))
+
+
+def recipe_checkpoints(path: Path | None = None) -> dict[str, Path]:
+    """{"<model> recipe seed <k>": file} for every seed of results/final_recipes.json whose
+    file is on this machine (runs/ is not committed), then {"<model> shipped": weights/<model>.pt}
+    for those models, for comparison. path: default RECIPES_FILE. Error (SystemExit) when the record is missing."""
+    path = path or RECIPES_FILE
+    if not path.exists():
+        raise SystemExit(f"error: {path} is missing; run `python study.py --only recipes` first")
+    rec = json.loads(path.read_text())
+    out = {}
+    for m, e in rec["models"].items():
+        for x in e["seeds"]:
+            if x.get("checkpoint") and (ROOT / x["checkpoint"]).exists():
+                out[f"{m} recipe seed {x['seed']}"] = ROOT / x["checkpoint"]
+    for m in rec["models"]:
+        if (ROOT / "weights" / f"{m}.pt").exists():
+            out[f"{m} shipped"] = ROOT / "weights" / f"{m}.pt"
+    return out
+
+
+def run_recipes(n: int, files: dict[str, Path], seed: int = 0, data_dir=None) -> dict:
+    """Top-guess accuracy (top_guess == the expected digit or number) of every file on every
+    digit condition (kinds control, digit, several) x n images: {condition: {kind, n, files:
+    {label: accuracy}}}; the none conditions need a rejector, which refits lack, so they are left out."""
+    loaded = {k: load_checkpoint(p) for k, p in files.items()}
+    out = {}
+    for name, kind, _, images, crops in prepared(n, seed, data_dir, kinds=("control", "digit", "several")):
+        accs = {k: sum(top_guess(cs, model, ckpt) == want for cs, (_, want) in zip(crops, images)) / len(images)
+                for k, (model, ckpt) in loaded.items()}
+        out[name] = {"kind": kind, "n": len(images), "files": accs}
+        print(f"{name:18s} " + "  ".join(f"{k} {100 * a:5.1f}%" for k, a in accs.items()), flush=True)
+    return out
+
+
+def recipes_table(results: dict, files: dict[str, Path]) -> str:
+    """Markdown: one row per file, its mean top-guess accuracy over the conditions and on SUMMARY's."""
+    cols = [c for c in SUMMARY if c in results]
+    lines = ["| file | mean over conditions | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for k in files:
+        mean = sum(r["files"][k] for r in results.values()) / len(results)
+        lines.append(f"| {k} | {100 * mean:.1f}% | " + " | ".join(f"{100 * results[c]['files'][k]:.0f}%" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def mnist_check(model_name: str, n: int, data_dir=None) -> dict:
@@ -421,9 +488,14 @@ def main(argv=None) -> int:
                                                         "writes nothing")
     p.add_argument("--mnist-only", action="store_true", help="only the MNIST PNG check (--mnist digits), printed; "
                                                              "writes nothing")
+    p.add_argument("--recipes", action="store_true", help="every seed file of results/final_recipes.json and the "
+                   "shipped files: top-guess accuracy per digit condition (no calibration), written to "
+                   "benchmarks/results/user_images_recipes.{json,md}")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    if a.recipes:
+        return main_recipes(a.n, a.data_dir, argv)
     if a.mnist_only:
         if a.mnist <= 0:
             sys.exit("error: --mnist-only needs --mnist N with N > 0 (the number of test digits to check)")
@@ -458,6 +530,29 @@ def main(argv=None) -> int:
     (RESULTS / "user_images.md").write_text(
         f"Cells: right % (refused %), {n} images per condition (fewer where the table says), "
         f"generated from MNIST test digits by benchmarks/user_images.py on {record['date']}.\n\n" + md + mnist_md + "\n")
+    return 0
+
+
+def main_recipes(n: int, data_dir, argv) -> int:
+    """--recipes: run_recipes on recipe_checkpoints, printed and written (json + md)."""
+    files = recipe_checkpoints()
+    t0 = time.perf_counter()
+    results = run_recipes(n, files, data_dir=data_dir)
+    md = recipes_table(results, files)
+    print("\n" + md)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"date": date, "command": "python benchmarks/user_images.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "n_per_condition": n, "measure": "top guess (argmax), calibration and refusals aside",
+              "files": {k: {"checkpoint": str(p.relative_to(ROOT)), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                        for k, p in files.items()},
+              "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
+              "seconds": round(time.perf_counter() - t0, 1), "conditions": results}
+    (RESULTS / "user_images_recipes.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / "user_images_recipes.md").write_text(
+        f"Top-guess accuracy (the model's argmax, refusals aside), {n} images per condition (fewer where HEAVY says), "
+        f"{len(results)} digit conditions, generated from MNIST test digits by benchmarks/user_images.py --recipes on {date}.\n\n"
+        + md + "\n")
     return 0
 
 

@@ -259,3 +259,39 @@ def test_readme_user_images_table_is_the_benchmark_file():
     assert block.strip("\n") == (ROOT / "benchmarks" / "results" / "user_images.md").read_text().strip("\n")
     assert report_cards.replace_block("a\n<b>\nold\n<e>\nz", "<b>", "<e>", "new\n") == "a\n<b>\nnew\n<e>\nz"
     assert report_cards.replace_block("no markers", "<b>", "<e>", "x") == "no markers"
+
+
+def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_trade(tmp_path):
+    """recipe_robustness reads `benchmarks/user_images.py --recipes`; recipes_summary puts each recipe's
+    mean top-guess accuracy (over its seed files) beside its 3-seed test mean and says when a recipe
+    gains on MNIST but loses more than a point on users' images against the file of Step 5's table."""
+    import report_facts
+    import report_text
+    from types import SimpleNamespace
+
+    files = {"convnet recipe seed 0": 0.90, "convnet recipe seed 1": 0.92, "convnet shipped": 0.95,
+             "dnn recipe seed 0": 0.80, "dnn recipe seed 1": 0.80, "dnn shipped": 0.80}
+    rob = {"date": "x", "n_per_condition": 7, "files": {k: {"checkpoint": f"{k}.pt", "sha256": k} for k in files},
+           "conditions": {"tiny8": {"kind": "digit", "n": 7, "files": {k: v - 0.2 for k, v in files.items()}},
+                          "even_light": {"kind": "control", "n": 7, "files": {k: v + 0.02 for k, v in files.items()}}}}
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "user_images_recipes.json").write_text(json.dumps(rob))
+    r = report_facts.recipe_robustness(tmp_path)
+    assert r["convnet"]["recipe"] == pytest.approx([0.81, 0.83]) and r["convnet"]["file"] == pytest.approx(0.86)
+    assert r["convnet"]["recipe_tiny8"] == pytest.approx([0.70, 0.72]) and r["convnet"]["conditions"] == 2
+
+    seed = lambda k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0}  # noqa: E731
+    rec = {"seeds": [0, 1], "screen_seeds": [0, 1], "rule": "r", "ensemble": {"test_acc": 0.9980, "members": []},
+           "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972,
+                                  "seeds": [seed(0, 0.9970), seed(1, 0.9974)]},
+                      "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
+                              "seeds": [seed(0, 0.9950), seed(1, 0.9950)]}}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "final_recipes.json").write_text(json.dumps(rec))
+    f = SimpleNamespace(root=tmp_path, s=SimpleNamespace(results=tmp_path / "results"),
+                        metrics={"convnet": {"accuracy": 0.9968}, "dnn": {"accuracy": 0.9935}})
+    text = "\n".join(report_text.recipes_summary(f))
+    convnet = next(line for line in text.splitlines() if line.startswith("| ConvNet"))
+    assert "99.72 ± 0.03" in convnet and "82.0 / 86.0" in convnet and "71 / 75" in convnet
+    assert "the ConvNet recipe gains on MNIST and loses more than a point" in text and "DNN recipe" not in text
+    assert "| 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text

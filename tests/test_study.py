@@ -370,3 +370,30 @@ def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recor
     before = (smoke_root / "results" / "final_recipes.json").read_text()
     study.write_final_recipes(s)  # members unchanged: the ensemble is not scored again, the file is the same
     assert (smoke_root / "results" / "final_recipes.json").read_text() == before
+
+
+def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smoke_root, real_data_dir, monkeypatch):
+    """RECIPE_AGAIN: a refit whose file is gone is trained again as "<name>-again"; the seed keeps its first
+    test score (no second draw for the mean), the rerun's file becomes its checkpoint and an ensemble member.
+    On a machine without runs/ the record keeps the sha256 measured where the files were, and the ensemble."""
+    s = study_report.settings(smoke_root)
+    path = smoke_root / "results" / "final_recipes.json"
+    first = json.loads(path.read_text())
+    refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
+    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", (refit.name,))
+    monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, smoke_root / "lock"))
+    assert study.main(["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]) == 0
+    rec = json.loads(path.read_text())
+    x = rec["models"]["convnet"]["seeds"][0]
+    again = study.load_result(s, f"{refit.name}-again")
+    assert again["test"] and again["config"]["refit"] and again["config"]["seed"] == x["seed"]
+    assert x["test_acc"] == first["models"]["convnet"]["seeds"][0]["test_acc"] == rec["models"]["convnet"]["test_mean"]
+    assert x["again"]["test_acc"] == again["test"]["acc"]
+    assert x["checkpoint"].endswith(f"{refit.name}-again/best.pt") and x["sha256"] == study.sha256(smoke_root / x["checkpoint"])
+    assert rec["ensemble"]["members"][0]["sha256"] == x["sha256"]
+    (smoke_root / "runs").rename(smoke_root / "runs-elsewhere")  # another machine: runs/ is not committed
+    try:
+        study.write_final_recipes(s)
+        assert json.loads(path.read_text()) == rec
+    finally:
+        (smoke_root / "runs-elsewhere").rename(smoke_root / "runs")

@@ -156,3 +156,26 @@ def test_benchmark_mnist_only_prints_the_check_and_writes_nothing(real_data_dir,
     assert "MNIST test through predict.py (20 PNGs, convnet)" in out and not (tmp_path / "results").exists()
     with pytest.raises(SystemExit, match="--mnist N"):
         user_images.main(["--mnist-only", "--mnist", "0"])
+
+
+def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_table(real_data_dir, monkeypatch, tmp_path):
+    """--recipes: the seed files final_recipes.json names (those on this machine) and the shipped
+    file, top guess per digit condition (never the none kinds: a refit has no rejector)."""
+    import user_images
+    from conftest import ROOT
+    rec = {"models": {"convnet": {"seeds": [{"seed": 0, "checkpoint": "weights/convnet.pt"},
+                                            {"seed": 1, "checkpoint": "runs/not-on-this-machine.pt"}]}}}
+    (tmp_path / "final_recipes.json").write_text(json.dumps(rec))
+    monkeypatch.setattr(user_images, "RECIPES_FILE", tmp_path / "final_recipes.json")
+    monkeypatch.setattr(user_images, "RESULTS", tmp_path / "results")
+    assert user_images.recipe_checkpoints() == {"convnet recipe seed 0": ROOT / "weights" / "convnet.pt",
+                                                "convnet shipped": ROOT / "weights" / "convnet.pt"}
+    assert user_images.main(["--recipes", "--n", "1", "--data-dir", str(real_data_dir)]) == 0
+    d = json.loads((tmp_path / "results" / "user_images_recipes.json").read_text())
+    kinds = {c["kind"] for c in d["conditions"].values()}
+    assert kinds == {"control", "digit", "several"} and "tiny8" in d["conditions"]
+    same = [c["files"]["convnet recipe seed 0"] == c["files"]["convnet shipped"] for c in d["conditions"].values()]
+    assert all(same)  # the same file scores the same
+    assert "| convnet recipe seed 0 |" in (tmp_path / "results" / "user_images_recipes.md").read_text()
+    with pytest.raises(SystemExit, match="study.py --only recipes"):
+        user_images.recipe_checkpoints(tmp_path / "missing.json")
