@@ -406,7 +406,8 @@ def appendix_recipes(f: Facts) -> list[str]:
         minutes = f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.1f}" if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}` | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
-    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e in d["models"].items() for x in e["seeds"] if not x.get("checkpoint")]
+    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e in d["models"].items() for x in e["seeds"]
+            if not x.get("again", x).get("checkpoint")]
     if lost:
         lines += ["", f"Recorded without its file ({', '.join(lost)}): trained in an earlier session on another machine, and "
                       "`runs/` is not committed; its test score counts, but the ensemble and shipping need the file again."]
@@ -415,8 +416,8 @@ def appendix_recipes(f: Facts) -> list[str]:
         lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
                       f"another machine, and `runs/` is not committed), so it was trained again with the same settings and seed: "
                       f"{pct(x['again']['test_acc'])}% on test (scored once, counted below). The mean keeps the first run's "
-                      f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file is the seed's checkpoint "
-                      "(shipped, and an ensemble member)."]
+                      f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file stands for the seed "
+                      "where a file is needed (the ensemble)."]
     ens = d.get("ensemble")
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "

@@ -2,6 +2,7 @@
 how a run and a change are put in words, and the test-set bookkeeping. Imported by the other
 report_*.py files and study_report.py only."""
 
+import hashlib
 import json
 import math
 import statistics
@@ -105,28 +106,29 @@ def figure(root: Path, path: str, alt: str) -> str:
 
 
 def recipe_robustness(root: Path) -> dict:
-    """From `benchmarks/user_images.py --recipes` (RECIPE_ROBUSTNESS): {model: {"recipe": [per seed
-    file, its mean top-guess accuracy over the digit conditions], "recipe_tiny8": [per seed file],
-    "file": the shipped file's mean or None, "file_tiny8", "conditions": how many, "n": images per
-    condition, "sha256": {label: sha256}}}; {} before it ran. Fractions, not percent."""
+    """From `benchmarks/user_images.py --recipes` (RECIPE_ROBUSTNESS), keyed by each scored file's
+    sha256, so a result is only ever read for the very file it measured:
+    {"by_sha": {sha256: {"mean": top-guess accuracy averaged over the digit conditions,
+    "tiny8": on 8x8 thumbnails, None without that condition}}, "shipped": {model: sha256 of the
+    weights/<model>.pt it scored}, "conditions": how many, "n": images per condition};
+    {} before it ran. Fractions, not percent."""
     d = read_json(root / RECIPE_ROBUSTNESS)
     if not d:
         return {}
     conds = d["conditions"]
-    mean = {k: statistics.mean(c["files"][k] for c in conds.values()) for k in d["files"]}
-    tiny = {k: conds["tiny8"]["files"][k] for k in d["files"]} if "tiny8" in conds else {}
-    out = {}
-    for k in d["files"]:
-        m, _, rest = k.partition(" ")
-        e = out.setdefault(m, {"recipe": [], "recipe_tiny8": [], "file": None, "file_tiny8": None, "conditions": len(conds),
-                               "n": d["n_per_condition"], "sha256": {}})
-        e["sha256"][k] = d["files"][k]["sha256"]
-        if rest == "shipped":
-            e.update(file=mean[k], file_tiny8=tiny.get(k))
-        else:
-            e["recipe"].append(mean[k])
-            e["recipe_tiny8"].append(tiny.get(k))
-    return out
+    by_sha = {f["sha256"]: {"mean": statistics.mean(c["files"][k] for c in conds.values()),
+                            "tiny8": conds["tiny8"]["files"][k] if "tiny8" in conds else None}
+              for k, f in d["files"].items()}
+    shipped = {f["model"]: f["sha256"] for f in d["files"].values() if f["seed"] is None}
+    return {"by_sha": by_sha, "shipped": shipped, "conditions": len(conds), "n": d["n_per_condition"]}
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 of a file, None when it does not exist."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def and_join(items: list[str]) -> str:

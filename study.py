@@ -521,23 +521,39 @@ def run_file(s: Settings, name: str) -> Path | None:
     return next((p for p in (s.runs / "cells" / name / "best.pt", s.runs / "final" / name / "best.pt") if p.exists()), None)
 
 
+def file_record(s: Settings, name: str, made: dict) -> dict:
+    """{"checkpoint", "sha256"} of cell `name`'s file: measured here when the file is on this
+    machine, else as recorded when it was made (`made`: {cell: earlier record}), else None."""
+    ckpt = run_file(s, name)
+    if ckpt:
+        return {"checkpoint": rel(s, ckpt), "sha256": sha256(ckpt)}
+    return {"checkpoint": made.get(name, {}).get("checkpoint"), "sha256": made.get(name, {}).get("sha256")}
+
+
 def write_final_recipes(s: Settings) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS, the validation evidence for each
     candidate, the chosen recipe (the full TrainConfig of its refits, seed aside), each finished
-    seed's test accuracy and the checkpoint + sha256 of its file, and their mean/std once every
-    seed is done; the RECIPE_ENSEMBLE's members and test accuracy.
-    A seed in RECIPE_AGAIN keeps its first test score; its "again" entry is the rerun, whose file
-    is the seed's checkpoint. A file not on this machine keeps the checkpoint and sha256 recorded
-    when it was made (None if it never was), and the ensemble's record is kept while its members
-    are the same files; it is scored (once) only when every member's file is here.
-    Accuracies are fractions (0.9968), not percent."""
+    seed's test accuracy with the checkpoint + sha256 of that run's file, and their mean/std once
+    every seed is done; the RECIPE_ENSEMBLE's members and test accuracy.
+    A seed in RECIPE_AGAIN keeps its first run's test score and file record (its checkpoint None
+    when that file was lost); its "again" entry is the rerun: cell, test score, checkpoint, sha256.
+    The seed's file, for the ensemble and for shipping, is the rerun's when there is one.
+    A file not on this machine keeps the checkpoint and sha256 recorded when it was made. The
+    ensemble is scored (once) when every member's file is here; elsewhere its record is kept while
+    its members are the same (checkpoint, sha256); every ensemble ever scored stays in
+    "ensembles_scored" (the count of test-set use reads it). Accuracies are fractions, not percent."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
-    made = {x["cell"]: x for e in before.get("models", {}).values() for x in e.get("seeds", [])}
+    made = {}  # cell name -> its earlier record (first runs and reruns)
+    for e in before.get("models", {}).values():
+        for x in e.get("seeds", []):
+            made[x["cell"]] = x
+            if x.get("again"):
+                made[x["again"]["cell"]] = x["again"]
     out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
            "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
-    members = []  # (checkpoint as recorded, the file here or None)
+    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"checkpoint", "sha256"}
     for m in (m for m in RECIPE_MODELS if m in s.models):
         if final_choice(s, m) is None:
             continue
@@ -552,20 +568,18 @@ def write_final_recipes(s: Settings) -> Path:
             r = load_result(s, c.name)
             if r is None or not r.get("test"):
                 continue
-            again = again_cell(c)
-            ra = load_result(s, again.name) if again else None
-            file_cell = again.name if ra else c.name
-            ckpt, old = run_file(s, file_cell), made.get(c.name, {})
             entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
             seed = {"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"], "seconds": r["seconds"],
-                    "hardware": r["hardware"], "checkpoint": rel(s, ckpt) if ckpt else old.get("checkpoint"),
-                    "sha256": sha256(ckpt) if ckpt else old.get("sha256")}
-            if ra:
+                    "hardware": r["hardware"], **file_record(s, c.name, made)}
+            again = again_cell(c)
+            ra = load_result(s, again.name) if again else None
+            if ra and ra.get("test"):  # a diverged rerun has no test score and no file worth using
                 seed["again"] = {"cell": again.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"],
-                                 "hardware": ra["hardware"]}
+                                 "hardware": ra["hardware"], **file_record(s, again.name, made)}
             entry["seeds"].append(seed)
             if m in RECIPE_ENSEMBLE:
-                members.append((seed["checkpoint"], ckpt))
+                f = seed.get("again", seed)
+                members.append({"checkpoint": f["checkpoint"], "sha256": f["sha256"]})
         accs = [x["test_acc"] for x in entry["seeds"]]
         entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
         if entry["done"]:
@@ -573,15 +587,21 @@ def write_final_recipes(s: Settings) -> Path:
         out["models"][m] = entry
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
         old = before.get("ensemble") or {}
-        if all(here for _, here in members):
-            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, [h for _, h in members], old)}
-        elif [x["checkpoint"] for x in old.get("members", [])] == [c for c, _ in members]:
+        here = [s.root / x["checkpoint"] for x in members if x["checkpoint"] and (s.root / x["checkpoint"]).exists()]
+        if len(here) == len(members):
+            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, here, old)}
+        elif old.get("members") == members:
             out["ensemble"] = old  # scored on the machine that has the files
-        if out["ensemble"]:
-            # read by the report's count of test-set use (report_facts.test_use): the one scoring of the ensemble
-            out["why"] = "the fixed recipe ensemble, scored once"
-            out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
-                                "models_scored": len(members)}]
+    # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
+    # a test evaluation once made is never dropped from the count.
+    scored = list(before.get("ensembles_scored", []))
+    if out["ensemble"] and out["ensemble"] not in scored:
+        scored.append(out["ensemble"])
+    out["ensembles_scored"] = scored
+    if scored:  # read by the report's count of test-set use (report_facts.test_use)
+        out["why"] = "the fixed recipe ensembles, each scored once"
+        out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
+                            "models_scored": sum(len(e["members"]) for e in scored)}]
     write_json(path, out)
     return path
 

@@ -346,11 +346,18 @@ def score(answer: dict, expected: str) -> tuple[bool, bool]:
     return answer["status"] == "ok" and str(answer["digit"]) == expected, refused
 
 
-def prepared(n: int, seed: int = 0, data_dir=None, heavy: int | None = None, kinds: tuple[str, ...] | None = None):
-    """Yields (condition, kind, note, files [(bytes, expected)], crops per file) for every condition
-    (of `kinds`, default all): n images each (HEAVY ones fewer), through read_image -> prepare once."""
+def test_digits(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's test images (10000, 28, 28) uint8 and labels (10000,), from data_dir (or $DATA_DIR)."""
     _, _, x_te, y_te, _ = load_raw("mnist", resolve_data_dir(data_dir), download=False)
-    x_te, y_te = x_te.numpy(), y_te.numpy()
+    return x_te.numpy(), y_te.numpy()
+
+
+def prepared(n: int, test: tuple[np.ndarray, np.ndarray], seed: int = 0, heavy: int | None = None,
+             kinds: tuple[str, ...] | None = None):
+    """Yields (condition, kind, note, files [(bytes, expected)], crops per file) for every condition
+    (of `kinds`, default all): n images each (HEAVY ones fewer) made from `test` (test_digits),
+    through read_image -> prepare once."""
+    x_te, y_te = test
     for name, (_, kind, note) in CONDITIONS.items():
         if kinds and kind not in kinds:
             continue
@@ -362,9 +369,9 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | No
     """Every condition x n images through read_image -> prepare once, then each model's
     logits and decide: {condition: {kind, note, n, models: {name: {right, refused}}}}."""
     loaded = {m: load_checkpoint(ROOT / "weights" / f"{m}.pt") for m in models}
-    out = {}
+    test, out = test_digits(data_dir), {}
     t0 = time.perf_counter()
-    for name, kind, note, files, crops in prepared(n, seed, data_dir, heavy):
+    for name, kind, note, files, crops in prepared(n, test, seed, heavy):
         row = {"kind": kind, "note": note, "n": len(files), "models": {}}
         for m, (model, ckpt) in loaded.items():
             right = refused = 0
@@ -396,10 +403,13 @@ def top_guess(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> st
     return "".join(str(int(i)) for i in logits.argmax(1))
 
 
-def recipe_checkpoints(path: Path | None = None) -> dict[str, Path]:
-    """{"<model> recipe seed <k>": file} for every seed of results/final_recipes.json whose
-    file is on this machine (runs/ is not committed), then {"<model> shipped": weights/<model>.pt}
-    for those models, for comparison. path: default RECIPES_FILE. Error (SystemExit) when the record is missing."""
+def recipe_checkpoints(path: Path | None = None) -> dict[str, dict]:
+    """The files to score: {label: {"model", "seed" (None for the shipped file), "path", "sha256"}}.
+    Every seed of results/final_recipes.json (path; default RECIPES_FILE) whose file is on this
+    machine with the sha256 recorded there (a seed rerun under RECIPE_AGAIN: the rerun's file);
+    a seed whose file is missing or differs is left out with a printed line (runs/ is not
+    committed). Then weights/<model>.pt of those models, for comparison.
+    Errors (SystemExit): the record is missing; no file at all to score."""
     path = path or RECIPES_FILE
     if not path.exists():
         raise SystemExit(f"error: {path} is missing; run `python study.py --only recipes` first")
@@ -407,21 +417,32 @@ def recipe_checkpoints(path: Path | None = None) -> dict[str, Path]:
     out = {}
     for m, e in rec["models"].items():
         for x in e["seeds"]:
-            if x.get("checkpoint") and (ROOT / x["checkpoint"]).exists():
-                out[f"{m} recipe seed {x['seed']}"] = ROOT / x["checkpoint"]
+            f = x.get("again", x)
+            p = ROOT / f["checkpoint"] if f.get("checkpoint") else None
+            if p is None or not p.exists():
+                print(f"{m} recipe seed {x['seed']}: its file is not on this machine ({f.get('checkpoint')}); left out")
+                continue
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            if digest != f["sha256"]:
+                print(f"{m} recipe seed {x['seed']}: {f['checkpoint']} is not the file recorded (sha256 differs); left out")
+                continue
+            out[f"{m} recipe seed {x['seed']}"] = {"model": m, "seed": x["seed"], "path": p, "sha256": digest}
     for m in rec["models"]:
-        if (ROOT / "weights" / f"{m}.pt").exists():
-            out[f"{m} shipped"] = ROOT / "weights" / f"{m}.pt"
+        p = ROOT / "weights" / f"{m}.pt"
+        if p.exists():
+            out[f"{m} shipped"] = {"model": m, "seed": None, "path": p, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    if not out:
+        raise SystemExit(f"error: no file of {path} is on this machine; train the recipes (`python study.py --only recipes`)")
     return out
 
 
-def run_recipes(n: int, files: dict[str, Path], seed: int = 0, data_dir=None) -> dict:
+def run_recipes(n: int, files: dict[str, dict], seed: int = 0, data_dir=None) -> dict:
     """Top-guess accuracy (top_guess == the expected digit or number) of every file on every
     digit condition (kinds control, digit, several) x n images: {condition: {kind, n, files:
     {label: accuracy}}}; the none conditions need a rejector, which refits lack, so they are left out."""
-    loaded = {k: load_checkpoint(p) for k, p in files.items()}
+    loaded = {k: load_checkpoint(f["path"]) for k, f in files.items()}
     out = {}
-    for name, kind, _, images, crops in prepared(n, seed, data_dir, kinds=("control", "digit", "several")):
+    for name, kind, _, images, crops in prepared(n, test_digits(data_dir), seed, kinds=("control", "digit", "several")):
         accs = {k: sum(top_guess(cs, model, ckpt) == want for cs, (_, want) in zip(crops, images)) / len(images)
                 for k, (model, ckpt) in loaded.items()}
         out[name] = {"kind": kind, "n": len(images), "files": accs}
@@ -429,7 +450,7 @@ def run_recipes(n: int, files: dict[str, Path], seed: int = 0, data_dir=None) ->
     return out
 
 
-def recipes_table(results: dict, files: dict[str, Path]) -> str:
+def recipes_table(results: dict, files: dict[str, dict]) -> str:
     """Markdown: one row per file, its mean top-guess accuracy over the conditions and on SUMMARY's."""
     cols = [c for c in SUMMARY if c in results]
     lines = ["| file | mean over conditions | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -544,8 +565,8 @@ def main_recipes(n: int, data_dir, argv) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"date": date, "command": "python benchmarks/user_images.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "n_per_condition": n, "measure": "top guess (argmax), calibration and refusals aside",
-              "files": {k: {"checkpoint": str(p.relative_to(ROOT)), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                        for k, p in files.items()},
+              "files": {k: {"model": f["model"], "seed": f["seed"], "checkpoint": str(f["path"].relative_to(ROOT)),
+                            "sha256": f["sha256"]} for k, f in files.items()},
               "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
               "seconds": round(time.perf_counter() - t0, 1), "conditions": results}
     (RESULTS / "user_images_recipes.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -262,36 +262,51 @@ def test_readme_user_images_table_is_the_benchmark_file():
 
 
 def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_trade(tmp_path):
-    """recipe_robustness reads `benchmarks/user_images.py --recipes`; recipes_summary puts each recipe's
-    mean top-guess accuracy (over its seed files) beside its 3-seed test mean and says when a recipe
-    gains on MNIST but loses more than a point on users' images against the file of Step 5's table."""
+    """recipe_robustness reads `benchmarks/user_images.py --recipes` by each file's sha256; recipes_summary
+    puts each recipe's mean top-guess accuracy (over its seed files) beside its 3-seed test mean, says when
+    a recipe gains on MNIST but loses beyond the noise on users' images against the Step 5 file, and
+    shows "–" for a recipe with a seed not measured and for a file that changed since it was measured."""
+    import hashlib
     import report_facts
     import report_text
     from types import SimpleNamespace
 
-    files = {"convnet recipe seed 0": 0.90, "convnet recipe seed 1": 0.92, "convnet shipped": 0.95,
-             "dnn recipe seed 0": 0.80, "dnn recipe seed 1": 0.80, "dnn shipped": 0.80}
-    rob = {"date": "x", "n_per_condition": 7, "files": {k: {"checkpoint": f"{k}.pt", "sha256": k} for k in files},
-           "conditions": {"tiny8": {"kind": "digit", "n": 7, "files": {k: v - 0.2 for k, v in files.items()}},
-                          "even_light": {"kind": "control", "n": 7, "files": {k: v + 0.02 for k, v in files.items()}}}}
+    (tmp_path / "weights").mkdir()
+    for m in ("convnet", "dnn", "resnet"):
+        (tmp_path / "weights" / f"{m}.pt").write_bytes(m.encode())
+    sha = {m: hashlib.sha256(m.encode()).hexdigest() for m in ("convnet", "dnn", "resnet")}
+    files = {("convnet", 0): 0.90, ("convnet", 1): 0.92, ("convnet", None): 0.95, ("dnn", 0): 0.80, ("dnn", 1): 0.80,
+             ("dnn", None): 0.80, ("resnet", 0): 0.9, ("resnet", 1): 0.9, ("resnet", None): 0.9}
+    key = lambda m, k: sha[m] if k is None else f"{m}-{k}"  # noqa: E731  (a seed file's sha256 stand-in)
+    label = lambda m, k: f"{m} {'shipped' if k is None else f'recipe seed {k}'}"  # noqa: E731
+    rob = {"date": "x", "n_per_condition": 7,
+           "files": {label(m, k): {"model": m, "seed": k, "checkpoint": "x.pt", "sha256": key(m, k)} for m, k in files},
+           "conditions": {"tiny8": {"kind": "digit", "n": 7, "files": {label(*mk): v - 0.2 for mk, v in files.items()}},
+                          "even_light": {"kind": "control", "n": 7, "files": {label(*mk): v + 0.02 for mk, v in files.items()}}}}
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     (tmp_path / "benchmarks" / "results" / "user_images_recipes.json").write_text(json.dumps(rob))
     r = report_facts.recipe_robustness(tmp_path)
-    assert r["convnet"]["recipe"] == pytest.approx([0.81, 0.83]) and r["convnet"]["file"] == pytest.approx(0.86)
-    assert r["convnet"]["recipe_tiny8"] == pytest.approx([0.70, 0.72]) and r["convnet"]["conditions"] == 2
+    assert r["by_sha"]["convnet-0"]["mean"] == pytest.approx(0.81) and r["by_sha"][sha["convnet"]]["mean"] == pytest.approx(0.86)
+    assert r["by_sha"]["convnet-1"]["tiny8"] == pytest.approx(0.72) and r["conditions"] == 2 and r["shipped"]["dnn"] == sha["dnn"]
 
-    seed = lambda k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0}  # noqa: E731
+    seed = lambda m, k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0, "sha256": f"{m}-{k}"}  # noqa: E731
     rec = {"seeds": [0, 1], "screen_seeds": [0, 1], "rule": "r", "ensemble": {"test_acc": 0.9980, "members": []},
            "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972,
-                                  "seeds": [seed(0, 0.9970), seed(1, 0.9974)]},
+                                  "seeds": [seed("convnet", 0, 0.9970), seed("convnet", 1, 0.9974)]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
-                              "seeds": [seed(0, 0.9950), seed(1, 0.9950)]}}}
+                              "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9"}}]},
+                      "resnet": {"candidate": "e15", "recipe": {"epochs": 15}, "done": True, "test_mean": 0.9970,
+                                 "seeds": [seed("resnet", 0, 0.9970), seed("resnet", 1, 0.9970)]}}}
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "final_recipes.json").write_text(json.dumps(rec))
-    f = SimpleNamespace(root=tmp_path, s=SimpleNamespace(results=tmp_path / "results"),
-                        metrics={"convnet": {"accuracy": 0.9968}, "dnn": {"accuracy": 0.9935}})
+    (tmp_path / "weights" / "resnet.pt").write_bytes(b"trained again since")  # its measurement is stale now
+    f = SimpleNamespace(root=tmp_path, s=SimpleNamespace(results=tmp_path / "results"), one_test=1e-4,
+                        metrics={"convnet": {"accuracy": 0.9968}, "dnn": {"accuracy": 0.9935}, "resnet": {"accuracy": 0.9960}})
     text = "\n".join(report_text.recipes_summary(f))
-    convnet = next(line for line in text.splitlines() if line.startswith("| ConvNet"))
-    assert "99.72 ± 0.03" in convnet and "82.0 / 86.0" in convnet and "71 / 75" in convnet
-    assert "the ConvNet recipe gains on MNIST and loses more than a point" in text and "DNN recipe" not in text
+    row = {m: next(line for line in text.splitlines() if line.startswith(f"| {sr.NAMES[m]} |")) for m in rec["models"]}
+    assert "99.72 ± 0.03" in row["convnet"] and "82.0 / 86.0" in row["convnet"] and "71 / 75" in row["convnet"]
+    assert row["dnn"].endswith("| – | – |")  # seed 1's file is its rerun (again), which was not measured
+    assert "| 81.0 / – |" in row["resnet"]  # the shipped file changed since: no stale number beside the recipe
+    assert "the ConvNet recipe gains 0.04 points on MNIST over the file above and loses 4.0 on users' images" in text
+    assert "DNN recipe" not in text and "ResNet-18 recipe" not in text
     assert "| 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text

@@ -366,7 +366,7 @@ def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recor
             assert rec["models"][m]["recipe"]["epochs"] == r["config"]["epochs"] and "seed" not in rec["models"][m]["recipe"]
     ens = rec["ensemble"]
     assert ens["recipes"] == list(study.RECIPE_ENSEMBLE) and len(ens["members"]) == len(study.RECIPE_ENSEMBLE)
-    assert 0.0 <= ens["test_acc"] <= 1.0
+    assert 0.0 <= ens["test_acc"] <= 1.0 and rec["ensembles_scored"] == [ens]
     before = (smoke_root / "results" / "final_recipes.json").read_text()
     study.write_final_recipes(s)  # members unchanged: the ensemble is not scored again, the file is the same
     assert (smoke_root / "results" / "final_recipes.json").read_text() == before
@@ -388,9 +388,13 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
     again = study.load_result(s, f"{refit.name}-again")
     assert again["test"] and again["config"]["refit"] and again["config"]["seed"] == x["seed"]
     assert x["test_acc"] == first["models"]["convnet"]["seeds"][0]["test_acc"] == rec["models"]["convnet"]["test_mean"]
-    assert x["again"]["test_acc"] == again["test"]["acc"]
-    assert x["checkpoint"].endswith(f"{refit.name}-again/best.pt") and x["sha256"] == study.sha256(smoke_root / x["checkpoint"])
-    assert rec["ensemble"]["members"][0]["sha256"] == x["sha256"]
+    assert x["checkpoint"] == first["models"]["convnet"]["seeds"][0]["checkpoint"]  # the first run's own file record
+    assert x["again"]["test_acc"] == again["test"]["acc"] and x["again"]["cell"] == f"{refit.name}-again"
+    assert x["again"]["checkpoint"].endswith(f"{refit.name}-again/best.pt")
+    assert x["again"]["sha256"] == study.sha256(smoke_root / x["again"]["checkpoint"]) != x["sha256"]
+    assert rec["ensemble"]["members"][0] == {k: x["again"][k] for k in ("checkpoint", "sha256")}  # the rerun's file joins
+    assert rec["ensembles_scored"] == [first["ensemble"], rec["ensemble"]]  # the first scoring stays counted
+    assert rec["commands"][0]["models_scored"] == 2 * len(rec["ensemble"]["members"])
     (smoke_root / "runs").rename(smoke_root / "runs-elsewhere")  # another machine: runs/ is not committed
     try:
         study.write_final_recipes(s)

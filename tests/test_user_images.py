@@ -158,24 +158,37 @@ def test_benchmark_mnist_only_prints_the_check_and_writes_nothing(real_data_dir,
         user_images.main(["--mnist-only", "--mnist", "0"])
 
 
-def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_table(real_data_dir, monkeypatch, tmp_path):
-    """--recipes: the seed files final_recipes.json names (those on this machine) and the shipped
-    file, top guess per digit condition (never the none kinds: a refit has no rejector)."""
+def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_table(real_data_dir, monkeypatch, tmp_path, capsys):
+    """--recipes: the seed files final_recipes.json names (a rerun's file where a seed has one), only
+    when the file here has the recorded sha256, then the shipped file; top guess per digit condition
+    (never the none kinds: a refit has no rejector)."""
+    import hashlib
     import user_images
     from conftest import ROOT
-    rec = {"models": {"convnet": {"seeds": [{"seed": 0, "checkpoint": "weights/convnet.pt"},
-                                            {"seed": 1, "checkpoint": "runs/not-on-this-machine.pt"}]}}}
+    sha = lambda p: hashlib.sha256((ROOT / p).read_bytes()).hexdigest()  # noqa: E731
+    rec = {"models": {"convnet": {"seeds": [
+        {"seed": 0, "checkpoint": None, "sha256": None,  # first run lost, rerun here
+         "again": {"checkpoint": "weights/quicknet.pt", "sha256": sha("weights/quicknet.pt")}},
+        {"seed": 1, "checkpoint": "weights/convnet.pt", "sha256": sha("weights/convnet.pt")},
+        {"seed": 2, "checkpoint": "runs/not-on-this-machine.pt", "sha256": "0" * 64},
+        {"seed": 3, "checkpoint": "weights/dnn.pt", "sha256": "f" * 64}]}}}  # another file than recorded
     (tmp_path / "final_recipes.json").write_text(json.dumps(rec))
     monkeypatch.setattr(user_images, "RECIPES_FILE", tmp_path / "final_recipes.json")
     monkeypatch.setattr(user_images, "RESULTS", tmp_path / "results")
-    assert user_images.recipe_checkpoints() == {"convnet recipe seed 0": ROOT / "weights" / "convnet.pt",
-                                                "convnet shipped": ROOT / "weights" / "convnet.pt"}
-    assert user_images.main(["--recipes", "--n", "1", "--data-dir", str(real_data_dir)]) == 0
+    files = user_images.recipe_checkpoints()
+    assert {k: f["path"] for k, f in files.items()} == {"convnet recipe seed 0": ROOT / "weights" / "quicknet.pt",
+                                                        "convnet recipe seed 1": ROOT / "weights" / "convnet.pt",
+                                                        "convnet shipped": ROOT / "weights" / "convnet.pt"}
+    said = capsys.readouterr().out
+    assert "seed 2: its file is not on this machine" in said and "seed 3: weights/dnn.pt is not the file recorded" in said
+    assert user_images.main(["--recipes", "--n", "2", "--data-dir", str(real_data_dir)]) == 0
     d = json.loads((tmp_path / "results" / "user_images_recipes.json").read_text())
-    kinds = {c["kind"] for c in d["conditions"].values()}
-    assert kinds == {"control", "digit", "several"} and "tiny8" in d["conditions"]
-    same = [c["files"]["convnet recipe seed 0"] == c["files"]["convnet shipped"] for c in d["conditions"].values()]
-    assert all(same)  # the same file scores the same
+    assert {c["kind"] for c in d["conditions"].values()} == {"control", "digit", "several"} and "tiny8" in d["conditions"]
+    assert d["files"]["convnet recipe seed 0"] == {"model": "convnet", "seed": 0, "checkpoint": "weights/quicknet.pt",
+                                                   "sha256": sha("weights/quicknet.pt")}
+    for c in d["conditions"].values():  # one file under two labels scores the same; every share is of n images
+        assert c["files"]["convnet recipe seed 1"] == c["files"]["convnet shipped"]
+        assert all(round(a * c["n"]) == a * c["n"] for a in c["files"].values())
     assert "| convnet recipe seed 0 |" in (tmp_path / "results" / "user_images_recipes.md").read_text()
     with pytest.raises(SystemExit, match="study.py --only recipes"):
         user_images.recipe_checkpoints(tmp_path / "missing.json")
