@@ -389,12 +389,19 @@ def appendix_recipes(f: Facts) -> list[str]:
               "its refits' test mean, so a lucky choice cannot pick test images. The targets are issue #25's, the best "
               "published results that do not select on the test set (`../shared/BENCHMARKS.md`), stricter than the "
               "first targets above.", "",
-              "| model | candidate | change to the final recipe | runs done | val % (mean ± std) | chosen |", "|---|---|---|---|---|---|"]
+              "Test % here is each candidate's own runs (55,000 training images, the final stage's), scored at their end and "
+              "seen before this choice; screening runs have none.", "",
+              "| model | candidate | change to the final recipe | runs done | val % (mean ± std) | test % (mean ± std) | minutes a run | chosen |",
+              "|---|---|---|---|---|---|---|---|"]
     for m, e in d["models"].items():
         for cand, vals in e["val"].items():
             chosen = "yes" if cand == e["candidate"] else "" if e["candidate"] else "(waits for every run)"
+            seen = e.get("test_seen", {}).get(cand)
+            minutes = e.get("minutes", {}).get(cand)
+            where = ", ".join(h.split(" (")[0] for h in e.get("hardware", {}).get(cand, []))
             lines.append(f"| {NAMES.get(m, m)} | `{cand}` | {candidate_words(m, cand)} | {len(vals)} of {e['planned'][cand]} | "
-                         f"{mean_std(vals) if vals else '–'} | {chosen} |")
+                         f"{mean_std(vals) if vals else '–'} | {mean_std(seen) if seen else '–'} | "
+                         f"{f'{minutes:.1f} ({where})' if minutes else '–'} | {chosen} |")
     lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed |", "|---|---|---|---|---|---|---|"]
     for m, e in d["models"].items():
         if not e["candidate"]:

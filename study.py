@@ -559,8 +559,15 @@ def write_final_recipes(s: Settings) -> Path:
             continue
         choice = recipe_choice(s, m)
         val, planned = candidate_evidence(s, m)
+        runs = {k: [r for c in cells if isinstance(c, Cell) and (r := load_result(s, c.name))]
+                for k, cells in candidate_cells(s, m).items()}
         entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
-                 "val_mean": {k: statistics.mean(v) for k, v in val.items() if v}, "seeds": []}
+                 "val_mean": {k: statistics.mean(v) for k, v in val.items() if v},
+                 # the test scores of the candidates' own runs (final stage, 55,000 images), seen before this choice;
+                 # screening runs have none
+                 "test_seen": {k: [r["test"]["acc"] for r in rs if r.get("test")] for k, rs in runs.items()},
+                 "minutes": {k: statistics.mean(r["seconds"] for r in rs) / 60 for k, rs in runs.items() if rs},
+                 "hardware": {k: sorted({r["hardware"] for r in rs}) for k, rs in runs.items()}, "seeds": []}
         refits = recipe_refit_cells(s, m, choice) if choice else []
         if refits:  # the recipe as planned; the first finished refit's full config replaces it
             entry["recipe"] = {k: v for k, v in asdict(train_config(s, refits[0])).items() if k not in ("seed", "run_name", "out", "data_dir")}
