@@ -2,7 +2,6 @@
 how a run and a change are put in words, and the test-set bookkeeping. Imported by the other
 report_*.py files and study_report.py only."""
 
-import hashlib
 import json
 import math
 import statistics
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import study
 from models import STUDY_MODELS, count_params, load_checkpoint, probe
+from runs import sha256
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)",
@@ -124,11 +124,8 @@ def recipe_robustness(root: Path) -> dict:
 
 
 def file_sha256(path: Path) -> str | None:
-    """sha256 of a file, None when it does not exist."""
-    if not path.exists():
-        return None
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """runs.sha256 of a file, None when it does not exist."""
+    return sha256(path) if path.exists() else None
 
 
 def and_join(items: list[str]) -> str:

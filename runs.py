@@ -506,6 +506,13 @@ def promote(best_path: Path, cfg, genuine: bool, log: RunLog) -> None:
     ship(best_path, target, environment(cfg.device))
 
 
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex (what results/final_recipes.json records for each checkpoint)."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def ship(best_path: Path, target: Path, env: dict) -> None:
     """Write a run's best.pt to target (atomically) and its card target.json beside it: the
     settings and per-epoch history that made the weights (the run folder is not committed)."""

@@ -38,7 +38,7 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from runs import claim_file, exclusive, hardware, plot_curves, ship, stop_on_signals, write_json
+from runs import claim_file, exclusive, hardware, plot_curves, sha256, ship, stop_on_signals, write_json
 from study_cells import (  # the cells and the choices; re-exported: tests and study_report read study.X
     LRS, SEEDS, LR_EPOCHS, ADAM_MODELS, STEM_EPOCHS, OPTIM_MODELS, ADADELTA_LR, REG_EPOCHS, FINAL_EPOCHS,
     FINAL_SEEDS, ATTEMPTS, SMOKE_EPOCHS, REG_VARIANTS, AUGMENTATIONS, CAPACITIES, PATIENCE, Settings, Cell,
@@ -490,12 +490,6 @@ def stage_evaluate(s: Settings) -> None:
 
 # -----------------------------------------------------------------------------
 # Stage recipes' record: results/final_recipes.json (issue #25)
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None) -> dict:

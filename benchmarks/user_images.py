@@ -22,7 +22,6 @@ Results: benchmarks/results/user_images.json and .md (the table that README and 
 
 import argparse
 import datetime
-import hashlib
 import io
 import json
 import platform
@@ -42,6 +41,7 @@ import calibrate  # noqa: E402
 import predict  # noqa: E402
 from data import load_raw, resolve_data_dir  # noqa: E402
 from models import STUDY_MODELS, load_checkpoint  # noqa: E402
+from runs import sha256  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED = [m for m in ("convnet", "resnet", "fastresnet", "quicknet", "dnn") if (ROOT / "weights" / f"{m}.pt").exists()]
@@ -422,7 +422,7 @@ def recipe_checkpoints(path: Path | None = None) -> dict[str, dict]:
             if p is None or not p.exists():
                 print(f"{m} recipe seed {x['seed']}: its file is not on this machine ({f.get('checkpoint')}); left out")
                 continue
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            digest = sha256(p)
             if digest != f["sha256"]:
                 print(f"{m} recipe seed {x['seed']}: {f['checkpoint']} is not the file recorded (sha256 differs); left out")
                 continue
@@ -430,7 +430,7 @@ def recipe_checkpoints(path: Path | None = None) -> dict[str, dict]:
     for m in rec["models"]:
         p = ROOT / "weights" / f"{m}.pt"
         if p.exists():
-            out[f"{m} shipped"] = {"model": m, "seed": None, "path": p, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            out[f"{m} shipped"] = {"model": m, "seed": None, "path": p, "sha256": sha256(p)}
     if not out:
         raise SystemExit(f"error: no file of {path} is on this machine; train the recipes (`python study.py --only recipes`)")
     return out
