@@ -47,10 +47,17 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
               f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
-              "validation-best epoch. Training time is the wall time of the one run that made the file (Step 5 gives the mean "
-              "over seeds). 1 − ROC-AUC is how far the macro ROC-AUC is from a perfect 1."]
+              "validation-best epoch. Training time is the wall time of the one run that made the file. 1 − ROC-AUC is how far the macro ROC-AUC is from a perfect 1."]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
+    d = read_json(f.s.results / "final_recipes.json") or {}
+    done = [(m, e) for m, e in d.get("models", {}).items() if e.get("done")]
+    if done:
+        ens = d.get("ensemble")
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds, Step 5): "
+                  + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
+                  + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
+                     if ens else "") + "."]
     u = test_use(f)
     lines += ["", "**How often the test set was used.** Every choice below was made on the "
               f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times**: once at the end "
@@ -317,8 +324,8 @@ def recipes_summary(f: Facts) -> list[str]:
     if not d or not d.get("models"):
         return []
     rob = recipe_robustness(f.root)
-    lines = ["", f"**Accuracy by recipe**, what each model is judged by: its validation-chosen recipe trained on all 60,000 "
-                 f"images, fixed epochs, {len(d['seeds'])} seeds each scored once on test ([appendix]({APPENDIX}#accuracy-by-recipe)). "
+    lines = ["", f"**Accuracy by recipe**: each model's validation-chosen recipe on all 60,000 images, fixed epochs, "
+                 f"{len(d['seeds'])} seeds each scored once on test ([appendix]({APPENDIX}#accuracy-by-recipe)). "
                  + (f"Users' images: the top guess on {rob['conditions']} kinds of files made from test digits "
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
