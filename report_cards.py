@@ -73,7 +73,7 @@ def appendix_test_use(f: Facts) -> list[str]:
     return ["## Test-set use", "",
             "| who scored the test set | times |", "|---|---|",
             f"| training runs, once each at the validation-best epoch (`results/cells/`) | {u['runs']} |",
-            f"| `test_model.py` on files in `weights/`: the study's evaluation (`results/evaluation.json`)"
+            f"| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`)"
             + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
             + "".join(f", `{p}` ({n}: {why.rstrip('.')})" for p, (n, why) in u["later"].items())
             + f" | {u['scorings']} |",
@@ -385,12 +385,12 @@ def appendix_recipes(f: Facts) -> list[str]:
               f"validation only (new ones on seeds {', '.join(map(str, d['screen_seeds']))}, never scored on test); {d['rule']}, "
               f"seeds {', '.join(map(str, d['seeds']))}. The new candidates were designed after the final stage's test scores "
               "had missed the targets; the choice among them used validation alone. It takes the best mean even when the gap "
-              "is inside the noise (a few validation images): the recipe is fixed either way, and what the report gives is "
+              "is inside the noise (a few validation images), and an exact tie goes to the candidate listed first: the recipe is fixed either way, and what the report gives is "
               "its refits' test mean, so a lucky choice cannot pick test images. The targets are issue #25's, the best "
               "published results that do not select on the test set (`../shared/BENCHMARKS.md`), stricter than the "
               "first targets above.", "",
               "Test % here is each candidate's own runs (55,000 training images, the final stage's), scored at their end and "
-              "seen before this choice; screening runs have none.", "",
+              "seen before this choice; screening runs have none. Minutes compare only between runs on the same machine.", "",
               "| model | candidate | change to the final recipe | runs done | val % (mean ± std) | test % (mean ± std) | minutes a run | chosen |",
               "|---|---|---|---|---|---|---|---|"]
     for m, e in d["models"].items():
@@ -422,15 +422,25 @@ def appendix_recipes(f: Facts) -> list[str]:
     for m, x in again:
         lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
                       f"another machine, and `runs/` is not committed), so it was trained again with the same settings and seed: "
-                      f"{pct(x['again']['test_acc'])}% on test (scored once, counted below). The mean keeps the first run's "
+                      f"{pct(x['again']['test_acc'])}% on test (scored once, counted in [Test-set use](#test-set-use)). The mean keeps the first run's "
                       f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file stands for the seed "
                       "where a file is needed (the ensemble)."]
     ens = d.get("ensemble")
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
               + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
-                 "not scored yet (it waits for every member)."), ""]
-    return lines
+                 "not scored yet (it waits for every member).")]
+    cands = (read_json(f.s.results / "ensembles.json") or {}).get("candidates", {})
+    if ens and "convnets" in cands and "cnns" in cands:
+        cnn = d["models"].get("convnet", {})
+        lines += ["", "Its membership was fixed without consulting the one validation comparison of ensembles there is (the "
+                      f"final runs', [Ensembles](#ensembles)): there the ConvNets alone reached {pct(cands['convnets']['val_acc'])}% "
+                      f"and the set with FastResNet and ResNet-18 {pct(cands['cnns']['val_acc'])}%, so that evidence favoured "
+                      "leaving ResNet-18 out. The DNN was left out as the weakest model on validation (Step 5). "
+                      + (f"The ensemble is no better than the ConvNet recipe's own seeds ({', '.join(pct(x.get('again', x)['test_acc']) for x in cnn.get('seeds', []))}% "
+                         "with the seed-0 rerun); " if cnn.get("seeds") else "")
+                      + "an ensemble chosen now would be chosen after seeing this test score, and would be reported as such."]
+    return lines + [""]
 
 
 def recipes_with_seeds(records: list[dict]) -> list[str]:

@@ -473,8 +473,8 @@ def f1_note(f: Facts) -> str:
     counts = f.data["class_counts_test"]
     gaps = [abs(met["f1_macro"] - met["accuracy"]) for met in f.metrics.values() if met]
     return (f"Macro F1 is within {100 * max(gaps):.2f} points of accuracy for every model: the test classes are nearly "
-            f"balanced ({min(counts):,} to {max(counts):,} images a digit) and the few errors spread over all ten, so each "
-            "class's precision and recall, and their mean, sit at the accuracy. So the figures plot accuracy only (as error rate): F1 would draw the same picture.")
+            f"balanced ({min(counts):,} to {max(counts):,} a digit) and the few errors spread over all ten, so the figures "
+            "plot accuracy only (as error rate): F1 would draw the same picture.")
 
 
 def lr_table(f: Facts, with_test: bool) -> list[str]:

@@ -47,20 +47,21 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
               f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
-              "validation-best epoch. Training time is the wall time of the one run that made the file. 1 − ROC-AUC is how far the macro ROC-AUC is from a perfect 1."]
+              "validation-best epoch. Training time is the wall time of the one run that made the file."]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     d = read_json(f.s.results / "final_recipes.json") or {}
     done = [(m, e) for m, e in d.get("models", {}).items() if e.get("done")]
     if done:
         ens = d.get("ensemble")
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds, Step 5): "
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; not the files in `weights/`; Step 5): "
                   + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
                   + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
                      if ens else "") + "."]
     u = test_use(f)
     lines += ["", "**How often the test set was used.** Every choice below was made on the "
-              f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times**: once at the end "
+              f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times** (the robustness "
+              "benchmark and tests not counted): once at the end "
               f"of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py`"
               + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials (`benchmarks/trials.py` "
                  f"scores test every {u['every']} epoch), from which QuickNet's recipe was chosen: that choice rests on test accuracy."
@@ -70,9 +71,10 @@ def section_summary(f: Facts) -> list[str]:
         n = sum(len(rs) for _, _, rs in later)
         seen = {r["name"] for _, _, rs in later for r in rs}
         more = [r for r in results_of(f.s, study.recipes_cells(f.s)) if r["name"] not in seen]
+        screens = sum(1 for r in more if not r.get("test"))
         lines += [f"And {n} later training runs were made *because* the first final models' test scores missed issue #11's "
-                  f"accuracy targets, then {len(more)} for issue #25's recipes; each choice among them was made on validation "
-                  "only ([appendix](" + APPENDIX + "#accuracy-targets-and-the-runs-made-for-them))."]
+                  f"accuracy targets, then {len(more)} for issue #25's recipes ({screens} screening runs, never scored on test); "
+                  "each choice among them was made on validation only ([appendix](" + APPENDIX + "#accuracy-targets-and-the-runs-made-for-them))."]
     return lines + [""]
 
 
@@ -190,12 +192,12 @@ def section_fitting(f: Facts) -> list[str]:
                 _, res = compare(vals, f.one_val)
                 verdicts.append((chosen, res["baseline"][2]))
         if verdicts and all(tie for _, tie in verdicts):
-            note = " - each ties the recipe on validation, so these are choices within the noise"
+            note = " - each a tie with the recipe, a choice within the noise"
         else:
             note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the recipe on validation" for c, tie in verdicts)
-        choice = f" The final runs take the best means here, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
-    lines += ["", "Early stopping is built in: every run keeps its validation-best epoch." + choice + " The per-variant table, "
-              "the removed regularizers one by one and the augmentations tried are in the appendix.", "",
+        choice = f" The final runs take the best means, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
+    lines += ["", "Early stopping: every run keeps its validation-best epoch." + choice + " The per-variant tables are in "
+              "the appendix.", "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), "",
               "*Each panel: the same quantity, error rate, for training and validation. Training error is measured on "
               "augmented batches while the weights still change, so it can lie above validation error.*", ""]
@@ -238,8 +240,8 @@ def section_optimizers(f: Facts) -> list[str]:
         behind = [OPT_NAMES[o] for o, (_, _, t) in res.items() if not t]
         text = f"**{NAMES[m]}: {OPT_NAMES[best]}.** It has the best mean validation accuracy"
         if ties:
-            text += (f", but its lead over {and_join(ties)} is within the noise: a tie, not a finding. It was kept because "
-                     f"the rule takes the best mean, and for a reason the measurement cannot give: {reasons[best]}")
+            text += (f", but its lead over {and_join(ties)} is within the noise: a tie, not a finding. Kept by the rule "
+                     f"(best mean) and for a reason the measurement cannot give: {reasons[best]}")
         else:
             text += f" and leads every other optimizer by more than the noise. Why it helps: {reasons[best]}"
         if behind:
@@ -360,8 +362,16 @@ def recipes_summary(f: Facts) -> list[str]:
     missed = [NAMES.get(m, m) for m, e in d["models"].items() if e.get("done") and e["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
+    after = []
+    for m, e in d["models"].items():
+        for x in e["seeds"]:
+            if x.get("again"):
+                after.append(f"{NAMES.get(m, m)} seed {x['seed']} was trained again (its file was lost): "
+                             f"{pct(x['again']['test_acc'])}%, counted; the mean keeps its first {pct(x['test_acc'])}%")
     if missed:
-        lines += ["", f"Missed: {and_join(missed)} (the appendix gives the validation evidence seen before each test score)."]
+        lines += ["", f"Missed: {and_join(missed)}. The choice among candidates used validation, but the final stage's "
+                      f"candidates' test scores had been seen ([appendix]({APPENDIX}#accuracy-by-recipe))"
+                      + "".join(f"; {a}" for a in after) + "."]
     if trades:
         lines += ["", "A trade: " + "; ".join(trades) + "."]
     return lines
@@ -373,8 +383,8 @@ def section_comparison(f: Facts) -> list[str]:
     if not best:
         return lines + ["Not run yet.", ""]
     b, res = best
-    lines += ["Each model's final recipe (the one that made its file in `weights/`) over its seeds, validation and test "
-              "mean ± std; the file's own test metrics; and the budget it had:", "",
+    lines += ["Each model's file in `weights/`: its recipe's validation and test mean ± std over seeds, the file's own "
+              "metrics, and its budget:", "",
               "| model | validation % | test % | test accuracy % (file) | macro F1 | epochs | minutes a run (mean over seeds) | verdict on validation |",
               "|---|---|---|---|---|---|---|---|"]
     for m in f.models:
@@ -395,14 +405,14 @@ def section_comparison(f: Facts) -> list[str]:
     if behind:
         text += f", ahead of the {and_join(behind)} by more than the noise"
     if ties:
-        text += (f"; the {and_join(ties)} tie{'s' if len(ties) == 1 else ''} it on validation, so between those the data cannot choose, and we pick the "
-                 f"{NAMES[b]} as the one with the best mean")
+        text += (f"; the {and_join(ties)} tie{'s' if len(ties) == 1 else ''} it on validation (a gap within the noise), "
+                 f"and the {NAMES[b]} has the better mean")
     if "resnet" in f.models:
         text += (f". It has {f.params('resnet') / f.params(b):.0f}x fewer parameters than ResNet-18 "
                  f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
     budgets = {m: f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**The budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
+    caveat = ("**The files' budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
               + ", set by what a run costs on this machine.")
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
@@ -434,9 +444,8 @@ def section_plots(f: Facts) -> list[str]:
         lines += [f"{NAMES[m]} ({run_words(card['train_config'], model=False)}):", "",
                   figure(f.root, f"figures/curves_{m}.png", f"{NAMES[m]} training curves"), ""]
     lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`). "
-              f"The ROC axes are zoomed: the true positive rate starts at {test_model.ROC_YMIN:g}, not 0, and the false "
-              f"positive rate is on a symlog scale (linear below {test_model.ROC_LINTHRESH:g}, logarithmic above), since "
-              "every curve hugs the top-left corner:", ""]
+              f"The ROC axes are zoomed, since every curve hugs the top-left corner: the true positive rate starts at "
+              f"{test_model.ROC_YMIN:g}, not 0; the false positive rate is symlog (linear below {test_model.ROC_LINTHRESH:g}):", ""]
     for m in f.models:
         if f.metrics.get(m):
             lines += [f"{NAMES[m]}: " + figure(f.root, f"figures/{m}_roc.png", f"{NAMES[m]} ROC") + " "
