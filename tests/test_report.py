@@ -294,7 +294,7 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
            "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972,
                                   "seeds": [seed("convnet", 0, 0.9970), seed("convnet", 1, 0.9974)]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
-                              "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9"}}]},
+                              "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9", "test_acc": 0.9951}}]},
                       "resnet": {"candidate": "e15", "recipe": {"epochs": 15}, "done": True, "test_mean": 0.9970,
                                  "seeds": [seed("resnet", 0, 0.9970), seed("resnet", 1, 0.9970)]}}}
     (tmp_path / "results").mkdir()
@@ -310,3 +310,4 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     assert "the ConvNet recipe gains 0.04 points on MNIST over the file above and loses 4.0 on users' images" in text
     assert "DNN recipe" not in text and "ResNet-18 recipe" not in text
     assert "| 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text
+    assert "DNN seed 1 was trained again (its file was lost): 99.51%, counted; the mean keeps its first 99.50%" in text
