@@ -403,7 +403,8 @@ def appendix_recipes(f: Facts) -> list[str]:
                          f"{mean_std(vals) if vals else '–'} | {mean_std(seen) if seen else '–'} | "
                          f"{f'{minutes:.1f} ({where})' if minutes else '–'} | {chosen} |")
     lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed |", "|---|---|---|---|---|---|---|"]
-    for m, e in d["models"].items():
+    rows = [(m, x, " (an earlier choice)") for m, e in d["models"].items() for x in e.get("earlier", [])]
+    for m, e, label in rows + [(m, e, "") for m, e in d["models"].items()]:
         if not e["candidate"]:
             continue
         accs = [x["test_acc"] for x in e["seeds"]]
@@ -411,25 +412,27 @@ def appendix_recipes(f: Facts) -> list[str]:
         met = ("yes" if e["test_mean"] >= target else f"no: {round((target - e['test_mean']) * f.n_test, 1)} test images short") \
             if e.get("done") and target else f"{len(accs)} of {len(d['seeds'])} seeds done"
         minutes = f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.1f}" if accs else "–"
-        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}` | {pct(target) if target else '–'} | "
+        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`{label} | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
-    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e in d["models"].items() for x in e["seeds"]
-            if not x.get("again", x).get("checkpoint")]
+    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
+            for x in e["seeds"] if not x.get("again", x).get("checkpoint")]
     if lost:
         lines += ["", f"Recorded without its file ({', '.join(lost)}): trained in an earlier session on another machine, and "
                       "`runs/` is not committed; its test score counts, but the ensemble and shipping need the file again."]
-    again = [(m, x) for m, e in d["models"].items() for x in e["seeds"] if x.get("again")]
+    again = [(m, x) for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()] for x in e["seeds"] if x.get("again")]
     for m, x in again:
         lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
                       f"another machine, and `runs/` is not committed), so it was trained again with the same settings and seed: "
                       f"{pct(x['again']['test_acc'])}% on test (scored once, counted in [Test-set use](#test-set-use)). The mean keeps the first run's "
                       f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file stands for the seed "
                       "where a file is needed (the ensemble)."]
-    ens = d.get("ensemble")
+    ens, last = d.get("ensemble"), (d.get("ensembles_scored") or [None])[-1]
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
               + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
-                 "not scored yet (it waits for every member).")]
+                 f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%); "
+                 "with the current recipes it waits for every member." if last else "not scored yet (it waits for every member).")]
+    ens = ens or last
     cands = (read_json(f.s.results / "ensembles.json") or {}).get("candidates", {})
     if ens and "convnets" in cands and "cnns" in cands:
         cnn = d["models"].get("convnet", {})

@@ -47,13 +47,13 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
               f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
-              "validation-best epoch. Training time is the wall time of the one run that made the file."]
+              "validation-best epoch."]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     d = read_json(f.s.results / "final_recipes.json") or {}
-    done = [(m, e) for m, e in d.get("models", {}).items() if e.get("done")]
+    done = [(m, shown_recipe(e)) for m, e in d.get("models", {}).items() if shown_recipe(e).get("done")]
     if done:
-        ens = d.get("ensemble")
+        ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]
         lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; not the files in `weights/`; Step 5): "
                   + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
                   + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
@@ -316,6 +316,14 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
     return ["", " ".join(out)] if out else []
 
 
+def shown_recipe(e: dict) -> dict:
+    """A model's entry of final_recipes.json as the report shows it: the chosen recipe once its
+    seeds are done, until then the latest earlier choice whose seeds are (e["earlier"])."""
+    if e.get("done"):
+        return e
+    return next((x for x in reversed(e.get("earlier", [])) if x.get("done")), e)
+
+
 def recipes_summary(f: Facts) -> list[str]:
     """Step 5's accuracy by recipe (issue #25) from results/final_recipes.json, with each recipe's
     robustness (benchmarks/user_images.py --recipes, matched to the seed files by sha256) beside
@@ -334,6 +342,7 @@ def recipes_summary(f: Facts) -> list[str]:
              "|---|---|---|---|---|---|"]
     trades = []
     for m, e in d["models"].items():
+        e, now = shown_recipe(e), e
         if not e.get("candidate"):
             continue
         accs = [x["test_acc"] for x in e["seeds"]]
@@ -346,7 +355,8 @@ def recipes_summary(f: Facts) -> list[str]:
         side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"
-        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs | {test} | "
+        later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
+        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs{later} | {test} | "
                      f"{pct(RECIPE_TARGETS[m])} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
         met = f.metrics.get(m)
         if users and file and met:
@@ -355,16 +365,17 @@ def recipes_summary(f: Facts) -> list[str]:
             if gain > f.one_test and loss > noise:
                 trades.append(f"the {NAMES.get(m, m)} recipe gains {100 * gain:.2f} points on MNIST over the file above "
                               f"and loses {100 * loss:.1f} on users' images")
-    ens = d.get("ensemble")
+    ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]  # the last one scored, while new members train
     members = " + ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines.append(f"| Ensemble: every seed of {members} | fixed before these test scores | "
                  f"{pct(ens['test_acc']) if ens else 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – |")
-    missed = [NAMES.get(m, m) for m, e in d["models"].items() if e.get("done") and e["test_mean"] < RECIPE_TARGETS[m]]
+    missed = [NAMES.get(m, m) for m, e in d["models"].items()
+              if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
     after = []
     for m, e in d["models"].items():
-        for x in e["seeds"]:
+        for x in shown_recipe(e)["seeds"]:
             if x.get("again"):
                 after.append(f"{NAMES.get(m, m)} seed {x['seed']} was trained again (its file was lost): "
                              f"{pct(x['again']['test_acc'])}%, counted; the mean keeps its first {pct(x['test_acc'])}%")

@@ -401,3 +401,16 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
         assert json.loads(path.read_text()) == rec
     finally:
         (smoke_root / "runs-elsewhere").rename(smoke_root / "runs")
+
+
+def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another():
+    """earlier_recipes: once a recipe's refits were scored on test, a later candidate winning on
+    validation does not drop them (they were seen); a choice that comes back is current, not earlier."""
+    seeds = [{"seed": 0, "test_acc": 0.997}]
+    prev = {"candidate": "final", "recipe": {"epochs": 30}, "seeds": seeds, "done": True, "test_mean": 0.997, "test_std": 0.0}
+    assert study_cells.earlier_recipes(prev, "e60") == [{**prev}]
+    assert study_cells.earlier_recipes(prev, "final") == []
+    later = {"candidate": "e60", "seeds": [], "earlier": study_cells.earlier_recipes(prev, "e60")}
+    assert study_cells.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
+    assert study_cells.earlier_recipes(later, "final") == []
+    assert study_cells.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
