@@ -21,6 +21,8 @@ Both are chosen on data the model was not trained on and the test split never se
   threshold is the highest that keeps MIN_ACCEPT of validation half B "ok" together with p,
   and its regularization C (REJECTOR_CS) the one whose thresholds then refuse the most of
   the unseen non-digits of seed 2.
+A refit (trained on train + validation, e.g. a recipe of issue #25) leaves no such data: its
+calibration is fitted in-sample, and the record says so (`in_sample`, `fitted_on`).
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
 Imports data.py, models.py, predict.py and runs.py (for runs.pyplot) only.
 """
@@ -227,9 +229,11 @@ def temperature_step(model, ckpt: dict, crops, counts: list[int], labels: torch.
     t = fit_temperature(logits, labels[single])
     before, after = torch.softmax(logits, 1), torch.softmax(logits / t, 1)
     nll = lambda p: float(torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), labels[single]))  # noqa: E731
+    in_sample = bool(ckpt.get("train_config", {}).get("refit"))  # a refit trained on these images: nothing of MNIST is held out
     result = {"weights": str(weights), "temperature": round(t, 4), "method": "temperature scaling (Guo et al. 2017)",
               "fitted_on": f"validation split through predict.prepare ({len(single)} of {len(counts)} images "
-                           f"give one crop)", "ece_bins": ECE_BINS,
+                           f"give one crop)" + ("; in-sample: this model was trained on them (a refit)" if in_sample else ""),
+              "in_sample": in_sample, "ece_bins": ECE_BINS,
               "ece_before": round(ece(before, labels[single]), 5), "ece_after": round(ece(after, labels[single]), 5),
               "nll_before": round(nll(before), 5), "nll_after": round(nll(after), 5)}
     return t, single, result
@@ -409,6 +413,7 @@ def main(argv=None) -> int:
     p.add_argument("--non-digits", type=int, default=1600, help="generated non-digit images for the threshold")
     p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     p.add_argument("--out", default=str(ROOT / "results" / "calibration"), help="folder for <name>.json with the curve")
+    p.add_argument("--figures", default=str(ROOT / "figures"), help="folder for unsure_tradeoff.png (every <name>.json in --out)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     for w in a.weights:
@@ -425,7 +430,7 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{Path(w).stem}.json").write_text(json.dumps(plain(r), indent=2) + "\n")
     if not a.dry_run:
-        print(f"wrote {plot_tradeoff(a.out, ROOT / 'figures' / 'unsure_tradeoff.png')}")
+        print(f"wrote {plot_tradeoff(a.out, Path(a.figures) / 'unsure_tradeoff.png')}")
     return 0
 
 

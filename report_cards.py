@@ -73,7 +73,8 @@ def appendix_test_use(f: Facts) -> list[str]:
     return ["## Test-set use", "",
             "| who scored the test set | times |", "|---|---|",
             f"| training runs, once each at the validation-best epoch (`results/cells/`) | {u['runs']} |",
-            f"| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`)"
+            f"| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`"
+            + (f", run {u['evaluations']} times as the shipped files changed" if u["evaluations"] > 1 else "") + ")"
             + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
             + "".join(f", `{p}` ({n}: {why.rstrip('.')})" for p, (n, why) in u["later"].items())
             + f" | {u['scorings']} |",
@@ -594,7 +595,8 @@ def card_lines(f: Facts, m: str) -> list[str]:
              f"- **Layers**: {layer_text(net)}.",
              f"- **Trained as**: {run_words(tc)}; batch {tc['batch_size']}, {tc.get('schedule', '')} schedule, weight decay "
              f"{tc.get('weight_decay', 0):g}, label smoothing {tc.get('label_smoothing', 0):g}.",
-             f"- **Kept**: the validation-best epoch ({card['metrics']['epoch']:g} of {tc['epochs']:g})"
+             (f"- **Kept**: the last epoch ({card['metrics']['epoch']:g} of {tc['epochs']:g}; a refit has no validation split to pick one)"
+              if tc.get("refit") else f"- **Kept**: the validation-best epoch ({card['metrics']['epoch']:g} of {tc['epochs']:g})")
              + (f"; code version `{env['code_version']}`" if env.get("code_version") else "") + ".", ""]
     train_cmd = run["command"] if run else f"python train.py --model {base}" + (" --refit" if tc.get("refit") else "")
     lines += ["## How to use it", "", "```bash",
@@ -624,10 +626,16 @@ def card_lines(f: Facts, m: str) -> list[str]:
                   + (f"; with test-time augmentation {pct(met['tta']['accuracy'])}%" if "tta" in met else "") + "."]
     lines.append(f"Validation accuracy of this file: {pct(card['metrics']['val_acc'])}%"
                  + (" (in-sample: it trained on validation)" if tc.get("refit") else "") + ".")
-    runs = f.recipe_runs(m) if m in f.models else []
+    runs = f.file_seeds(m) if m in f.models else []
     if len(runs) > 1:
-        lines.append(f"Seed spread of its recipe ({len(runs)} seeds): validation {mean_std([r['best']['val_acc'] for r in runs])}%, "
-                     f"test {mean_std([r['test']['acc'] for r in runs])}%. {one_image_note(f).strip()}")
+        val = "" if tc.get("refit") else f"validation {mean_std([r['best']['val_acc'] for r in runs])}%, "
+        lines.append(f"Seed spread of its recipe ({len(runs)} seeds): {val}test {mean_std([r['test']['acc'] for r in runs])}%. "
+                     f"{one_image_note(f).strip()}")
+    cal = card.get("calibration")
+    if cal:
+        lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
+                     f"{cal['ece_after']:.4f} on the validation split" + (" (in-sample: it trained on those images, so these "
+                     "numbers may flatter it on new digits)" if cal.get("in_sample") else "") + ".")
     lines += ["", "## Hardware and time", ""]
     hw = run["hardware"] if run else f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads, {env.get('device', '')}"
     minutes = f.train_minutes(m)
@@ -677,7 +685,7 @@ def readme_models_block(f: Facts) -> list[str]:
         facts = []
         if met:
             facts.append(f"expected test accuracy **{pct(met['accuracy'])}%** (the file `weights/{m}.pt`, as `test_model.py` prints it)")
-        runs = f.recipe_runs(m)
+        runs = f.file_seeds(m)
         if runs:
             facts.append(f"{mean_std([r['test']['acc'] for r in runs])}% over {len(runs)} seed{'s' if len(runs) > 1 else ''} of its recipe")
         if shipped:
@@ -700,6 +708,22 @@ def replace_block(text: str, begin: str, end: str, body: str) -> str:
     return f"{head}{begin}\n{body.rstrip(chr(10))}\n{end}{rest.split(end, 1)[1]}"
 
 
+CALIBRATION_BEGIN = "<!-- calibration:convnet (written by study_report.py from results/calibration/convnet.json; do not edit by hand) -->"
+CALIBRATION_END = "<!-- /calibration:convnet -->"
+
+
+def calibration_sentence(root: Path, m: str = "convnet") -> str:
+    """The README's sentence on weights/<m>.pt's calibration, from results/calibration/<m>.json ("" without it)."""
+    c = read_json(root / "results" / "calibration" / f"{m}.json")
+    if not c:
+        return ""
+    held = "in-sample validation digits (this file was trained on them)" if c.get("in_sample") else "held-out validation digits"
+    return (f"With `weights/{m}.pt` (from `results/calibration/{m}.json`): temperature {c['temperature']:g}, ECE "
+            f"{c['ece_before']:.5f} → {c['ece_after']:.5f}; at the chosen thresholds {pct(c['val_accepted'])}% of {held} are "
+            f"accepted, {pct(c['val_acc_accepted'])}% of those right, and {pct(c['non_digit_refused'], 1)}% of "
+            f"{c['non_digit_n']} unseen generated non-digits are refused. The curve for every shipped model:")
+
+
 def update_readme(root: Path = ROOT) -> bool:
     """Replace the README's generated blocks (the models, and the user-images table from
     benchmarks/results/user_images.md); False when the README has no models block."""
@@ -710,6 +734,9 @@ def update_readme(root: Path = ROOT) -> bool:
     if README_BEGIN not in text or README_END not in text:
         return False
     new = replace_block(text, README_BEGIN, README_END, "\n".join(readme_models_block(Facts(root))))
+    sentence = calibration_sentence(root)
+    if sentence:
+        new = replace_block(new, CALIBRATION_BEGIN, CALIBRATION_END, sentence)
     table = root / "benchmarks" / "results" / "user_images.md"
     if table.exists():
         new = replace_block(new, USER_IMAGES_BEGIN, USER_IMAGES_END, table.read_text())

@@ -260,12 +260,32 @@ class Facts:
         return next((r for r in self.records if r["name"] == name), None)
 
     def recipe_runs(self, m: str) -> list[dict]:
-        """The seeds of the shipped run's recipe (same later change, or none), with a test score."""
-        run = self.shipped_run(m)
-        if run is None:
+        """The seeds of the model's validation-chosen final-stage recipe (study.shipped_final's later
+        change, or none), with a test score: what the models are compared by on validation."""
+        c = study.shipped_final(self.s, m)
+        if c is None:
             return []
-        attempt = run["tags"].get("attempt", "")
+        attempt = c.tags.get("attempt", "")
         return [r for r in self.finals if r["tags"]["model"] == m and r["tags"].get("attempt", "") == attempt and r.get("test")]
+
+    def file_recipe(self, m: str) -> dict | None:
+        """results/final_recipes.json's entry for model m when weights/<m>.pt is one of its seeds'
+        files (issue #25: seed 0, or its rerun), else None."""
+        card = self.cards.get(m)
+        e = (read_json(self.s.results / "final_recipes.json") or {}).get("models", {}).get(m)
+        if not card or not e:
+            return None
+        names = {x["cell"] for x in e["seeds"]} | {x["again"]["cell"] for x in e["seeds"] if x.get("again")}
+        return e if card["train_config"].get("run_name") in names else None
+
+    def file_seeds(self, m: str) -> list[dict]:
+        """The records of the seeds of the recipe that made weights/<m>.pt: an issue-#25 recipe's
+        refits (scored at their last epoch, validation in-sample; a seed trained again counts by its
+        first run), else recipe_runs(m)."""
+        e = self.file_recipe(m)
+        if e:
+            return [r for x in e["seeds"] if (r := study.load_result(self.s, x["cell"]))]
+        return self.recipe_runs(m)
 
     def params(self, m: str) -> int:
         """count_params of the model in weights/<m>.pt."""
@@ -406,7 +426,8 @@ def test_use(f: Facts) -> dict:
     """How often the test set was scored, by whom."""
     runs = sum(1 for r in f.records if r.get("test"))
     commands = (f.evaluation or {}).get("commands", [])
-    scorings = sum(c["models_scored"] for c in commands)
+    earlier = [c for e in (f.evaluation or {}).get("earlier", []) for c in e["commands"]]  # earlier runs of the evaluate stage
+    scorings = sum(c["models_scored"] for c in commands + earlier)
     scored_files = {w for c in commands for w in c["command"].split() if w.endswith(".pt")}
     extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]  # scored outside the study
     later = {}  # other recorded test_model.py passes (e.g. results/roc_redraw.json): {file: (times, why)}
@@ -423,7 +444,8 @@ def test_use(f: Facts) -> dict:
     if t0 and f.data:  # curve rows are [step, seconds, test accuracy]
         steps = f.data["split"]["train"] / t0["config"]["batch_size"]
         every = f"1/{round(steps / (t0['curve'][1][0] - t0['curve'][0][0]))}"
-    return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "later": later, "trials": len(f.trials),
+    return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "later": later,
+            "evaluations": 1 + len((f.evaluation or {}).get("earlier", [])) if commands else 0, "trials": len(f.trials),
             "trial_points": trial_points, "total": runs + scorings + len(extra) + trial_points}
 
 

@@ -35,7 +35,7 @@ def section_summary(f: Facts) -> list[str]:
         met = f.metrics.get(m)
         if not met:
             continue
-        runs = f.recipe_runs(m)
+        runs = f.file_seeds(m)
         minutes = f.train_minutes(m)
         lines.append(f"| {NAMES.get(m, m)} | {f.params(m):,} | {pct(met['accuracy'])} | {mean_std([r['test']['acc'] for r in runs]) or '–'} | "
                      f"{met['f1_macro']:.4f} | {1 - met['auc_ovr_macro']:.2e} | "
@@ -45,16 +45,20 @@ def section_summary(f: Facts) -> list[str]:
         lines.append(f"| {NAMES['ensemble']} of the {len(f.models)} (mean softmax) | {sum(f.params(m) for m in f.models):,} | {pct(ens['accuracy'])} | – | "
                      f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.2e} | – | – |")
     best = f.best_model()
+    refits = [NAMES.get(m, m) for m in f.models if f.file_recipe(m)]
     lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
-              f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored at its "
-              "validation-best epoch."]
+              f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored once"
+              + (f": the {and_join(refits)} files are seed 0 of their recipe, refit on all 60,000 training images and "
+                 "scored at their last epoch; the others at their validation-best epoch." if refits else
+                 " at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     d = read_json(f.s.results / "final_recipes.json") or {}
     done = [(m, shown_recipe(e)) for m, e in d.get("models", {}).items() if shown_recipe(e).get("done")]
     if done:
         ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; not the files in `weights/`; Step 5): "
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; seed 0 is the file in `weights/` "
+                  "once its recipe is done; Step 5): "
                   + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
                   + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
                      if ens else "") + "."]
@@ -294,8 +298,7 @@ def fair_verdict(name: str, chosen: str, t: dict) -> str:
 def comparison_notes(f: Facts, b: str) -> list[str]:
     """Step 5's sentences on the summary table's other rows (QuickNet, the ensemble) and on files from later recipes."""
     out = []
-    later = [(m, run["tags"]["attempt"]) for m in f.models
-             if (run := f.shipped_run(m)) and run["tags"].get("attempt") and run["tags"]["attempt"] != "refit"]
+    later = [(m, c.tags["attempt"]) for m in f.models if (c := study.shipped_final(f.s, m)) and c.tags.get("attempt")]
     if later:
         out.append("The " + and_join([NAMES[m] for m, _ in later]) + " rows are recipes made after test scores missed the "
                    "targets (" + "; ".join(f"{NAMES[m]}: {change_words(m, a)}" for m, a in later)
@@ -394,8 +397,8 @@ def section_comparison(f: Facts) -> list[str]:
     if not best:
         return lines + ["Not run yet.", ""]
     b, res = best
-    lines += ["Each model's file in `weights/`: its recipe's validation and test mean ± std over seeds, the file's own "
-              "metrics, and its budget:", "",
+    lines += ["Each model's final-stage recipe, chosen on validation (its seeds' validation and test mean ± std, its budget), "
+              "and the file in `weights/` (its own test metrics):", "",
               "| model | validation % | test % | test accuracy % (file) | macro F1 | epochs | minutes a run (mean over seeds) | verdict on validation |",
               "|---|---|---|---|---|---|---|---|"]
     for m in f.models:
@@ -423,7 +426,7 @@ def section_comparison(f: Facts) -> list[str]:
                  f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
     budgets = {m: f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**The files' budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
+    caveat = ("**The recipes' budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
               + ", set by what a run costs on this machine.")
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)

@@ -38,7 +38,7 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from runs import claim_file, exclusive, hardware, plot_curves, sha256, ship, stop_on_signals, write_json
+from runs import claim_file, exclusive, hardware, plot_curves, sha256, ship, stop_on_signals, write_json, write_text_atomic
 from study_cells import (  # the cells and the choices; re-exported: tests and study_report read study.X
     LRS, SEEDS, LR_EPOCHS, ADAM_MODELS, STEM_EPOCHS, OPTIM_MODELS, ADADELTA_LR, REG_EPOCHS, FINAL_EPOCHS,
     FINAL_SEEDS, ATTEMPTS, SMOKE_EPOCHS, REG_VARIANTS, AUGMENTATIONS, CAPACITIES, PATIENCE, Settings, Cell,
@@ -50,7 +50,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
     recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell, rel, write_final_recipes,
 )
-from train import DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
+from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
 
@@ -326,28 +326,105 @@ def write_lr_table(s: Settings) -> None:
     os.replace(tmp, s.results / "lr_table.csv")
 
 
-def ship_finals(s: Settings) -> None:
-    """weights/<model>.pt := the final run with the best validation accuracy (ties: the lower seed).
-    train.py already promotes a run that beats the file on validation; this also replaces files
-    from before the study, so the shipped weights are exactly what `python study.py` reproduces."""
+def recipe_source(s: Settings, m: str) -> dict | None:
+    """Issue #25's rule, fixed before any refit was scored: weights/<m>.pt is seed 0 of the model's
+    chosen recipe once every seed of it is done. Returns {"name", "checkpoint", "sha256", "candidate"}
+    from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
+    path = s.results / "final_recipes.json"
+    d = json.loads(path.read_text()) if path.exists() else {}
+    e = d.get("models", {}).get(m)
+    if not e or not e.get("done"):
+        return None
+    seed = next(x for x in e["seeds"] if x["seed"] == d["seeds"][0])
+    src = seed.get("again") or seed
+    return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
+
+
+def record_command(s: Settings, name: str, run_log: Path) -> str:
+    """Add to a recipe cell's record (trained in this process) the `python train.py` command that
+    trains the same config, and its terminal output as results/logs/train-<name>.txt (from the run
+    folder's log.txt), as a final run's record has them. Returns the run's hardware."""
+    record = load_result(s, name)
+    if record.get("command"):  # a final-stage cell (refit_cells): trained through train.py, already recorded
+        return record["hardware"]
+    same = {k: v for k, v in record["config"].items() if k in CONFIG_FIELDS}  # not the run's own extras (world_size)
+    cfg = TrainConfig(**{**same, "out": rel(s, s.runs / "cells"), "data_dir": None})
+    record["command"] = shown(command_line("train.py", config_argv(cfg)))
+    if run_log.exists():
+        log = s.results / "logs" / f"train-{name}.txt"
+        write_text_atomic(log, f"$ {record['command']}\n{run_log.read_text()}")
+        record["log"] = rel(s, log)
+    write_json(result_path(s, name), record)
+    return record["hardware"]
+
+
+def keep_ensemble_member(s: Settings, target: Path, run_name: str | None) -> None:
+    """Before target is replaced: when its run is a member of the ensemble chosen on validation
+    (results/ensembles.json), move the file and its card to weights/ensemble/<run>.pt, where
+    ensemble_weights looks for members that are not shipped (runs/ is not committed)."""
+    path = s.results / "ensembles.json"
+    choice = json.loads(path.read_text()) if path.exists() else None
+    if not (choice and run_name and target.exists()) or run_name not in choice["candidates"][choice["chosen"]]["members"]:
+        return
+    dest = s.root / ENSEMBLE_DIR / f"{run_name}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(target, dest)
+    card = json.loads(target.with_suffix(".json").read_text())
+    write_json(dest.with_suffix(".json"), {**card, "weights": rel(s, dest)}, indent=2, newline=False)
+    target.with_suffix(".json").unlink()
+
+
+def ship_models(s: Settings) -> list[Path]:
+    """weights/<model>.pt := seed 0 of the model's issue-#25 recipe once its refits are done
+    (recipe_source), else its final run with the best validation accuracy (shipped_final; ties: the
+    lower seed). Files already shipped stay; the files from before the study are replaced, so the
+    shipped weights are exactly what `python study.py` reproduces. Returns the files written (they
+    have no calibration yet: calibrate_shipped)."""
+    written = []
     for m in s.models:
-        c = shipped_final(s, m)
-        if c is None:
-            continue
-        r = load_result(s, c.name)
-        n_runs = sum(1 for x in recipe_cells(s) if isinstance(x, Cell) and x.model == m)
         target = s.root / "weights" / f"{m}.pt"
         card = target.with_suffix(".json")
-        if card.exists() and json.loads(card.read_text())["train_config"].get("run_name") == c.name:
-            continue
-        best = s.runs / "final" / c.name / "best.pt"
-        if not best.exists():
-            raise SystemExit(f"study: {rel(s, target)} should be the final run {c.name} (best val {r['best']['val_acc']:.4f}), "
-                             f"but {rel(s, best)} is gone; rerun it: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
-        result = json.loads((best.parent / "result.json").read_text())
-        ship(best, target, result.get("environment", {}))
-        print(f"study: shipped {rel(s, target)} = {c.name} (val {r['best']['val_acc']:.4f}, the best of {n_runs} final runs)", flush=True)
+        current = json.loads(card.read_text())["train_config"].get("run_name") if card.exists() else None
+        src = recipe_source(s, m)
+        if src:
+            best = s.root / src["checkpoint"]
+            if current == src["name"]:
+                continue
+            if not best.exists() or sha256(best) != src["sha256"]:
+                raise SystemExit(f"study: {rel(s, target)} should be {src['name']} (seed 0 of the {m} recipe), but {src['checkpoint']} "
+                                 f"is {'not on this machine' if not best.exists() else 'not the file recorded (sha256)'}; run "
+                                 "`python study.py --only evaluate` where the recipes stage made it")
+            env = {"hardware": record_command(s, src["name"], best.parent / "log.txt")}
+            how = f"seed 0 of the recipe {src['candidate']}, refit on 60,000 images, last epoch"
+        else:
+            c = shipped_final(s, m)
+            if c is None or current == c.name:
+                continue
+            r = load_result(s, c.name)
+            best = s.runs / "final" / c.name / "best.pt"
+            if not best.exists():
+                raise SystemExit(f"study: {rel(s, target)} should be the final run {c.name} (best val {r['best']['val_acc']:.4f}), "
+                                 f"but {rel(s, best)} is gone; rerun it: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
+            env = json.loads((best.parent / "result.json").read_text()).get("environment", {})
+            n_runs = sum(1 for x in recipe_cells(s) if isinstance(x, Cell) and x.model == m)
+            how = f"val {r['best']['val_acc']:.4f}, the best of {n_runs} final runs"
+            src = {"name": c.name}
+        keep_ensemble_member(s, target, current)
+        ship(best, target, env)
+        written.append(target)
+        print(f"study: shipped {rel(s, target)} = {src['name']} ({how})", flush=True)
+    return written
 
+
+def calibrate_shipped(s: Settings, files: list[Path]) -> None:
+    """calibrate.py on shipped files without a calibration: a temperature, an 'unsure' threshold and a
+    rejector, fitted on the validation split (in-sample for a refit, and said so in its record)."""
+    if not files:
+        return
+    args = [*(rel(s, w) for w in files), "--out", "results/calibration", "--figures", "figures"]
+    if s.smoke:
+        args += ["--limit-val", "200", "--non-digits", "40"]
+    run_logged(s, command_line("calibrate.py", args), s.results / "logs" / "calibrate.txt")
 
 
 def ship_refits(s: Settings) -> list[Path]:
@@ -408,6 +485,10 @@ def choose_ensemble(s: Settings) -> dict | None:
     cands = ensemble_candidates(s)
     if not cands:
         return None
+    path = s.results / "ensembles.json"
+    prev = json.loads(path.read_text()) if path.exists() else None
+    if prev and {n: c["members"] for n, c in prev["candidates"].items()} == {n: [c.name for c in cells] for n, cells in cands.items()}:
+        return prev  # the same runs: their validation scores stand (and runs/ may not be on this machine)
     data, cache = load_data("mnist", s.data_dir, download=False), {}
     val = {name: ensemble_val(s, data, cells, cache) for name, cells in cands.items()}
     chosen = max(cands, key=lambda n: (val[n], -len(cands[n])))
@@ -435,12 +516,14 @@ def ensemble_weights(s: Settings, members: list[str]) -> list[Path]:
 
 
 def stage_evaluate(s: Settings) -> None:
-    """test_model.py per shipped model and for the ensemble, feature maps, training curves."""
-    ship_finals(s)
+    """Ship and calibrate, then test_model.py per shipped model and for the ensembles, feature maps,
+    training curves; results/evaluation.json keeps every earlier evaluation's commands (the test count)."""
+    ship_models(s)
     weights = [s.root / "weights" / f"{m}.pt" for m in s.models]
     missing = [rel(s, w) for w in weights if not w.exists()]
     if missing:
         raise SystemExit(f"study: evaluate needs {', '.join(missing)}; run the final stage first (python study.py --only final)")
+    calibrate_shipped(s, [w for w in weights if "calibration" not in read_checkpoint(w)])  # new files, and train.py's
     commands = []
     for m, w in zip(s.models, weights):
         cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])
@@ -459,7 +542,7 @@ def stage_evaluate(s: Settings) -> None:
         if old not in members:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
-    if choice and choice["chosen"] != "shipped":  # the validation-chosen ensemble, scored once on test
+    if choice and choice["chosen"] != "shipped" and "test" not in choice:  # the validation-chosen ensemble, scored once on test
         cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in members], "--tta", "--json"])
         log = s.results / "logs" / f"test-ensemble-{choice['chosen']}.txt"
         run_logged(s, cmd, log)
@@ -481,7 +564,10 @@ def stage_evaluate(s: Settings) -> None:
         card = json.loads((s.root / "weights" / f"{m}.json").read_text())
         history = [{k: float(v) for k, v in h.items()} for h in card["history"]]
         plot_curves(history, s.root / "figures" / f"curves_{m}.png", f"{m}: {card['train_config']['run_name']}")
-    write_json(s.results / "evaluation.json", {"commands": commands, "hardware": hardware()})
+    path = s.results / "evaluation.json"
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    earlier = prev.get("earlier", []) + ([{k: prev.get(k) for k in ("commands", "hardware")}] if prev.get("commands") else [])
+    write_json(path, {"commands": commands, "hardware": hardware(), "earlier": earlier})
 
 
 # -----------------------------------------------------------------------------

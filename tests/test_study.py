@@ -4,6 +4,7 @@ heavy check, ~2 minutes on 2 cores), plus the runner's rules on small pieces."""
 import csv
 import json
 import re
+import shlex
 
 import pytest
 
@@ -78,7 +79,29 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
         shipped = study.shipped_final(s, m)
         assert study.load_result(s, shipped.name)["best"]["val_acc"] == max(r["best"]["val_acc"] for r in runs)
         card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
-        assert card["train_config"]["run_name"] == shipped.name
+        if m not in study.RECIPE_MODELS:  # those ship their issue-#25 recipe (the next test)
+            assert card["train_config"]["run_name"] == shipped.name and card["calibration"]["in_sample"] is False
+
+
+def test_a_done_recipe_ships_its_seed_0_calibrated_in_sample_with_the_command_that_trains_it(smoke_root):
+    s = study_report.settings(smoke_root)
+    rec = json.loads((smoke_root / "results" / "final_recipes.json").read_text())
+    for m in study.RECIPE_MODELS:
+        seed0 = rec["models"][m]["seeds"][0]
+        card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
+        name = card["train_config"]["run_name"]
+        assert name in (seed0["cell"], seed0.get("again", {}).get("cell")) and card["train_config"]["refit"]
+        assert card["calibration"]["in_sample"] is True and "in-sample" in card["calibration"]["fitted_on"]
+        r = study.load_result(s, name)
+        assert r["command"].startswith("python train.py ") and " --refit" in r["command"]
+        assert (smoke_root / r["log"]).read_text().startswith(f"$ {r['command']}")
+        if "runs/study/cells" in r["command"]:  # trained in the study's process: the command is made from its config
+            cfg = train.config_from_args(train.parse_args(shlex.split(r["command"])[2:]))
+            same = {k: v for k, v in r["config"].items() if k in train.CONFIG_FIELDS}
+            assert cfg == train.TrainConfig(**{**same, "out": "runs/study/cells", "data_dir": None})
+        assert f"Kept**: the last epoch" in (smoke_root / "weights" / f"{m}.md").read_text()
+    evaluation = json.loads((smoke_root / "results" / "evaluation.json").read_text())
+    assert evaluation["earlier"] == [] and "calibrate.py" in (smoke_root / "results" / "logs" / "calibrate.txt").read_text()
 
 
 def test_an_attempt_may_run_fewer_seeds_and_its_seed_list_is_no_recipe_field(tmp_path, monkeypatch):
@@ -414,3 +437,27 @@ def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another
     assert study_cells.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
     assert study_cells.earlier_recipes(later, "final") == []
     assert study_cells.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
+
+
+def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluations_stay_counted(tmp_path):
+    """keep_ensemble_member: the file of a member of the chosen ensemble moves to weights/ensemble/
+    before weights/<model>.pt is replaced; test_use counts every evaluate run, earlier ones too."""
+    s = study.Settings(root=tmp_path)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "weights" / "convnet.pt"
+    target.write_bytes(b"weights of run a")
+    (tmp_path / "weights" / "convnet.json").write_text(json.dumps({"weights": "weights/convnet.pt", "train_config": {"run_name": "a"}}))
+    study.write_json(tmp_path / "results" / "ensembles.json", {"candidates": {"x": {"members": ["a", "b"]}}, "chosen": "x"})
+    study.keep_ensemble_member(s, target, "z")  # not a member: stays
+    assert target.exists()
+    study.keep_ensemble_member(s, target, "a")
+    kept = tmp_path / "weights" / "ensemble" / "a.pt"
+    assert not target.exists() and kept.read_bytes() == b"weights of run a"
+    assert json.loads(kept.with_suffix(".json").read_text()) == {"weights": "weights/ensemble/a.pt", "train_config": {"run_name": "a"}}
+    f = study_report.Facts.__new__(study_report.Facts)  # only what test_use reads
+    f.records, f.shipped, f.metrics, f.trials, f.data, f.s = [], [], {}, [], None, s
+    f.evaluation = {"commands": [{"command": "python test_model.py --weights weights/convnet.pt", "models_scored": 1}],
+                    "earlier": [{"commands": [{"command": "python test_model.py --weights weights/a.pt weights/b.pt", "models_scored": 2}]}]}
+    u = study_report.test_use(f)
+    assert (u["scorings"], u["evaluations"]) == (3, 2)
