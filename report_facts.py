@@ -302,7 +302,7 @@ class Facts:
         return sum(h.get("seconds", 0.0) for h in hist) / 60 if hist else None
 
     def best_model(self) -> tuple[str, dict] | None:
-        """The study model with the best mean validation accuracy over its shipped recipe's seeds, and compare()'s verdicts."""
+        """The study model with the best mean validation accuracy over its final-stage recipe's seeds (recipe_runs), and compare()'s verdicts."""
         groups = {m: [r["best"]["val_acc"] for r in self.recipe_runs(m)] for m in self.models}
         groups = {m: v for m, v in groups.items() if v}
         return compare(groups, self.one_val) if groups else None

@@ -57,8 +57,10 @@ def section_summary(f: Facts) -> list[str]:
     done = [(m, shown_recipe(e)) for m, e in d.get("models", {}).items() if shown_recipe(e).get("done")]
     if done:
         ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; seed 0 is the file in `weights/` "
-                  "once its recipe is done; Step 5): "
+        shipped = [NAMES.get(m, m) for m, _ in done if f.file_recipe(m)]
+        files = (f"seed 0 of the {and_join(shipped)} recipe{'s' if len(shipped) > 1 else ''} is the file in `weights/`"
+                 if shipped else "not the files in `weights/`")
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5): "
                   + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
                   + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
                      if ens else "") + "."]

@@ -493,10 +493,14 @@ def promote(best_path: Path, cfg, genuine: bool, log: RunLog) -> None:
     new = read_checkpoint(best_path)
     if target.exists():
         try:
-            old_acc = float(read_checkpoint(target)["metrics"].get("val_acc", -1))
+            old = read_checkpoint(target)
         except CheckpointError as e:
             log(f"weights: {target} kept, unreadable ({e}); remove it to let this run replace it")
             return
+        if old.get("train_config", {}).get("refit"):  # its validation score is in-sample: nothing compares with it
+            log(f"weights: {target} kept (a refit on all training images, shipped by the study; remove it to let runs replace it)")
+            return
+        old_acc = float(old["metrics"].get("val_acc", -1))
         if new["metrics"]["val_acc"] <= old_acc:
             log(f"weights: {target} kept (val acc {old_acc:.4f} >= this run's {new['metrics']['val_acc']:.4f})")
             return

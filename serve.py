@@ -50,6 +50,7 @@ from models import STUDY_MODELS, CheckpointError, conv_layers, count_params, loa
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
+DEFAULT_MODEL = "convnet"  # the page's first choice: the best model on validation (report.md, Step 5)
 # Bytes per request body: a phone photo as the camera wrote it (a 12-48 MP JPEG is 3-12 MB) fits,
 # so `curl --data-binary @IMG_1234.jpg` works; the page shrinks uploads to 1,600 px first anyway.
 MAX_BODY = 16 * 1024 * 1024
@@ -161,11 +162,15 @@ class Models:
 
     @property
     def default(self) -> str:
-        """The model with the best validation accuracy in its checkpoint (the ConvNet, for the study's
-        models; the first model with convolutions when none records one). Not the ensemble: its
+        """The ConvNet when it is served (the study's best model on validation: report.md, Step 5),
+        else the model with the best validation accuracy in its checkpoint (a refit's is in-sample,
+        so refits are left out), else the first model with convolutions. Not the ensemble: its
         four forward passes (ResNet-18's the most) take several times the ConvNet's, on every
         stroke the page sends; it stays one click away in the page's menu."""
-        scored = [(ckpt.get("metrics", {}).get("val_acc"), n) for n, (_, ckpt) in self.models.items()]
+        if DEFAULT_MODEL in self.models:
+            return DEFAULT_MODEL
+        scored = [(ckpt.get("metrics", {}).get("val_acc"), n) for n, (_, ckpt) in self.models.items()
+                  if not ckpt.get("train_config", {}).get("refit")]
         scored = [(v, n) for v, n in scored if v is not None]
         if scored:
             return max(scored, key=lambda vn: vn[0])[1]

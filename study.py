@@ -327,8 +327,8 @@ def write_lr_table(s: Settings) -> None:
 
 
 def recipe_source(s: Settings, m: str) -> dict | None:
-    """Issue #25's rule, fixed before any refit was scored: weights/<m>.pt is seed 0 of the model's
-    chosen recipe once every seed of it is done. Returns {"name", "checkpoint", "sha256", "candidate"}
+    """Issue #25's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
+    test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done. Returns {"name", "checkpoint", "sha256", "candidate"}
     from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
     path = s.results / "final_recipes.json"
     d = json.loads(path.read_text()) if path.exists() else {}
@@ -387,14 +387,16 @@ def ship_models(s: Settings) -> list[Path]:
         current = json.loads(card.read_text())["train_config"].get("run_name") if card.exists() else None
         src = recipe_source(s, m)
         if src:
-            best = s.root / src["checkpoint"]
             if current == src["name"]:
                 continue
+            best = s.root / (src["checkpoint"] or "<made elsewhere>")
             if not best.exists() or sha256(best) != src["sha256"]:
                 raise SystemExit(f"study: {rel(s, target)} should be {src['name']} (seed 0 of the {m} recipe), but {src['checkpoint']} "
                                  f"is {'not on this machine' if not best.exists() else 'not the file recorded (sha256)'}; run "
                                  "`python study.py --only evaluate` where the recipes stage made it")
-            env = {"hardware": record_command(s, src["name"], best.parent / "log.txt")}
+            hw = record_command(s, src["name"], best.parent / "log.txt")
+            result = best.parent / "result.json"  # train()'s record of the run, with its environment
+            env = json.loads(result.read_text()).get("environment", {}) if result.exists() else {"hardware": hw}
             how = f"seed 0 of the recipe {src['candidate']}, refit on 60,000 images, last epoch"
         else:
             c = shipped_final(s, m)

@@ -193,6 +193,18 @@ def test_page_is_served_and_needs_no_network(server):
     assert "http://" not in html and "https://" not in html  # no CDN, no web fonts from elsewhere
 
 
+def test_the_default_model_is_the_convnet_else_the_best_non_refit_on_validation(tmp_path):
+    """A refit's validation accuracy is in-sample (it trained on those images): it never decides the default."""
+    def ckpt(name: str, val_acc: float, refit: bool) -> str:
+        model = models.build_model("dnn", hidden=[8])
+        raw = {"model": "dnn", "model_config": {"hidden": [8]}, "state_dict": model.state_dict(),
+               "train_config": {"refit": refit}, "metrics": {"val_acc": val_acc}, "normalization": {"mean": 0.13, "std": 0.31}}
+        models.save_atomic(raw, tmp_path / f"{name}.pt")
+        return str(tmp_path / f"{name}.pt")
+    assert serve.Models([ckpt("resnet", 1.0, True), ckpt("fastresnet", 0.99, False), ckpt("dnn", 0.98, False)]).default == "fastresnet"
+    assert serve.Models([ckpt("resnet", 1.0, True), ckpt("convnet", 0.9, True)]).default == "convnet"
+
+
 def test_cli_bad_weights_is_one_line_and_nonzero(tmp_path):
     import subprocess
     import sys

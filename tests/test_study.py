@@ -461,3 +461,44 @@ def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluat
                     "earlier": [{"commands": [{"command": "python test_model.py --weights weights/a.pt weights/b.pt", "models_scored": 2}]}]}
     u = study_report.test_use(f)
     assert (u["scorings"], u["evaluations"]) == (3, 2)
+
+
+def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhere_stops_shipping(tmp_path):
+    """Issue #25's rule: weights/<model>.pt is seed 0 of the chosen recipe (its rerun's file where the
+    seed was trained again), only once every seed is done; a file not on this machine is an error."""
+    s = study.Settings(root=tmp_path)
+    path = tmp_path / "results" / "final_recipes.json"
+    assert study.recipe_source(s, "convnet") is None  # nothing recorded
+    seeds = [{"seed": k, "cell": f"c-s{k}", "checkpoint": f"runs/c-s{k}.pt", "sha256": f"h{k}", "test_acc": 0.99} for k in (0, 1, 2)]
+    rec = {"seeds": [0, 1, 2], "models": {"convnet": {"candidate": "e60", "done": False, "seeds": seeds[:2]}}}
+    study.write_json(path, rec)
+    assert study.recipe_source(s, "convnet") is None  # seed 2 still to do
+    rec["models"]["convnet"].update(done=True, seeds=seeds)
+    study.write_json(path, rec)
+    assert study.recipe_source(s, "convnet") == {"name": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0", "candidate": "e60"}
+    seeds[0]["again"] = {"cell": "c-s0-again", "checkpoint": None, "sha256": "ha", "test_acc": 0.98}  # made on another machine
+    study.write_json(path, rec)
+    assert study.recipe_source(s, "convnet")["name"] == "c-s0-again"
+    with pytest.raises(SystemExit, match="c-s0-again .* is not on this machine"):
+        study.ship_models(s)
+    assert not (tmp_path / "weights" / "convnet.pt").exists()
+
+
+def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_path):
+    """Facts.file_recipe: weights/<m>.pt is a recipe's file only when its run is one of the recipe's seeds
+    (or a seed's rerun); calibration_sentence says when the calibration is in-sample."""
+    (tmp_path / "weights").mkdir()
+    seeds = [{"seed": 0, "cell": "c-s0", "again": {"cell": "c-s0-again"}}, {"seed": 1, "cell": "c-s1"}]
+    study.write_json(tmp_path / "results" / "final_recipes.json", {"seeds": [0, 1], "models": {"convnet": {"seeds": seeds}}})
+    f = study_report.Facts.__new__(study_report.Facts)
+    f.s = study.Settings(root=tmp_path)
+    for run, expected in (("c-s0-again", True), ("c-s1", True), ("convnet-final-s2", False)):
+        f.cards = {"convnet": {"train_config": {"run_name": run}}}
+        assert bool(f.file_recipe("convnet")) is expected
+    import report_cards
+    cal = {"temperature": 0.4, "ece_before": 0.08, "ece_after": 0.002, "val_accepted": 0.995, "val_acc_accepted": 0.999,
+           "non_digit_refused": 0.8, "non_digit_n": 800}
+    study.write_json(tmp_path / "results" / "calibration" / "convnet.json", {**cal, "in_sample": True})
+    assert "in-sample validation digits" in report_cards.calibration_sentence(tmp_path)
+    study.write_json(tmp_path / "results" / "calibration" / "convnet.json", cal)
+    assert "99.50% of held-out validation digits" in report_cards.calibration_sentence(tmp_path)

@@ -229,6 +229,12 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     assert torch.load(target, weights_only=True)["metrics"]["val_acc"] == r["best"]["val_acc"]
     card = json.loads(target.with_suffix(".json").read_text())  # provenance written beside the weights
     assert card["metrics"]["val_acc"] == r["best"]["val_acc"] and len(card["history"]) == 1 and card["train_config"]["lr"] == 0.05
+    # a shipped refit (validation in-sample) is never replaced by a run, whatever its validation score
+    stored["train_config"]["refit"] = True
+    models.save_atomic(stored, target)
+    before = target.read_bytes()
+    runs.promote(best, cfg, genuine=True, log=log)
+    assert target.read_bytes() == before
     # a limited run never replaces shipped weights, however good
     target.unlink()
     runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True, log=log)
