@@ -494,7 +494,7 @@ def f1_note(f: Facts) -> str:
         return ""
     counts = f.data["class_counts_test"]
     gaps = [abs(met["f1_macro"] - met["accuracy"]) for met in f.metrics.values() if met]
-    return (f"Macro F1 is within {100 * max(gaps):.2f} points of accuracy for every model: the test classes are nearly "
+    return (f"Macro F1 is within {max(100 * max(gaps), 0.01):.2f} points of accuracy for every model: the test classes are nearly "
             f"balanced ({min(counts):,} to {max(counts):,} a digit) and the few errors spread over all ten, so the figures "
             "plot accuracy only (as error rate): F1 would draw the same picture.")
 

@@ -9,7 +9,7 @@ import test_model
 from models import build_model, count_params, load_checkpoint
 from report_facts import (
     APPENDIX, AUC_GAP_FIGURE, Facts, NAMES, OPT_NAMES, and_join, change_words, compare, curves_caption, f1_note,
-    fair_runs_done, fair_tables, figure, later_runs, layer_text, lr_table, mean_std, multiply_adds, one_image_note,
+    fair_runs_done, fair_tables, figure, history_of, later_runs, layer_text, lr_table, mean_std, multiply_adds, one_image_note,
     optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, run_words, test_use, tie_rule_text, RECIPE_TARGETS
 )
 
@@ -46,11 +46,10 @@ def section_summary(f: Facts) -> list[str]:
                      f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.2e} | – | – |")
     best = f.best_model()
     refits = [NAMES.get(m, m) for m in f.models if f.file_recipe(m)]
-    lines += ["", "Test accuracy: the file in `weights/` scored by `python test_model.py` on the "
-              f"{f.n_test:,} test images; the mean ± std is over the seeds of the same recipe, each scored once"
-              + (f": the {and_join(refits)} files are seed 0 of their recipe, refit on all 60,000 training images and "
-                 "scored at their last epoch; the others at their validation-best epoch." if refits else
-                 " at its validation-best epoch.")]
+    lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images; mean ± std: "
+              "its recipe's seeds, each scored once" + (f" (the {and_join(refits)}: refits on all 60,000 training images, at "
+                                                        "their last epoch, seed 0 being the file; the others at the "
+                                                        "validation-best epoch)." if refits else " at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     d = read_json(f.s.results / "final_recipes.json") or {}
@@ -60,10 +59,12 @@ def section_summary(f: Facts) -> list[str]:
         shipped = [NAMES.get(m, m) for m, _ in done if f.file_recipe(m)]
         files = (f"seed 0 of the {and_join(shipped)} recipe{'s' if len(shipped) > 1 else ''} is the file in `weights/`"
                  if shipped else "not the files in `weights/`")
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5): "
-                  + ", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in done)
-                  + (f"; the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble {pct(ens['test_acc'])}%"
-                     if ens else "") + "."]
+        rest = [(m, e) for m, e in done if not f.file_recipe(m)]  # recipes whose seed 0 is not shipped (yet)
+        parts = [", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in rest)] if rest else []
+        if ens:
+            parts.append(f"the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble of their seeds {pct(ens['test_acc'])}%")
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5)"
+                  + (": " + "; ".join(parts) if parts else "") + "."]
     u = test_use(f)
     lines += ["", "**How often the test set was used.** Every choice below was made on the "
               f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times** (the robustness "
@@ -427,9 +428,9 @@ def section_comparison(f: Facts) -> list[str]:
         text += (f". It has {f.params('resnet') / f.params(b):.0f}x fewer parameters than ResNet-18 "
                  f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
-    budgets = {m: f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**The recipes' budgets differ**: " + ", ".join(f"{NAMES[m]} {e:g} epochs" for m, e in budgets.items())
-              + ", set by what a run costs on this machine.")
+    budgets = {f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
+    caveat = ("**The budgets differ** (the first table's epochs column), set by what a run costs on this machine."
+              if len(budgets) > 1 else "")
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
     lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model, so 1 − AUC (how far from a perfect ranking) "
@@ -450,9 +451,17 @@ def section_comparison(f: Facts) -> list[str]:
 
 def section_plots(f: Facts) -> list[str]:
     lines = ["## Step 6: plots, features, tools", ""]
-    captions = sorted({curves_caption(f.cards[m]) for m in f.models if f.cards.get(m)})
+    cards = {m: f.cards[m] for m in f.models if f.cards.get(m)}
+    captions = sorted({curves_caption(c) for c in cards.values()})
+    if len(captions) > 1:  # some runs logged the un-smoothed training cross-entropy, older ones did not
+        ce = [NAMES[m] for m, c in cards.items() if all("train_ce" in h for h in history_of(c))]
+        eps = max(c["train_config"].get("label_smoothing", 0) for c in cards.values())
+        captions = ["left: error rate, training (augmented batches, running mean over the epoch) and validation; right: "
+                    f"cross-entropy, un-smoothed for both where the run logged it ({and_join(ce)}), else validation only "
+                    f"(training used label smoothing ε = {eps:g}, which validation does not)"]
+    refit = " A refit's validation curve is in-sample." if any(c["train_config"].get("refit") for c in cards.values()) else ""
     lines += ["**Training curves** of each model's file in `weights/` (from its record `weights/<model>.json`); "
-              + "; ".join(captions) + " (F1 is not drawn: Step 5 says why).", ""]
+              + captions[0] + f" (F1 is not drawn: Step 5 says why).{refit}", ""]
     for m in f.models:
         card = f.cards.get(m)
         if not card:

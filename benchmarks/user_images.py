@@ -479,7 +479,7 @@ def mnist_check(model_name: str, n: int, data_dir=None) -> dict:
     right = [r["status"] == "ok" and r["digit"] == int(y) for r, y in zip(res, y_te[:n])]
     return {"model": model_name, "n": n, "top1_accuracy": sum(top1) / n, "accuracy": sum(right) / n, "accepted": sum(ok) / n,
             "accuracy_accepted": sum(right) / max(sum(ok), 1),
-            "test_acc_test_model": ckpt.get("metrics", {}).get("test_acc")}
+            "test_acc_recorded": ckpt.get("metrics", {}).get("test_acc")}  # train.py's score (its eval precision)
 
 
 def mnist_line(check: dict) -> str:
@@ -487,7 +487,7 @@ def mnist_line(check: dict) -> str:
     return (f"MNIST test through predict.py ({check['n']} PNGs, {check['model']}): top guess {100 * check['top1_accuracy']:.2f}%, "
             f"{100 * check['accuracy']:.2f}% right and ok, "
             f"{100 * check['accepted']:.2f}% accepted ({100 * check['accuracy_accepted']:.2f}% of those right); "
-            f"test_model.py: {100 * (check['test_acc_test_model'] or 0):.2f}%")
+            f"recorded by train.py: {100 * (check['test_acc_recorded'] or 0):.2f}%")
 
 
 def table(results: dict, models: list[str]) -> str:
@@ -546,8 +546,8 @@ def main(argv=None) -> int:
     mnist_md = ("" if check is None else
                   f"\n\nMNIST test split through predict.py ({check['n']} 28x28 PNGs, {DEFAULT_MODEL}): "
                   f"top guess {100 * check['top1_accuracy']:.2f}% right; {100 * check['accuracy']:.2f}% right and accepted, "
-                  f"{100 * check['accepted']:.2f}% accepted; test_model.py: "
-                  f"{100 * (check['test_acc_test_model'] or 0):.2f}%.")
+                  f"{100 * check['accepted']:.2f}% accepted; the file's test accuracy as train.py recorded it: "
+                  f"{100 * (check['test_acc_recorded'] or 0):.2f}%.")
     (RESULTS / "user_images.md").write_text(
         f"Cells: right % (refused %), {n} images per condition (fewer where the table says), "
         f"generated from MNIST test digits by benchmarks/user_images.py on {record['date']}.\n\n" + md + mnist_md + "\n")
