@@ -72,7 +72,7 @@ def appendix_test_use(f: Facts) -> list[str]:
     u = test_use(f)
     return ["## Test-set use", "",
             "| who scored the test set | times |", "|---|---|",
-            f"| training runs, once each at the validation-best epoch (`results/cells/`) | {u['runs']} |",
+            f"| training runs, once each at the validation-best epoch (refits: the last) (`results/cells/`) | {u['runs']} |",
             f"| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`"
             + (f", run {u['evaluations']} times" if u["evaluations"] > 1 else "") + ")"
             + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
@@ -178,7 +178,8 @@ def appendix_tie_rules(f: Facts) -> list[str]:
             "- LR sweep: the best validation accuracy; equal scores go to the larger LR (`study.best_lr`).",
             "- Regularization variants: the best mean validation accuracy; equal means go to the simpler variant "
             "(`study.best_variant`).",
-            "- The file shipped in `weights/`: the model's final run with the best validation accuracy, later recipes "
+            "- The file shipped in `weights/`: seed 0 of the model's issue-#25 recipe once its refits are done "
+            "(`study.recipe_source`); before that, the model's final run with the best validation accuracy, later recipes "
             "included; equal scores go to the first final recipe, then the earlier later recipe, then the lower seed "
             "(`study.shipped_final`, fixed before those runs).", ""]
 
@@ -427,12 +428,29 @@ def appendix_recipes(f: Facts) -> list[str]:
                       f"{pct(x['again']['test_acc'])}% on test (scored once, counted in [Test-set use](#test-set-use)). The mean keeps the first run's "
                       f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file stands for the seed "
                       "where a file is needed (the ensemble)."]
+    return lines + appendix_recipe_ensembles(f, d) + [""]
+
+
+def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
+    """The recipe ensembles of final_recipes.json (d): the last one, every one scored, what shipping
+    seed 0 changes in a file, and the membership against the one validation comparison of ensembles."""
+    lines = []
     ens, last = d.get("ensemble"), (d.get("ensembles_scored") or [None])[-1]
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
               + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
                  f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%); "
                  "with the current recipes it waits for every member." if last else "not scored yet (it waits for every member).")]
+    scored = d.get("ensembles_scored") or []
+    if len(scored) > 1:  # which ConvNet recipe each scored ensemble held
+        cnn = d["models"].get("convnet", {})
+        held = [next((r.get("candidate") for r in [cnn, *cnn.get("earlier", [])] if member_seeds({"seeds": r.get("seeds")}, e)), "?")
+                for e in scored]
+        lines += ["", "Every ensemble scored, in order: " + ", ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in zip(scored, held))
+                  + "; each later one was scored after the earlier ones were seen, because the ConvNet's recipe changed."]
+    lines += ["", "Seed 0's file ships as `weights/<model>.pt` with its calibration added, so its sha256 differs from the seed's "
+                  "checkpoint's (the card's `made_from` records that checkpoint and its sha256). The recipe table's scores are `train.py`'s, from the run's "
+                  "own (bf16) evaluation; `test_model.py` scores in fp32, which can move a file by an image."]
     ens = ens or last
     cands = (read_json(f.s.results / "ensembles.json") or {}).get("candidates", {})
     if ens and "convnets" in cands and "cnns" in cands:
@@ -445,7 +463,7 @@ def appendix_recipes(f: Facts) -> list[str]:
                          + ("beats the best of them; " if ens["test_acc"] > max(alone) else "is no better than the best of them; ")
                          if (alone := [(x.get("again") or x)["test_acc"] for x in member_seeds(cnn, ens)]) else "")
                       + "an ensemble chosen now would be chosen after seeing this test score, and would be reported as such."]
-    return lines + [""]
+    return lines
 
 
 def member_seeds(e: dict, ens: dict) -> list[dict]:

@@ -455,8 +455,9 @@ def later_runs(f: Facts) -> list[tuple[str, str, list[dict]]]:
     for m in f.models:
         for attempt in [*study.ATTEMPTS.get(m, {}), *(["refit"] if m in study.REFITS else [])]:
             runs = [r for r in f.finals if r["tags"]["model"] == m and r["tags"].get("attempt") == attempt]
-            if attempt == "refit":  # every refit, also of a recipe that later runs replaced
-                runs = [r for r in f.records if r["tags"]["model"] == m and r["config"].get("refit")]
+            if attempt == "refit":  # every refit of issue #11, also of a recipe that later runs replaced (#25's: their own appendix)
+                runs = [r for r in f.records if r["tags"]["model"] == m and r["config"].get("refit")
+                        and r["tags"].get("kind") not in ("recipe", "screen")]
             if runs:
                 out.append((m, attempt, runs))
     return out
@@ -494,9 +495,9 @@ def f1_note(f: Facts) -> str:
         return ""
     counts = f.data["class_counts_test"]
     gaps = [abs(met["f1_macro"] - met["accuracy"]) for met in f.metrics.values() if met]
-    return (f"Macro F1 is within {max(100 * max(gaps), 0.01):.2f} points of accuracy for every model: the test classes are nearly "
-            f"balanced ({min(counts):,} to {max(counts):,} a digit) and the few errors spread over all ten, so the figures "
-            "plot accuracy only (as error rate): F1 would draw the same picture.")
+    return (f"Macro F1 is within {max(100 * max(gaps), 0.01):.2f} points of accuracy for every model (test classes nearly "
+            f"balanced, {min(counts):,} to {max(counts):,} a digit; errors spread over all ten), so the figures plot accuracy "
+            "only (as error rate).")
 
 
 def lr_table(f: Facts, with_test: bool) -> list[str]:

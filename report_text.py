@@ -63,25 +63,31 @@ def section_summary(f: Facts) -> list[str]:
         parts = [", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in rest)] if rest else []
         if ens:
             parts.append(f"the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble of their seeds {pct(ens['test_acc'])}%")
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5)"
-                  + (": " + "; ".join(parts) if parts else "") + "."]
+        if rest:
+            lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5): " + "; ".join(parts) + "."]
+        else:
+            lines += ["", "**Judged by recipe**: the mean ± std above" + "".join(f"; {p}" for p in parts) + " (Step 5)."]
     u = test_use(f)
     lines += ["", "**How often the test set was used.** Every choice below was made on the "
               f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times** (the robustness "
               "benchmark and tests not counted): once at the end "
               f"of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py`"
               + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials (`benchmarks/trials.py` "
-                 f"scores test every {u['every']} epoch), from which QuickNet's recipe was chosen: that choice rests on test accuracy."
+                 f"scores test every {u['every']} epoch), which chose QuickNet's recipe: that choice rests on test accuracy."
                  if u["trials"] else ".")]
     later = later_runs(f)
     if later:
         n = sum(len(rs) for _, _, rs in later)
         seen = {r["name"] for _, _, rs in later for r in rs}
-        more = [r for r in results_of(f.s, study.recipes_cells(f.s)) if r["name"] not in seen]
+        more = [r for r in f.records if r["tags"].get("kind") in ("recipe", "screen") and r["name"] not in seen]
         screens = sum(1 for r in more if not r.get("test"))
+        d = read_json(f.s.results / "final_recipes.json") or {}
+        after = [f"{NAMES.get(m, m)}'s `{e['candidate']}` after its `{e['earlier'][-1]['candidate']}` refits were scored"
+                 for m, e in d.get("models", {}).items() if e.get("earlier")]
         lines += [f"And {n} later training runs were made *because* the first final models' test scores missed issue #11's "
                   f"accuracy targets, then {len(more)} for issue #25's recipes ({screens} screening runs, never scored on test); "
-                  "each choice among them was made on validation only ([appendix](" + APPENDIX + "#accuracy-targets-and-the-runs-made-for-them))."]
+                  "each choice among them was made on validation" + (f", but a candidate came later: {and_join(after)}" if after else " only")
+                  + " ([appendix](" + APPENDIX + "#accuracy-targets-and-the-runs-made-for-them))."]
     return lines + [""]
 
 
@@ -203,11 +209,11 @@ def section_fitting(f: Facts) -> list[str]:
         else:
             note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the recipe on validation" for c, tie in verdicts)
         choice = f" The final runs take the best means, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
-    lines += ["", "Early stopping: every run keeps its validation-best epoch." + choice + " The per-variant tables are in "
+    lines += ["", "Early stopping: every run but a refit keeps its validation-best epoch." + choice + " The per-variant tables are in "
               "the appendix.", "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), "",
-              "*Each panel: the same quantity, error rate, for training and validation. Training error is measured on "
-              "augmented batches while the weights still change, so it can lie above validation error.*", ""]
+              "*Each panel: error rate, training and validation; training error, measured on augmented batches while the "
+              "weights change, can lie above validation error.*", ""]
     return lines
 
 
@@ -333,9 +339,9 @@ def shown_recipe(e: dict) -> dict:
 def recipes_summary(f: Facts) -> list[str]:
     """Step 5's accuracy by recipe (issue #25) from results/final_recipes.json, with each recipe's
     robustness (benchmarks/user_images.py --recipes, matched to the seed files by sha256) beside
-    its MNIST accuracy, and a sentence for each trade: a recipe whose test mean beats the Step 5
-    file by more than one test image while its users'-images mean falls below that file's by more
-    than max(1 point, 2 std of its seeds)."""
+    its MNIST accuracy, and a sentence for each trade: a recipe whose test mean beats another
+    model's recipe by more than one test image while its users'-images mean falls below that
+    recipe's by more than max(1 point, 2 std of its seeds)."""
     d = read_json(f.s.results / "final_recipes.json")
     if not d or not d.get("models"):
         return []
@@ -346,7 +352,7 @@ def recipes_summary(f: Facts) -> list[str]:
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
              "|---|---|---|---|---|---|"]
-    trades = []
+    trades, measured = [], []
     for m, e in d["models"].items():
         e, now = shown_recipe(e), e
         if not e.get("candidate"):
@@ -364,16 +370,18 @@ def recipes_summary(f: Facts) -> list[str]:
         later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs{later} | {test} | "
                      f"{pct(RECIPE_TARGETS[m])} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
-        met = f.metrics.get(m)
-        if users and file and met:
-            gain, loss = e["test_mean"] - met["accuracy"], file["mean"] - statistics.mean(users)
-            noise = max(0.01, 2 * statistics.stdev(users)) if len(users) > 1 else 0.01
+        if users:
+            measured.append((NAMES.get(m, m), e["test_mean"], users))
+    for a, acc_a, users_a in measured:  # every pair of recipes: better on MNIST, worse on users' images
+        for b, acc_b, users_b in measured:
+            gain, loss = acc_a - acc_b, statistics.mean(users_b) - statistics.mean(users_a)
+            noise = max(0.01, 2 * statistics.stdev(users_a)) if len(users_a) > 1 else 0.01
             if gain > f.one_test and loss > noise:
-                trades.append(f"the {NAMES.get(m, m)} recipe gains {100 * gain:.2f} points on MNIST over the file above "
-                              f"and loses {100 * loss:.1f} on users' images")
+                trades.append(f"the {a} recipe beats the {b}'s by {100 * gain:.2f} points on MNIST but reads users' images "
+                              f"{100 * loss:.1f} points worse")
     ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]  # the last one scored, while new members train
     members = " + ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
-    lines.append(f"| Ensemble: every seed of {members} | fixed before these test scores | "
+    lines.append(f"| Ensemble: every seed of {members} | its last scoring (appendix) | "
                  f"{pct(ens['test_acc']) if ens else 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – |")
     missed = [NAMES.get(m, m) for m, e in d["models"].items()
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
@@ -400,8 +408,8 @@ def section_comparison(f: Facts) -> list[str]:
     if not best:
         return lines + ["Not run yet.", ""]
     b, res = best
-    lines += ["Each model's final-stage recipe, chosen on validation (its seeds' validation and test mean ± std, its budget), "
-              "and the file in `weights/` (its own test metrics):", "",
+    lines += [f"Each model's final-stage recipe ({f.data['split']['train'] if f.data else 55000:,} training images; its seeds' "
+              "validation and test mean ± std, budget) and the file in `weights/`:", "",
               "| model | validation % | test % | test accuracy % (file) | macro F1 | epochs | minutes a run (mean over seeds) | verdict on validation |",
               "|---|---|---|---|---|---|---|---|"]
     for m in f.models:
@@ -449,6 +457,16 @@ def section_comparison(f: Facts) -> list[str]:
     return lines + [""]
 
 
+def user_mnist_check(f: Facts) -> dict | None:
+    """benchmarks/user_images.py's MNIST check (all test digits through predict.py, with the file's
+    calibration), when it was run with the calibration the file in weights/ has now (else None: stale)."""
+    u = read_json(f.root / "benchmarks" / "results" / "user_images.json") or {}
+    mc = u.get("mnist_check")
+    cal = (f.cards.get(mc["model"]) or {}).get("calibration", {}) if mc else {}
+    ran = u.get("calibration", {}).get(mc["model"], {}) if mc else {}
+    return mc if mc and cal and all(ran.get(k) == cal.get(k) for k in ("temperature", "threshold")) else None
+
+
 def section_plots(f: Facts) -> list[str]:
     lines = ["## Step 6: plots, features, tools", ""]
     cards = {m: f.cards[m] for m in f.models if f.cards.get(m)}
@@ -461,7 +479,7 @@ def section_plots(f: Facts) -> list[str]:
                     f"(training used label smoothing ε = {eps:g}, which validation does not)"]
     refit = " A refit's validation curve is in-sample." if any(c["train_config"].get("refit") for c in cards.values()) else ""
     lines += ["**Training curves** of each model's file in `weights/` (from its record `weights/<model>.json`); "
-              + captions[0] + f" (F1 is not drawn: Step 5 says why).{refit}", ""]
+              + captions[0] + f".{refit}", ""]
     for m in f.models:
         card = f.cards.get(m)
         if not card:
@@ -483,7 +501,10 @@ def section_plots(f: Facts) -> list[str]:
     cards = ", ".join(f"[{NAMES.get(m, m)}](weights/{m}.md)" for m in f.shipped)
     idx = read_json(f.root / "screenshots" / "index.json") or []
     lines += ["**Tools and files.** `test_model.py` scores any file in `weights/` (accuracy, F1, ROC-AUC, confusion "
-              f"matrix, its worst mistakes); `predict.py` reads your own image. Model cards: {cards}. "
+              f"matrix, its worst mistakes); `predict.py` reads your own image"
+              + (f" (in-sample calibration for refits: it accepts {pct(mc['accepted'])}% of the {NAMES.get(mc['model'], mc['model'])}'s "
+                 f"test digits, {pct(mc['accuracy_accepted'])}% of them right)" if (mc := user_mnist_check(f)) and f.file_recipe(mc["model"]) else "")
+              + f". Model cards: {cards}. "
               f"{len(idx)} screenshots of training and testing are in the [appendix]({APPENDIX}#screenshots); two of them:", ""]
     best = (f.best_model() or ("", {}))[0]
     for png, alt in ((f"screenshots/training-{best}.png", f"terminal output: training the {NAMES.get(best, best)}"),

@@ -340,6 +340,11 @@ def recipe_source(s: Settings, m: str) -> dict | None:
     return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
 
 
+# What a run resolved for its machine (bf16 on this CPU) is left to `auto` in a command for others:
+# bf16 is 10-20x slower than fp32 on CPUs without bf16 instructions (README, Speed).
+MACHINE_DEFAULTS = {"device": "auto", "precision": "auto", "channels_last": None}
+
+
 def record_command(s: Settings, name: str, run_log: Path) -> str:
     """Add to a recipe cell's record (trained in this process) the `python train.py` command that
     trains the same config, and its terminal output as results/logs/train-<name>.txt (from the run
@@ -348,7 +353,7 @@ def record_command(s: Settings, name: str, run_log: Path) -> str:
     if record.get("command"):  # a final-stage cell (refit_cells): trained through train.py, already recorded
         return record["hardware"]
     same = {k: v for k, v in record["config"].items() if k in CONFIG_FIELDS}  # not the run's own extras (world_size)
-    cfg = TrainConfig(**{**same, "out": rel(s, s.runs / "cells"), "data_dir": None})
+    cfg = TrainConfig(**{**same, "out": rel(s, s.runs / "cells"), "data_dir": None, **MACHINE_DEFAULTS})
     record["command"] = shown(command_line("train.py", config_argv(cfg)))
     if run_log.exists():
         log = s.results / "logs" / f"train-{name}.txt"
@@ -356,6 +361,15 @@ def record_command(s: Settings, name: str, run_log: Path) -> str:
         record["log"] = rel(s, log)
     write_json(result_path(s, name), record)
     return record["hardware"]
+
+
+def made_from(card: Path, src: dict) -> None:
+    """Record in a shipped recipe file's card the seed checkpoint it was copied from and that file's
+    sha256 (as results/final_recipes.json has it): the shipped bytes differ once calibrate.py adds
+    its calibration, the weights do not."""
+    meta = json.loads(card.read_text())
+    if meta.get("made_from") != (want := {"cell": src["name"], "checkpoint": src["checkpoint"], "sha256": src["sha256"]}):
+        write_json(card, {**meta, "made_from": want}, indent=2, newline=False)
 
 
 def keep_ensemble_member(s: Settings, target: Path, run_name: str | None) -> None:
@@ -388,6 +402,7 @@ def ship_models(s: Settings) -> list[Path]:
         src = recipe_source(s, m)
         if src:
             if current == src["name"]:
+                made_from(card, src)
                 continue
             best = s.root / (src["checkpoint"] or "<made elsewhere>")
             if not best.exists() or sha256(best) != src["sha256"]:
@@ -413,6 +428,8 @@ def ship_models(s: Settings) -> list[Path]:
             src = {"name": c.name}
         keep_ensemble_member(s, target, current)
         ship(best, target, env)
+        if src.get("sha256"):
+            made_from(card, src)
         written.append(target)
         print(f"study: shipped {rel(s, target)} = {src['name']} ({how})", flush=True)
     return written
