@@ -26,8 +26,10 @@ def section_summary(f: Facts) -> list[str]:
         made = {r["hardware"] for m in f.shipped if (r := f.shipped_run(m))}
         count = {h: sum(r["hardware"] == h for r in f.records) for h in f.hardware}
         order = sorted(f.hardware, key=lambda h: (h not in made, -count[h], h))
+        both = len(made) > 1  # say it once when the files come from every machine
         lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
-                                                                               if h in made else "") + ")" for h in order)
+                                                                               if h in made and not both else "") + ")" for h in order)
+                  + ("; the files in `weights/` come from each" if both else "")
                   + ". Training times are comparable only between runs on the same machine.", ""]
     lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
               "| training time (this file's run) | seeds |", "|---|---|---|---|---|---|---|---|"]
@@ -47,8 +49,8 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     refits = [NAMES.get(m, m) for m in f.models if f.file_recipe(m)]
     lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images; mean ± std: "
-              "its recipe's seeds, each scored once" + (f" (the {and_join(refits)}: refits on all 60,000 training images, at "
-                                                        "their last epoch, seed 0 being the file; the others at the "
+              "its recipe's seeds, each scored once" + (f" (the {and_join(refits)}: refits on all 60,000 training images at "
+                                                        "their last epoch, seed 0 being the file; others at the "
                                                         "validation-best epoch)." if refits else " at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
@@ -56,24 +58,20 @@ def section_summary(f: Facts) -> list[str]:
     done = [(m, shown_recipe(e)) for m, e in d.get("models", {}).items() if shown_recipe(e).get("done")]
     if done:
         ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]
-        shipped = [NAMES.get(m, m) for m, _ in done if f.file_recipe(m)]
-        files = (f"seed 0 of the {and_join(shipped)} recipe{'s' if len(shipped) > 1 else ''} is the file in `weights/`"
-                 if shipped else "not the files in `weights/`")
+        shipped = [NAMES.get(m, m) for m, _ in done if f.file_recipe(m)]  # their rows above are the recipe
         rest = [(m, e) for m, e in done if not f.file_recipe(m)]  # recipes whose seed 0 is not shipped (yet)
-        parts = [", ".join(f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in rest)] if rest else []
+        parts = ([f"the mean ± std above for the {and_join(shipped)}"] if shipped else []) + \
+                [f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in rest]
         if ens:
             parts.append(f"the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble of their seeds {pct(ens['test_acc'])}%")
-        if rest:
-            lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; {files}; Step 5): " + "; ".join(parts) + "."]
-        else:
-            lines += ["", "**Judged by recipe**: the mean ± std above" + "".join(f"; {p}" for p in parts) + " (Step 5)."]
+        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; Step 5): " + "; ".join(parts) + "."]
     u = test_use(f)
     lines += ["", "**How often the test set was used.** Every choice below was made on the "
               f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times** (the robustness "
               "benchmark and tests not counted): once at the end "
               f"of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py`"
               + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials (`benchmarks/trials.py` "
-                 f"scores test every {u['every']} epoch), which chose QuickNet's recipe: that choice rests on test accuracy."
+                 f"every {u['every']} epoch), which chose QuickNet's recipe: that choice rests on test accuracy."
                  if u["trials"] else ".")]
     later = later_runs(f)
     if later:
@@ -346,8 +344,8 @@ def recipes_summary(f: Facts) -> list[str]:
     if not d or not d.get("models"):
         return []
     rob = recipe_robustness(f.root)
-    lines = ["", f"**Accuracy by recipe**: each model's validation-chosen recipe on all 60,000 images, fixed epochs, "
-                 f"{len(d['seeds'])} seeds each scored once on test ([appendix]({APPENDIX}#accuracy-by-recipe)). "
+    lines = ["", f"**Accuracy by recipe**: each validation-chosen recipe refit on all 60,000 images, "
+                 f"{len(d['seeds'])} seeds, each scored once on test ([appendix]({APPENDIX}#accuracy-by-recipe)). "
                  + (f"Users' images: the top guess on {rob['conditions']} kinds of files made from test digits "
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
@@ -399,6 +397,10 @@ def recipes_summary(f: Facts) -> list[str]:
                       + "".join(f"; {a}" for a in after) + "."]
     if trades:
         lines += ["", "A trade: " + "; ".join(trades) + "."]
+    kept = [f"the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 {why}"
+            for m, e in d["models"].items() if (why := study.RECIPE_NOT_SHIPPED.get((m, e.get("candidate"))))]
+    if kept:
+        lines += ["", "Kept out of `weights/`, decided after its test scores: " + "; ".join(kept) + "."]
     return lines
 
 
@@ -437,7 +439,7 @@ def section_comparison(f: Facts) -> list[str]:
                  f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
     budgets = {f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**The budgets differ** (the first table's epochs column), set by what a run costs on this machine."
+    caveat = ("**Budgets differ** (the epochs column), set by what a run costs here."
               if len(budgets) > 1 else "")
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
@@ -487,8 +489,8 @@ def section_plots(f: Facts) -> list[str]:
         lines += [f"{NAMES[m]} ({run_words(card['train_config'], model=False)}):", "",
                   figure(f.root, f"figures/curves_{m}.png", f"{NAMES[m]} training curves"), ""]
     lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`). "
-              f"The ROC axes are zoomed, since every curve hugs the top-left corner: the true positive rate starts at "
-              f"{test_model.ROC_YMIN:g}, not 0; the false positive rate is symlog (linear below {test_model.ROC_LINTHRESH:g}):", ""]
+              f"The ROC axes are zoomed (every curve hugs the top-left corner): true positive rate from "
+              f"{test_model.ROC_YMIN:g}; false positive rate symlog, linear below {test_model.ROC_LINTHRESH:g}:", ""]
     for m in f.models:
         if f.metrics.get(m):
             lines += [f"{NAMES[m]}: " + figure(f.root, f"figures/{m}_roc.png", f"{NAMES[m]} ROC") + " "

@@ -470,15 +470,21 @@ def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhe
     path = tmp_path / "results" / "final_recipes.json"
     assert study.recipe_source(s, "convnet") is None  # nothing recorded
     seeds = [{"seed": k, "cell": f"c-s{k}", "checkpoint": f"runs/c-s{k}.pt", "sha256": f"h{k}", "test_acc": 0.99} for k in (0, 1, 2)]
-    rec = {"seeds": [0, 1, 2], "models": {"convnet": {"candidate": "e60", "done": False, "seeds": seeds[:2]}}}
+    rec = {"seeds": [0, 1, 2], "models": {"convnet": {"candidate": "c1", "done": False, "seeds": seeds[:2]}}}
     study.write_json(path, rec)
     assert study.recipe_source(s, "convnet") is None  # seed 2 still to do
     rec["models"]["convnet"].update(done=True, seeds=seeds)
     study.write_json(path, rec)
-    assert study.recipe_source(s, "convnet") == {"name": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0", "candidate": "e60"}
+    assert study.recipe_source(s, "convnet") == {"name": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0", "candidate": "c1"}
     seeds[0]["again"] = {"cell": "c-s0-again", "checkpoint": None, "sha256": "ha", "test_acc": 0.98}  # made on another machine
     study.write_json(path, rec)
     assert study.recipe_source(s, "convnet")["name"] == "c-s0-again"
+    for m, candidate in study.RECIPE_NOT_SHIPPED:  # the exception: its final run stays the file
+        rec["models"][m] = {**rec["models"]["convnet"], "candidate": candidate}
+        study.write_json(path, rec)
+        assert study.recipe_source(s, m) is None
+    rec["models"]["convnet"]["candidate"] = "e60x"
+    study.write_json(path, rec)
     with pytest.raises(SystemExit, match="c-s0-again .* is not on this machine"):
         study.ship_models(s)
     assert not (tmp_path / "weights" / "convnet.pt").exists()
