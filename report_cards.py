@@ -73,7 +73,7 @@ def appendix_test_use(f: Facts) -> list[str]:
     return ["## Test-set use", "",
             "| who scored the test set | times |", "|---|---|",
             f"| training runs, once each at the validation-best epoch (refits: the last) (`results/cells/`) | {u['runs']} |",
-            f"| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`"
+            "| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`"
             + (f", run {u['evaluations']} times" if u["evaluations"] > 1 else "") + ")"
             + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
             + "".join(f", `{p}` ({n}: {why.rstrip('.')})" for p, (n, why) in u["later"].items())

@@ -99,7 +99,7 @@ def test_a_done_recipe_ships_its_seed_0_calibrated_in_sample_with_the_command_th
             cfg = train.config_from_args(train.parse_args(shlex.split(r["command"])[2:]))
             same = {k: v for k, v in r["config"].items() if k in train.CONFIG_FIELDS}
             assert cfg == train.TrainConfig(**{**same, "out": "runs/study/cells", "data_dir": None, **study.MACHINE_DEFAULTS})
-        assert f"Kept**: the last epoch" in (smoke_root / "weights" / f"{m}.md").read_text()
+        assert "Kept**: the last epoch" in (smoke_root / "weights" / f"{m}.md").read_text()
     evaluation = json.loads((smoke_root / "results" / "evaluation.json").read_text())
     assert evaluation["earlier"] == [] and "calibrate.py" in (smoke_root / "results" / "logs" / "calibrate.txt").read_text()
 
