@@ -48,8 +48,9 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
-    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell, rel, write_final_recipes,
+    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell, rel,
 )
+from study_recipes import RECIPE_NOT_SHIPPED, write_final_recipes  # issue #25's record (re-exported too)
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
@@ -326,12 +327,6 @@ def write_lr_table(s: Settings) -> None:
     os.replace(tmp, s.results / "lr_table.csv")
 
 
-# {(model, recipe): why} not shipped: decided after e60's refits were scored and its seed 0 failed the
-# handed 8x8 thumbnails of tests/test_user_images.py (benchmarks/results/user_images_recipes.md).
-RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar on the handed user images "
-                                          "(`tests/test_user_images.py`), which the final-run file passes"}
-
-
 def recipe_source(s: Settings, m: str) -> dict | None:
     """Issue #25's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
     test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done,
@@ -547,6 +542,7 @@ def stage_evaluate(s: Settings) -> None:
     if missing:
         raise SystemExit(f"study: evaluate needs {', '.join(missing)}; run the final stage first (python study.py --only final)")
     calibrate_shipped(s, [w for w in weights if "calibration" not in read_checkpoint(w)])  # new files, and train.py's
+    write_final_recipes(s)  # its "shipped" record: each file as shipped now (sha256 after calibration)
     commands = []
     for m, w in zip(s.models, weights):
         cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])

@@ -10,6 +10,7 @@ import pytest
 
 import study
 import study_cells
+import study_recipes
 import runs
 import study_report
 import train
@@ -431,12 +432,12 @@ def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another
     validation does not drop them (they were seen); a choice that comes back is current, not earlier."""
     seeds = [{"seed": 0, "test_acc": 0.997}]
     prev = {"candidate": "final", "recipe": {"epochs": 30}, "seeds": seeds, "done": True, "test_mean": 0.997, "test_std": 0.0}
-    assert study_cells.earlier_recipes(prev, "e60") == [{**prev}]
-    assert study_cells.earlier_recipes(prev, "final") == []
-    later = {"candidate": "e60", "seeds": [], "earlier": study_cells.earlier_recipes(prev, "e60")}
-    assert study_cells.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
-    assert study_cells.earlier_recipes(later, "final") == []
-    assert study_cells.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
+    assert study_recipes.earlier_recipes(prev, "e60") == [{**prev}]
+    assert study_recipes.earlier_recipes(prev, "final") == []
+    later = {"candidate": "e60", "seeds": [], "earlier": study_recipes.earlier_recipes(prev, "e60")}
+    assert study_recipes.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
+    assert study_recipes.earlier_recipes(later, "final") == []
+    assert study_recipes.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
 
 
 def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluations_stay_counted(tmp_path):
@@ -488,6 +489,29 @@ def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhe
     with pytest.raises(SystemExit, match="c-s0-again .* is not on this machine"):
         study.ship_models(s)
     assert not (tmp_path / "weights" / "convnet.pt").exists()
+
+
+def test_shipped_record_says_whether_the_file_is_seed_0_and_why_not(tmp_path):
+    """final_recipes.json's "shipped": seed_0 by the card's made_from sha256 (the shipped bytes differ:
+    calibration is added); a done recipe whose seed 0 is not the file says why, and whether that was
+    decided after its test scores (RECIPE_NOT_SHIPPED) or the file is just not shipped yet."""
+    s = study.Settings(root=tmp_path)
+    (tmp_path / "weights").mkdir()
+    m, cand = next(iter(study.RECIPE_NOT_SHIPPED))
+    entry = {"candidate": "c1", "done": True, "seeds": [{"seed": 0, "cell": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0"}]}
+    assert study_recipes.shipped_record(s, m, entry) is None  # nothing shipped
+    (tmp_path / "weights" / f"{m}.pt").write_bytes(b"calibrated weights")
+    card = {"train_config": {"run_name": "c-s0"}, "made_from": {"cell": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0"}}
+    (tmp_path / "weights" / f"{m}.json").write_text(json.dumps(card))
+    r = study_recipes.shipped_record(s, m, entry)
+    assert r["seed_0"] is True and "why_not" not in r and r["made_from"]["sha256"] == "h0"
+    assert r["sha256"] == runs.sha256(tmp_path / "weights" / f"{m}.pt") and r["file"] == f"weights/{m}.pt"
+    (tmp_path / "weights" / f"{m}.json").write_text(json.dumps({"train_config": {"run_name": "final-s2"}}))
+    r = study_recipes.shipped_record(s, m, entry)
+    assert (r["seed_0"], r["decided_after_test"], r["run"]) == (False, False, "final-s2") and "--only evaluate" in r["why_not"]
+    r = study_recipes.shipped_record(s, m, {**entry, "candidate": cand})
+    assert r["decided_after_test"] is True and r["why_not"] == study.RECIPE_NOT_SHIPPED[(m, cand)]
+    assert "why_not" not in study_recipes.shipped_record(s, m, {**entry, "done": False})  # seeds to do: no verdict yet
 
 
 def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_path):
