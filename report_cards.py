@@ -9,13 +9,24 @@ import study
 import train
 from models import build_model, count_params, load_checkpoint
 from report_facts import (
-    RECIPE_TARGETS, TARGET_BEST_SINGLE, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
+    RECIPE_TARGETS, TARGET_BEST_SINGLE, and_join, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
     aug_text, change_words, changes_words, compare, confusion_pairs, fair_runs_done, fair_tables, figure, layer_text, lr_table, mean_std, multiply_adds,
-    one_image_note, optim_groups, pct, read_json, reg_groups, results_of, run_words, test_use, tie_rule_text
+    member_seeds, one_image_note, optim_groups, pct, read_json, reg_groups, results_of, run_words, scored_ensembles, shown_recipe, test_use,
+    tie_rule_text
 )
 
 # -----------------------------------------------------------------------------
 # report-appendix.md
+
+
+def recipe_note(f: Facts, m: str) -> str:
+    """A sentence for a file that is not a seed of the model's finished issue-#25 recipe: that recipe's
+    test mean ± std and where the report says why; "" otherwise."""
+    e = shown_recipe((read_json(f.s.results / "final_recipes.json") or {}).get("models", {}).get(m) or {})
+    if not e.get("done") or f.file_recipe(m):
+        return ""
+    return (f"Not a seed of the model's issue-#25 recipe `{e['candidate']}` (all 60,000 images, last epoch), whose "
+            f"{len(e['seeds'])} seeds score {mean_std([x['test_acc'] for x in e['seeds']])}% on test; why: report.md, Step 5.")
 
 
 def appendix_lines(f: Facts) -> list[str]:
@@ -73,7 +84,8 @@ def appendix_test_use(f: Facts) -> list[str]:
     return ["## Test-set use", "",
             "| who scored the test set | times |", "|---|---|",
             f"| training runs, once each at the validation-best epoch (refits: the last) (`results/cells/`) | {u['runs']} |",
-            "| models scored apart from their training runs: `test_model.py` on files in `weights/` (the study's evaluation, `results/evaluation.json`"
+            "| models scored apart from their training runs: `test_model.py` on files in `weights/`, twice a file with `--tta` "
+            "(plain, then test-time augmentation) (the study's evaluation, `results/evaluation.json`"
             + (f", run {u['evaluations']} times" if u["evaluations"] > 1 else "") + ")"
             + (f", {' and '.join(NAMES.get(m, m) for m in u['extra'])} scored once outside the study" if u["extra"] else "")
             + "".join(f", `{p}` ({n}: {why.rstrip('.')})" for p, (n, why) in u["later"].items())
@@ -179,7 +191,9 @@ def appendix_tie_rules(f: Facts) -> list[str]:
             "- Regularization variants: the best mean validation accuracy; equal means go to the simpler variant "
             "(`study.best_variant`).",
             "- The file shipped in `weights/`: seed 0 of the model's issue-#25 recipe once its refits are done "
-            "(`study.recipe_source`); before that, the model's final run with the best validation accuracy, later recipes "
+            "(`study.recipe_source`), except where `study.RECIPE_NOT_SHIPPED` names the recipe (decided after its test scores: "
+            + "; ".join(f"{NAMES.get(m, m)} `{c}`, which {why}" for (m, c), why in study.RECIPE_NOT_SHIPPED.items())
+            + "); otherwise, and before that, the model's final run with the best validation accuracy, later recipes "
             "included; equal scores go to the first final recipe, then the earlier later recipe, then the lower seed "
             "(`study.shipped_final`, fixed before those runs).", ""]
 
@@ -310,7 +324,8 @@ def appendix_targets(f: Facts) -> list[str]:
         if met:
             singles[m] = met["accuracy"]
             t = TARGETS.get(m)
-            lines.append(f"| {NAMES[m]} | {pct(t) if t else '–'} | {pct(met['accuracy'])} | {met_text(met['accuracy'], t) if t else ''} |")
+            label = NAMES[m] + (" (the file now: issue #25's refit, seed 0)" if f.file_recipe(m) else "")
+            lines.append(f"| {label} | {pct(t) if t else '–'} | {pct(met['accuracy'])} | {met_text(met['accuracy'], t) if t else ''} |")
     if singles:
         b = max(singles, key=singles.get)
         lines.append(f"| best single model ({NAMES[b]}) | {pct(TARGET_BEST_SINGLE)} | {pct(singles[b])} | {met_text(singles[b], TARGET_BEST_SINGLE)} |")
@@ -365,6 +380,12 @@ def appendix_ensembles(f: Facts) -> list[str]:
         members = "; ".join(recipes_with_seeds([names[n] for n in c["members"] if n in names])
                             + [n for n in c["members"] if n not in names])
         lines.append(f"| `{name}` ({len(c['members'])} models) | {members} | {pct(c['val_acc'])} | {'yes' if name == e['chosen'] else ''} |")
+    now = {(f.cards.get(m) or {}).get("train_config", {}).get("run_name") for m in f.models}
+    gone = [NAMES.get(names[n]["tags"]["model"], n) for n in e["candidates"].get("shipped", {}).get("members", []) if n in names and n not in now]
+    if gone:
+        lines += ["", f"`shipped` is the final runs shipped when this choice was made; the {and_join(gone)} file"
+                      f"{'s have' if len(gone) > 1 else ' has'} since been replaced by issue #25's refits (not final runs: no "
+                      "validation split left to ensemble on)."]
     return lines + [""]
 
 
@@ -404,7 +425,11 @@ def appendix_recipes(f: Facts) -> list[str]:
             lines.append(f"| {NAMES.get(m, m)} | `{cand}` | {candidate_words(m, cand)} | {len(vals)} of {e['planned'][cand]} | "
                          f"{mean_std(vals) if vals else '–'} | {mean_std(seen) if seen else '–'} | "
                          f"{f'{minutes:.1f} ({where})' if minutes else '–'} | {chosen} |")
-    lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed |", "|---|---|---|---|---|---|---|"]
+    bases = {m: r for m in d["models"] for r in f.finals if r["tags"]["model"] == m and not r["tags"].get("attempt")}
+    lines += ["", "Each model's final recipe (`final`), which the changes above modify (the others as in its runs): "
+              + "; ".join(f"{run_words(r['config'], seed=False)}, batch {r['config']['batch_size']}" for r in bases.values()) + "."]
+    lines += ["", "| model | recipe | target % | test % per seed | test % (mean ± std) | met | minutes a seed: mean (range; machine) |",
+              "|---|---|---|---|---|---|---|"]
     rows = [(m, x, " (an earlier choice)") for m, e in d["models"].items() for x in e.get("earlier", [])]
     for m, e, label in rows + [(m, e, "") for m, e in d["models"].items()]:
         if not e["candidate"]:
@@ -413,9 +438,13 @@ def appendix_recipes(f: Facts) -> list[str]:
         target = RECIPE_TARGETS.get(m)
         met = ("yes" if e["test_mean"] >= target else f"no: {round((target - e['test_mean']) * f.n_test, 1)} test images short") \
             if e.get("done") and target else f"{len(accs)} of {len(d['seeds'])} seeds done"
-        minutes = f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.1f}" if accs else "–"
+        sec = [x["seconds"] / 60 for x in e["seeds"]]
+        minutes = (f"{statistics.mean(sec):.1f} ({min(sec):.1f}–{max(sec):.1f}; "
+                   f"{', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`{label} | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
+    lines += ["", "Minutes are wall-clock on 2 cores that other work (the test suite) shared at times, so a wide range on one "
+                  "machine is that load, not the recipe; the training itself does not depend on it."]
     lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
             for x in e["seeds"] if not x.get("again", x).get("checkpoint")]
     if lost:
@@ -437,17 +466,15 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
     lines = []
     ens, last = d.get("ensemble"), (d.get("ensembles_scored") or [None])[-1]
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
-    lines += ["", f"The ensemble, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
+    lines += ["", f"The ensemble, its rule fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
               + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
                  f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%); "
                  "with the current recipes it waits for every member." if last else "not scored yet (it waits for every member).")]
     scored = d.get("ensembles_scored") or []
     if len(scored) > 1:  # which ConvNet recipe each scored ensemble held
-        cnn = d["models"].get("convnet", {})
-        held = [next((r.get("candidate") for r in [cnn, *cnn.get("earlier", [])] if member_seeds({"seeds": r.get("seeds")}, e)), "?")
-                for e in scored]
-        lines += ["", "Every ensemble scored, in order: " + ", ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in zip(scored, held))
-                  + "; each later one was scored after the earlier ones were seen, because the ConvNet's recipe changed."]
+        lines += ["", "Every ensemble scored, in order: " + ", ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored_ensembles(d))
+                  + "; the membership rule (every seed of the two recipes) was fixed first, but the members changed after the "
+                    "first score was seen, because the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."]
     lines += ["", "Seed 0's file ships as `weights/<model>.pt` with its calibration added, so its sha256 differs from the seed's "
                   "checkpoint's (the card's `made_from` records that checkpoint and its sha256). The recipe table's scores are `train.py`'s, from the run's "
                   "own (bf16) evaluation; `test_model.py` scores in fp32, which can move a file by an image."]
@@ -464,16 +491,6 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                          if (alone := [(x.get("again") or x)["test_acc"] for x in member_seeds(cnn, ens)]) else "")
                       + "an ensemble chosen now would be chosen after seeing this test score, and would be reported as such."]
     return lines
-
-
-def member_seeds(e: dict, ens: dict) -> list[dict]:
-    """The seeds of a model's recipe (e, or one of its earlier choices) whose files (a rerun's where
-    a seed was trained again) are all members of the ensemble record ens, matched by sha256."""
-    shas = {x["sha256"] for x in ens.get("members", [])}
-    for r in [e, *reversed(e.get("earlier", []))]:
-        if r.get("seeds") and all((x.get("again") or x)["sha256"] in shas for x in r["seeds"]):
-            return r["seeds"]
-    return []
 
 
 def recipes_with_seeds(records: list[dict]) -> list[str]:
@@ -497,20 +514,21 @@ def appendix_runs(f: Facts) -> list[str]:
     fn = getattr(study, "optim_fair_cells", None)
     if fn:
         stages.insert(3, ("fair optimizer", fn))
+
+    def row(stage: str, r: dict) -> str:
+        refit = r["config"].get("refit")  # no validation split: the last epoch is kept, its "val" is in-sample
+        name = f"**{run_words(r['config'])}**" if r["name"] in shipped else run_words(r["config"])
+        val = (pct(r["best"].get("val_acc")) + (" (in-sample)" if refit else "")) if r["status"] != "diverged" else "diverged"
+        return (f"| {stage} | {name} | {r['best'].get('epoch', 0):g}{' (last: refit)' if refit else ''} | {val} | "
+                f"{pct((r.get('test') or {}).get('acc'))} | {r['seconds'] / 60:.1f} | {machine.get(r['hardware'], '?')} | `{r['name']}` |")
+
     seen = set()
     for stage, cells in stages:
         for r in results_of(f.s, cells(f.s)):
-            if r["name"] in seen:
-                continue
-            seen.add(r["name"])
-            name = f"**{run_words(r['config'])}**" if r["name"] in shipped else run_words(r["config"])
-            val = pct(r["best"].get("val_acc")) if r["status"] != "diverged" else "diverged"
-            lines.append(f"| {stage} | {name} | {r['best'].get('epoch', 0):g} | {val} | {pct((r.get('test') or {}).get('acc'))} | "
-                         f"{r['seconds'] / 60:.1f} | {machine.get(r['hardware'], '?')} | `{r['name']}` |")
-    rest = [r for r in f.records if r["name"] not in seen]
-    for r in rest:
-        lines.append(f"| final (an earlier recipe's) | {run_words(r['config'])} | {r['best'].get('epoch', 0):g} | {pct(r['best'].get('val_acc'))} | "
-                     f"{pct((r.get('test') or {}).get('acc'))} | {r['seconds'] / 60:.1f} | {machine.get(r['hardware'], '?')} | `{r['name']}` |")
+            if r["name"] not in seen:
+                seen.add(r["name"])
+                lines.append(row(stage, r))
+    lines += [row("final (an earlier recipe's)", r) for r in f.records if r["name"] not in seen]
     if f.hardware:
         lines += ["", "Machines: " + "; ".join(f"{i} = `{h}`" for h, i in machine.items()) + "."]
     return lines + [""]
@@ -660,6 +678,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
         val = "" if tc.get("refit") else f"validation {mean_std([r['best']['val_acc'] for r in runs])}%, "
         lines.append(f"Seed spread of its recipe ({len(runs)} seeds): {val}test {mean_std([r['test']['acc'] for r in runs])}%. "
                      f"{one_image_note(f).strip()}")
+    lines += [note] if (note := recipe_note(f, m)) else []
     cal = card.get("calibration")
     if cal:
         lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
@@ -719,7 +738,8 @@ def readme_models_block(f: Facts) -> list[str]:
             facts.append(f"{mean_std([r['test']['acc'] for r in runs])}% over {len(runs)} seed{'s' if len(runs) > 1 else ''} of its recipe")
         if shipped:
             facts.append(f"training time {shipped['seconds'] / 60:.1f} min on {shipped['hardware']}")
-        lines += [("; ".join(facts) + ".") if facts else "Expected numbers: after the study's final stage (see report.md).", ""]
+        lines += [("; ".join(facts) + "." + (f" {note}" if (note := recipe_note(f, m)) else "")) if facts else
+                  "Expected numbers: after the study's final stage (see report.md).", ""]
         del card
     return lines
 

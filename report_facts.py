@@ -13,7 +13,7 @@ from runs import sha256
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)",
-         "quicknet": "QuickNet (ours)", "convnet-refit": "ConvNet refit", "ensemble": "Ensemble"}
+         "quicknet": "QuickNet (ours)", "convnet-refit": "ConvNet refit (#11)", "ensemble": "Ensemble"}
 OPT_NAMES = {"sgd": "SGD-Nesterov", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
 STEM_TEXT = {"3x3s1": "3x3 stride 1 (CIFAR-style)", "3x3s2": "3x3 stride 2", "7x7s2pool": "7x7 stride 2 + max-pool (torchvision)"}
 # A gap between two means is a tie when it is at most this many standard errors of their difference
@@ -427,7 +427,8 @@ def test_use(f: Facts) -> dict:
     runs = sum(1 for r in f.records if r.get("test"))
     commands = (f.evaluation or {}).get("commands", [])
     earlier = [c for e in (f.evaluation or {}).get("earlier", []) for c in e["commands"]]  # earlier runs of the evaluate stage
-    scorings = sum(c["models_scored"] for c in commands + earlier)
+    passes = lambda c: c["models_scored"] * (2 if "--tta" in c["command"].split() else 1)  # noqa: E731  (TTA: a second prediction)
+    scorings = sum(passes(c) for c in commands + earlier)
     scored_files = {w for c in commands for w in c["command"].split() if w.endswith(".pt")}
     extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]  # scored outside the study
     later = {}  # other recorded test_model.py passes (e.g. results/roc_redraw.json): {file: (times, why)}
@@ -436,7 +437,7 @@ def test_use(f: Facts) -> dict:
             continue
         d = read_json(p)
         if isinstance(d, dict) and isinstance(d.get("commands"), list) and all("models_scored" in c for c in d["commands"]):
-            later[f"results/{p.name}"] = (sum(c["models_scored"] for c in d["commands"]), d.get("why", ""))
+            later[f"results/{p.name}"] = (sum(passes(c) for c in d["commands"]), d.get("why", ""))
     scorings += sum(n for n, _ in later.values())
     trial_points = sum(len(t.get("curve", [])) for t in f.trials)
     every = "?"
@@ -447,6 +448,32 @@ def test_use(f: Facts) -> dict:
     return {"every": every, "runs": runs, "scorings": scorings + len(extra), "extra": extra, "later": later,
             "evaluations": 1 + len((f.evaluation or {}).get("earlier", [])) if commands else 0, "trials": len(f.trials),
             "trial_points": trial_points, "total": runs + scorings + len(extra) + trial_points}
+
+
+def member_seeds(e: dict, ens: dict) -> list[dict]:
+    """The seeds of a model's recipe (e, or one of its earlier choices) whose files (a rerun's where
+    a seed was trained again) are all members of the ensemble record ens, matched by sha256."""
+    shas = {x["sha256"] for x in ens.get("members", [])}
+    for r in [e, *reversed(e.get("earlier", []))]:
+        if r.get("seeds") and all((x.get("again") or x)["sha256"] in shas for x in r["seeds"]):
+            return r["seeds"]
+    return []
+
+
+def shown_recipe(e: dict) -> dict:
+    """A model's entry of final_recipes.json as the report shows it: the chosen recipe once its
+    seeds are done, until then the latest earlier choice whose seeds are (e["earlier"])."""
+    if e.get("done"):
+        return e
+    return next((x for x in reversed(e.get("earlier", [])) if x.get("done")), e)
+
+
+def scored_ensembles(d: dict) -> list[tuple[dict, str]]:
+    """Every recipe ensemble scored on test (final_recipes.json d's "ensembles_scored", in order), each
+    with the ConvNet recipe whose seeds it held ("?" when none matches)."""
+    cnn = d.get("models", {}).get("convnet", {})
+    return [(e, next((r.get("candidate") for r in [cnn, *cnn.get("earlier", [])] if member_seeds({"seeds": r.get("seeds")}, e)), "?"))
+            for e in d.get("ensembles_scored") or ([d["ensemble"]] if d.get("ensemble") else [])]
 
 
 def later_runs(f: Facts) -> list[tuple[str, str, list[dict]]]:
@@ -496,8 +523,7 @@ def f1_note(f: Facts) -> str:
     counts = f.data["class_counts_test"]
     gaps = [abs(met["f1_macro"] - met["accuracy"]) for met in f.metrics.values() if met]
     return (f"Macro F1 is within {max(100 * max(gaps), 0.01):.2f} points of accuracy for every model (test classes nearly "
-            f"balanced, {min(counts):,} to {max(counts):,} a digit; errors spread over all ten), so the figures plot accuracy "
-            "only (as error rate).")
+            f"balanced, {min(counts):,} to {max(counts):,} a digit), so the figures plot accuracy only.")
 
 
 def lr_table(f: Facts, with_test: bool) -> list[str]:

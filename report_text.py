@@ -10,7 +10,8 @@ from models import build_model, count_params, load_checkpoint
 from report_facts import (
     APPENDIX, AUC_GAP_FIGURE, Facts, NAMES, OPT_NAMES, and_join, change_words, compare, curves_caption, f1_note,
     fair_runs_done, fair_tables, figure, history_of, later_runs, layer_text, lr_table, mean_std, multiply_adds, one_image_note,
-    optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, run_words, test_use, tie_rule_text, RECIPE_TARGETS
+    optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, run_words, scored_ensembles, shown_recipe, test_use,
+    tie_rule_text, RECIPE_TARGETS
 )
 
 # -----------------------------------------------------------------------------
@@ -19,9 +20,9 @@ from report_facts import (
 
 def section_summary(f: Facts) -> list[str]:
     lines = ["# MNIST: a DNN, a ConvNet and ResNet-18 (and two nets of our own)", "",
-             "Written by `python study.py --report-only` from the recorded results; no number is typed by hand. "
-             f"Every table, run and screenshot behind it is in the [appendix]({APPENDIX}); each model has a card "
-             f"(`weights/<model>.md`: how to run it, its metrics and limits); the terms are in its [glossary]({APPENDIX}#glossary).", ""]
+             "Written by `python study.py --report-only` from the recorded results (no number typed by hand). "
+             f"Every table, run and screenshot behind it is in the [appendix]({APPENDIX}), with a [glossary]({APPENDIX}#glossary); "
+             "each model has a card (`weights/<model>.md`).", ""]
     if f.hardware:
         made = {r["hardware"] for m in f.shipped if (r := f.shipped_run(m))}
         count = {h: sum(r["hardware"] == h for r in f.records) for h in f.hardware}
@@ -30,62 +31,59 @@ def section_summary(f: Facts) -> list[str]:
         lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
                                                                                if h in made and not both else "") + ")" for h in order)
                   + ("; the files in `weights/` come from each" if both else "")
-                  + ". Training times are comparable only between runs on the same machine.", ""]
-    lines += ["| model | parameters | test accuracy % | test accuracy %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
+                  + ". Times compare only within one machine.", ""]
+    d = read_json(f.s.results / "final_recipes.json") or {}
+    recipes = {m: r for m, e in d.get("models", {}).items() if (r := shown_recipe(e)).get("done")}  # issue #25's, done
+    lines += ["| model | parameters | test accuracy % | its recipe's test %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
               "| training time (this file's run) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in f.shipped if m != "convnet-refit"]:
         met = f.metrics.get(m)
         if not met:
             continue
-        runs = f.file_seeds(m)
+        accs = [x["test_acc"] for x in recipes[m]["seeds"]] if m in recipes else [r["test"]["acc"] for r in f.file_seeds(m)]
         minutes = f.train_minutes(m)
-        lines.append(f"| {NAMES.get(m, m)} | {f.params(m):,} | {pct(met['accuracy'])} | {mean_std([r['test']['acc'] for r in runs]) or '–'} | "
+        lines.append(f"| {NAMES.get(m, m)} | {f.params(m):,} | {pct(met['accuracy'])} | {mean_std(accs) or '–'} | "
                      f"{met['f1_macro']:.4f} | {1 - met['auc_ovr_macro']:.2e} | "
-                     f"{f'{minutes:.1f} min' if minutes is not None else '–'} | {len(runs) or 1} |")
+                     f"{f'{minutes:.1f} min' if minutes is not None else '–'} | {len(accs) or 1} |")
     ens = f.metrics.get("ensemble")
     if ens:
         lines.append(f"| {NAMES['ensemble']} of the {len(f.models)} (mean softmax) | {sum(f.params(m) for m in f.models):,} | {pct(ens['accuracy'])} | – | "
                      f"{ens['f1_macro']:.4f} | {1 - ens['auc_ovr_macro']:.2e} | – | – |")
     best = f.best_model()
-    refits = [NAMES.get(m, m) for m in f.models if f.file_recipe(m)]
-    lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images; mean ± std: "
-              "its recipe's seeds, each scored once" + (f" (the {and_join(refits)}: refits on all 60,000 training images at "
-                                                        "their last epoch, seed 0 being the file; others at the "
-                                                        "validation-best epoch)." if refits else " at its validation-best epoch.")]
+    names = lambda ms: and_join([NAMES.get(m, m) for m in ms])  # noqa: E731
+    others = [m for m in f.shipped if m not in recipes and m != "convnet-refit" and f.file_seeds(m)]
+    seed0, not0 = [m for m in recipes if f.file_recipe(m)], [m for m in recipes if not f.file_recipe(m)]
+    lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images. "
+              + (f"Recipe mean ± std: the model's issue-#25 recipe (Step 5), {len(d['seeds'])} seeds each trained on all 60,000 "
+                 "training images, scored once at the last epoch" + (f"; {names(others)}: its final-stage seeds, validation-best epoch"
+                                                                         if others else "") + ". "
+                 + (f"The {names(seed0)} file{'s are their' if len(seed0) > 1 else ' is its'} recipe's seed 0" if seed0 else "")
+                 + (f"; the {names(not0)} file is not (Step 5)." if not0 else ".") if recipes else
+                 "Mean ± std: the file's recipe's seeds, each scored once at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
-    d = read_json(f.s.results / "final_recipes.json") or {}
-    done = [(m, shown_recipe(e)) for m, e in d.get("models", {}).items() if shown_recipe(e).get("done")]
-    if done:
-        ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]
-        shipped = [NAMES.get(m, m) for m, _ in done if f.file_recipe(m)]  # their rows above are the recipe
-        rest = [(m, e) for m, e in done if not f.file_recipe(m)]  # recipes whose seed 0 is not shipped (yet)
-        parts = ([f"the mean ± std above for the {and_join(shipped)}"] if shipped else []) + \
-                [f"{NAMES.get(m, m)} {mean_std([x['test_acc'] for x in e['seeds']])}%" for m, e in rest]
-        if ens:
-            parts.append(f"the {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} ensemble of their seeds {pct(ens['test_acc'])}%")
-        lines += ["", f"**Judged by recipe** (all 60,000 images, {len(d['seeds'])} seeds; Step 5): " + "; ".join(parts) + "."]
     u = test_use(f)
-    lines += ["", "**How often the test set was used.** Every choice below was made on the "
-              f"{f.n_val:,}-image validation split, but the test set was scored **{u['total']:,} times** (the robustness "
-              "benchmark and tests not counted): once at the end "
-              f"of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py`"
-              + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials (`benchmarks/trials.py` "
-                 f"every {u['every']} epoch), which chose QuickNet's recipe: that choice rests on test accuracy."
-                 if u["trials"] else ".")]
+    lines += ["", f"**How often the test set was used: {u['total']:,} times** (robustness benchmark and tests aside): "
+              f"once at the end of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py` (a TTA pass "
+              "counted apart)" + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials "
+                                  f"(`benchmarks/trials.py`, every {u['every']} epoch)" if u["trials"] else "") + "."]
+    after = ["QuickNet's recipe (those trials)"] if u["trials"] else []
     later = later_runs(f)
     if later:
-        n = sum(len(rs) for _, _, rs in later)
         seen = {r["name"] for _, _, rs in later for r in rs}
         more = [r for r in f.records if r["tags"].get("kind") in ("recipe", "screen") and r["name"] not in seen]
-        screens = sum(1 for r in more if not r.get("test"))
-        d = read_json(f.s.results / "final_recipes.json") or {}
-        after = [f"{NAMES.get(m, m)}'s `{e['candidate']}` after its `{e['earlier'][-1]['candidate']}` refits were scored"
-                 for m, e in d.get("models", {}).items() if e.get("earlier")]
-        lines += [f"And {n} later training runs were made *because* the first final models' test scores missed issue #11's "
-                  f"accuracy targets, then {len(more)} for issue #25's recipes ({screens} screening runs, never scored on test); "
-                  "each choice among them was made on validation" + (f", but a candidate came later: {and_join(after)}" if after else " only")
-                  + " ([appendix](" + APPENDIX + "#accuracy-targets-and-the-runs-made-for-them))."]
+        after.append(f"{sum(len(rs) for _, _, rs in later)} runs for issue #11 and {len(more)} for issue #25 "
+                     f"({sum(1 for r in more if not r.get('test'))} screening, never scored), made *because* test scores missed "
+                     "targets (chosen among on validation)")
+    after += [f"{NAMES.get(m, m)}'s `{e['candidate']}` candidate (after its `{e['earlier'][-1]['candidate']}` refits were scored)"
+              for m, e in d.get("models", {}).items() if e.get("earlier")]
+    after += [f"keeping the {NAMES.get(m, m)} file over `{e['candidate']}` seed 0" for m, e in d.get("models", {}).items()
+              if (e.get("shipped") or {}).get("decided_after_test")]
+    if len(d.get("ensembles_scored") or []) > 1:
+        after.append("the recipe ensemble's ConvNet members (changed after its first score)")
+    if after:
+        lines += [f"Every choice was made on the {f.n_val:,}-image validation split except these, made after a test score: "
+                  + "; ".join(after) + f" ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them))."]
     return lines + [""]
 
 
@@ -248,15 +246,12 @@ def section_optimizers(f: Facts) -> list[str]:
                "adadelta": "no LR to tune"}
     for m, (best, res) in verdicts.items():
         ties = [OPT_NAMES[o] for o, (_, _, t) in res.items() if t and o != best]
-        behind = [OPT_NAMES[o] for o, (_, _, t) in res.items() if not t]
         text = f"**{NAMES[m]}: {OPT_NAMES[best]}.** It has the best mean validation accuracy"
         if ties:
             text += (f", but its lead over {and_join(ties)} is within the noise: a tie, not a finding. Kept by the rule "
                      f"(best mean) and for a reason the measurement cannot give: {reasons[best]}")
         else:
             text += f" and leads every other optimizer by more than the noise. Why it helps: {reasons[best]}"
-        if behind:
-            text += f". Behind beyond the noise: {and_join(behind)}"
         lines += [text + ".", ""]
     fair = fair_tables(f)
     if fair:
@@ -310,10 +305,8 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
         out.append("The " + and_join([NAMES[m] for m, _ in later]) + " rows are recipes made after test scores missed the "
                    "targets (" + "; ".join(f"{NAMES[m]}: {change_words(m, a)}" for m, a in later)
                    + f"; [appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them)).")
-    named = "The best single model is named from the study's models by validation alone"
     if "quicknet" in f.shipped:
-        named += "; QuickNet is left out of that choice because its recipe was chosen on test scores (`benchmarks/trials.py`)"
-    out.append(named + ".")
+        out.append("QuickNet, whose recipe was chosen on test scores (`benchmarks/trials.py`), is left out of that choice.")
     ens, met = f.metrics.get("ensemble"), f.metrics.get(b)
     if ens and met:
         diff = round((ens["accuracy"] - met["accuracy"]) * f.n_test)
@@ -326,14 +319,6 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
     return ["", " ".join(out)] if out else []
 
 
-def shown_recipe(e: dict) -> dict:
-    """A model's entry of final_recipes.json as the report shows it: the chosen recipe once its
-    seeds are done, until then the latest earlier choice whose seeds are (e["earlier"])."""
-    if e.get("done"):
-        return e
-    return next((x for x in reversed(e.get("earlier", [])) if x.get("done")), e)
-
-
 def recipes_summary(f: Facts) -> list[str]:
     """Step 5's accuracy by recipe (issue #25) from results/final_recipes.json, with each recipe's
     robustness (benchmarks/user_images.py --recipes, matched to the seed files by sha256) beside
@@ -344,12 +329,11 @@ def recipes_summary(f: Facts) -> list[str]:
     if not d or not d.get("models"):
         return []
     rob = recipe_robustness(f.root)
-    lines = ["", f"**Accuracy by recipe**: each validation-chosen recipe refit on all 60,000 images, "
-                 f"{len(d['seeds'])} seeds, each scored once on test ([appendix]({APPENDIX}#accuracy-by-recipe)). "
+    lines = ["", f"**Accuracy by recipe** (issue #25; [appendix]({APPENDIX}#accuracy-by-recipe)). "
                  + (f"Users' images: the top guess on {rob['conditions']} kinds of files made from test digits "
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
-             "| model | recipe | test % (mean ± std) | target % | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
-             "|---|---|---|---|---|---|"]
+             "| model | recipe | test % (mean ± std) | target % | minutes a seed (machine) | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
+             "|---|---|---|---|---|---|---|"]
     trades, measured = [], []
     for m, e in d["models"].items():
         e, now = shown_recipe(e), e
@@ -366,8 +350,10 @@ def recipes_summary(f: Facts) -> list[str]:
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"
         later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
+        cost = (f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.0f} "
+                f"({', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if e["seeds"] else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs{later} | {test} | "
-                     f"{pct(RECIPE_TARGETS[m])} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
+                     f"{pct(RECIPE_TARGETS[m])} | {cost} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
         if users:
             measured.append((NAMES.get(m, m), e["test_mean"], users))
     for a, acc_a, users_a in measured:  # every pair of recipes: better on MNIST, worse on users' images
@@ -379,8 +365,11 @@ def recipes_summary(f: Facts) -> list[str]:
                               f"{100 * loss:.1f} points worse")
     ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]  # the last one scored, while new members train
     members = " + ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
-    lines.append(f"| Ensemble: every seed of {members} | its last scoring (appendix) | "
-                 f"{pct(ens['test_acc']) if ens else 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – |")
+    scored = [pct(e["test_acc"]) + (f" (ConvNet `{c}`)" if c != "?" else "") for e, c in scored_ensembles(d)]
+    lines.append(f"| Ensemble: every seed of {members} | scored {len(scored)} times, in order | "
+                 f"{', then '.join(scored) or 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
+    lines += ["", f"Validation before the refits' test scores (one image = {100 * f.one_val:.2f} points):", ""]
+    lines += [f"- {validation_evidence(f, m, e)}" for m, e in d["models"].items() if e.get("candidate")]
     missed = [NAMES.get(m, m) for m, e in d["models"].items()
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
@@ -392,16 +381,41 @@ def recipes_summary(f: Facts) -> list[str]:
                 after.append(f"{NAMES.get(m, m)} seed {x['seed']} was trained again (its file was lost): "
                              f"{pct(x['again']['test_acc'])}%, counted; the mean keeps its first {pct(x['test_acc'])}%")
     if missed:
-        lines += ["", f"Missed: {and_join(missed)}. The choice among candidates used validation, but the final stage's "
-                      f"candidates' test scores had been seen ([appendix]({APPENDIX}#accuracy-by-recipe))"
-                      + "".join(f"; {a}" for a in after) + "."]
+        lines += ["", f"Missed: {and_join(missed)} ([appendix]({APPENDIX}#accuracy-by-recipe))" + "".join(f"; {a}" for a in after) + "."]
     if trades:
-        lines += ["", "A trade: " + "; ".join(trades) + "."]
-    kept = [f"the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 {why}"
-            for m, e in d["models"].items() if (why := study.RECIPE_NOT_SHIPPED.get((m, e.get("candidate"))))]
-    if kept:
-        lines += ["", "Kept out of `weights/`, decided after its test scores: " + "; ".join(kept) + "."]
+        lines += ["", "A trade (better on MNIST by over one test image, worse on users' images beyond max(1 point, 2 seed std)): "
+                      + "; ".join(trades) + "."]
+    for m, e in d["models"].items():
+        sh = e.get("shipped") or {}
+        if sh.get("decided_after_test"):
+            n = sum(1 for c in study.recipe_cells(f.s) if isinstance(c, study.Cell) and c.model == m)
+            r = study.load_result(f.s, sh["run"]) or {"tags": {}, "config": {}}
+            lines += ["", f"Kept out of `weights/` after its test scores: the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 "
+                          f"{sh['why_not']}. The file is instead the validation-best of {n} issue-#11 final runs "
+                          f"(`{r['tags'].get('attempt') or 'final'}` seed {r['config'].get('seed', '?')}), a single run its "
+                          "recipe's mean does not describe."]
     return lines
+
+
+def validation_evidence(f: Facts, m: str, e: dict) -> str:
+    """One model's recipe choice as validation saw it (final_recipes.json entry e): the chosen
+    candidate's lead over the runner-up in validation images, a tie or not (compare's rule), and
+    the 55,000-image test means already seen then."""
+    val = {k: v for k, v in e["val"].items() if v}
+    chosen = e["candidate"]
+    _, res = compare(val, f.one_val)
+    seen = {k: statistics.mean(v) for k, v in e.get("test_seen", {}).items() if v}
+    text = NAMES.get(m, m) + ": " + (f"`{chosen}`, the only candidate" if len(val) < 2 else "")
+    if len(val) > 1:
+        runner = min((k for k in val if k != chosen), key=lambda k: res[k][0])
+        text += (f"`{chosen}` led `{runner}` by {(res[runner][0] - res[chosen][0]) / f.one_val:.1f} images "
+                 f"({len(val[chosen])} vs {len(val[runner])} seeds: {'a tie' if res[runner][2] else 'beyond the noise'})")
+    if seen:
+        top = max(seen, key=seen.get)
+        shown = [k for k in seen if k in (chosen, top) or len(val) > 1 and k == runner]  # the best seen, and the two compared
+        text += ("; seen on test: " + ", ".join(f"`{k}` {pct(seen[k])}" for k in shown)
+                 + (" (the chosen one's the best)" if top == chosen else f"; `{chosen}` none" if chosen not in seen else ""))
+    return text + "."
 
 
 def section_comparison(f: Facts) -> list[str]:
@@ -410,10 +424,11 @@ def section_comparison(f: Facts) -> list[str]:
     if not best:
         return lines + ["Not run yet.", ""]
     b, res = best
-    lines += [f"Each model's final-stage recipe ({f.data['split']['train'] if f.data else 55000:,} training images; its seeds' "
-              "validation and test mean ± std, budget) and the file in `weights/`:", "",
-              "| model | validation % | test % | test accuracy % (file) | macro F1 | epochs | minutes a run (mean over seeds) | verdict on validation |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"The best model was named in issue #11's final stage, on validation: each model's final-stage recipe of its "
+              f"validation-best run ({f.data['split']['train'] if f.data else 55000:,} training images, validation-best epoch; "
+              "its seeds' mean ± std):", "",
+              "| model | validation % | test % | epochs | minutes a run (mean over seeds) | verdict on validation |",
+              "|---|---|---|---|---|---|"]
     for m in f.models:
         runs = f.recipe_runs(m)
         met = f.metrics.get(m)
@@ -422,7 +437,7 @@ def section_comparison(f: Facts) -> list[str]:
         gap, _, tie = res[m]
         verdict = "best" if m == b else (f"tie ({gap * f.n_val:.1f} images behind)" if tie else f"{gap * f.n_val:.1f} images behind")
         lines.append(f"| {NAMES[m]} | {mean_std([r['best']['val_acc'] for r in runs])} | {mean_std([r['test']['acc'] for r in runs])} | "
-                     f"{pct(met['accuracy'])} | {met['f1_macro']:.4f} | {runs[0]['epochs']:g} | "
+                     f"{runs[0]['epochs']:g} | "
                      f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f} | {verdict} |")
     ties = [NAMES[m] for m, (_, _, t) in res.items() if t and m != b]
     behind = [NAMES[m] for m, (_, _, t) in res.items() if not t]
@@ -434,17 +449,14 @@ def section_comparison(f: Facts) -> list[str]:
     if ties:
         text += (f"; the {and_join(ties)} tie{'s' if len(ties) == 1 else ''} it on validation (a gap within the noise), "
                  f"and the {NAMES[b]} has the better mean")
-    if "resnet" in f.models:
-        text += (f". It has {f.params('resnet') / f.params(b):.0f}x fewer parameters than ResNet-18 "
-                 f"and trains a run in {statistics.mean(r['seconds'] for r in best_runs) / 60:.0f} minutes (mean over seeds)")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
     budgets = {f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**Budgets differ** (the epochs column), set by what a run costs here."
+    caveat = ("**Budgets differ** (epochs), set by cost."
               if len(budgets) > 1 else "")
     lines += ["", caveat, "", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
-    lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model, so 1 − AUC (how far from a perfect ranking) "
-              "per digit says more; `test_model.py`'s ROC figures draw the per-class curves:", "",
+    lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model, so the table gives 1 − AUC (the distance "
+              "from a perfect ranking) per digit:", "",
               "| model | 1 − AUC macro | worst digit (1 − AUC) | best digit (1 − AUC) |", "|---|---|---|---|"]
     for m in [*f.models, "ensemble"]:
         met = f.metrics.get(m)
@@ -480,7 +492,7 @@ def section_plots(f: Facts) -> list[str]:
                     f"cross-entropy, un-smoothed for both where the run logged it ({and_join(ce)}), else validation only "
                     f"(training used label smoothing ε = {eps:g}, which validation does not)"]
     refit = " A refit's validation curve is in-sample." if any(c["train_config"].get("refit") for c in cards.values()) else ""
-    lines += ["**Training curves** of each model's file in `weights/` (from its record `weights/<model>.json`); "
+    lines += ["**Training curves** of each file in `weights/` (`weights/<model>.json`); "
               + captions[0] + f".{refit}", ""]
     for m in f.models:
         card = f.cards.get(m)
@@ -503,7 +515,7 @@ def section_plots(f: Facts) -> list[str]:
     cards = ", ".join(f"[{NAMES.get(m, m)}](weights/{m}.md)" for m in f.shipped)
     idx = read_json(f.root / "screenshots" / "index.json") or []
     lines += ["**Tools and files.** `test_model.py` scores any file in `weights/` (accuracy, F1, ROC-AUC, confusion "
-              f"matrix, its worst mistakes); `predict.py` reads your own image"
+              "matrix, its worst mistakes); `predict.py` reads your own image"
               + (f" (in-sample calibration for refits: it accepts {pct(mc['accepted'])}% of the {NAMES.get(mc['model'], mc['model'])}'s "
                  f"test digits, {pct(mc['accuracy_accepted'])}% of them right)" if (mc := user_mnist_check(f)) and f.file_recipe(mc["model"]) else "")
               + f". Model cards: {cards}. "

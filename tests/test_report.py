@@ -120,7 +120,7 @@ def test_test_set_count_includes_the_speed_trials(facts, report):
     u = sr.test_use(facts)
     trials = [json.loads(line) for line in (ROOT / sr.TRIALS).read_text().splitlines() if line.strip()]
     assert u["trial_points"] == sum(len(t["curve"]) for t in trials) > 0
-    assert f"**{u['total']:,} times**" in report
+    assert f"used: {u['total']:,} times**" in report
 
 
 # -----------------------------------------------------------------------------
@@ -289,18 +289,22 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     assert r["by_sha"]["convnet-0"]["mean"] == pytest.approx(0.81) and r["by_sha"][sha["convnet"]]["mean"] == pytest.approx(0.86)
     assert r["by_sha"]["convnet-1"]["tiny8"] == pytest.approx(0.72) and r["conditions"] == 2 and r["shipped"]["dnn"] == sha["dnn"]
 
-    seed = lambda m, k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0, "sha256": f"{m}-{k}"}  # noqa: E731
+    seed = lambda m, k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0, "sha256": f"{m}-{k}",  # noqa: E731
+                            "hardware": "AMD EPYC (2 threads, bf16)"}
+    evidence = {"val": {"final": [0.9980, 0.9982], "e60": [0.9970, 0.9972]}, "test_seen": {"final": [0.9965, 0.9967], "e60": []}}
     rec = {"seeds": [0, 1], "screen_seeds": [0, 1], "rule": "r", "ensemble": {"test_acc": 0.9980, "members": []},
-           "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972,
+           "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972, **evidence,
                                   "seeds": [seed("convnet", 0, 0.9970), seed("convnet", 1, 0.9974)]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
+                              "val": {"e150": [0.99]}, "test_seen": {"e150": [0.9940]},
                               "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9", "test_acc": 0.9951}}]},
                       "resnet": {"candidate": "e15", "recipe": {"epochs": 15}, "done": True, "test_mean": 0.9970,
+                                 "val": {"e15": [0.99, 0.99]}, "test_seen": {}, "shipped": {"decided_after_test": False},
                                  "seeds": [seed("resnet", 0, 0.9970), seed("resnet", 1, 0.9970)]}}}
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "final_recipes.json").write_text(json.dumps(rec))
     (tmp_path / "weights" / "resnet.pt").write_bytes(b"trained again since")  # its measurement is stale now
-    f = SimpleNamespace(root=tmp_path, s=SimpleNamespace(results=tmp_path / "results"), one_test=1e-4,
+    f = SimpleNamespace(root=tmp_path, s=SimpleNamespace(results=tmp_path / "results"), one_test=1e-4, one_val=2e-4,
                         metrics={"convnet": {"accuracy": 0.9968}, "dnn": {"accuracy": 0.9935}, "resnet": {"accuracy": 0.9960}})
     text = "\n".join(report_text.recipes_summary(f))
     row = {m: next(line for line in text.splitlines() if line.startswith(f"| {sr.NAMES[m]} |")) for m in rec["models"]}
@@ -310,5 +314,10 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     # ConvNet 99.72 vs ResNet-18 99.70 on MNIST (2 test images), 82.0 vs 86.0 on users' images (beyond 2 std = 2.8)
     assert "the ConvNet recipe beats the ResNet-18's by 0.02 points on MNIST but reads users' images 4.0 points worse" in text
     assert "DNN recipe" not in text and "ResNet-18 recipe" not in text
-    assert "| 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text
+    assert "| scored 1 times, in order | 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text
+    assert "| 1 (AMD EPYC) |" in row["convnet"]  # minutes a seed, and where
+    # what validation said, in validation images (0.02 points each), and the test means already seen
+    assert "- ConvNet: `final` led `e60` by 5.0 images (2 vs 2 seeds: beyond the noise); seen on test: `final` 99.66 (the chosen one's the best)." in text
+    assert "- DNN: `e150`, the only candidate; seen on test: `e150` 99.40 (the chosen one's the best)." in text
+    assert "Kept out" not in text  # no file kept out after its test scores
     assert "DNN seed 1 was trained again (its file was lost): 99.51%, counted; the mean keeps its first 99.50%" in text

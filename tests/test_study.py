@@ -292,7 +292,7 @@ def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
 # The floors: imports point down only, and the files stay readable
 
 FLOORS = {"data": 1, "models": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2, "calibrate": 2,
-          "train": 3, "serve": 3, "study_cells": 4, "study": 4,
+          "train": 3, "serve": 3, "study_cells": 4, "study_recipes": 4, "study": 4,
           "report_facts": 5, "report_figures": 5, "report_text": 5, "report_cards": 5, "study_report": 5}
 
 
@@ -462,6 +462,8 @@ def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluat
                     "earlier": [{"commands": [{"command": "python test_model.py --weights weights/a.pt weights/b.pt", "models_scored": 2}]}]}
     u = study_report.test_use(f)
     assert (u["scorings"], u["evaluations"]) == (3, 2)
+    f.evaluation["commands"][0]["command"] += " --tta"  # test-time augmentation: a second prediction of the test set
+    assert study_report.test_use(f)["scorings"] == 4
 
 
 def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhere_stops_shipping(tmp_path):
