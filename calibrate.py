@@ -3,6 +3,7 @@
     python calibrate.py weights/convnet.pt                 # fit, write into the checkpoint, save results/calibration/
     python calibrate.py weights/*.pt --dry-run             # print what would be stored, write nothing
     python calibrate.py weights/convnet.pt --limit-val 500 # a cheap run (tests)
+    python calibrate.py weights/resnet.pt --twin runs/study/final/<run>/best.pt   # a refit: T, p held out
 
 Both are chosen on data the model was not trained on and the test split never sees:
 - temperature T: temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural
@@ -21,8 +22,12 @@ Both are chosen on data the model was not trained on and the test split never se
   threshold is the highest that keeps MIN_ACCEPT of validation half B "ok" together with p,
   and its regularization C (REJECTOR_CS) the one whose thresholds then refuse the most of
   the unseen non-digits of seed 2.
-A refit (trained on train + validation, e.g. a recipe of issue #25) leaves no such data: its
-calibration is fitted in-sample, and the record says so (`in_sample`, `fitted_on`).
+A refit (trained on train + validation, e.g. a recipe of issue #25) leaves no such data. With
+`--twin`, a checkpoint of the same recipe and seed trained with the validation split held out,
+the temperature and the probability threshold are the twin's, fitted held out as above (the
+refit's confidence is taken to follow its twin's: same settings, 5,000 more images); the rejector,
+which reads this file's own features, is fitted and thresholded in-sample. Without a twin all of
+it is in-sample. The record says which (`in_sample`, `twin`, `fitted_on`).
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
 Imports data.py, models.py, predict.py and runs.py (for runs.pyplot) only.
 """
@@ -48,6 +53,9 @@ MIN_ACCEPT = 0.995  # share of validation digits that must stay "ok" (the produc
 # negatives); the one refusing the most held-out non-digits at the chosen thresholds is kept.
 REJECTOR_CS = (0.0003, 0.001, 0.003, 0.01)
 PROB_ACCEPT = 0.9975  # the probability threshold alone keeps this share; the rejector takes the rest of the margin
+# A refit's twin must match it in these settings (train.TrainConfig fields); it differs in `refit` only.
+TWIN_SAME = ("model", "model_config", "lr", "epochs", "batch_size", "optimizer", "momentum", "schedule", "weight_decay",
+             "label_smoothing", "augment", "translate", "rotate", "scale", "elastic", "elastic_sigma", "ema", "seed")
 ECE_BINS = 15
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
 # Letters and symbols that are not drawn like any digit (no O, I, l, S, Z, B, G, b, g, q, ...).
@@ -299,10 +307,11 @@ def per_image(outs, c: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return k, lowest_p, lowest_s, digit
 
 
-def choose_thresholds(val: tuple, nd: tuple, labels_b: np.ndarray) -> tuple[dict, list[dict], list[dict]]:
-    """The probability threshold (the highest keeping PROB_ACCEPT of the validation digits), then the
-    rejector's on top of it (the highest keeping MIN_ACCEPT). val, nd: per_image of validation half B
-    and of the unseen non-digits. Returns (the chosen scores, the probability curve, the rejector curve)."""
+def choose_thresholds(val: tuple, nd: tuple, labels_b: np.ndarray, p: float | None = None) -> tuple[dict, list[dict], list[dict]]:
+    """The probability threshold (the highest keeping PROB_ACCEPT of the validation digits; p when
+    given: a refit's twin's), then the rejector's on top of it (the highest keeping MIN_ACCEPT). val,
+    nd: per_image of validation half B and of the unseen non-digits. Returns (the chosen scores, the
+    probability curve, the rejector curve)."""
     vk, vp, vs, vd = val
     nk, np_, ns, _ = nd
 
@@ -316,7 +325,7 @@ def choose_thresholds(val: tuple, nd: tuple, labels_b: np.ndarray) -> tuple[dict
 
     curve = [scores(float(p), 0.0) for p in np.round(np.arange(0.30, 0.996, 0.01), 2)]
     fit = [c for c in curve if c["val_accepted"] >= PROB_ACCEPT]
-    p_chosen = max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
+    p_chosen = p if p is not None else max(fit, key=lambda c: c["threshold"])["threshold"] if fit else 0.3
     rejector_curve = [scores(p_chosen, float(r)) for r in np.round(np.arange(0.0, 0.995, 0.005), 3)]
     fit = [c for c in rejector_curve if c["val_accepted"] >= MIN_ACCEPT]
     chosen = max(fit, key=lambda c: c["rejector_threshold"]) if fit else rejector_curve[0]
@@ -337,15 +346,37 @@ def write_calibration(weights: str | Path, result: dict) -> None:
         side.write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def twin_calibration(weights, ckpt: dict, twin, data_dir, limit_val, n_non_digits) -> dict:
+    """calibrate() of a refit's twin (held out, nothing written), with "twin": {file, sha256, run,
+    val_acc}. Raises CheckpointError when `twin` is not one: a refit itself, or other settings (TWIN_SAME)."""
+    _, tw = load_checkpoint(twin)
+    a, b = ckpt.get("train_config", {}), tw.get("train_config", {})
+    differ = [k for k in TWIN_SAME if a.get(k) != b.get(k)]
+    if b.get("refit") or differ:
+        raise CheckpointError(f"{twin}: not a held-out twin of {weights} ("
+                              + (f"differs in {', '.join(differ)}" if differ else "a refit itself") + "); train its recipe "
+                              "and seed without --refit, e.g. the command in its card with --refit dropped")
+    r = calibrate(twin, data_dir, limit_val, n_non_digits, write=False)
+    return {**r, "twin": {"file": str(twin), "sha256": runs.sha256(twin), "run": b.get("run_name"),
+                          "val_acc": tw.get("metrics", {}).get("val_acc")}}
+
+
 def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 1600,
-              write: bool = True) -> dict:
+              write: bool = True, twin: str | Path | None = None) -> dict:
     """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
     with write=True, store them in the checkpoint (atomically) and in its .json beside it.
+    twin: for a refit, its held-out twin (temperature and probability threshold from it).
     Returns {weights, temperature, threshold, ece_before, ece_after, nll_before, nll_after,
     val_n, val_accepted, val_acc_accepted, non_digit_n, non_digit_refused, curve: [...]}."""
     model, ckpt = load_checkpoint(weights)
+    held = twin_calibration(weights, ckpt, twin, data_dir, limit_val, n_non_digits) if twin else None
     x_tr, val_idx, labels, crops, counts = validation_crops(data_dir, limit_val)
     t, single, result = temperature_step(model, ckpt, crops, counts, labels, weights)
+    if held:  # the twin's held-out temperature, and its ECE and NLL (this file's would be in-sample)
+        t = held["temperature"]
+        result.update({k: held[k] for k in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")}, twin=held["twin"],
+                      fitted_on=f"temperature and probability threshold: its held-out twin's ({held['fitted_on']}); the rejector: "
+                                "this file's validation split, in-sample (a refit)")
     # The rejector is fitted on half the validation digits (A) and the non-digits of seed 1;
     # both thresholds are chosen on the other half (B) and non-digits of seed 2, unseen by the fit.
     half_a, half_b = single[0::2], [i for i in range(len(val_idx)) if i not in set(single[0::2])]
@@ -358,7 +389,7 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
         """The rejector fitted with C = strength, and both thresholds chosen for it on half B."""
         rejector = fit_rejector(strength, x, y, scaler, len(half_a), n_neg)
         c = {"calibration": {"temperature": t, "rejector": rejector}}
-        return (rejector, *choose_thresholds(per_image(val_outs, c), per_image(nd_outs, c), labels_b))
+        return (rejector, *choose_thresholds(per_image(val_outs, c), per_image(nd_outs, c), labels_b, held and held["threshold"]))
 
     # C (the rejector's regularization) chosen like the thresholds: on half B and the unseen
     # non-digits, the C whose chosen thresholds refuse the most of them (ties: the stronger one).
@@ -411,14 +442,18 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $DATA_DIR or data/)")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images (cheap runs)")
     p.add_argument("--non-digits", type=int, default=1600, help="generated non-digit images for the threshold")
+    p.add_argument("--twin", help="for one refit: its held-out twin (same recipe and seed, trained without --refit), "
+                                  "whose temperature and probability threshold it takes")
     p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     p.add_argument("--out", default=str(ROOT / "results" / "calibration"), help="folder for <name>.json with the curve")
     p.add_argument("--figures", default=str(ROOT / "figures"), help="folder for unsure_tradeoff.png (every <name>.json in --out)")
     a = p.parse_args(argv)
+    if a.twin and len(a.weights) > 1:
+        p.error("--twin goes with one refit checkpoint")
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     for w in a.weights:
         try:
-            r = calibrate(w, a.data_dir, a.limit_val, a.non_digits, write=not a.dry_run)
+            r = calibrate(w, a.data_dir, a.limit_val, a.non_digits, write=not a.dry_run, twin=a.twin)
         except CheckpointError as e:
             sys.exit(f"error: {e}")
         print(f"{w}: T = {r['temperature']}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}, threshold "

@@ -681,9 +681,13 @@ def card_lines(f: Facts, m: str) -> list[str]:
     lines += [note] if (note := recipe_note(f, m)) else []
     cal = card.get("calibration")
     if cal:
+        twin = cal.get("twin")
         lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
-                     f"{cal['ece_after']:.4f} on the validation split" + (" (in-sample: it trained on those images, so these "
-                     "numbers may flatter it on new digits)" if cal.get("in_sample") else "") + ".")
+                     f"{cal['ece_after']:.4f} on the validation split"
+                     + (f", both from its held-out twin (`{twin['run']}`: the same recipe and seed trained without the validation "
+                        "split), as is the probability threshold; the rejector is fitted in-sample" if twin else
+                        " (in-sample: it trained on those images, so these numbers may flatter it on new digits)"
+                        if cal.get("in_sample") else "") + ".")
     lines += ["", "## Hardware and time", ""]
     hw = run["hardware"] if run else f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads, {env.get('device', '')}"
     minutes = f.train_minutes(m)
@@ -767,8 +771,9 @@ def calibration_sentence(root: Path, m: str = "convnet") -> str:
     if not c:
         return ""
     held = "in-sample validation digits (this file was trained on them)" if c.get("in_sample") else "held-out validation digits"
+    twin = " (temperature and ECE from its held-out twin)" if c.get("twin") else ""
     return (f"With `weights/{m}.pt` (from `results/calibration/{m}.json`): temperature {c['temperature']:g}, ECE "
-            f"{c['ece_before']:.5f} → {c['ece_after']:.5f}; at the chosen thresholds {pct(c['val_accepted'])}% of {held} are "
+            f"{c['ece_before']:.5f} → {c['ece_after']:.5f}{twin}; at the chosen thresholds {pct(c['val_accepted'])}% of {held} are "
             f"accepted, {pct(c['val_acc_accepted'])}% of those right, and {pct(c['non_digit_refused'], 1)}% of "
             f"{c['non_digit_n']} unseen generated non-digits are refused. The curve for every shipped model:")
 

@@ -50,7 +50,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
     recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell, rel,
 )
-from study_recipes import RECIPE_NOT_SHIPPED, write_final_recipes  # issue #25's record (re-exported too)
+from study_recipes import RECIPE_NOT_SHIPPED, made_from, recipe_source, twin_file, write_final_recipes  # issue #25 (re-exported)
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
@@ -327,21 +327,6 @@ def write_lr_table(s: Settings) -> None:
     os.replace(tmp, s.results / "lr_table.csv")
 
 
-def recipe_source(s: Settings, m: str) -> dict | None:
-    """Issue #25's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
-    test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done,
-    unless RECIPE_NOT_SHIPPED names the recipe. Returns {"name", "checkpoint", "sha256", "candidate"}
-    from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
-    path = s.results / "final_recipes.json"
-    d = json.loads(path.read_text()) if path.exists() else {}
-    e = d.get("models", {}).get(m)
-    if not e or not e.get("done") or (m, e["candidate"]) in RECIPE_NOT_SHIPPED:
-        return None
-    seed = next(x for x in e["seeds"] if x["seed"] == d["seeds"][0])
-    src = seed.get("again") or seed
-    return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
-
-
 # A run's machine-resolved settings stay `auto` in a command for others (bf16 is slow without bf16 CPUs).
 MACHINE_DEFAULTS = {"device": "auto", "precision": "auto", "channels_last": None}
 
@@ -362,14 +347,6 @@ def record_command(s: Settings, name: str, run_log: Path) -> str:
         record["log"] = rel(s, log)
     write_json(result_path(s, name), record)
     return record["hardware"]
-
-
-def made_from(card: Path, src: dict) -> None:
-    """Record in a shipped recipe file's card the seed checkpoint it was copied from and its sha256
-    (results/final_recipes.json's): calibrate.py changes the shipped bytes, not the weights."""
-    meta = json.loads(card.read_text())
-    if meta.get("made_from") != (want := {"cell": src["name"], "checkpoint": src["checkpoint"], "sha256": src["sha256"]}):
-        write_json(card, {**meta, "made_from": want}, indent=2, newline=False)
 
 
 def keep_ensemble_member(s: Settings, target: Path, run_name: str | None) -> None:
@@ -436,13 +413,17 @@ def ship_models(s: Settings) -> list[Path]:
 
 
 def calibrate_shipped(s: Settings, files: list[Path]) -> None:
-    """calibrate.py on shipped files without one (on the validation split: in-sample for a refit, said so)."""
-    if not files:
-        return
-    args = [*(rel(s, w) for w in files), "--out", "results/calibration", "--figures", "figures"]
-    if s.smoke:
-        args += ["--limit-val", "200", "--non-digits", "40"]
-    run_logged(s, command_line("calibrate.py", args), s.results / "logs" / "calibrate.txt")
+    """calibrate.py on shipped files without one, on the validation split; a recipe's refit takes its
+    temperature and threshold from its held-out twin where that file is here (twin_file), else it is
+    calibrated in-sample, said so. Logs: results/logs/calibrate.txt (a twin's: calibrate-<model>.txt)."""
+    cheap = ["--limit-val", "200", "--non-digits", "40"] if s.smoke else []
+    twins = {w: t for w in files if (t := twin_file(s, w.stem))}
+    for w, twin in twins.items():
+        args = [rel(s, w), "--twin", rel(s, twin), "--out", "results/calibration", "--figures", "figures", *cheap]
+        run_logged(s, command_line("calibrate.py", args), s.results / "logs" / f"calibrate-{w.stem}.txt")
+    if rest := [rel(s, w) for w in files if w not in twins]:
+        run_logged(s, command_line("calibrate.py", [*rest, "--out", "results/calibration", "--figures", "figures", *cheap]),
+                   s.results / "logs" / "calibrate.txt")
 
 
 def ship_refits(s: Settings) -> list[Path]:

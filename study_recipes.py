@@ -102,6 +102,39 @@ def earlier_recipes(prev: dict, candidate: str | None) -> list[dict]:
     return [x for k, x in out.items() if k != candidate]
 
 
+def recipe_source(s: Settings, m: str) -> dict | None:
+    """Issue #25's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
+    test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done,
+    unless RECIPE_NOT_SHIPPED names the recipe. Returns {"name", "checkpoint", "sha256", "candidate"}
+    from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
+    path = s.results / "final_recipes.json"
+    d = json.loads(path.read_text()) if path.exists() else {}
+    e = d.get("models", {}).get(m)
+    if not e or not e.get("done") or (m, e["candidate"]) in RECIPE_NOT_SHIPPED:
+        return None
+    seed = next(x for x in e["seeds"] if x["seed"] == d["seeds"][0])
+    src = seed.get("again") or seed
+    return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
+
+
+def made_from(card: Path, src: dict) -> None:
+    """Record in a shipped recipe file's card the seed checkpoint it was copied from and its sha256
+    (results/final_recipes.json's): calibrate.py changes the shipped bytes, not the weights."""
+    meta = json.loads(card.read_text())
+    if meta.get("made_from") != (want := {"cell": src["name"], "checkpoint": src["checkpoint"], "sha256": src["sha256"]}):
+        write_json(card, {**meta, "made_from": want}, indent=2, newline=False)
+
+
+def twin_file(s: Settings, m: str) -> Path | None:
+    """The held-out twin of weights/<m>.pt when that file is seed 0 of m's recipe (recipe_source): the
+    chosen candidate's own seed-0 run, with the same settings but the validation split held out
+    (calibrate.py --twin); None when there is none or its file is not on this machine."""
+    src = recipe_source(s, m) if m in RECIPE_MODELS else None
+    cells = candidate_cells(s, m).get(src["candidate"], []) if src else []
+    seed0 = [c for c in cells if isinstance(c, Cell) and c.tags["seed"] == s.seeds(RECIPE_SEEDS)[0]]
+    return run_file(s, seed0[0].name) if seed0 else None
+
+
 def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
     """Where weights/<m>.pt comes from against issue #25's rule (seed 0 of the recipe): {"file",
     "sha256" (the shipped bytes: calibration included), "run", "made_from" (the card's: the seed

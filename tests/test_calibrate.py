@@ -5,6 +5,7 @@ lands in the checkpoint where predict.py reads it."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import calibrate
@@ -53,3 +54,32 @@ def test_calibration_is_stored_in_the_checkpoint_and_used(tmp_path, real_data_di
     assert cal["temperature"] == r["temperature"] and cal["rejector"]["weights"].shape == (8 * 4 * 9 + 10,)
     assert json.loads((tmp_path / "w.json").read_text())["calibration"]["threshold"] == r["threshold"]
     assert predict.calibration(ckpt) == (r["temperature"], r["threshold"])
+
+
+def test_a_refit_takes_temperature_and_threshold_from_its_held_out_twin(tmp_path, real_data_dir):
+    """--twin: the refit's temperature, ECE and probability threshold are those of its twin (the same
+    settings and seed, trained with the validation split held out), the rejector its own (in-sample,
+    said so); a checkpoint with other settings, or a refit, is refused as a twin."""
+    def save(name: str, seed: int, refit: bool, lr: float = 0.01):
+        torch.manual_seed(seed)
+        model = models.build_model("convnet", width=8)
+        cfg = {"model": "convnet", "model_config": {"width": 8}, "lr": lr, "epochs": 3, "seed": 0, "refit": refit, "run_name": name}
+        torch.save({"model": "convnet", "model_config": {"width": 8}, "state_dict": model.state_dict(), "train_config": cfg,
+                    "normalization": {"mean": 0.13, "std": 0.31}, "metrics": {"val_acc": 0.5}}, tmp_path / f"{name}.pt")
+        return tmp_path / f"{name}.pt"
+
+    refit, twin = save("refit", 1, True), save("twin", 2, False)
+    cheap = dict(data_dir=real_data_dir, limit_val=200, n_non_digits=40)
+    held = calibrate.calibrate(twin, write=False, **cheap)
+    r = calibrate.calibrate(refit, write=True, twin=twin, **cheap)
+    assert (r["temperature"], r["threshold"], r["ece_after"]) == (held["temperature"], held["threshold"], held["ece_after"])
+    assert r["in_sample"] is True and "held-out twin" in r["fitted_on"] and "in-sample" in r["fitted_on"]
+    assert r["twin"]["run"] == "twin" and r["twin"]["sha256"] == calibrate.runs.sha256(twin)
+    alone = calibrate.calibrate(refit, write=False, **cheap)  # without its twin: all in-sample, its own temperature
+    assert alone["temperature"] != r["temperature"] and "twin" not in alone
+    assert r["rejector"]["weights"].shape == alone["rejector"]["weights"].shape  # the rejector reads the refit's features
+    _, ckpt = models.load_checkpoint(refit)
+    assert predict.calibration(ckpt) == (held["temperature"], held["threshold"])
+    for bad, why in ((save("other", 3, False, lr=0.1), "differs in lr"), (save("refit2", 4, True), "a refit itself")):
+        with pytest.raises(models.CheckpointError, match=why):
+            calibrate.calibrate(refit, write=False, twin=bad, **cheap)

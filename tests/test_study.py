@@ -84,7 +84,7 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
             assert card["train_config"]["run_name"] == shipped.name and card["calibration"]["in_sample"] is False
 
 
-def test_a_done_recipe_ships_its_seed_0_calibrated_in_sample_with_the_command_that_trains_it(smoke_root):
+def test_a_done_recipe_ships_its_seed_0_calibrated_with_its_twin_with_the_command_that_trains_it(smoke_root):
     s = study_report.settings(smoke_root)
     rec = json.loads((smoke_root / "results" / "final_recipes.json").read_text())
     for m in study.RECIPE_MODELS:
@@ -93,6 +93,10 @@ def test_a_done_recipe_ships_its_seed_0_calibrated_in_sample_with_the_command_th
         name = card["train_config"]["run_name"]
         assert name in (seed0["cell"], seed0.get("again", {}).get("cell")) and card["train_config"]["refit"]
         assert card["calibration"]["in_sample"] is True and "in-sample" in card["calibration"]["fitted_on"]
+        # its temperature and threshold from its held-out twin: the chosen candidate's own seed-0 run
+        twin = study.candidate_cells(s, m)[rec["models"][m]["candidate"]][0]
+        assert card["calibration"]["twin"]["run"] == twin.name == study.twin_file(s, m).parent.name
+        assert f"--twin {study.twin_file(s, m).relative_to(smoke_root)}" in (smoke_root / "results" / "logs" / f"calibrate-{m}.txt").read_text()
         r = study.load_result(s, name)
         assert r["command"].startswith("python train.py ") and " --refit" in r["command"]
         assert (smoke_root / r["log"]).read_text().startswith(f"$ {r['command']}")
