@@ -27,9 +27,11 @@ A refit (trained on train + validation, e.g. a recipe of issue #25) leaves no su
 the temperature and the probability threshold are the twin's, fitted held out as above (the
 refit's confidence is taken to follow its twin's: same settings, 5,000 more images); the rejector,
 which reads this file's own features, is fitted and thresholded in-sample. Without a twin all of
-it is in-sample. The record says which (`in_sample`, `twin`, `fitted_on`).
+it is in-sample. The record says which (`in_sample`, `twin`, `fitted_on`); with a twin, `curve` is
+the twin's (the one that chose the threshold). The twin is its run's validation-best checkpoint
+(the epoch in `twin`), the refit its last epoch.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
-Imports data.py, models.py, predict.py and runs.py (for runs.pyplot) only.
+Imports data.py, models.py, predict.py and runs.py (for runs.pyplot and runs.sha256) only.
 """
 
 import argparse
@@ -54,8 +56,9 @@ MIN_ACCEPT = 0.995  # share of validation digits that must stay "ok" (the produc
 REJECTOR_CS = (0.0003, 0.001, 0.003, 0.01)
 PROB_ACCEPT = 0.9975  # the probability threshold alone keeps this share; the rejector takes the rest of the margin
 # A refit's twin must match it in these settings (train.TrainConfig fields); it differs in `refit` only.
-TWIN_SAME = ("model", "model_config", "lr", "epochs", "batch_size", "optimizer", "momentum", "schedule", "weight_decay",
-             "label_smoothing", "augment", "translate", "rotate", "scale", "elastic", "elastic_sigma", "ema", "seed")
+TWIN_SAME = ("model", "model_config", "dataset", "lr", "epochs", "batch_size", "optimizer", "momentum", "schedule", "warmup",
+             "gamma", "weight_decay", "label_smoothing", "augment", "translate", "rotate", "scale", "elastic", "elastic_sigma",
+             "patience", "ema", "seed", "limit_train")
 ECE_BINS = 15
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
 # Letters and symbols that are not drawn like any digit (no O, I, l, S, Z, B, G, b, g, q, ...).
@@ -348,17 +351,21 @@ def write_calibration(weights: str | Path, result: dict) -> None:
 
 def twin_calibration(weights, ckpt: dict, twin, data_dir, limit_val, n_non_digits) -> dict:
     """calibrate() of a refit's twin (held out, nothing written), with "twin": {file, sha256, run,
-    val_acc}. Raises CheckpointError when `twin` is not one: a refit itself, or other settings (TWIN_SAME)."""
+    epoch, val_acc}. Raises CheckpointError when `weights` is no refit (it has held-out digits of its
+    own) or `twin` is not its twin: a refit itself, or other settings (TWIN_SAME)."""
+    a = ckpt.get("train_config", {})
+    if not a.get("refit"):
+        raise CheckpointError(f"{weights}: not a refit, so its validation split is held out: calibrate it without --twin")
     _, tw = load_checkpoint(twin)
-    a, b = ckpt.get("train_config", {}), tw.get("train_config", {})
+    b = tw.get("train_config", {})
     differ = [k for k in TWIN_SAME if a.get(k) != b.get(k)]
     if b.get("refit") or differ:
         raise CheckpointError(f"{twin}: not a held-out twin of {weights} ("
                               + (f"differs in {', '.join(differ)}" if differ else "a refit itself") + "); train its recipe "
                               "and seed without --refit, e.g. the command in its card with --refit dropped")
     r = calibrate(twin, data_dir, limit_val, n_non_digits, write=False)
-    return {**r, "twin": {"file": str(twin), "sha256": runs.sha256(twin), "run": b.get("run_name"),
-                          "val_acc": tw.get("metrics", {}).get("val_acc")}}
+    return {**r, "twin": {"file": str(twin), "sha256": runs.sha256(twin), "run": b.get("run_name") or Path(twin).parent.name,
+                          "epoch": tw.get("epoch"), "val_acc": tw.get("metrics", {}).get("val_acc")}}
 
 
 def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, n_non_digits: int = 1600,
@@ -366,8 +373,10 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
     """Fit the temperature and threshold of one checkpoint (see the module docstring) and,
     with write=True, store them in the checkpoint (atomically) and in its .json beside it.
     twin: for a refit, its held-out twin (temperature and probability threshold from it).
-    Returns {weights, temperature, threshold, ece_before, ece_after, nll_before, nll_after,
-    val_n, val_accepted, val_acc_accepted, non_digit_n, non_digit_refused, curve: [...]}."""
+    Returns {weights, temperature, threshold, ece_before, ece_after, nll_before, nll_after, in_sample,
+    fitted_on, twin (with a twin), val_n, val_accepted, val_acc_accepted, non_digit_n,
+    non_digit_refused, rejector, curve: [...], rejector_curve: [...]}; val_* are this file's own
+    (in-sample for a refit). Raises CheckpointError for an unreadable checkpoint or a wrong twin."""
     model, ckpt = load_checkpoint(weights)
     held = twin_calibration(weights, ckpt, twin, data_dir, limit_val, n_non_digits) if twin else None
     x_tr, val_idx, labels, crops, counts = validation_crops(data_dir, limit_val)
@@ -404,7 +413,7 @@ def calibrate(weights: str | Path, data_dir=None, limit_val: int | None = None, 
                    "non_digit_refused": chosen["non_digit_refused"],
                    "non_digits": "letters/symbols (DejaVu fonts and Pillow's bundled font, thickened, tilted), shapes, scribbles, strokes: calibrate.non_digits; "
                                  "seed 1 fits the rejector, seed 2 scores the thresholds",
-                   "curve": curve, "rejector_curve": rejector_curve})
+                   "curve": held["curve"] if held else curve, "rejector_curve": rejector_curve})
     if write:
         write_calibration(weights, result)
     return result

@@ -381,11 +381,11 @@ def appendix_ensembles(f: Facts) -> list[str]:
                             + [n for n in c["members"] if n not in names])
         lines.append(f"| `{name}` ({len(c['members'])} models) | {members} | {pct(c['val_acc'])} | {'yes' if name == e['chosen'] else ''} |")
     now = {(f.cards.get(m) or {}).get("train_config", {}).get("run_name") for m in f.models}
-    gone = [NAMES.get(names[n]["tags"]["model"], n) for n in e["candidates"].get("shipped", {}).get("members", []) if n in names and n not in now]
+    gone = [names[n]["tags"]["model"] for n in e["candidates"].get("shipped", {}).get("members", []) if n in names and n not in now]
     if gone:
-        lines += ["", f"`shipped` is the final runs shipped when this choice was made; the {and_join(gone)} file"
-                      f"{'s have' if len(gone) > 1 else ' has'} since been replaced by issue #25's refits (not final runs: no "
-                      "validation split left to ensemble on)."]
+        why = " by issue #25's refits (no validation split left to ensemble on)" if all(f.file_recipe(m) for m in gone) else ""
+        lines += ["", f"`shipped` is the final runs shipped when this choice was made; the {and_join([NAMES.get(m, m) for m in gone])} "
+                      f"file{'s have' if len(gone) > 1 else ' has'} since been replaced{why}."]
     return lines + [""]
 
 
@@ -443,8 +443,9 @@ def appendix_recipes(f: Facts) -> list[str]:
                    f"{', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`{label} | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
-    lines += ["", "Minutes are wall-clock on 2 cores that other work (the test suite) shared at times, so a wide range on one "
-                  "machine is that load, not the recipe; the training itself does not depend on it."]
+    lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, "
+                  "such as the test suite, may have shared: a wide range on one machine points to that load rather than to "
+                  "the recipe, whose steps are the same for every seed."]
     lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
             for x in e["seeds"] if not x.get("again", x).get("checkpoint")]
     if lost:

@@ -427,7 +427,7 @@ def test_use(f: Facts) -> dict:
     runs = sum(1 for r in f.records if r.get("test"))
     commands = (f.evaluation or {}).get("commands", [])
     earlier = [c for e in (f.evaluation or {}).get("earlier", []) for c in e["commands"]]  # earlier runs of the evaluate stage
-    passes = lambda c: c["models_scored"] * (2 if "--tta" in c["command"].split() else 1)  # noqa: E731  (TTA: a second prediction)
+    passes = lambda c: c["models_scored"] * (2 if "--tta" in c.get("command", "").split() else 1)  # noqa: E731  (TTA: a second pass)
     scorings = sum(passes(c) for c in commands + earlier)
     scored_files = {w for c in commands for w in c["command"].split() if w.endswith(".pt")}
     extra = [m for m in f.shipped if f.metrics.get(m) and f"weights/{m}.pt" not in scored_files]  # scored outside the study

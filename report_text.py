@@ -52,14 +52,15 @@ def section_summary(f: Facts) -> list[str]:
     best = f.best_model()
     names = lambda ms: and_join([NAMES.get(m, m) for m in ms])  # noqa: E731
     others = [m for m in f.shipped if m not in recipes and m != "convnet-refit" and f.file_seeds(m)]
-    seed0, not0 = [m for m in recipes if f.file_recipe(m)], [m for m in recipes if not f.file_recipe(m)]
+    seed0 = [m for m, e in recipes.items() if (d["models"][m].get("shipped") or {}).get("seed_0")]
+    not0 = [m for m in recipes if m not in seed0]
+    said = ([f"the {names(seed0)} file{'s are their' if len(seed0) > 1 else ' is its'} recipe's seed 0"] if seed0 else []) + \
+           ([f"the {names(not0)} file{'s are' if len(not0) > 1 else ' is'} not (Step 5)"] if not0 else [])
     lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images. "
               + (f"Recipe mean ± std: the model's issue-#25 recipe (Step 5), {len(d['seeds'])} seeds each trained on all 60,000 "
                  "training images, scored once at the last epoch" + (f"; {names(others)}: its final-stage seeds, validation-best epoch"
-                                                                         if others else "") + ". "
-                 + (f"The {names(seed0)} file{'s are their' if len(seed0) > 1 else ' is its'} recipe's seed 0" if seed0 else "")
-                 + (f"; the {names(not0)} file is not (Step 5)." if not0 else ".") if recipes else
-                 "Mean ± std: the file's recipe's seeds, each scored once at its validation-best epoch.")]
+                                                                         if others else "") + ". " + (j := "; ".join(said))[:1].upper() + j[1:]
+                 + "." if recipes else "Mean ± std: the file's recipe's seeds, each scored once at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     u = test_use(f)
@@ -343,7 +344,10 @@ def recipes_summary(f: Facts) -> list[str]:
         got = [rob["by_sha"].get(x.get("again", x).get("sha256")) for x in e["seeds"]] if rob else []
         full = e.get("done") and got and all(got)
         sha = rob.get("shipped", {}).get(m) if rob else None
-        file = rob["by_sha"][sha] if sha and sha == file_sha256(f.root / "weights" / f"{m}.pt") else None  # not a stale file's
+        made = ((getattr(f, "cards", {}).get(m) or {}).get("made_from") or {}).get("sha256")  # its seed checkpoint's
+        # the file as measured; else the seed checkpoint it was copied from, when measured: the same weights (calibration
+        # changes the bytes, not the top guess); never a stale file's
+        file = rob["by_sha"][sha] if sha and sha == file_sha256(f.root / "weights" / f"{m}.pt") else rob["by_sha"].get(made) if rob else None
         users = [g["mean"] for g in got] if full else []
         tiny = [g["tiny8"] for g in got] if full and all(g["tiny8"] is not None for g in got) else []
         side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
@@ -389,11 +393,11 @@ def recipes_summary(f: Facts) -> list[str]:
         sh = e.get("shipped") or {}
         if sh.get("decided_after_test"):
             n = sum(1 for c in study.recipe_cells(f.s) if isinstance(c, study.Cell) and c.model == m)
-            r = study.load_result(f.s, sh["run"]) or {"tags": {}, "config": {}}
+            best = study.shipped_final(f.s, m)
+            what = (f"the validation-best of {n} issue-#11 final runs (`{best.tags['attempt'] or 'final'}` seed {best.tags['seed']})"
+                    if best and best.name == sh["run"] else f"the run `{sh['run']}`")
             lines += ["", f"Kept out of `weights/` after its test scores: the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 "
-                          f"{sh['why_not']}. The file is instead the validation-best of {n} issue-#11 final runs "
-                          f"(`{r['tags'].get('attempt') or 'final'}` seed {r['config'].get('seed', '?')}), a single run its "
-                          "recipe's mean does not describe."]
+                          f"{sh['why_not']}. The file is instead {what}, a single run its recipe's mean does not describe."]
     return lines
 
 
@@ -517,7 +521,8 @@ def section_plots(f: Facts) -> list[str]:
     lines += ["**Tools and files.** `test_model.py` scores any file in `weights/` (accuracy, F1, ROC-AUC, confusion "
               "matrix, its worst mistakes); `predict.py` reads your own image"
               + (f" (in-sample calibration for refits: it accepts {pct(mc['accepted'])}% of the {NAMES.get(mc['model'], mc['model'])}'s "
-                 f"test digits, {pct(mc['accuracy_accepted'])}% of them right)" if (mc := user_mnist_check(f)) and f.file_recipe(mc["model"]) else "")
+                 f"test digits, {pct(mc['accuracy_accepted'])}% of them right)" if (mc := user_mnist_check(f)) and f.file_recipe(mc["model"])
+                 and not (f.cards.get(mc["model"]) or {}).get("calibration", {}).get("twin") else "")
               + f". Model cards: {cards}. "
               f"{len(idx)} screenshots of training and testing are in the [appendix]({APPENDIX}#screenshots); two of them:", ""]
     best = (f.best_model() or ("", {}))[0]

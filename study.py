@@ -522,8 +522,9 @@ def stage_evaluate(s: Settings) -> None:
     missing = [rel(s, w) for w in weights if not w.exists()]
     if missing:
         raise SystemExit(f"study: evaluate needs {', '.join(missing)}; run the final stage first (python study.py --only final)")
-    calibrate_shipped(s, [w for w in weights if "calibration" not in read_checkpoint(w)])  # new files, and train.py's
-    write_final_recipes(s)  # its "shipped" record: each file as shipped now (sha256 after calibration)
+    calibrate_shipped(s, [w for w in weights if "calibration" not in (c := read_checkpoint(w))  # new files, and train.py's
+                          or c["calibration"].get("in_sample") and "twin" not in c["calibration"] and twin_file(s, w.stem)])
+    write_final_recipes(s, score=False)  # its "shipped" record: each file as shipped now (sha256 after calibration)
     commands = []
     for m, w in zip(s.models, weights):
         cmd = command_line("test_model.py", ["--weights", rel(s, w), "--out", "figures", "--tta"])

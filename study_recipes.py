@@ -128,11 +128,13 @@ def made_from(card: Path, src: dict) -> None:
 def twin_file(s: Settings, m: str) -> Path | None:
     """The held-out twin of weights/<m>.pt when that file is seed 0 of m's recipe (recipe_source): the
     chosen candidate's own seed-0 run, with the same settings but the validation split held out
-    (calibrate.py --twin); None when there is none or its file is not on this machine."""
+    (calibrate.py --twin); None when there is none, or its file is not on this machine or not
+    finished (no result.json beside it: a run in progress has a best.pt already)."""
     src = recipe_source(s, m) if m in RECIPE_MODELS else None
     cells = candidate_cells(s, m).get(src["candidate"], []) if src else []
     seed0 = [c for c in cells if isinstance(c, Cell) and c.tags["seed"] == s.seeds(RECIPE_SEEDS)[0]]
-    return run_file(s, seed0[0].name) if seed0 else None
+    best = run_file(s, seed0[0].name) if seed0 else None
+    return best if best and (best.parent / "result.json").exists() else None
 
 
 def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
@@ -155,12 +157,13 @@ def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
     return out
 
 
-def write_final_recipes(s: Settings) -> Path:
+def write_final_recipes(s: Settings, score: bool = True) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS its recipe_entry and earlier_recipes;
     the RECIPE_ENSEMBLE's members (each seed's file: the rerun's for a seed in RECIPE_AGAIN) and
     test accuracy, scored once when every member's file is here; elsewhere the record is kept while
     its members are the same (checkpoint, sha256). Every ensemble ever scored stays in
     "ensembles_scored" (the count of test-set use reads it); per model, "shipped": shipped_record.
+    score=False (after shipping): never scores the ensemble; a record whose members changed is dropped.
     Accuracies are fractions, not percent."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
@@ -181,7 +184,7 @@ def write_final_recipes(s: Settings) -> Path:
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
         old = before.get("ensemble") or {}
         here = [s.root / x["checkpoint"] for x in members if x["checkpoint"] and (s.root / x["checkpoint"]).exists()]
-        if len(here) == len(members):
+        if len(here) == len(members) and (score or old.get("members") == members):
             out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, here, old)}
         elif old.get("members") == members:
             out["ensemble"] = old  # scored on the machine that has the files

@@ -83,3 +83,6 @@ def test_a_refit_takes_temperature_and_threshold_from_its_held_out_twin(tmp_path
     for bad, why in ((save("other", 3, False, lr=0.1), "differs in lr"), (save("refit2", 4, True), "a refit itself")):
         with pytest.raises(models.CheckpointError, match=why):
             calibrate.calibrate(refit, write=False, twin=bad, **cheap)
+    with pytest.raises(models.CheckpointError, match="not a refit"):  # it has held-out digits of its own
+        calibrate.calibrate(twin, write=False, twin=twin, **cheap)
+    assert r["curve"] == held["curve"] and r["twin"]["epoch"] is None  # the curve that chose p; no epoch saved here

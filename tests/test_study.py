@@ -538,3 +538,22 @@ def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_pa
     assert "in-sample validation digits" in report_cards.calibration_sentence(tmp_path)
     study.write_json(tmp_path / "results" / "calibration" / "convnet.json", cal)
     assert "99.50% of held-out validation digits" in report_cards.calibration_sentence(tmp_path)
+
+
+def test_twin_file_is_the_chosen_candidates_finished_seed_0_run(tmp_path, monkeypatch):
+    """study_recipes.twin_file: the held-out twin of a shipped recipe file is its chosen candidate's
+    seed-0 run, only once that run has finished (a run in progress already has a best.pt)."""
+    s = study.Settings(root=tmp_path)
+    cells = [study.Cell(f"cand-s{k}", "dnn", 3, {}, {"seed": k}) for k in (1, 0)]
+    monkeypatch.setattr(study_recipes, "recipe_source", lambda s, m: {"candidate": "c1"})
+    monkeypatch.setattr(study_recipes, "candidate_cells", lambda s, m: {"c1": cells, "c2": []})
+    assert study_recipes.twin_file(s, "dnn") is None  # its file is not on this machine
+    run = tmp_path / "runs" / "study" / "final" / "cand-s0"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"epoch 1 of 15")
+    assert study_recipes.twin_file(s, "dnn") is None  # still training
+    (run / "result.json").write_text("{}")
+    assert study_recipes.twin_file(s, "dnn") == run / "best.pt"
+    assert study_recipes.twin_file(s, "fastresnet") is None  # no issue-#25 recipe
+    monkeypatch.setattr(study_recipes, "recipe_source", lambda s, m: None)  # no recipe file shipped
+    assert study_recipes.twin_file(s, "dnn") is None
