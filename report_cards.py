@@ -71,7 +71,7 @@ GLOSSARY = ["## Glossary", "", "Terms used in the report, this appendix and the 
             "| ROC-AUC | for one digit, the chance that an image of it scores higher for it than an image of another digit; "
             "macro: the ten averaged |",
             "| calibration | how well the probabilities match how often the model is right |",
-            "| temperature | one number T dividing the logits, fitted on validation so the probabilities are calibrated |",
+            "| temperature | one number T dividing the logits, fitted on validation (a refit: its held-out twin's) so the probabilities are calibrated |",
             "| ECE | expected calibration error: the gap between confidence and accuracy per confidence bin, averaged with "
             "each bin weighted by its share of the images |",
             "| selective prediction | answering only when confident enough (`unsure` otherwise), traded against accuracy |",
@@ -467,17 +467,25 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
     lines = []
     ens, last = d.get("ensemble"), (d.get("ensembles_scored") or [None])[-1]
     members = " and ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
-    lines += ["", f"The ensemble, its rule fixed before any of these test scores: every seed of the {members} recipes, softmax averaged: "
-              + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
-                 f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%); "
-                 "with the current recipes it waits for every member." if last else "not scored yet (it waits for every member).")]
-    scored = d.get("ensembles_scored") or []
+    scored = scored_ensembles(d)
+    rule = f"The ensemble's rule, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged"
     if len(scored) > 1:  # which ConvNet recipe each scored ensemble held
-        lines += ["", "Every ensemble scored, in order: " + ", ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored_ensembles(d))
-                  + "; the membership rule (every seed of the two recipes) was fixed first, but the members changed after the "
-                    "first score was seen, because the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."]
-    lines += ["", "Seed 0's file ships as `weights/<model>.pt` with its calibration added, so its sha256 differs from the seed's "
-                  "checkpoint's (the card's `made_from` records that checkpoint and its sha256). The recipe table's scores are `train.py`'s, from the run's "
+        lines += ["", f"{rule}. It was scored {len(scored)} times, in order: "
+                  + ", then ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored)
+                  + f" (target {pct(RECIPE_TARGETS['ensemble'])}%): the members changed after the first score was seen, because "
+                    "the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."]
+    else:
+        lines += ["", f"{rule}: " + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
+                                     f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target "
+                                     f"{pct(RECIPE_TARGETS['ensemble'])}%); with the current recipes it waits for every member."
+                                     if last else "not scored yet (it waits for every member).")]
+    seed0 = [NAMES.get(m, m) for m, e in d["models"].items() if (e.get("shipped") or {}).get("seed_0")]
+    lines += ["", f"Seed 0's file ships as `weights/<model>.pt` ({and_join(seed0) or 'none yet'}) with its calibration added, so its "
+                  "sha256 differs from the seed's "
+                  "checkpoint's (the card's `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
+                  "its temperature and probability threshold come from its held-out twin (the same recipe and seed trained "
+                  "without the validation split; `calibrate.py --twin`), its rejector is fitted in-sample (README, calibration). "
+                  "The recipe table's scores are `train.py`'s, from the run's "
                   "own (bf16) evaluation; `test_model.py` scores in fp32, which can move a file by an image."]
     ens = ens or last
     cands = (read_json(f.s.results / "ensembles.json") or {}).get("candidates", {})
@@ -686,7 +694,8 @@ def card_lines(f: Facts, m: str) -> list[str]:
         lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
                      f"{cal['ece_after']:.4f} on the validation split"
                      + (f", both from its held-out twin (`{twin['run']}`: the same recipe and seed trained without the validation "
-                        "split), as is the probability threshold; the rejector is fitted in-sample" if twin else
+                        f"split; validation {pct(twin.get('val_acc'))}% at its best epoch {twin.get('epoch')}, where this file keeps its "
+                        "last), as is the probability threshold; the rejector is fitted in-sample" if twin else
                         " (in-sample: it trained on those images, so these numbers may flatter it on new digits)"
                         if cal.get("in_sample") else "") + ".")
     lines += ["", "## Hardware and time", ""]

@@ -65,7 +65,7 @@ def section_summary(f: Facts) -> list[str]:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     u = test_use(f)
     lines += ["", f"**How often the test set was used: {u['total']:,} times** (robustness benchmark and tests aside): "
-              f"once at the end of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py` (a TTA pass "
+              f"once at the end of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py` (TTA "
               "counted apart)" + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials "
                                   f"(`benchmarks/trials.py`, every {u['every']} epoch)" if u["trials"] else "") + "."]
     after = ["QuickNet's recipe (those trials)"] if u["trials"] else []
@@ -75,7 +75,7 @@ def section_summary(f: Facts) -> list[str]:
         more = [r for r in f.records if r["tags"].get("kind") in ("recipe", "screen") and r["name"] not in seen]
         after.append(f"{sum(len(rs) for _, _, rs in later)} runs for issue #11 and {len(more)} for issue #25 "
                      f"({sum(1 for r in more if not r.get('test'))} screening, never scored), made *because* test scores missed "
-                     "targets (chosen among on validation)")
+                     "targets")
     after += [f"{NAMES.get(m, m)}'s `{e['candidate']}` candidate (after its `{e['earlier'][-1]['candidate']}` refits were scored)"
               for m, e in d.get("models", {}).items() if e.get("earlier")]
     after += [f"keeping the {NAMES.get(m, m)} file over `{e['candidate']}` seed 0" for m, e in d.get("models", {}).items()
@@ -397,7 +397,7 @@ def recipes_summary(f: Facts) -> list[str]:
             what = (f"the validation-best of {n} issue-#11 final runs (`{best.tags['attempt'] or 'final'}` seed {best.tags['seed']})"
                     if best and best.name == sh["run"] else f"the run `{sh['run']}`")
             lines += ["", f"Kept out of `weights/` after its test scores: the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 "
-                          f"{sh['why_not']}. The file is instead {what}, a single run its recipe's mean does not describe."]
+                          f"{sh['why_not']}. The file is instead {what}, a single run, not a recipe's mean."]
     return lines
 
 
@@ -419,7 +419,8 @@ def validation_evidence(f: Facts, m: str, e: dict) -> str:
         shown = [k for k in seen if k in (chosen, top) or len(val) > 1 and k == runner]  # the best seen, and the two compared
         text += ("; seen on test: " + ", ".join(f"`{k}` {pct(seen[k])}" for k in shown)
                  + (" (the chosen one's the best)" if top == chosen else f"; `{chosen}` none" if chosen not in seen else ""))
-    return text + "."
+    refits = [f"`{x['candidate']}` refits {mean_std([y['test_acc'] for y in x['seeds']])}" for x in e.get("earlier", []) if x.get("done")]
+    return text + (f"; refit and scored before: {and_join(refits)}" if refits else "") + "."
 
 
 def section_comparison(f: Facts) -> list[str]:

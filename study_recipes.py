@@ -195,8 +195,8 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
         scored.append(out["ensemble"])
     out["ensembles_scored"] = scored
     if scored:  # read by the report's count of test-set use (report_facts.test_use)
-        out["why"] = (f"the fixed recipe ensemble{'s' if len(scored) > 1 else ''}, scored once"
-                      + (" each" if len(scored) > 1 else "") + " by study.py --only recipes")
+        out["why"] = (f"model passes of {len(scored)} fixed recipe ensemble{'s' if len(scored) > 1 else ''} ("
+                      + ", ".join(str(len(e["members"])) for e in scored) + " members), each scored once by study.py --only recipes")
         out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
                             "models_scored": sum(len(e["members"]) for e in scored)}]
     write_json(path, out)

@@ -297,6 +297,7 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
                                   "seeds": [seed("convnet", 0, 0.9970), seed("convnet", 1, 0.9974)]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
                               "val": {"e150": [0.99]}, "test_seen": {"e150": [0.9940]},
+                              "earlier": [{"candidate": "final", "done": True, "seeds": [{"test_acc": 0.9930}, {"test_acc": 0.9932}]}],
                               "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9", "test_acc": 0.9951}}]},
                       "resnet": {"candidate": "e15", "recipe": {"epochs": 15}, "done": True, "test_mean": 0.9970,
                                  "val": {"e15": [0.99, 0.99]}, "test_seen": {}, "shipped": {"decided_after_test": False},
@@ -321,6 +322,7 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     assert "| 1 (AMD EPYC) |" in row["convnet"]  # minutes a seed, and where
     # what validation said, in validation images (0.02 points each), and the test means already seen
     assert "- ConvNet: `final` led `e60` by 5.0 images (2 vs 2 seeds: beyond the noise); seen on test: `final` 99.66 (the chosen one's the best)." in text
-    assert "- DNN: `e150`, the only candidate; seen on test: `e150` 99.40 (the chosen one's the best)." in text
+    assert ("- DNN: `e150`, the only candidate; seen on test: `e150` 99.40 (the chosen one's the best); refit and scored "
+            "before: `final` refits 99.31 ± 0.01.") in text  # an earlier choice's refits, scored before this one
     assert "Kept out" not in text  # no file kept out after its test scores
     assert "DNN seed 1 was trained again (its file was lost): 99.51%, counted; the mean keeps its first 99.50%" in text
