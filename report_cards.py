@@ -484,7 +484,14 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                   "sha256 differs from the seed's "
                   "checkpoint's (the card's `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
                   "its temperature and probability threshold come from its held-out twin (the same recipe and seed trained "
-                  "without the validation split; `calibrate.py --twin`), its rejector is fitted in-sample (README, calibration). "
+                  "without the validation split; `calibrate.py --twin`), its rejector is fitted in-sample (README, calibration)"
+                  + "".join(f"; the {NAMES.get(m, m)}'s twin, `{tw['run']}`, is a second training of that run with the test score "
+                            f"off (`runs/` is not committed; not in the run list): validation {pct(tw.get('val_acc'))}% at its best epoch "
+                            f"{tw.get('epoch') or 0:g}, the recorded run's {pct(r['best']['val_acc'])}% at {r['best']['epoch']:g}"
+                            for m in d["models"] if (tw := ((f.cards.get(m) or {}).get("calibration") or {}).get("twin"))
+                            and (r := study.load_result(f.s, tw["run"]))
+                            and (tw.get("val_acc"), tw.get("epoch")) != (r["best"]["val_acc"], r["best"]["epoch"]))
+                  + ". "
                   "The recipe table's scores are `train.py`'s, from the run's "
                   "own (bf16) evaluation; `test_model.py` scores in fp32, which can move a file by an image."]
     ens = ens or last
@@ -694,7 +701,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
         lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
                      f"{cal['ece_after']:.4f} on the validation split"
                      + (f", both from its held-out twin (`{twin['run']}`: the same recipe and seed trained without the validation "
-                        f"split; validation {pct(twin.get('val_acc'))}% at its best epoch {twin.get('epoch')}, where this file keeps its "
+                        f"split; validation {pct(twin.get('val_acc'))}% at its best epoch {twin.get('epoch') or 0:g}, where this file keeps its "
                         "last), as is the probability threshold; the rejector is fitted in-sample" if twin else
                         " (in-sample: it trained on those images, so these numbers may flatter it on new digits)"
                         if cal.get("in_sample") else "") + ".")
