@@ -9,7 +9,7 @@ import study
 import train
 from models import build_model, count_params, load_checkpoint
 from report_facts import (
-    RECIPE_TARGETS, TARGET_BEST_SINGLE, and_join, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
+    GLOSSARY, RECIPE_TARGETS, TARGET_BEST_SINGLE, and_join, TARGET_ENSEMBLE, Facts, NAMES, OPT_NAMES, ROOT, STEM_TEXT, TARGETS, TRIALS, USER_IMAGE_RESULTS,
     aug_text, change_words, changes_words, compare, confusion_pairs, fair_runs_done, fair_tables, figure, layer_text, lr_table, mean_std, multiply_adds,
     member_seeds, one_image_note, optim_groups, pct, read_json, reg_groups, results_of, run_words, scored_ensembles, shown_recipe, test_use,
     tie_rule_text
@@ -45,37 +45,6 @@ def appendix_lines(f: Facts) -> list[str]:
             + appendix_per_class(f) + appendix_figures(f) + appendix_targets(f) + appendix_ensembles(f) + appendix_recipes(f)
             + appendix_tie_rules(f)
             + appendix_runs(f) + appendix_screenshots(f) + GLOSSARY)
-
-
-GLOSSARY = ["## Glossary", "", "Terms used in the report, this appendix and the model cards, one line each.", "",
-            "| term | meaning here |", "|---|---|",
-            "| validation split | 5,000 of MNIST's 60,000 training images, held out; the study's choices are made on it "
-            "(QuickNet's recipe is the exception: Test-set use above) |",
-            "| test set | MNIST's 10,000 test images; the study scores it and counts every scoring (Test-set use above) |",
-            "| seed | the random start (weights, batch order, augmentation); one recipe on 3 seeds shows its noise |",
-            "| standard error | the spread (std) of a mean over seeds divided by √seeds; the tie rules use it |",
-            "| recipe | every training setting (model, optimizer, LR, schedule, augmentation, epochs), without the seed |",
-            "| validation-best epoch | the epoch whose checkpoint had the best validation accuracy; it is the one kept |",
-            "| screening run | a run that compares recipes on validation and is never scored on test |",
-            "| refit | a recipe trained again on all 60,000 training images for its fixed epochs, the last epoch kept |",
-            "| BN | batch normalization: each channel normalized over the batch, then scaled and shifted by learned weights |",
-            "| BasicBlock | ResNet's block: two 3x3 conv + BN, added to its input (the residual connection) |",
-            "| logits | the model's 10 raw outputs; softmax turns them into probabilities |",
-            "| one-cycle | the LR schedule: a linear warm-up to the peak LR, then a linear decay to 0 |",
-            "| label smoothing | with ε = 0.1 the training target is 0.91 on the right digit and 0.01 on each other one |",
-            "| elastic warp | a smooth random displacement of the pixels (Simard et al. 2003); σ sets its smoothness |",
-            "| EMA | an exponential moving average of the weights, evaluated instead of the last ones |",
-            "| TTA | test-time augmentation: the mean prediction over a few shifted copies of the image |",
-            "| ensemble | several models' softmax probabilities averaged |",
-            "| macro F1 | F1 (the harmonic mean of precision and recall) per digit, averaged over the ten |",
-            "| ROC-AUC | for one digit, the chance that an image of it scores higher for it than an image of another digit; "
-            "macro: the ten averaged |",
-            "| calibration | how well the probabilities match how often the model is right |",
-            "| temperature | one number T dividing the logits, fitted on validation (a refit: its held-out twin's) so the probabilities are calibrated |",
-            "| ECE | expected calibration error: the gap between confidence and accuracy per confidence bin, averaged with "
-            "each bin weighted by its share of the images |",
-            "| selective prediction | answering only when confident enough (`unsure` otherwise), traded against accuracy |",
-            "| model card | `weights/<model>.md`: what a shipped file is, how it was trained, its metrics and limits |", ""]
 
 
 def appendix_test_use(f: Facts) -> list[str]:
@@ -641,6 +610,19 @@ def user_image_text(f: Facts, m: str) -> list[str]:
     return out
 
 
+def calibration_line(cal: dict) -> str:
+    """The card's sentence on a file's calibration (its record from calibrate.py): held out, from a
+    refit's twin, or in-sample."""
+    twin = cal.get("twin")
+    return (f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
+            f"{cal['ece_after']:.4f} on the validation split"
+            + (f", both from its held-out twin (`{twin['run']}`: the same recipe and seed trained without the validation "
+               f"split; validation {pct(twin.get('val_acc'))}% at its best epoch {twin.get('epoch') or 0:g}, where this file keeps its "
+               "last), as is the probability threshold; the rejector is fitted in-sample" if twin else
+               " (in-sample: it trained on those images, so these numbers may flatter it on new digits)"
+               if cal.get("in_sample") else "") + ".")
+
+
 def card_lines(f: Facts, m: str) -> list[str]:
     card = f.cards[m]
     tc, env = card["train_config"], card.get("environment", {})
@@ -695,16 +677,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
         lines.append(f"Seed spread of its recipe ({len(runs)} seeds): {val}test {mean_std([r['test']['acc'] for r in runs])}%. "
                      f"{one_image_note(f).strip()}")
     lines += [note] if (note := recipe_note(f, m)) else []
-    cal = card.get("calibration")
-    if cal:
-        twin = cal.get("twin")
-        lines.append(f"Calibration (`calibrate.py`): temperature {cal['temperature']:g}, ECE {cal['ece_before']:.4f} → "
-                     f"{cal['ece_after']:.4f} on the validation split"
-                     + (f", both from its held-out twin (`{twin['run']}`: the same recipe and seed trained without the validation "
-                        f"split; validation {pct(twin.get('val_acc'))}% at its best epoch {twin.get('epoch') or 0:g}, where this file keeps its "
-                        "last), as is the probability threshold; the rejector is fitted in-sample" if twin else
-                        " (in-sample: it trained on those images, so these numbers may flatter it on new digits)"
-                        if cal.get("in_sample") else "") + ".")
+    lines += [calibration_line(card["calibration"])] if card.get("calibration") else []
     lines += ["", "## Hardware and time", ""]
     hw = run["hardware"] if run else f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads, {env.get('device', '')}"
     minutes = f.train_minutes(m)

@@ -43,6 +43,38 @@ def settings(root: Path) -> study.Settings:
     return study.Settings(root=root, smoke=m.get("smoke", False), models=tuple(m.get("models", STUDY_MODELS)))
 
 
+# The appendix's glossary: the terms of the report, the appendix and the model cards.
+GLOSSARY = ["## Glossary", "", "Terms used in the report, this appendix and the model cards, one line each.", "",
+            "| term | meaning here |", "|---|---|",
+            "| validation split | 5,000 of MNIST's 60,000 training images, held out; the study's choices are made on it "
+            "(QuickNet's recipe is the exception: Test-set use above) |",
+            "| test set | MNIST's 10,000 test images; the study scores it and counts every scoring (Test-set use above) |",
+            "| seed | the random start (weights, batch order, augmentation); one recipe on 3 seeds shows its noise |",
+            "| standard error | the spread (std) of a mean over seeds divided by √seeds; the tie rules use it |",
+            "| recipe | every training setting (model, optimizer, LR, schedule, augmentation, epochs), without the seed |",
+            "| validation-best epoch | the epoch whose checkpoint had the best validation accuracy; it is the one kept |",
+            "| screening run | a run that compares recipes on validation and is never scored on test |",
+            "| refit | a recipe trained again on all 60,000 training images for its fixed epochs, the last epoch kept |",
+            "| BN | batch normalization: each channel normalized over the batch, then scaled and shifted by learned weights |",
+            "| BasicBlock | ResNet's block: two 3x3 conv + BN, added to its input (the residual connection) |",
+            "| logits | the model's 10 raw outputs; softmax turns them into probabilities |",
+            "| one-cycle | the LR schedule: a linear warm-up to the peak LR, then a linear decay to 0 |",
+            "| label smoothing | with ε = 0.1 the training target is 0.91 on the right digit and 0.01 on each other one |",
+            "| elastic warp | a smooth random displacement of the pixels (Simard et al. 2003); σ sets its smoothness |",
+            "| EMA | an exponential moving average of the weights, evaluated instead of the last ones |",
+            "| TTA | test-time augmentation: the mean prediction over a few shifted copies of the image |",
+            "| ensemble | several models' softmax probabilities averaged |",
+            "| macro F1 | F1 (the harmonic mean of precision and recall) per digit, averaged over the ten |",
+            "| ROC-AUC | for one digit, the chance that an image of it scores higher for it than an image of another digit; "
+            "macro: the ten averaged |",
+            "| calibration | how well the probabilities match how often the model is right |",
+            "| temperature | one number T dividing the logits, fitted on validation (a refit: its held-out twin's) so the probabilities are calibrated |",
+            "| ECE | expected calibration error: the gap between confidence and accuracy per confidence bin, averaged with "
+            "each bin weighted by its share of the images |",
+            "| selective prediction | answering only when confident enough (`unsure` otherwise), traded against accuracy |",
+            "| model card | `weights/<model>.md`: what a shipped file is, how it was trained, its metrics and limits |", ""]
+
+
 def pct(x, digits: int = 2) -> str:
     return "" if x is None or x == "" else f"{100 * float(x):.{digits}f}"
 
