@@ -32,9 +32,9 @@ def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None)
     from models import load_checkpoint
     from test_model import predict_proba
     data = s.mnist()
-    probs = []
+    probs, device = [], "cuda" if torch.cuda.is_available() else "cpu"
     for p in members:
-        model, _ = load_checkpoint(p, "cpu")
+        model, _ = load_checkpoint(p, device)
         probs.append(torch.from_numpy(predict_proba(model, data.x_test)))
     record["test_acc"] = float((torch.stack(probs).mean(0).argmax(1) == data.y_test).float().mean())
     return record
