@@ -438,6 +438,13 @@ def save_last(run, epoch_acc) -> None:
     save_atomic(ckpt, run.run_dir / "last.pt")
 
 
+def epoch_acc_on(acc: dict | None, dev: torch.device) -> dict | None:
+    """The epoch's running sums from a last.pt (loaded onto the CPU) moved onto the run's device, where
+    train_epoch adds to them; the confusion matrix stays on the CPU, where train_epoch keeps it. (A CUDA
+    run resumed with its sums on the CPU failed at its first step: seen on an H200.)"""
+    return {k: v.to("cpu" if k == "conf" else dev) if torch.is_tensor(v) else v for k, v in acc.items()} if acc else acc
+
+
 def restore_last(run, saved: dict) -> None:
     """Continue a train.Run from its last.pt: weights, optimizer, schedule, scaler, RNG, history and
     the epoch's running metrics."""
@@ -450,7 +457,8 @@ def restore_last(run, saved: dict) -> None:
     torch.set_rng_state(saved["rng_cpu_ranks"][run.dist.rank] if run.dist.world > 1 else saved["rng_cpu"])
     if "rng_cuda" in saved and run.cfg.device.startswith("cuda"):
         torch.cuda.set_rng_state(saved["rng_cuda"])
-    run.step, run.history, run.best, run.acc = saved["step"], saved["history"], saved["best"], saved["epoch_acc"]
+    run.step, run.history, run.best = saved["step"], saved["history"], saved["best"]
+    run.acc = epoch_acc_on(saved["epoch_acc"], run.dev)
     run.elapsed_before = saved["seconds"]
     run.log(f"resumed {run.run_dir} at step {run.step}/{run.total_steps}")
 

@@ -437,3 +437,14 @@ def test_history_records_the_unsmoothed_train_ce_beside_the_optimised_loss(tmp_p
     assert 0 < ce < smoothed  # smoothing 0.2 adds to the loss of a net that has learned
     r0 = train.train(tiny(tmp_path, label_smoothing=0.0, out=str(tmp_path / "plain")), synthetic_data, quiet=True)
     assert r0["history"][0]["train_ce"] == pytest.approx(r0["history"][0]["train_loss"], rel=1e-6)
+
+
+def test_resumed_epoch_sums_go_to_the_runs_device():
+    """last.pt is loaded onto the CPU; a CUDA run's running sums must go back to its device (on an
+    H200 a resumed run failed at its first step without this). The meta device stands in for CUDA."""
+    from runs import epoch_acc_on
+    saved = {"loss": torch.tensor(3.0), "ce": torch.tensor(2.0), "conf": torch.ones(10, 10, dtype=torch.long), "t": 1.5}
+    acc = epoch_acc_on(saved, torch.device("meta"))
+    assert acc["loss"].device.type == acc["ce"].device.type == "meta"
+    assert acc["conf"].device.type == "cpu" and acc["conf"].sum() == 100 and acc["t"] == 1.5
+    assert epoch_acc_on(None, torch.device("meta")) is None and epoch_acc_on({}, torch.device("meta")) == {}
