@@ -415,11 +415,15 @@ def appendix_recipes(f: Facts) -> list[str]:
     lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, "
                   "such as the test suite, may have shared: a wide range on one machine points to that load rather than to "
                   "the recipe, whose steps are the same for every seed."]
-    lost = [f"{NAMES.get(m, m)} seed {x['seed']}" for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
-            for x in e["seeds"] if not x.get("again", x).get("checkpoint")]
-    if lost:
-        lines += ["", f"Recorded without its file ({', '.join(lost)}): trained in an earlier session on another machine, and "
+    lost = {f"{NAMES.get(m, m)} seed {x['seed']}": x["hardware"] for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
+            for x in e["seeds"] if not x.get("again", x).get("checkpoint")}
+    if cpu := [k for k, hw in lost.items() if not hw.startswith("NVIDIA")]:
+        lines += ["", f"Recorded without its file ({', '.join(cpu)}): trained in an earlier session on another machine, and "
                       "`runs/` is not committed; its test score counts, but the ensemble and shipping need the file again."]
+    if gpu := [k for k, hw in lost.items() if hw.startswith("NVIDIA")]:
+        lines += ["", f"Recorded without file or sha256 ({', '.join(gpu)}): trained on a lent "
+                      f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that returned only each recipe's seed-0 file "
+                      "(a call brings back little, and these files are large); their test scores count, but an ensemble needs the files."]
     again = [(m, x) for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()] for x in e["seeds"] if x.get("again")]
     for m, x in again:
         lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
@@ -442,7 +446,10 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
         lines += ["", f"{rule}. It was scored {len(scored)} times, in order: "
                   + ", then ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored)
                   + f" (target {pct(RECIPE_TARGETS['ensemble'])}%): the members changed after the first score was seen, because "
-                    "the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."]
+                    "the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."
+                  + ("" if ens else " With the current recipes (" + ", ".join(f"{NAMES.get(m, m)} `{d['models'][m]['candidate']}`"
+                                                                             for m in study.RECIPE_ENSEMBLE if m in d["models"])
+                     + ") it is not scored: their seeds' files are not all on one machine.")]
     else:
         lines += ["", f"{rule}: " + (f"{pct(ens['test_acc'])}% on test (target {pct(RECIPE_TARGETS['ensemble'])}%)." if ens else
                                      f"with the earlier choices' seeds {pct(last['test_acc'])}% on test (target "

@@ -2,14 +2,16 @@
 how a run and a change are put in words, and the test-set bookkeeping. Imported by the other
 report_*.py files and study_report.py only."""
 
+import inspect
 import json
 import math
 import statistics
 from pathlib import Path
 
 import study
-from models import STUDY_MODELS, count_params, load_checkpoint, probe
+from models import DNN, STUDY_MODELS, count_params, load_checkpoint, probe
 from runs import sha256
+from train import FALLBACK, RECIPES
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet (ours)",
@@ -151,7 +153,7 @@ def recipe_robustness(root: Path) -> dict:
     by_sha = {f["sha256"]: {"mean": statistics.mean(c["files"][k] for c in conds.values()),
                             "tiny8": conds["tiny8"]["files"][k] if "tiny8" in conds else None}
               for k, f in d["files"].items()}
-    shipped = {f["model"]: f["sha256"] for f in d["files"].values() if f["seed"] is None}
+    shipped = {f["model"]: f["sha256"] for f in d["files"].values() if f["seed"] is None and "measured" not in f}  # not an earlier file's row
     return {"by_sha": by_sha, "shipped": shipped, "conditions": len(conds), "n": d["n_per_condition"]}
 
 
@@ -162,6 +164,8 @@ def file_sha256(path: Path) -> str | None:
 
 def and_join(items: list[str]) -> str:
     items = list(items)
+    if not items:
+        return ""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
@@ -180,6 +184,9 @@ def aug_text(c: dict) -> str:
     return " + ".join(parts) or "no augmentation"
 
 
+DNN_HIDDEN = inspect.signature(DNN).parameters["hidden"].default  # the DNN's layers unless a run says otherwise
+
+
 def run_words(c: dict, seed: bool = True, model: bool = True) -> str:
     """'ConvNet, width 64, ±2 px shifts + affine warp (...), AdamW lr 0.01, 30 epochs, seed 2' from a run's config."""
     m = c["model"]
@@ -191,12 +198,16 @@ def run_words(c: dict, seed: bool = True, model: bool = True) -> str:
         parts.append(f"stem {STEM_TEXT.get(mc['stem'], mc['stem'])}")
     if mc.get("blocks"):
         parts.append(f"{mc['blocks']} residual block{'s' if mc['blocks'] > 1 else ''} per stage")
+    if mc.get("hidden") and tuple(mc["hidden"]) != DNN_HIDDEN:
+        parts.append(f"hidden layers {'-'.join(str(h) for h in mc['hidden'])}")
     parts.append(aug_text(c))
     if c.get("ema"):
         parts.append(f"weight EMA {c['ema']:g}")
     if c.get("refit"):
         parts.append("trained on train + validation")
     parts.append(f"{OPT_NAMES.get(c['optimizer'], c['optimizer'])} lr {c['lr']:g}")
+    if c.get("batch_size") and c["batch_size"] != {**FALLBACK, **RECIPES.get(m, {})}["batch_size"]:
+        parts.append(f"batch {c['batch_size']}")  # only where it is not the model's usual batch
     parts.append(f"{c['epochs']:g} epochs")
     if seed:
         parts.append(f"seed {c['seed']}")
@@ -216,14 +227,19 @@ def changes_words(ch: dict) -> str:
     mc = ch.get("model_config") or {}
     if mc.get("blocks"):
         out.append(f"{mc['blocks']} residual block{'s' if mc['blocks'] > 1 else ''} per stage (width {mc.get('width', '–')})")
+    if mc.get("hidden"):
+        out.append(f"hidden layers {'-'.join(str(h) for h in mc['hidden'])}")
     if ch.get("elastic"):
         out.append(f"elastic warp (σ {ch.get('elastic_sigma', 0):g})")
     if "epochs" in ch:
         out.append(f"{ch['epochs']:g} epochs")
     if ch.get("ema"):
         out.append(f"weight EMA {ch['ema']:g}")
-    rest = [k for k in ch if k not in ("elastic", "elastic_sigma", "epochs", "ema", "model_config")]
-    out += [f"{k} {ch[k]}" for k in rest] + ([f"model_config {mc}"] if mc and not mc.get("blocks") else [])
+    if "batch_size" in ch:
+        out.append(f"batch {ch['batch_size']}" + (f" at lr {ch['lr']:g}" if "lr" in ch else ""))
+    rest = [k for k in ch if k not in ("elastic", "elastic_sigma", "epochs", "ema", "model_config", "batch_size", "lr")]
+    out += [f"{k} {ch[k]}" for k in rest] + ([f"lr {ch['lr']:g}"] if "lr" in ch and "batch_size" not in ch else [])
+    out += [f"model_config {mc}"] if mc and not (mc.get("blocks") or mc.get("hidden")) else []
     return " + ".join(out)
 
 

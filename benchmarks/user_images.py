@@ -450,6 +450,25 @@ def run_recipes(n: int, files: dict[str, dict], seed: int = 0, data_dir=None) ->
     return out
 
 
+def keep_earlier(prev: dict | None, files: dict[str, dict], results: dict, n: int) -> dict[str, dict]:
+    """The files an earlier --recipes record (prev) measured that are not here now (runs/ is not
+    committed; matched by sha256): their rows are copied into results (in place) when that run
+    used the same conditions and n, each labelled as before (", earlier file" added where the label
+    is taken now) and dated by when it was measured. Returns {label: its file record}."""
+    if not prev or prev.get("n_per_condition") != n or set(prev.get("conditions", {})) != set(results):
+        return {}
+    here = {f["sha256"] for f in files.values()}
+    kept = {}
+    for k, f in prev["files"].items():
+        if f["sha256"] in here:
+            continue
+        label = k if k not in files else f"{k}, earlier file"
+        kept[label] = {**f, "measured": f.get("measured", prev["date"])}
+        for c in results:
+            results[c]["files"][label] = prev["conditions"][c]["files"][k]
+    return kept
+
+
 def recipes_table(results: dict, files: dict[str, dict]) -> str:
     """Markdown: one row per file, its mean top-guess accuracy over the conditions and on SUMMARY's."""
     cols = [c for c in SUMMARY if c in results]
@@ -559,17 +578,19 @@ def main_recipes(n: int, data_dir, argv) -> int:
     files = recipe_checkpoints()
     t0 = time.perf_counter()
     results = run_recipes(n, files, data_dir=data_dir)
-    md = recipes_table(results, files)
+    path = RESULTS / "user_images_recipes.json"
+    kept = keep_earlier(json.loads(path.read_text()) if path.exists() else None, files, results, n)
+    md = recipes_table(results, {**files, **kept})
     print("\n" + md)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"date": date, "command": "python benchmarks/user_images.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "n_per_condition": n, "measure": "top guess (argmax), calibration and refusals aside",
               "files": {k: {"model": f["model"], "seed": f["seed"], "checkpoint": str(f["path"].relative_to(ROOT)),
-                            "sha256": f["sha256"]} for k, f in files.items()},
+                            "sha256": f["sha256"]} for k, f in files.items()} | kept,
               "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
               "seconds": round(time.perf_counter() - t0, 1), "conditions": results}
-    (RESULTS / "user_images_recipes.json").write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / "user_images_recipes.md").write_text(
         f"Top-guess accuracy (the model's argmax, refusals aside), {n} images per condition (fewer where HEAVY says), "
         f"{len(results)} digit conditions, generated from MNIST test digits by benchmarks/user_images.py --recipes on {date}.\n\n"

@@ -192,3 +192,27 @@ def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_tabl
     assert "| convnet recipe seed 0 |" in (tmp_path / "results" / "user_images_recipes.md").read_text()
     with pytest.raises(SystemExit, match="study.py --only recipes"):
         user_images.recipe_checkpoints(tmp_path / "missing.json")
+
+
+def test_benchmark_per_recipe_keeps_the_rows_of_earlier_files_that_are_not_here():
+    """--recipes after a recipe changed: the files an earlier record measured and that are gone
+    (runs/ is not committed) keep their rows, dated, under a label of their own where the new files
+    took theirs; a file still here is measured again, not copied; another n or other conditions: none kept."""
+    import user_images
+    prev = {"date": "2026-11-29T10:00:00+00:00", "n_per_condition": 30,
+            "files": {"resnet recipe seed 0": {"model": "resnet", "seed": 0, "checkpoint": "runs/a.pt", "sha256": "a"},
+                      "convnet shipped": {"model": "convnet", "seed": None, "checkpoint": "weights/convnet.pt", "sha256": "c"}},
+            "conditions": {"plain": {"files": {"resnet recipe seed 0": 0.9, "convnet shipped": 1.0}},
+                           "tiny8": {"files": {"resnet recipe seed 0": 0.8, "convnet shipped": 0.7}}}}
+    files = {"resnet recipe seed 0": {"model": "resnet", "seed": 0, "sha256": "b"},
+             "convnet shipped": {"model": "convnet", "seed": None, "sha256": "c"}}
+    results = {"plain": {"files": {"resnet recipe seed 0": 0.95, "convnet shipped": 1.0}},
+               "tiny8": {"files": {"resnet recipe seed 0": 0.85, "convnet shipped": 0.7}}}
+    kept = user_images.keep_earlier(prev, files, results, 30)
+    assert list(kept) == ["resnet recipe seed 0, earlier file"]
+    assert kept["resnet recipe seed 0, earlier file"]["sha256"] == "a"
+    assert kept["resnet recipe seed 0, earlier file"]["measured"] == prev["date"]
+    assert results["plain"]["files"] == {"resnet recipe seed 0": 0.95, "convnet shipped": 1.0, "resnet recipe seed 0, earlier file": 0.9}
+    assert results["tiny8"]["files"]["resnet recipe seed 0, earlier file"] == 0.8
+    assert user_images.keep_earlier(prev, files, {"plain": {"files": {}}}, 30) == {}
+    assert user_images.keep_earlier(prev, files, results, 20) == {} and user_images.keep_earlier(None, files, results, 30) == {}
