@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
 
 import calibrate  # noqa: E402
 import predict  # noqa: E402
 from data import load_raw, resolve_data_dir  # noqa: E402
-from models import STUDY_MODELS, load_checkpoint  # noqa: E402
+from models import load_checkpoint  # noqa: E402
 from runs import sha256  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
