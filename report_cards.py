@@ -23,7 +23,7 @@ def recipe_note(f: Facts, m: str) -> str:
     """A sentence for a file that is not a seed of the model's finished issue-#25 recipe: that recipe's
     test mean ± std and where the report says why; "" otherwise."""
     e = shown_recipe((read_json(f.s.results / "final_recipes.json") or {}).get("models", {}).get(m) or {})
-    if not e.get("done") or f.file_recipe(m):
+    if not e.get("done") or (f.file_recipe(m) or {}).get("candidate") == e["candidate"]:
         return ""
     return (f"Not a seed of the model's issue-#25 recipe `{e['candidate']}` (all 60,000 images, last epoch), whose "
             f"{len(e['seeds'])} seeds score {mean_std([x['test_acc'] for x in e['seeds']])}% on test; why: report.md, Step 5.")
@@ -415,15 +415,16 @@ def appendix_recipes(f: Facts) -> list[str]:
     lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, "
                   "such as the test suite, may have shared: a wide range on one machine points to that load rather than to "
                   "the recipe, whose steps are the same for every seed."]
-    lost = {f"{NAMES.get(m, m)} seed {x['seed']}": x["hardware"] for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
+    lost = {(NAMES.get(m, m), e.get("candidate"), x["seed"]): x.get("hardware", "") for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
             for x in e["seeds"] if not x.get("again", x).get("checkpoint")}
+    said = lambda ks: ", ".join(f"{n} `{c}` seed {s}" for n, c, s in ks)  # noqa: E731
     if cpu := [k for k, hw in lost.items() if not hw.startswith("NVIDIA")]:
-        lines += ["", f"Recorded without its file ({', '.join(cpu)}): trained in an earlier session on another machine, and "
+        lines += ["", f"Recorded without its file ({said(cpu)}): trained in an earlier session on another machine, and "
                       "`runs/` is not committed; its test score counts, but the ensemble and shipping need the file again."]
     if gpu := [k for k, hw in lost.items() if hw.startswith("NVIDIA")]:
-        lines += ["", f"Recorded without file or sha256 ({', '.join(gpu)}): trained on a lent "
-                      f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that returned only each recipe's seed-0 file "
-                      "(a call brings back little, and these files are large); their test scores count, but an ensemble needs the files."]
+        lines += ["", f"Recorded without file or sha256 ({said(gpu)}): trained on a lent "
+                      f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that did not return these files "
+                      "(a call brings back little, and they are large); their test scores count, but an ensemble needs the files."]
     again = [(m, x) for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()] for x in e["seeds"] if x.get("again")]
     for m, x in again:
         lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
@@ -447,7 +448,9 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                   + ", then ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored)
                   + f" (target {pct(RECIPE_TARGETS['ensemble'])}%): the members changed after the first score was seen, because "
                     "the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."
-                  + ("" if ens else " With the current recipes (" + ", ".join(f"{NAMES.get(m, m)} `{d['models'][m]['candidate']}`"
+                  + ("" if ens or not all(d["models"].get(m, {}).get("done") for m in study.RECIPE_ENSEMBLE)
+                     or all(x.get("again", x).get("checkpoint") for m in study.RECIPE_ENSEMBLE for x in d["models"][m]["seeds"])
+                     else " With the current recipes (" + ", ".join(f"{NAMES.get(m, m)} `{d['models'][m]['candidate']}`"
                                                                              for m in study.RECIPE_ENSEMBLE if m in d["models"])
                      + ") it is not scored: their seeds' files are not all on one machine.")]
     else:

@@ -239,7 +239,8 @@ def changes_words(ch: dict) -> str:
         out.append(f"batch {ch['batch_size']}" + (f" at lr {ch['lr']:g}" if "lr" in ch else ""))
     rest = [k for k in ch if k not in ("elastic", "elastic_sigma", "epochs", "ema", "model_config", "batch_size", "lr")]
     out += [f"{k} {ch[k]}" for k in rest] + ([f"lr {ch['lr']:g}"] if "lr" in ch and "batch_size" not in ch else [])
-    out += [f"model_config {mc}"] if mc and not (mc.get("blocks") or mc.get("hidden")) else []
+    other = {k: v for k, v in mc.items() if k not in ("blocks", "width", "hidden")}
+    out += [f"model_config {other}"] if other else []
     return " + ".join(out)
 
 
@@ -317,14 +318,17 @@ class Facts:
         return [r for r in self.finals if r["tags"]["model"] == m and r["tags"].get("attempt", "") == attempt and r.get("test")]
 
     def file_recipe(self, m: str) -> dict | None:
-        """results/final_recipes.json's entry for model m when weights/<m>.pt is one of its seeds'
-        files (issue #25: seed 0, or its rerun), else None."""
+        """results/final_recipes.json's entry for model m, or the earlier chosen recipe of its "earlier"
+        list, one of whose seeds' files weights/<m>.pt is (issue #25: seed 0, or its rerun), else None."""
         card = self.cards.get(m)
         e = (read_json(self.s.results / "final_recipes.json") or {}).get("models", {}).get(m)
         if not card or not e:
             return None
-        names = {x["cell"] for x in e["seeds"]} | {x["again"]["cell"] for x in e["seeds"] if x.get("again")}
-        return e if card["train_config"].get("run_name") in names else None
+        for r in [e, *reversed(e.get("earlier", []))]:
+            seeds = r.get("seeds") or []
+            if card["train_config"].get("run_name") in {x["cell"] for x in seeds} | {x["again"]["cell"] for x in seeds if x.get("again")}:
+                return r
+        return None
 
     def file_seeds(self, m: str) -> list[dict]:
         """The records of the seeds of the recipe that made weights/<m>.pt: an issue-#25 recipe's

@@ -576,8 +576,8 @@ RECIPE_CANDIDATES = {
     # ResNet-18's e15 refits still gained in their last epochs (their curves): twice its schedule.
     "resnet": {"e30": {"epochs": 30}},
     # The DNN: elastic6-e150 for twice as long, and with one hidden layer more (Ciresan et al.'s 99.65% MLP
-    # had five, trained far longer); 1024 wide keeps the file ~11 MB. Batch 512 at twice the LR (the linear
-    # scaling rule) halves the steps, which bound a GPU's time for so small a net.
+    # had five, trained far longer); 1024 wide keeps the file ~11 MB. Batch 512 at twice the LR (a heuristic:
+    # the linear scaling rule is SGD's) halves the steps, which bound a GPU's time for so small a net.
     "dnn": {"elastic6-e300": {"elastic": 34.0, "elastic_sigma": 6.0, "epochs": 300, "batch_size": 512, "lr": 0.002},
             "deep3-elastic6-e300": {"model_config": {"hidden": [1024, 1024, 1024]}, "elastic": 34.0, "elastic_sigma": 6.0,
                                     "epochs": 300, "batch_size": 512, "lr": 0.002}},
@@ -601,6 +601,7 @@ def candidate_cells(s: Settings, model: str) -> dict[str, list]:
     finals = [c for c in recipe_cells(s) if isinstance(c, Cell) and c.model == model]
     out = {(a or "final"): [c for c in finals if c.tags["attempt"] == a] for a in ["", *ATTEMPTS.get(model, {})]}
     for name, changes in RECIPE_CANDIDATES.get(model, {}).items():
+        assert name not in out, f"RECIPE_CANDIDATES[{model!r}] reuses the name {name!r} of the final recipe or an attempt"
         changes = dict(changes)
         epochs, lr = changes.pop("epochs", FINAL_EPOCHS[model]), changes.pop("lr", choice["lr"])
         out[name] = []

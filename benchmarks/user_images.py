@@ -453,8 +453,8 @@ def run_recipes(n: int, files: dict[str, dict], seed: int = 0, data_dir=None) ->
 def keep_earlier(prev: dict | None, files: dict[str, dict], results: dict, n: int) -> dict[str, dict]:
     """The files an earlier --recipes record (prev) measured that are not here now (runs/ is not
     committed; matched by sha256): their rows are copied into results (in place) when that run
-    used the same conditions and n, each labelled as before (", earlier file" added where the label
-    is taken now) and dated by when it was measured. Returns {label: its file record}."""
+    used the same conditions and n, each labelled with the day it was measured (a row kept twice
+    keeps its label; a taken label gets a number), its record dated. Returns {label: its file record}."""
     if not prev or prev.get("n_per_condition") != n or set(prev.get("conditions", {})) != set(results):
         return {}
     here = {f["sha256"] for f in files.values()}
@@ -462,8 +462,11 @@ def keep_earlier(prev: dict | None, files: dict[str, dict], results: dict, n: in
     for k, f in prev["files"].items():
         if f["sha256"] in here:
             continue
-        label = k if k not in files else f"{k}, earlier file"
-        kept[label] = {**f, "measured": f.get("measured", prev["date"])}
+        measured = f.get("measured", prev["date"])
+        label = k if "measured" in f else f"{k}, earlier file ({measured[:10]})"
+        while label in files or label in kept:
+            label += "'"
+        kept[label] = {**f, "measured": measured}
         for c in results:
             results[c]["files"][label] = prev["conditions"][c]["files"][k]
     return kept

@@ -209,10 +209,17 @@ def test_benchmark_per_recipe_keeps_the_rows_of_earlier_files_that_are_not_here(
     results = {"plain": {"files": {"resnet recipe seed 0": 0.95, "convnet shipped": 1.0}},
                "tiny8": {"files": {"resnet recipe seed 0": 0.85, "convnet shipped": 0.7}}}
     kept = user_images.keep_earlier(prev, files, results, 30)
-    assert list(kept) == ["resnet recipe seed 0, earlier file"]
-    assert kept["resnet recipe seed 0, earlier file"]["sha256"] == "a"
-    assert kept["resnet recipe seed 0, earlier file"]["measured"] == prev["date"]
-    assert results["plain"]["files"] == {"resnet recipe seed 0": 0.95, "convnet shipped": 1.0, "resnet recipe seed 0, earlier file": 0.9}
-    assert results["tiny8"]["files"]["resnet recipe seed 0, earlier file"] == 0.8
+    old = "resnet recipe seed 0, earlier file (2026-11-29)"
+    assert list(kept) == [old] and kept[old]["sha256"] == "a" and kept[old]["measured"] == prev["date"]
+    assert results["plain"]["files"] == {"resnet recipe seed 0": 0.95, "convnet shipped": 1.0, old: 0.9}
+    assert results["tiny8"]["files"][old] == 0.8
+    # measured again later, with its file still gone: the row keeps its label and date; a clash gets a mark
+    again = {"date": "2026-11-30T10:00:00+00:00", "n_per_condition": 30, "files": {**files, **kept}, "conditions": results}
+    files2 = {"resnet recipe seed 0": {"model": "resnet", "seed": 0, "sha256": "d"}}
+    results2 = {c: {"files": {"resnet recipe seed 0": 0.5}} for c in ("plain", "tiny8")}
+    kept2 = user_images.keep_earlier(again, files2, results2, 30)
+    assert set(kept2) == {old, "resnet recipe seed 0, earlier file (2026-11-30)", "convnet shipped, earlier file (2026-11-30)"}
+    assert kept2[old]["measured"] == prev["date"] and results2["tiny8"]["files"][old] == 0.8
+    assert results2["tiny8"]["files"]["resnet recipe seed 0, earlier file (2026-11-30)"] == 0.85
     assert user_images.keep_earlier(prev, files, {"plain": {"files": {}}}, 30) == {}
     assert user_images.keep_earlier(prev, files, results, 20) == {} and user_images.keep_earlier(None, files, results, 30) == {}
