@@ -76,8 +76,9 @@ def section_summary(f: Facts) -> list[str]:
         after.append(f"{sum(len(rs) for _, _, rs in later)} runs for issue #11 and {len(more)} for issue #25 "
                      f"({sum(1 for r in more if not r.get('test'))} screening, never scored), made *because* test scores missed "
                      "targets")
-    after += [f"{NAMES.get(m, m)}'s `{e['candidate']}` candidate (after its `{e['earlier'][-1]['candidate']}` refits were scored)"
-              for m, e in d.get("models", {}).items() if e.get("earlier")]
+    if cands := [f"{NAMES.get(m, m)}'s `{e['candidate']}` (after `{e['earlier'][-1]['candidate']}`)"
+                 for m, e in d.get("models", {}).items() if e.get("earlier")]:
+        after.append(f"the candidate{'s' if len(cands) > 1 else ''} {and_join(cands)}, each after the earlier recipe's refit scores")
     after += [f"keeping the {NAMES.get(m, m)} file over `{e['candidate']}` seed 0" for m, e in d.get("models", {}).items()
               if (e.get("shipped") or {}).get("decided_after_test")]
     if len(d.get("ensembles_scored") or []) > 1:
@@ -348,9 +349,11 @@ def recipes_summary(f: Facts) -> list[str]:
         # the file as measured; else the seed checkpoint it was copied from, when measured: the same weights (calibration
         # changes the bytes, not the top guess); never a stale file's
         file = rob["by_sha"][sha] if sha and sha == file_sha256(f.root / "weights" / f"{m}.pt") else rob["by_sha"].get(made) if rob else None
-        users = [g["mean"] for g in got] if full else []
-        tiny = [g["tiny8"] for g in got] if full and all(g["tiny8"] is not None for g in got) else []
-        side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
+        part = [g for g in got if g] if e.get("done") else []  # the seeds whose files were measured (a lent GPU kept some)
+        users = [g["mean"] for g in part]
+        tiny = [g["tiny8"] for g in part] if part and all(g["tiny8"] is not None for g in part) else []
+        of = "" if full else f" ({len(part)}/{len(got)} seeds)"
+        side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)}{of} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"
         later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
@@ -358,7 +361,7 @@ def recipes_summary(f: Facts) -> list[str]:
                 f"({', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if e["seeds"] else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs{later} | {test} | "
                      f"{pct(RECIPE_TARGETS[m])} | {cost} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
-        if users:
+        if users and full:  # trades compare whole recipes only
             measured.append((NAMES.get(m, m), e["test_mean"], users))
     for a, acc_a, users_a in measured:  # every pair of recipes: better on MNIST, worse on users' images
         for b, acc_b, users_b in measured:
@@ -520,7 +523,7 @@ def section_plots(f: Facts) -> list[str]:
     cards = ", ".join(f"[{NAMES.get(m, m)}](weights/{m}.md)" for m in f.shipped)
     idx = read_json(f.root / "screenshots" / "index.json") or []
     lines += ["**Tools and files.** `test_model.py` scores any file in `weights/` (accuracy, F1, ROC-AUC, confusion "
-              "matrix, its worst mistakes); `predict.py` reads your own image"
+              "matrix, worst mistakes); `predict.py` reads your image"
               + (f" (in-sample calibration for refits: it accepts {pct(mc['accepted'])}% of the {NAMES.get(mc['model'], mc['model'])}'s "
                  f"test digits, {pct(mc['accuracy_accepted'])}% of them right)" if (mc := user_mnist_check(f)) and f.file_recipe(mc["model"])
                  and not (f.cards.get(mc["model"]) or {}).get("calibration", {}).get("twin") else "")
