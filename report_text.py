@@ -350,9 +350,8 @@ def recipes_summary(f: Facts) -> list[str]:
         # changes the bytes, not the top guess); never a stale file's
         file = rob["by_sha"][sha] if sha and sha == file_sha256(f.root / "weights" / f"{m}.pt") else rob["by_sha"].get(made) if rob else None
         part = [g for g in got if g] if e.get("done") else []  # the seeds whose files were measured (a lent GPU kept some)
-        users = [g["mean"] for g in part]
+        users, of = [g["mean"] for g in part], ("" if full else f" ({len(part)}/{len(got)} seeds)")
         tiny = [g["tiny8"] for g in part] if part and all(g["tiny8"] is not None for g in part) else []
-        of = "" if full else f" ({len(part)}/{len(got)} seeds)"
         side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)}{of} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"

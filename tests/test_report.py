@@ -265,7 +265,8 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     """recipe_robustness reads `benchmarks/user_images.py --recipes` by each file's sha256; recipes_summary
     puts each recipe's mean top-guess accuracy (over its seed files) beside its 3-seed test mean, says when
     a recipe gains on MNIST but loses beyond the noise on users' images against another model's recipe, and
-    shows "–" for a recipe with a seed not measured and for a file that changed since it was measured."""
+    shows a recipe with a seed not measured by its measured seeds, counted (never in a trade), and "–" for a
+    file that changed since it was measured."""
     import hashlib
     import report_facts
     import report_text
@@ -310,7 +311,8 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     text = "\n".join(report_text.recipes_summary(f))
     row = {m: next(line for line in text.splitlines() if line.startswith(f"| {sr.NAMES[m]} |")) for m in rec["models"]}
     assert "99.72 ± 0.03" in row["convnet"] and "82.0 / 86.0" in row["convnet"] and "71 / 75" in row["convnet"]
-    assert row["dnn"].endswith("| – | – |")  # seed 1's file is its rerun (again), which was not measured
+    # seed 1's file is its rerun (again), which was not measured: the measured seed, counted, and no trade from it
+    assert row["dnn"].endswith("| 71.0 (1/2 seeds) / 71.0 | 60 (1/2 seeds) / 60 |")
     assert "| 86.0 / – |" in row["resnet"]  # the shipped file changed since: no stale number beside the recipe
     f.cards = {"resnet": {"made_from": {"sha256": "resnet-0"}}}  # recalibrated since: its seed checkpoint's weights were measured
     assert "| 86.0 / 86.0 |" in next(line for line in "\n".join(report_text.recipes_summary(f)).splitlines()
