@@ -460,10 +460,11 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                                      if last else "not scored yet (it waits for every member).")]
     seed0 = [NAMES.get(m, m) for m, e in d["models"].items() if (e.get("shipped") or {}).get("seed_0")]
     lines += ["", f"Seed 0's file ships as `weights/<model>.pt` ({and_join(seed0) or 'none yet'}) with its calibration added, so its "
-                  "sha256 differs from the seed's "
-                  "checkpoint's (the card's `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
-                  "its temperature and probability threshold come from its held-out twin (the same recipe and seed trained "
-                  "without the validation split; `calibrate.py --twin`), its rejector is fitted in-sample (README, calibration)"
+                  "sha256 differs from the seed's checkpoint's (the card's `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
+                  "where its held-out twin's file is here (the same recipe and seed trained without the validation split; "
+                  "`calibrate.py --twin`), its temperature and probability threshold are the twin's, else all is fitted in-sample "
+                  "(README, calibration); in-sample now: " + (and_join([NAMES.get(m, m) for m in d["models"] if (f.cards.get(m) or {})
+                  .get("calibration", {}).get("in_sample") and not f.cards[m]["calibration"].get("twin")]) or "none")
                   + "".join(f"; the {NAMES.get(m, m)}'s twin, `{tw['run']}`, is a second training of that run with the test score "
                             f"off (`runs/` is not committed; not in the run list): validation {pct(tw.get('val_acc'))}% at its best epoch "
                             f"{tw.get('epoch') or 0:g}, the recorded run's {pct(r['best']['val_acc'])}% at {r['best']['epoch']:g}"

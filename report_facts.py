@@ -70,7 +70,7 @@ GLOSSARY = ["## Glossary", "", "Terms used in the report, this appendix and the 
             "| ROC-AUC | for one digit, the chance that an image of it scores higher for it than an image of another digit; "
             "macro: the ten averaged |",
             "| calibration | how well the probabilities match how often the model is right |",
-            "| temperature | one number T dividing the logits, fitted on validation (a refit: its held-out twin's) so the probabilities are calibrated |",
+            "| temperature | one number T dividing the logits, fitted on validation (a refit: its held-out twin's where that file is here, else in-sample) so the probabilities are calibrated |",
             "| ECE | expected calibration error: the gap between confidence and accuracy per confidence bin, averaged with "
             "each bin weighted by its share of the images |",
             "| selective prediction | answering only when confident enough (`unsure` otherwise), traded against accuracy |",

@@ -370,9 +370,9 @@ def recipes_summary(f: Facts) -> list[str]:
                 trades.append(f"the {a} recipe beats the {b}'s by {100 * gain:.2f} points on MNIST but reads users' images "
                               f"{100 * loss:.1f} points worse")
     ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]  # the last one scored, while new members train
-    members = " + ".join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)
     scored = [pct(e["test_acc"]) + (f" (ConvNet `{c}`)" if c != "?" else "") for e, c in scored_ensembles(d)]
-    lines.append(f"| Ensemble: every seed of {members} | scored {len(scored)} times, in order | "
+    lines.append(f"| Ensemble: every seed of {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} | " + (f"scored {len(scored)} times, in order" if d.get("ensemble") or not scored
+                                                              else f"{len(scored)} earlier scorings; current members unscored") + " | "
                  f"{', then '.join(scored) or 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
     lines += ["", f"Validation before the refits' test scores (one image = {100 * f.one_val:.2f} points):", ""]
     lines += [f"- {validation_evidence(f, m, e)}" for m, e in d["models"].items() if e.get("candidate")]

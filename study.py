@@ -421,6 +421,9 @@ def calibrate_shipped(s: Settings, files: list[Path]) -> None:
     for w, twin in twins.items():
         args = [rel(s, w), "--twin", rel(s, twin), "--out", "results/calibration", "--figures", "figures", *cheap]
         run_logged(s, command_line("calibrate.py", args), s.results / "logs" / f"calibrate-{w.stem}.txt")
+    for w in files:  # a twin's log left from an earlier file would render as this file's screenshot
+        if w not in twins:
+            (s.results / "logs" / f"calibrate-{w.stem}.txt").unlink(missing_ok=True)
     if rest := [rel(s, w) for w in files if w not in twins]:
         run_logged(s, command_line("calibrate.py", [*rest, "--out", "results/calibration", "--figures", "figures", *cheap]),
                    s.results / "logs" / "calibrate.txt")
