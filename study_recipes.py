@@ -10,7 +10,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from runs import sha256, write_json
+from runs import resolve_device, sha256, write_json
 from study_cells import (
     RECIPE_ENSEMBLE, RECIPE_MODELS, RECIPE_SEEDS, SCREEN_SEEDS, Cell, Settings, again_cell, candidate_cells,
     candidate_evidence, final_choice, load_result, recipe_choice, recipe_refit_cells, rel, train_config,
@@ -32,7 +32,7 @@ def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None)
     from models import load_checkpoint
     from test_model import predict_proba
     data = s.mnist()
-    probs, device = [], "cuda" if torch.cuda.is_available() else "cpu"
+    probs, device = [], resolve_device("auto")
     for p in members:
         model, _ = load_checkpoint(p, device)
         probs.append(torch.from_numpy(predict_proba(model, data.x_test)))
