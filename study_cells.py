@@ -585,7 +585,11 @@ RECIPE_CANDIDATES = {
 # Refits whose file is gone (made on another machine; runs/ is not committed), trained again as
 # "<name>-again" for the ensemble and shipping; the first run's test score stays the seed's score
 # (no second draw for the mean); the rerun is scored once too, counted, shown beside it.
-RECIPE_AGAIN = ("convnet-refit-affine-wide-adamw-lr0.01-e30-s0",)
+RECIPE_AGAIN = ("convnet-refit-affine-wide-adamw-lr0.01-e30-s0",
+               # the current ensemble's members: the ConvNet's e60 files were lost with an earlier
+               # machine, ResNet-18's e30 seeds 1 and 2 stayed on the lent H200 (results/logs/gpu-h200/)
+               *(f"convnet-recipe-e60-adamw-lr0.01-e60-s{i}" for i in (0, 1, 2)),
+               *(f"resnet-recipe-e30-sgd-lr0.1-e30-s{i}" for i in (1, 2)))
 # The ensemble, fixed before any of these recipes' test scores: every seed of the ConvNet's and
 # ResNet-18's recipes, softmax averaged (the DNN, ~0.3 points behind, is left out).
 RECIPE_ENSEMBLE = ("convnet", "resnet")
