@@ -649,7 +649,7 @@ def card_lines(f: Facts, m: str) -> list[str]:
              f"- **What it is**: `{type(net).__name__}` from `models.py`, a digit classifier for {shape} grey images; "
              f"{f.params(m):,} parameters, {multiply_adds(net) / 1e6:.1f} M multiply-adds per image.",
              f"- **Layers**: {layer_text(net)}.",
-             f"- **Trained as**: {run_words(tc)}; batch {tc['batch_size']}, {tc.get('schedule', '')} schedule, weight decay "
+             f"- **Trained as**: {(w := run_words(tc))}; " + ("" if "batch " in w else f"batch {tc['batch_size']}, ") + f"{tc.get('schedule', '')} schedule, weight decay "
              f"{tc.get('weight_decay', 0):g}, label smoothing {tc.get('label_smoothing', 0):g}.",
              (f"- **Kept**: the last epoch ({card['metrics']['epoch']:g} of {tc['epochs']:g}; a refit has no validation split to pick one)"
               if tc.get("refit") else f"- **Kept**: the validation-best epoch ({card['metrics']['epoch']:g} of {tc['epochs']:g})")
