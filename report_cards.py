@@ -445,7 +445,7 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
     rule = f"The ensemble's rule, fixed before any of these test scores: every seed of the {members} recipes, softmax averaged"
     if len(scored) > 1:  # which ConvNet recipe each scored ensemble held
         lines += ["", f"{rule}. It was scored {len(scored)} times, in order: "
-                  + ", then ".join(f"{pct(e['test_acc'])}% (ConvNet `{c}` seeds)" for e, c in scored)
+                  + ", then ".join(f"{pct(e['test_acc'])}%" + (f" ({held} seeds)" if held else "") for e, held in scored)
                   + f" (target {pct(RECIPE_TARGETS['ensemble'])}%): the members changed after the first score was seen, because "
                     "the ConvNet's recipe changed (its `e60` candidate came after the `final` refits' scores)."
                   + ("" if ens or not all(d["models"].get(m, {}).get("done") for m in study.RECIPE_ENSEMBLE)
@@ -484,7 +484,7 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                       "leaving ResNet-18 out. The DNN was left out as the weakest model on validation (Step 5). "
                       + (f"Alone, its ConvNet members scored {', '.join(pct(a) for a in alone)}%: the ensemble "
                          + ("beats the best of them; " if ens["test_acc"] > max(alone) else "is no better than the best of them; ")
-                         if (alone := [(x.get("again") or x)["test_acc"] for x in member_seeds(cnn, ens)]) else "")
+                         if (alone := [x["test_acc"] for x in member_seeds(cnn, ens)]) else "")
                       + "an ensemble chosen now would be chosen after seeing this test score, and would be reported as such."]
     return lines
 

@@ -503,13 +503,22 @@ def test_use(f: Facts) -> dict:
 
 
 def member_seeds(e: dict, ens: dict) -> list[dict]:
-    """The seeds of a model's recipe (e, or one of its earlier choices) whose files (a rerun's where
-    a seed was trained again) are all members of the ensemble record ens, matched by sha256."""
+    """The member files of the ensemble record ens that are the seeds of a model's recipe (e, or one
+    of its earlier choices), matched by sha256: per seed, its first run's record or, where it was
+    trained again, its rerun's ({"test_acc", "sha256", ...}); [] when no recipe has every seed in."""
     shas = {x["sha256"] for x in ens.get("members", [])}
     for r in [e, *reversed(e.get("earlier", []))]:
-        if r.get("seeds") and all((x.get("again") or x)["sha256"] in shas for x in r["seeds"]):
-            return r["seeds"]
+        files = [next((y for y in (x.get("again"), x) if y and y.get("sha256") in shas), None) for x in r.get("seeds") or []]
+        if files and all(files):
+            return files
     return []
+
+
+def seed_robustness(rob: dict, x: dict) -> dict | None:
+    """A recipe seed's users'-images record (recipe_robustness' by_sha entry): its rerun's file where
+    that was measured, else its first run's file (the same recipe and seed), else None."""
+    by_sha = rob.get("by_sha", {}) if rob else {}
+    return next((by_sha[y["sha256"]] for y in (x.get("again"), x) if y and y.get("sha256") in by_sha), None)
 
 
 def shown_recipe(e: dict) -> dict:
@@ -522,10 +531,13 @@ def shown_recipe(e: dict) -> dict:
 
 def scored_ensembles(d: dict) -> list[tuple[dict, str]]:
     """Every recipe ensemble scored on test (final_recipes.json d's "ensembles_scored", in order), each
-    with the ConvNet recipe whose seeds it held ("?" when none matches)."""
-    cnn = d.get("models", {}).get("convnet", {})
-    return [(e, next((r.get("candidate") for r in [cnn, *cnn.get("earlier", [])] if member_seeds({"seeds": r.get("seeds")}, e)), "?"))
-            for e in d.get("ensembles_scored") or ([d["ensemble"]] if d.get("ensemble") else [])]
+    with the recipes whose seeds it held, as text: "ConvNet `final` + ResNet-18 `e15`" (a model whose
+    recipes none match left out; "" when none do)."""
+    def held(ens: dict) -> str:
+        return " + ".join(f"{NAMES.get(m, m)} `{c}`" for m, e in d.get("models", {}).items() if m in study.RECIPE_ENSEMBLE
+                          and (c := next((r.get("candidate") for r in [e, *e.get("earlier", [])]
+                                          if member_seeds({"seeds": r.get("seeds")}, ens)), None)))
+    return [(e, held(e)) for e in d.get("ensembles_scored") or ([d["ensemble"]] if d.get("ensemble") else [])]
 
 
 def later_runs(f: Facts) -> list[tuple[str, str, list[dict]]]:

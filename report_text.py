@@ -10,7 +10,7 @@ from models import build_model, count_params, load_checkpoint
 from report_facts import (
     APPENDIX, AUC_GAP_FIGURE, Facts, NAMES, OPT_NAMES, and_join, change_words, compare, curves_caption, f1_note,
     fair_runs_done, fair_tables, figure, history_of, later_runs, layer_text, lr_table, mean_std, multiply_adds, one_image_note,
-    optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, run_words, scored_ensembles, shown_recipe, test_use,
+    optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, scored_ensembles, seed_robustness, shown_recipe, test_use,
     tie_rule_text, RECIPE_TARGETS
 )
 
@@ -28,7 +28,7 @@ def section_summary(f: Facts) -> list[str]:
         count = {h: sum(r["hardware"] == h for r in f.records) for h in f.hardware}
         order = sorted(f.hardware, key=lambda h: (h not in made, -count[h], h))
         both = len(made) > 1  # say it once when the files come from every machine
-        lines += ["Hardware: " + "; ".join(f"`{h}` ({count[h]} training runs" + (", including those behind the files in `weights/`"
+        lines += ["Hardware (training runs): " + "; ".join(f"`{h}` ({count[h]}" + (", including those behind the files in `weights/`"
                                                                                if h in made and not both else "") + ")" for h in order)
                   + ("; the files in `weights/` come from each" if both else "")
                   + ". Times compare only within one machine.", ""]
@@ -304,7 +304,7 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
     out = []
     later = [(m, c.tags["attempt"]) for m in f.models if (c := study.shipped_final(f.s, m)) and c.tags.get("attempt")]
     if later:
-        out.append("The " + and_join([NAMES[m] for m, _ in later]) + " rows are recipes made after test scores missed the "
+        out.append("The " + and_join([NAMES[m] for m, _ in later]) + " rows came after test scores missed the "
                    "targets (" + "; ".join(f"{NAMES[m]}: {change_words(m, a)}" for m, a in later)
                    + f"; [appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them)).")
     if "quicknet" in f.shipped:
@@ -336,13 +336,13 @@ def recipes_summary(f: Facts) -> list[str]:
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | minutes a seed (machine) | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
              "|---|---|---|---|---|---|---|"]
-    trades, measured = [], []
+    measured = []
     for m, e in d["models"].items():
         e, now = shown_recipe(e), e
         if not e.get("candidate"):
             continue
         accs = [x["test_acc"] for x in e["seeds"]]
-        got = [rob["by_sha"].get(x.get("again", x).get("sha256")) for x in e["seeds"]] if rob else []
+        got = [seed_robustness(rob, x) for x in e["seeds"]] if rob else []
         full = e.get("done") and got and all(got)
         sha = rob.get("shipped", {}).get(m) if rob else None
         made = ((getattr(f, "cards", {}).get(m) or {}).get("made_from") or {}).get("sha256")  # its seed checkpoint's
@@ -358,39 +358,28 @@ def recipes_summary(f: Facts) -> list[str]:
         later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
         cost = (f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.0f} "
                 f"({', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if e["seeds"] else "–"
-        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {e['recipe']['epochs']:g} epochs{later} | {test} | "
+        lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {recipe_words(m, e)}{later} | {test} | "
                      f"{pct(RECIPE_TARGETS[m])} | {cost} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
         if users and full:  # trades compare whole recipes only
-            measured.append((NAMES.get(m, m), e["test_mean"], users))
-    for a, acc_a, users_a in measured:  # every pair of recipes: better on MNIST, worse on users' images
-        for b, acc_b, users_b in measured:
-            gain, loss = acc_a - acc_b, statistics.mean(users_b) - statistics.mean(users_a)
-            noise = max(0.01, 2 * statistics.stdev(users_a)) if len(users_a) > 1 else 0.01
-            if gain > f.one_test and loss > noise:
-                trades.append(f"the {a} recipe beats the {b}'s by {100 * gain:.2f} points on MNIST but reads users' images "
-                              f"{100 * loss:.1f} points worse")
+            measured.append((f"the {NAMES.get(m, m)} recipe", e["test_mean"], users, f"the {NAMES.get(m, m)}'s"))
     ens = d.get("ensemble") or (d.get("ensembles_scored") or [None])[-1]  # the last one scored, while new members train
-    scored = [pct(e["test_acc"]) + (f" (ConvNet `{c}`)" if c != "?" else "") for e, c in scored_ensembles(d)]
+    scored = [pct(e["test_acc"]) + (f" ({held})" if held else "") for e, held in scored_ensembles(d)]
     lines.append(f"| Ensemble: every seed of {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} | " + (f"scored {len(scored)} times, in order" if d.get("ensemble") or not scored
                                                               else f"{len(scored)} earlier scorings; current members unscored") + " | "
                  f"{', then '.join(scored) or 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
-    lines += ["", f"Validation before the refits' test scores (one image = {100 * f.one_val:.2f} points):", ""]
+    lines += ["", f"Validation at each run's best epoch, before the refits' test scores (one image = {100 * f.one_val:.2f} points):", ""]
     lines += [f"- {validation_evidence(f, m, e)}" for m, e in d["models"].items() if e.get("candidate")]
     missed = [NAMES.get(m, m) for m, e in d["models"].items()
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
-    after = []
-    for m, e in d["models"].items():
-        for x in shown_recipe(e)["seeds"]:
-            if x.get("again"):
-                after.append(f"{NAMES.get(m, m)} seed {x['seed']} was trained again (its file was lost): "
-                             f"{pct(x['again']['test_acc'])}%, counted; the mean keeps its first {pct(x['test_acc'])}%")
+    again = {NAMES.get(m, m): xs for m, e in d["models"].items() if (xs := [x for x in shown_recipe(e)["seeds"] if x.get("again")])}
+    after = ("; trained again, their files lost (counted; the means keep the first scores): " + "; ".join(
+        f"{m} seed{'s' * (len(xs) > 1)} " + ", ".join(f"{x['seed']} {pct(x['again']['test_acc'])} (first {pct(x['test_acc'])})" for x in xs)
+        for m, xs in again.items())) if again else ""
     if missed:
-        lines += ["", f"Missed: {and_join(missed)} ([appendix]({APPENDIX}#accuracy-by-recipe))" + "".join(f"; {a}" for a in after) + "."]
-    if trades:
-        lines += ["", "A trade (better on MNIST by over one test image, worse on users' images beyond max(1 point, 2 seed std)): "
-                      + "; ".join(trades) + "."]
+        lines += ["", f"Missed: {and_join(missed)} ([appendix]({APPENDIX}#accuracy-by-recipe)){after}."]
+    lines += recipe_trades(f, d, rob, measured)
     for m, e in d["models"].items():
         sh = e.get("shipped") or {}
         if sh.get("decided_after_test"):
@@ -399,8 +388,57 @@ def recipes_summary(f: Facts) -> list[str]:
             what = (f"the validation-best of {n} issue-#11 final runs (`{best.tags['attempt'] or 'final'}` seed {best.tags['seed']})"
                     if best and best.name == sh["run"] else f"the run `{sh['run']}`")
             lines += ["", f"Kept out of `weights/` after its test scores: the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 "
-                          f"{sh['why_not']}. The file is instead {what}, a single run, not a recipe's mean."]
+                          f"{sh['why_not']}; the file is {what}, not a recipe's mean."]
     return lines
+
+
+def recipe_words(m: str, e: dict) -> str:
+    """A recipe's schedule for the table: its epochs, and its batch and LR where its candidate
+    (study.RECIPE_CANDIDATES) changes the model's final-stage ones."""
+    changes = study.RECIPE_CANDIDATES.get(m, {}).get(e["candidate"], {})
+    return ", ".join([f"{e['recipe']['epochs']:g} epochs"] + [f"{w} {e['recipe'][k]:g}" for k, w in (("batch_size", "batch"), ("lr", "LR"))
+                                                               if k in changes])
+
+
+def trade(a: tuple, b: tuple, one_test: float) -> str | None:
+    """"a beats b by x points on MNIST but reads users' images y points worse" when it does: a and b
+    are (name, test mean, [users'-images mean per measured seed], name as the one beaten: "the DNN's",
+    "`e15`"); worse means
+    beyond max(1 point, 2 std of a's seeds). Fractions in, percent points out."""
+    gain, loss = a[1] - b[1], statistics.mean(b[2]) - statistics.mean(a[2])
+    noise = max(0.01, 2 * statistics.stdev(a[2])) if len(a[2]) > 1 else 0.01
+    if gain > one_test and loss > noise:
+        return f"{a[0]} beats {b[3]} by {100 * gain:.2f} points on MNIST but reads users' images {100 * loss:.1f} points worse"
+    return None
+
+
+def recipe_trades(f: Facts, d: dict, rob: dict, measured: list[tuple]) -> list[str]:
+    """Step 5's robustness-for-accuracy lines (issue #25): each recipe against the one it replaced
+    (test %, users' images %, 8x8 thumbnails %, from the seeds' files measured by sha256), and
+    every trade (`trade`) between two models' recipes or a recipe and the one it replaced."""
+    def numbers(r: dict) -> tuple[str, list, str]:
+        got = [seed_robustness(rob, x) for x in r["seeds"]]
+        part = [g for g in got if g]
+        of = "" if len(part) == len(got) else f" ({len(part)}/{len(got)} seeds)"
+        tiny = [g["tiny8"] for g in part if g["tiny8"] is not None]
+        return (f"{pct(statistics.mean(x['test_acc'] for x in r['seeds']))} / " + (f"{pct(statistics.mean(g['mean'] for g in part), 1)}{of}" if part else "–")
+                + f" / {pct(statistics.mean(tiny), 0) if tiny else '–'}", [g["mean"] for g in part], of)
+    pairs, compared = [], [(a, b) for a in measured for b in measured if a is not b]  # across models
+    for m, e in d["models"].items():
+        old = next((x for x in reversed(e.get("earlier", [])) if x.get("done")), None)
+        if not (e.get("done") and old):
+            continue
+        (now_text, now_users, of), (old_text, old_users, _) = numbers(e), numbers(old)
+        pairs.append(f"{NAMES.get(m, m)} `{e['candidate']}` {now_text} vs `{old['candidate']}` {old_text}")
+        if now_users and old_users and not of:  # within a model: the recipe and the one it replaced
+            a = (f"{NAMES.get(m, m)} `{e['candidate']}`", e["test_mean"], now_users, f"`{e['candidate']}`")
+            b = (f"{NAMES.get(m, m)} `{old['candidate']}`", statistics.mean(x["test_acc"] for x in old["seeds"]), old_users,
+                 f"`{old['candidate']}`")
+            compared += [(a, b), (b, a)]
+    trades = [t for a, b in compared if (t := trade(a, b, f.one_test))]
+    lines = ["", "Against the recipe each replaced, its refits scored before the choice (test / users' images / 8×8 thumbnails, %): " + "; ".join(pairs) + "."] if pairs else []
+    return lines + ["", "Trades (MNIST better by over one test image, users' images worse by over max(1 point, 2 seed std)): "
+                    + ("; ".join(trades) if trades else "none") + "."]
 
 
 def validation_evidence(f: Facts, m: str, e: dict) -> str:
@@ -419,10 +457,14 @@ def validation_evidence(f: Facts, m: str, e: dict) -> str:
     if seen:
         top = max(seen, key=seen.get)
         shown = [k for k in seen if k in (chosen, top) or len(val) > 1 and k == runner]  # the best seen, and the two compared
-        text += ("; seen on test: " + ", ".join(f"`{k}` {pct(seen[k])}" for k in shown)
+        text += ("; already on test: " + ", ".join(f"`{k}` {pct(seen[k])}" for k in shown)
                  + (" (the chosen one's the best)" if top == chosen else f"; `{chosen}` none" if chosen not in seen else ""))
-    refits = [f"`{x['candidate']}` refits {mean_std([y['test_acc'] for y in x['seeds']])}" for x in e.get("earlier", []) if x.get("done")]
-    return text + (f"; refit and scored before: {and_join(refits)}" if refits else "") + "."
+    last = e.get("val_last_mean", {})
+    if len(last) > 1:  # the means at each run's last epoch, which a refit keeps
+        top = max(last, key=last.get)
+        text += ("; it leads at the last epoch too" if top == chosen
+                 else f"; at the last epoch `{top}` leads by {(last[top] - last[chosen]) / f.one_val:.1f} images")
+    return text + "."  # the earlier recipes' refit scores, also seen before: recipe_trades
 
 
 def section_comparison(f: Facts) -> list[str]:
@@ -457,14 +499,10 @@ def section_comparison(f: Facts) -> list[str]:
         text += (f"; the {and_join(ties)} tie{'s' if len(ties) == 1 else ''} it on validation (a gap within the noise), "
                  f"and the {NAMES[b]} has the better mean")
     lines += ["", text + "."] + comparison_notes(f, b) + recipes_summary(f)
-    budgets = {f.recipe_runs(m)[0]["epochs"] for m in f.models if f.recipe_runs(m)}
-    caveat = ("**Budgets differ** (epochs), set by cost."
-              if len(budgets) > 1 else "")
-    lines += ["", caveat, "", f1_note(f), ""]
+    lines += ["", f1_note(f), ""]
     worst_auc = max(1 - met["auc_ovr_macro"] for met in f.metrics.values() if met)
-    lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model, so the table gives 1 − AUC (the distance "
-              "from a perfect ranking) per digit:", "",
-              "| model | 1 − AUC macro | worst digit (1 − AUC) | best digit (1 − AUC) |", "|---|---|---|---|"]
+    lines += [f"Macro ROC-AUC is within {worst_auc:.1e} of 1 for every model (first table); per digit, 1 − AUC, the distance "
+              "from a perfect ranking:", "", "| model | worst digit (1 − AUC) | best digit (1 − AUC) |", "|---|---|---|"]
     for m in [*f.models, "ensemble"]:
         met = f.metrics.get(m)
         if not met:
@@ -472,7 +510,7 @@ def section_comparison(f: Facts) -> list[str]:
         per = {int(k): 1 - v for k, v in met["auc_per_class"].items()}
         w = max(per, key=per.get)
         bb = min(per, key=per.get)
-        lines.append(f"| {NAMES[m]} | {1 - met['auc_ovr_macro']:.2e} | {w} ({per[w]:.2e}) | {bb} ({per[bb]:.2e}) |")
+        lines.append(f"| {NAMES[m]} | {w} ({per[w]:.2e}) | {bb} ({per[bb]:.2e}) |")
     if (f.root / AUC_GAP_FIGURE).exists():
         lines += ["", figure(f.root, AUC_GAP_FIGURE, "1 - ROC-AUC per digit and model")]
     return lines + [""]
@@ -495,9 +533,8 @@ def section_plots(f: Facts) -> list[str]:
     if len(captions) > 1:  # some runs logged the un-smoothed training cross-entropy, older ones did not
         ce = [NAMES[m] for m, c in cards.items() if all("train_ce" in h for h in history_of(c))]
         eps = max(c["train_config"].get("label_smoothing", 0) for c in cards.values())
-        captions = ["left: error rate, training (augmented batches, running mean over the epoch) and validation; right: "
-                    f"cross-entropy, un-smoothed for both where the run logged it ({and_join(ce)}), else validation only "
-                    f"(training used label smoothing ε = {eps:g}, which validation does not)"]
+        captions = ["left: error rate, training (augmented batches, the epoch's running mean) and validation; right: "
+                    f"cross-entropy without label smoothing (ε = {eps:g} in training), for training too where the run logged it ({and_join(ce)})"]
     refit = " A refit's validation curve is in-sample." if any(c["train_config"].get("refit") for c in cards.values()) else ""
     lines += ["**Training curves** of each file in `weights/` (`weights/<model>.json`); "
               + captions[0] + f".{refit}", ""]
@@ -505,7 +542,7 @@ def section_plots(f: Facts) -> list[str]:
         card = f.cards.get(m)
         if not card:
             continue
-        lines += [f"{NAMES[m]} ({run_words(card['train_config'], model=False)}):", "",
+        lines += [f"{NAMES[m]} ({card['train_config']['epochs']:g} epochs, seed {card['train_config']['seed']}, [card](weights/{m}.md)):", "",
                   figure(f.root, f"figures/curves_{m}.png", f"{NAMES[m]} training curves"), ""]
     lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`). "
               f"The ROC axes are zoomed (every curve hugs the top-left corner): true positive rate from "

@@ -617,13 +617,16 @@ def candidate_cells(s: Settings, model: str) -> dict[str, list]:
     return out
 
 
-def candidate_evidence(s: Settings, model: str) -> tuple[dict, dict]:
-    """({candidate: [val_acc of each finished run]}, {candidate: runs planned}); a diverged run counts 0."""
+def candidate_evidence(s: Settings, model: str, last: bool = False) -> tuple[dict, dict]:
+    """({candidate: [val_acc of each finished run]}, {candidate: runs planned}); a diverged run counts 0.
+    val_acc at each run's validation-best epoch (what recipe_choice compares), or with last=True at
+    its last epoch (what a refit keeps; a check on the choice, never a second chooser)."""
     cands = candidate_cells(s, model)
     val = {}
     for name, cells in cands.items():
         rs = [load_result(s, c.name) for c in cells if isinstance(c, Cell)]
-        val[name] = [r["best"]["val_acc"] if r["status"] != "diverged" else 0.0 for r in rs if r]
+        val[name] = [0.0 if r["status"] == "diverged" else r["history"][-1]["val_acc"] if last else r["best"]["val_acc"]
+                     for r in rs if r]
     return val, {name: len(cells) for name, cells in cands.items()}
 
 

@@ -60,11 +60,13 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
     and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its rerun under "again"),
     mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
     choice = recipe_choice(s, m)
-    val, planned = candidate_evidence(s, m)
+    (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
     runs = {k: [r for c in cells if isinstance(c, Cell) and (r := load_result(s, c.name))]
             for k, cells in candidate_cells(s, m).items()}
     entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
              "val_mean": {k: statistics.mean(v) for k, v in val.items() if v},
+             # at each run's last epoch, which a refit keeps: a check that the best epoch did not flatter one candidate
+             "val_last_mean": {k: statistics.mean(v) for k, v in val_last.items() if v},
              # the test scores of the candidates' own runs (final stage, 55,000 images), seen before this choice;
              # screening runs have none
              "test_seen": {k: [r["test"]["acc"] for r in rs if r.get("test")] for k, rs in runs.items()},

@@ -276,8 +276,9 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     for m in ("convnet", "dnn", "resnet"):
         (tmp_path / "weights" / f"{m}.pt").write_bytes(m.encode())
     sha = {m: hashlib.sha256(m.encode()).hexdigest() for m in ("convnet", "dnn", "resnet")}
-    files = {("convnet", 0): 0.90, ("convnet", 1): 0.92, ("convnet", None): 0.95, ("dnn", 0): 0.80, ("dnn", 1): 0.80,
-             ("dnn", None): 0.80, ("resnet", 0): 0.95, ("resnet", 1): 0.95, ("resnet", None): 0.9}
+    files = {("convnet", 0): 0.90, ("convnet", 1): 0.92, ("convnet", None): 0.95, ("dnn", 0): 0.80,  # DNN seed 1: never measured
+             ("dnn", None): 0.80, ("resnet", 0): 0.95, ("resnet", 1): 0.95, ("resnet", None): 0.9,
+             ("resnet", "old0"): 0.99, ("resnet", "old1"): 0.99}  # the seeds of the recipe ResNet-18's replaced
     key = lambda m, k: sha[m] if k is None else f"{m}-{k}"  # noqa: E731  (a seed file's sha256 stand-in)
     label = lambda m, k: f"{m} {'shipped' if k is None else f'recipe seed {k}'}"  # noqa: E731
     rob = {"date": "x", "n_per_condition": 7,
@@ -292,16 +293,21 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
 
     seed = lambda m, k, a: {"seed": k, "cell": f"c{k}", "test_acc": a, "seconds": 60.0, "sha256": f"{m}-{k}",  # noqa: E731
                             "hardware": "AMD EPYC (2 threads, bf16)"}
-    evidence = {"val": {"final": [0.9980, 0.9982], "e60": [0.9970, 0.9972]}, "test_seen": {"final": [0.9965, 0.9967], "e60": []}}
+    evidence = {"val": {"final": [0.9980, 0.9982], "e60": [0.9970, 0.9972]}, "test_seen": {"final": [0.9965, 0.9967], "e60": []},
+                "val_last_mean": {"final": 0.9970, "e60": 0.9974}}  # at the last epoch the runner-up leads
     rec = {"seeds": [0, 1], "screen_seeds": [0, 1], "rule": "r", "ensemble": {"test_acc": 0.9980, "members": []},
            "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972, **evidence,
-                                  "seeds": [seed("convnet", 0, 0.9970), seed("convnet", 1, 0.9974)]},
+                                  # seed 1 trained again; its rerun's file not measured, its first file was (same recipe and seed)
+                                  "seeds": [seed("convnet", 0, 0.9970), {**seed("convnet", 1, 0.9974),
+                                                                         "again": {"sha256": "convnet-9", "test_acc": 0.9975}}]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
                               "val": {"e150": [0.99]}, "test_seen": {"e150": [0.9940]},
                               "earlier": [{"candidate": "final", "done": True, "seeds": [{"test_acc": 0.9930}, {"test_acc": 0.9932}]}],
                               "seeds": [seed("dnn", 0, 0.9950), {**seed("dnn", 1, 0.9950), "again": {"sha256": "dnn-9", "test_acc": 0.9951}}]},
                       "resnet": {"candidate": "e15", "recipe": {"epochs": 15}, "done": True, "test_mean": 0.9970,
                                  "val": {"e15": [0.99, 0.99]}, "test_seen": {}, "shipped": {"decided_after_test": False},
+                                 "earlier": [{"candidate": "e10", "done": True, "seeds": [
+                                     {"test_acc": 0.9960, "sha256": "resnet-old0"}, {"test_acc": 0.9962, "sha256": "resnet-old1"}]}],
                                  "seeds": [seed("resnet", 0, 0.9970), seed("resnet", 1, 0.9970)]}}}
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "final_recipes.json").write_text(json.dumps(rec))
@@ -311,7 +317,7 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     text = "\n".join(report_text.recipes_summary(f))
     row = {m: next(line for line in text.splitlines() if line.startswith(f"| {sr.NAMES[m]} |")) for m in rec["models"]}
     assert "99.72 ± 0.03" in row["convnet"] and "82.0 / 86.0" in row["convnet"] and "71 / 75" in row["convnet"]
-    # seed 1's file is its rerun (again), which was not measured: the measured seed, counted, and no trade from it
+    # seed 1's file is its rerun (again); neither it nor its first file was measured: the measured seed, counted, and no trade from it
     assert row["dnn"].endswith("| 71.0 (1/2 seeds) / 71.0 | 60 (1/2 seeds) / 60 |")
     assert "| 86.0 / – |" in row["resnet"]  # the shipped file changed since: no stale number beside the recipe
     f.cards = {"resnet": {"made_from": {"sha256": "resnet-0"}}}  # recalibrated since: its seed checkpoint's weights were measured
@@ -323,8 +329,40 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     assert "| scored 1 times, in order | 99.80 | 99.82 |" in text and "Missed: ConvNet and the ensemble" in text
     assert "| 1 (AMD EPYC) |" in row["convnet"]  # minutes a seed, and where
     # what validation said, in validation images (0.02 points each), and the test means already seen
-    assert "- ConvNet: `final` led `e60` by 5.0 images (2 vs 2 seeds: beyond the noise); seen on test: `final` 99.66 (the chosen one's the best)." in text
-    assert ("- DNN: `e150`, the only candidate; seen on test: `e150` 99.40 (the chosen one's the best); refit and scored "
-            "before: `final` refits 99.31 ± 0.01.") in text  # an earlier choice's refits, scored before this one
+    assert ("- ConvNet: `final` led `e60` by 5.0 images (2 vs 2 seeds: beyond the noise); already on test: `final` 99.66 "
+            "(the chosen one's the best); at the last epoch `e60` leads by 2.0 images.") in text  # what a refit keeps
+    assert "- DNN: `e150`, the only candidate; already on test: `e150` 99.40 (the chosen one's the best)." in text
+    # each recipe against the one it replaced (its refits scored before this choice): test, users' images, 8x8 thumbnails
+    assert ("DNN `e150` 99.50 / 71.0 (1/2 seeds) / 60 vs `final` 99.31 / – / –; "
+            "ResNet-18 `e15` 99.70 / 86.0 / 75 vs `e10` 99.61 / 90.0 / 79.") in text
+    # within a model: 0.09 points better on MNIST, 4.0 points worse on users' images (beyond 1 point; both seeds alike)
+    assert "ResNet-18 `e15` beats `e10` by 0.09 points on MNIST but reads users' images 4.0 points worse" in text
     assert "Kept out" not in text  # no file kept out after its test scores
-    assert "DNN seed 1 was trained again (its file was lost): 99.51%, counted; the mean keeps its first 99.50%" in text
+    assert ("trained again, their files lost (counted; the means keep the first scores): ConvNet seed 1 99.75 (first 99.74); "
+            "DNN seed 1 99.51 (first 99.50).") in text
+
+
+def test_a_scored_ensemble_keeps_its_recipes_after_a_member_seed_is_trained_again():
+    """member_seeds matches a seed by its first file or its rerun's, so an ensemble scored before a
+    seed was trained again still names the recipes it held (scored_ensembles), and each member's
+    own test score is the one of the file that was in it."""
+    import report_facts
+    conv = {"candidate": "e60", "seeds": [{"sha256": "c0", "test_acc": 0.9968, "again": {"sha256": "c0b", "test_acc": 0.9972}},
+                                          {"sha256": "c1", "test_acc": 0.9970}],
+            "earlier": [{"candidate": "final", "seeds": [{"sha256": "f0", "test_acc": 0.9966}]}]}
+    res = {"candidate": "e30", "seeds": [{"sha256": "r0", "test_acc": 0.9969}],
+           "earlier": [{"candidate": "e15", "seeds": [{"sha256": "q0", "test_acc": 0.9963}]}]}
+    scored = [{"members": [{"sha256": "f0"}, {"sha256": "q0"}], "test_acc": 0.9972},
+              {"members": [{"sha256": "c0"}, {"sha256": "c1"}, {"sha256": "q0"}], "test_acc": 0.9968},
+              {"members": [{"sha256": "c0b"}, {"sha256": "c1"}, {"sha256": "r0"}], "test_acc": 0.9975},
+              {"members": [{"sha256": "x"}], "test_acc": 0.99}]  # none of the recipes: no names
+    d = {"models": {"convnet": conv, "dnn": {"candidate": "e300", "seeds": [{"sha256": "d0"}]}, "resnet": res},
+         "ensembles_scored": scored}
+    assert [held for _, held in report_facts.scored_ensembles(d)] == [
+        "ConvNet `final` + ResNet-18 `e15`", "ConvNet `e60` + ResNet-18 `e15`", "ConvNet `e60` + ResNet-18 `e30`", ""]
+    assert [x["test_acc"] for x in report_facts.member_seeds(conv, scored[1])] == [0.9968, 0.9970]
+    assert [x["test_acc"] for x in report_facts.member_seeds(conv, scored[2])] == [0.9972, 0.9970]
+    rob = {"by_sha": {"c0": {"mean": 0.9}, "c1": {"mean": 0.8}}}
+    assert report_facts.seed_robustness(rob, conv["seeds"][0]) == {"mean": 0.9}  # the rerun unmeasured: its first file's
+    assert report_facts.seed_robustness({"by_sha": {"c0b": {"mean": 0.7}, **rob["by_sha"]}}, conv["seeds"][0]) == {"mean": 0.7}
+    assert report_facts.seed_robustness(rob, {"sha256": "zz"}) is None
