@@ -285,7 +285,8 @@ def appendix_targets(f: Facts) -> list[str]:
 
     def met_text(acc, target):
         return "yes" if acc >= target else f"no: {round((target - acc) * f.n_test)} test images short"
-    lines += ["Targets from the best published MNIST work (issue #11), on test accuracy of the shipped file.", "",
+    lines += ["Issue #11's targets, from the best published MNIST work, on test accuracy of the shipped file (issue #25's, stricter: "
+              "[Accuracy by recipe](#accuracy-by-recipe)).", "",
               "| model | target % | test % | met |", "|---|---|---|---|"]
     singles = {}
     for m in f.models:
@@ -381,7 +382,7 @@ def appendix_recipes(f: Facts) -> list[str]:
               "its refits' test mean, so a lucky choice cannot pick test images. The targets are issue #25's, the best "
               "published results that do not select on the test set (`../shared/BENCHMARKS.md`), stricter than the "
               "first targets above.", "",
-              "Test % here is each candidate's own runs (55,000 training images, the final stage's), scored at their end and "
+              "Test % here is each candidate's own runs (55,000 training images, the final stage's), scored at their validation-best epoch and "
               "seen before this choice; screening runs have none. Minutes compare only between runs on the same machine.", "",
               "| model | candidate | change to the final recipe | runs done | val % (mean ± std) | test % (mean ± std) | minutes a run | chosen |",
               "|---|---|---|---|---|---|---|---|"]
@@ -412,10 +413,10 @@ def appendix_recipes(f: Facts) -> list[str]:
                    f"{', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`{label} | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
-    lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, "
-                  "such as the test suite, may have shared: a wide range on one machine points to that load rather than to "
-                  "the recipe, whose steps are the same for every seed."]
-    lost = {(NAMES.get(m, m), e.get("candidate"), x["seed"]): x.get("hardware", "") for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()]
+    lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, such as the test "
+                  "suite, may have shared: a wide range on one machine points to that load rather than to the recipe, whose steps are the same for every seed."]
+    every = [(m, e) for m, e, _ in rows] + list(d["models"].items())  # the earlier recipes, then the current ones
+    lost = {(NAMES.get(m, m), e.get("candidate"), x["seed"]): x.get("hardware", "") for m, e in every
             for x in e["seeds"] if not x.get("again", x).get("checkpoint")}
     said = lambda ks: ", ".join(f"{n} `{c}` seed {s}" for n, c, s in ks)  # noqa: E731
     if cpu := [k for k, hw in lost.items() if not hw.startswith("NVIDIA")]:
@@ -425,13 +426,12 @@ def appendix_recipes(f: Facts) -> list[str]:
         lines += ["", f"Recorded without file or sha256 ({said(gpu)}): trained on a lent "
                       f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that did not return these files "
                       "(a call brings back little, and they are large); their test scores count, but an ensemble needs the files."]
-    again = [(m, x) for m, e, _ in rows + [(m, e, "") for m, e in d["models"].items()] for x in e["seeds"] if x.get("again")]
-    for m, x in again:
-        lines += ["", f"{NAMES.get(m, m)} seed {x['seed']}'s first run left no file (it was trained in an earlier session on "
-                      f"another machine, and `runs/` is not committed), so it was trained again with the same settings and seed: "
-                      f"{pct(x['again']['test_acc'])}% on test (scored once, counted in [Test-set use](#test-set-use)). The mean keeps the first run's "
-                      f"{pct(x['test_acc'])}%, so the rerun is no second draw at the test set; its file stands for the seed "
-                      "where a file is needed (the ensemble)."]
+    if again := [(m, e.get("candidate"), x) for m, e in every for x in e["seeds"] if x.get("again")]:
+        lines += ["", "Trained again with the same settings and seed, the first run's file not being here (`runs/` is not committed; "
+                      "it was made on another machine): each rerun scored once on test, counted in [Test-set use](#test-set-use); the "
+                      "mean keeps the first run's score, so a rerun is no second draw; its file stands for the seed where a file is needed "
+                      "(the ensemble).", "", "| model | recipe | seed | first run: test % (machine) | rerun: test % (machine) |", "|---|---|---|---|---|"]
+        lines += [f"| {NAMES.get(m, m)} | `{c}` | {x['seed']} | " + " | ".join(f"{pct(r['test_acc'])} ({r['hardware'].split(' (')[0]})" for r in (x, x["again"])) + " |" for m, c, x in again]
     return lines + appendix_recipe_ensembles(f, d) + [""]
 
 
@@ -460,7 +460,7 @@ def appendix_recipe_ensembles(f: Facts, d: dict) -> list[str]:
                                      if last else "not scored yet (it waits for every member).")]
     seed0 = [NAMES.get(m, m) for m, e in d["models"].items() if (e.get("shipped") or {}).get("seed_0")]
     lines += ["", f"Seed 0's file ships as `weights/<model>.pt` ({and_join(seed0) or 'none yet'}) with its calibration added, so its "
-                  "sha256 differs from the seed's checkpoint's (the card's `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
+                  "sha256 differs from the seed's checkpoint's (`weights/<model>.json`'s `made_from` records that checkpoint and its sha256). A refit has no held-out digits: "
                   "where its held-out twin's file is here (the same recipe and seed trained without the validation split; "
                   "`calibrate.py --twin`), its temperature and probability threshold are the twin's, else all is fitted in-sample "
                   "(README, calibration); in-sample now: " + (and_join([NAMES.get(m, m) for m in d["models"] if (f.cards.get(m) or {})
