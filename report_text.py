@@ -332,7 +332,7 @@ def recipes_summary(f: Facts) -> list[str]:
         return []
     rob = recipe_robustness(f.root)
     lines = ["", f"**Accuracy by recipe** (issue #25; [appendix]({APPENDIX}#accuracy-by-recipe)). "
-                 + (f"Users' images: the top guess on {rob['conditions']} kinds of files made from test digits "
+                 + (f"Users' images: the top guess (no rejector) on {rob['conditions']} kinds of files made from test digits, {rob['n']} each "
                     "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | minutes a seed (machine) | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
              "|---|---|---|---|---|---|---|"]
@@ -356,7 +356,7 @@ def recipes_summary(f: Facts) -> list[str]:
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"
         later = f" (since beaten on validation by `{now['candidate']}`, refits to do)" if e is not now and now.get("candidate") else ""
-        cost = (f"{statistics.mean(x['seconds'] for x in e['seeds']) / 60:.0f} "
+        cost = (f"{(mins := statistics.mean(x['seconds'] for x in e['seeds']) / 60):.{0 if mins >= 10 else 1}f} "
                 f"({', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if e["seeds"] else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`, {recipe_words(m, e)}{later} | {test} | "
                      f"{pct(RECIPE_TARGETS[m])} | {cost} | {side(users, 'mean', 1)} | {side(tiny, 'tiny8', 0)} |")
@@ -373,12 +373,11 @@ def recipes_summary(f: Facts) -> list[str]:
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
-    again = {NAMES.get(m, m): xs for m, e in d["models"].items() if (xs := [x for x in shown_recipe(e)["seeds"] if x.get("again")])}
-    after = ("; trained again, their files lost (counted; the means keep the first scores): " + "; ".join(
-        f"{m} seed{'s' * (len(xs) > 1)} " + ", ".join(f"{x['seed']} {pct(x['again']['test_acc'])} (first {pct(x['test_acc'])})" for x in xs)
-        for m, xs in again.items())) if again else ""
+    again = [x for e in d["models"].values() for x in shown_recipe(e)["seeds"] if x.get("again")]
+    after = (f"; {len(again)} seed{'s' * (len(again) > 1)} trained again, {'their files' if len(again) > 1 else 'its file'} lost "
+             "(counted; the means keep the first scores)") if again else ""
     if missed:
-        lines += ["", f"Missed: {and_join(missed)} ([appendix]({APPENDIX}#accuracy-by-recipe)){after}."]
+        lines += ["", f"Missed: {and_join(missed)}{after} ([appendix]({APPENDIX}#accuracy-by-recipe))."]
     lines += recipe_trades(f, d, rob, measured)
     for m, e in d["models"].items():
         sh = e.get("shipped") or {}
