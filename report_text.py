@@ -72,7 +72,8 @@ def section_summary(f: Facts) -> list[str]:
     later = later_runs(f)
     if later:
         seen = {r["name"] for _, _, rs in later for r in rs}
-        more = [r for r in f.records if r["tags"].get("kind") in ("recipe", "screen") and r["name"] not in seen]
+        more = [r for r in f.records if r["tags"].get("kind") in ("recipe", "screen") and r["name"] not in seen
+                and not r["tags"].get("again")]  # a rerun of a lost file is not a choice (Step 5 counts those)
         after.append(f"{sum(len(rs) for _, _, rs in later)} runs for issue #11 and {len(more)} for issue #25 "
                      f"({sum(1 for r in more if not r.get('test'))} screening, never scored), made *because* test scores missed "
                      "targets")
