@@ -285,8 +285,8 @@ def appendix_targets(f: Facts) -> list[str]:
 
     def met_text(acc, target):
         return "yes" if acc >= target else f"no: {round((target - acc) * f.n_test)} test images short"
-    lines += ["Issue #11's targets, from the best published MNIST work, on test accuracy of the shipped file (issue #25's, stricter: "
-              "[Accuracy by recipe](#accuracy-by-recipe)).", "",
+    lines += ["Issue #11's targets (best published results), for the shipped file's test accuracy; issue #25's stricter ones are in "
+              "[Accuracy by recipe](#accuracy-by-recipe).", "",
               "| model | target % | test % | met |", "|---|---|---|---|"]
     singles = {}
     for m in f.models:
@@ -427,8 +427,8 @@ def appendix_recipes(f: Facts) -> list[str]:
                       f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that did not return these files "
                       "(a call brings back little, and they are large); their test scores count, but an ensemble needs the files."]
     if again := [(m, e.get("candidate"), x) for m, e in every for x in e["seeds"] if x.get("again")]:
-        lines += ["", "Trained again with the same settings and seed, the first run's file not being here (`runs/` is not committed; "
-                      "it was made on another machine): each rerun scored once on test, counted in [Test-set use](#test-set-use); the "
+        lines += ["", "These seeds were trained again (same settings and seed) because their first run's file is gone (`runs/` is not "
+                      "committed; it stayed on the machine that made it): each rerun scored once on test, counted in [Test-set use](#test-set-use); the "
                       "mean keeps the first run's score, so a rerun is no second draw; its file stands for the seed where a file is needed "
                       "(the ensemble).", "", "| model | recipe | seed | first run: test % (machine) | rerun: test % (machine) |", "|---|---|---|---|---|"]
         lines += [f"| {NAMES.get(m, m)} | `{c}` | {x['seed']} | " + " | ".join(f"{pct(r['test_acc'])} ({r['hardware'].split(' (')[0]})" for r in (x, x["again"])) + " |" for m, c, x in again]

@@ -144,7 +144,7 @@ def section_training(f: Facts) -> list[str]:
              f"with label smoothing ε = {eps:g} in training and ε = 0 for validation and test. "
              f"Unless noted (Adadelta, refits), every run: one-cycle schedule (linear warmup over {100 * c.get('warmup', 0):g}% of the steps, then linear "
              f"decay to 0), weight decay {c.get('weight_decay', 0):g} (not on BN and biases), "
-             f"±{c.get('translate', 0):g} px random shifts; the checkpoint kept is the validation-best epoch.", "",
+             f"±{c.get('translate', 0):g} px random shifts; early stopping: the validation-best epoch is kept.", "",
              "The homework's LR grid for every model, SGD-Nesterov and (for the cheaper models) Adam; validation accuracy % "
              f"at the best epoch, **bold** the row's best, seed {c.get('seed', 0)}, every LR of a row with the same budget:", ""]
     lines += lr_table(f, with_test=False)
@@ -208,8 +208,7 @@ def section_fitting(f: Facts) -> list[str]:
         else:
             note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the recipe on validation" for c, tie in verdicts)
         choice = f" The final runs take the best means, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
-    lines += ["", "Early stopping: every run but a refit keeps its validation-best epoch." + choice + " The per-variant tables are in "
-              "the appendix.", "",
+    lines += ["", (choice + " The per-variant tables are in the appendix.").strip(), "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), "",
               "*Each panel: error rate, training and validation; training error, measured on augmented batches while the "
               "weights change, can lie above validation error.*", ""]
@@ -368,15 +367,17 @@ def recipes_summary(f: Facts) -> list[str]:
     lines.append(f"| Ensemble: every seed of {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} | " + (f"scored {len(scored)} times, in order" if d.get("ensemble") or not scored
                                                               else f"{len(scored)} earlier scorings; current members unscored") + " | "
                  f"{', then '.join(scored) or 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
-    lines += ["", f"Validation at each run's best epoch, before the refits' test scores (one image = {100 * f.one_val:.2f} points):", ""]
+    same = all(last_epoch_leader(e) in (None, e["candidate"]) for e in d["models"].values() if e.get("candidate"))
+    lines += ["", f"Validation before the refits' test scores, at each run's best epoch ({'the last, which a refit keeps, gives the same leaders; ' if same else ''}"
+                  f"one image = {100 * f.one_val:.2f} points):", ""]
     lines += [f"- {validation_evidence(f, m, e)}" for m, e in d["models"].items() if e.get("candidate")]
     missed = [NAMES.get(m, m) for m, e in d["models"].items()
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
     again = [x for e in d["models"].values() for x in shown_recipe(e)["seeds"] if x.get("again")]
-    after = (f"; {len(again)} seed{'s' * (len(again) > 1)} trained again, {'their files' if len(again) > 1 else 'its file'} lost "
-             "(counted; the means keep the first scores)") if again else ""
+    after = (f". {len(again)} seeds were trained again, their files lost and needed by the ensemble (the means keep the first "
+             "scores)") if again else ""
     if missed:
         lines += ["", f"Missed: {and_join(missed)}{after} ([appendix]({APPENDIX}#accuracy-by-recipe))."]
     lines += recipe_trades(f, d, rob, measured)
@@ -436,9 +437,18 @@ def recipe_trades(f: Facts, d: dict, rob: dict, measured: list[tuple]) -> list[s
                  f"`{old['candidate']}`")
             compared += [(a, b), (b, a)]
     trades = [t for a, b in compared if (t := trade(a, b, f.one_test))]
-    lines = ["", "Against the recipe each replaced, its refits scored before the choice (test / users' images / 8×8 thumbnails, %): " + "; ".join(pairs) + "."] if pairs else []
-    return lines + ["", "Trades (MNIST better by over one test image, users' images worse by over max(1 point, 2 seed std)): "
+    lines = ["", "New recipe vs the one it replaced (its refits scored before the choice; test / users' images / 8×8 thumbnails, %): "
+             + "; ".join(pairs) + "."] if pairs else []
+    return lines + ["", "Trades (better on MNIST by over one test image, worse on users' images by over max(1 point, 2 seed std); "
+                    "recipes with every seed measured): "
                     + ("; ".join(trades) if trades else "none") + "."]
+
+
+def last_epoch_leader(e: dict) -> str | None:
+    """The candidate with the best mean validation accuracy at its runs' last epoch (final_recipes.json
+    entry e's val_last_mean), None without two candidates measured so."""
+    last = e.get("val_last_mean", {})
+    return max(last, key=last.get) if len(last) > 1 else None
 
 
 def validation_evidence(f: Facts, m: str, e: dict) -> str:
@@ -459,11 +469,9 @@ def validation_evidence(f: Facts, m: str, e: dict) -> str:
         shown = [k for k in seen if k in (chosen, top) or len(val) > 1 and k == runner]  # the best seen, and the two compared
         text += ("; already on test: " + ", ".join(f"`{k}` {pct(seen[k])}" for k in shown)
                  + (" (the chosen one's the best)" if top == chosen else f"; `{chosen}` none" if chosen not in seen else ""))
-    last = e.get("val_last_mean", {})
-    if len(last) > 1:  # the means at each run's last epoch, which a refit keeps
-        top = max(last, key=last.get)
-        text += ("; it leads at the last epoch too" if top == chosen
-                 else f"; at the last epoch `{top}` leads by {(last[top] - last[chosen]) / f.one_val:.1f} images")
+    if (top := last_epoch_leader(e)) not in (None, chosen):  # the same leader is said once, above the list
+        last = e["val_last_mean"]
+        text += f"; at the last epoch, which a refit keeps, `{top}` leads by {(last[top] - last[chosen]) / f.one_val:.1f} images"
     return text + "."  # the earlier recipes' refit scores, also seen before: recipe_trades
 
 
@@ -542,7 +550,8 @@ def section_plots(f: Facts) -> list[str]:
         card = f.cards.get(m)
         if not card:
             continue
-        lines += [f"{NAMES[m]} ({card['train_config']['epochs']:g} epochs, seed {card['train_config']['seed']}, [card](weights/{m}.md)):", "",
+        tc = card["train_config"]
+        lines += [f"{NAMES[m]} ({'a refit, ' if tc.get('refit') else ''}{tc['epochs']:g} epochs, seed {tc['seed']}, [card](weights/{m}.md)):", "",
                   figure(f.root, f"figures/curves_{m}.png", f"{NAMES[m]} training curves"), ""]
     lines += ["**ROC curves and confusion matrices** (`python test_model.py --weights weights/<model>.pt --out figures`). "
               f"The ROC axes are zoomed (every curve hugs the top-left corner): true positive rate from "

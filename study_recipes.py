@@ -18,8 +18,8 @@ from study_cells import (
 
 # {(model, recipe): why} not shipped: decided after e60's refits were scored and its seed 0 failed the
 # handed 8x8 thumbnails of tests/test_user_images.py (benchmarks/results/user_images_recipes.md).
-RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar on the handed user images "
-                                          "(`tests/test_user_images.py`), which the final-run file passes"}
+RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar of `tests/test_user_images.py` (the handed user "
+                                          "images), which the final-run file passes"}
 
 
 def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None) -> dict:
