@@ -50,8 +50,7 @@ def appendix_lines(f: Facts) -> list[str]:
 def appendix_test_use(f: Facts) -> list[str]:
     """Who scored the test set, and how often."""
     u = test_use(f)
-    return ["## Test-set use", "",
-            "| who scored the test set | times |", "|---|---|",
+    return ["## Test-set use", "", "| who scored the test set | times |", "|---|---|",
             f"| training runs, once each at the validation-best epoch (refits: the last) (`results/cells/`) | {u['runs']} |",
             "| models scored apart from their training runs: `test_model.py` on files in `weights/`, twice a file with `--tta` "
             "(plain, then test-time augmentation) (the study's evaluation, `results/evaluation.json`"
@@ -413,8 +412,8 @@ def appendix_recipes(f: Facts) -> list[str]:
                    f"{', '.join(sorted({x['hardware'].split(' (')[0] for x in e['seeds']}))})") if accs else "–"
         lines.append(f"| {NAMES.get(m, m)} | `{e['candidate']}`{label} | {pct(target) if target else '–'} | "
                      f"{', '.join(pct(a) for a in accs) or '–'} | {mean_std(accs) if e.get('done') else '–'} | {met} | {minutes} |")
-    lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, such as the test "
-                  "suite, may have shared: a wide range on one machine points to that load rather than to the recipe, whose steps are the same for every seed."]
+    lines += ["", "Minutes are wall-clock, on machines of a few cores (their thread counts in the run list) that other work, such as the test suite, "
+              "may have shared: a wide range on one machine points to that load rather than to the recipe, whose steps are the same for every seed."]
     every = [(m, e) for m, e, _ in rows] + list(d["models"].items())  # the earlier recipes, then the current ones
     lost = {(NAMES.get(m, m), e.get("candidate"), x["seed"]): x.get("hardware", "") for m, e in every
             for x in e["seeds"] if not x.get("again", x).get("checkpoint")}
@@ -427,11 +426,12 @@ def appendix_recipes(f: Facts) -> list[str]:
                       f"`{and_join(sorted({lost[k].split(' (')[0] for k in gpu}))}` that did not return these files "
                       "(a call brings back little, and they are large); their test scores count, but an ensemble needs the files."]
     if again := [(m, e.get("candidate"), x) for m, e in every for x in e["seeds"] if x.get("again")]:
-        lines += ["", "These seeds were trained again (same settings and seed) because their first run's file is gone (`runs/` is not "
-                      "committed; it stayed on the machine that made it): each rerun scored once on test, counted in [Test-set use](#test-set-use); the "
-                      "mean keeps the first run's score, so a rerun is no second draw; its file stands for the seed where a file is needed "
-                      "(the ensemble).", "", "| model | recipe | seed | first run: test % (machine) | rerun: test % (machine) |", "|---|---|---|---|---|"]
-        lines += [f"| {NAMES.get(m, m)} | `{c}` | {x['seed']} | " + " | ".join(f"{pct(r['test_acc'])} ({r['hardware'].split(' (')[0]})" for r in (x, x["again"])) + " |" for m, c, x in again]
+        lines += ["", "These seeds were trained again (same settings and seed) because their file is gone (`runs/` is not committed): each rerun "
+                      "scored once on test, counted in [Test-set use](#test-set-use); the mean keeps the first run's score, so a rerun is no second draw. "
+                      "The latest rerun's file stands for the seed in the ensemble, whose members' test-set softmax is now kept in `results/member_probs/`: "
+                      "a file lost after that costs no rerun.", "", "| model | recipe | seed | first run: test % (machine) | reruns: test % (machine) |", "|---|---|---|---|---|"]
+        lines += [f"| {NAMES.get(m, m)} | `{c}` | {x['seed']} | " + " | ".join("; ".join(f"{pct(r['test_acc'])} ({r['hardware'].split(' (')[0]})"
+                  for r in rs) for rs in ([x], [*x.get("reruns", []), x["again"]])) + " |" for m, c, x in again]
     return lines + appendix_recipe_ensembles(f, d) + [""]
 
 

@@ -326,7 +326,7 @@ class Facts:
             return None
         for r in [e, *reversed(e.get("earlier", []))]:
             seeds = r.get("seeds") or []
-            if card["train_config"].get("run_name") in {x["cell"] for x in seeds} | {x["again"]["cell"] for x in seeds if x.get("again")}:
+            if card["train_config"].get("run_name") in {y["cell"] for x in seeds for y in (x, *x.get("reruns", []), x.get("again")) if y}:
                 return r
         return None
 
@@ -508,7 +508,7 @@ def member_seeds(e: dict, ens: dict) -> list[dict]:
     trained again, its rerun's ({"test_acc", "sha256", ...}); [] when no recipe has every seed in."""
     shas = {x["sha256"] for x in ens.get("members", [])}
     for r in [e, *reversed(e.get("earlier", []))]:
-        files = [next((y for y in (x.get("again"), x) if y and y.get("sha256") in shas), None) for x in r.get("seeds") or []]
+        files = [next((y for y in (x.get("again"), *x.get("reruns", []), x) if y and y.get("sha256") in shas), None) for x in r.get("seeds") or []]
         if files and all(files):
             return files
     return []
@@ -518,7 +518,7 @@ def seed_robustness(rob: dict, x: dict) -> dict | None:
     """A recipe seed's users'-images record (recipe_robustness' by_sha entry): its rerun's file where
     that was measured, else its first run's file (the same recipe and seed), else None."""
     by_sha = rob.get("by_sha", {}) if rob else {}
-    return next((by_sha[y["sha256"]] for y in (x.get("again"), x) if y and y.get("sha256") in by_sha), None)
+    return next((by_sha[y["sha256"]] for y in (x.get("again"), *x.get("reruns", []), x) if y and y.get("sha256") in by_sha), None)
 
 
 def shown_recipe(e: dict) -> dict:

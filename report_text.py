@@ -342,16 +342,14 @@ def recipes_summary(f: Facts) -> list[str]:
         if not e.get("candidate"):
             continue
         accs = [x["test_acc"] for x in e["seeds"]]
-        got = [seed_robustness(rob, x) for x in e["seeds"]] if rob else []
-        full = e.get("done") and got and all(got)
+        part, of = measured_seeds(rob, e["seeds"]) if e.get("done") else ([], "")  # a lent GPU kept some seeds' files
+        full = bool(part) and not of
         sha = rob.get("shipped", {}).get(m) if rob else None
         made = ((getattr(f, "cards", {}).get(m) or {}).get("made_from") or {}).get("sha256")  # its seed checkpoint's
         # the file as measured; else the seed checkpoint it was copied from, when measured: the same weights (calibration
         # changes the bytes, not the top guess); never a stale file's
         file = rob["by_sha"][sha] if sha and sha == file_sha256(f.root / "weights" / f"{m}.pt") else rob["by_sha"].get(made) if rob else None
-        part = [g for g in got if g] if e.get("done") else []  # the seeds whose files were measured (a lent GPU kept some)
-        users, of = [g["mean"] for g in part], ("" if full else f" ({len(part)}/{len(got)} seeds)")
-        tiny = [g["tiny8"] for g in part] if part and all(g["tiny8"] is not None for g in part) else []
+        users, tiny = [g["mean"] for g in part], seeds_tiny8(part)
         side = lambda vals, key, digits: (f"{pct(statistics.mean(vals), digits)}{of} / {pct(file[key], digits) if file else '–'}"  # noqa: E731
                                           if vals else "–")
         test = mean_std(accs) if e.get("done") else f"{len(accs)} of {len(d['seeds'])} seeds done"
@@ -376,8 +374,9 @@ def recipes_summary(f: Facts) -> list[str]:
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
     again = [x for e in d["models"].values() for x in shown_recipe(e)["seeds"] if x.get("again")]
-    after = (f". {len(again)} seeds were trained again, their files lost and needed by the ensemble (the means keep the first "
-             "scores)") if again else ""
+    reruns = sum(1 + len(x.get("reruns", [])) for x in again)
+    after = (f". {len(again)} seeds were trained again{f' ({reruns} runs)' if reruns > len(again) else ''}, their files lost and "
+             "needed by the ensemble (the means keep the first scores)") if again else ""
     if missed:
         lines += ["", f"Missed: {and_join(missed)}{after} ([appendix]({APPENDIX}#accuracy-by-recipe))."]
     lines += recipe_trades(f, d, rob, measured)
@@ -391,6 +390,19 @@ def recipes_summary(f: Facts) -> list[str]:
             lines += ["", f"Kept out of `weights/` after its test scores: the {NAMES.get(m, m)}'s `{e['candidate']}` seed 0 "
                           f"{sh['why_not']}; the file is {what}, not a recipe's mean."]
     return lines
+
+
+def measured_seeds(rob: dict | None, seeds: list[dict]) -> tuple[list[dict], str]:
+    """The users'-images records (seed_robustness) of a recipe's seeds whose files were measured, and
+    the label " (k/n seeds)" when some were not ("" when all were)."""
+    got = [seed_robustness(rob, x) for x in seeds] if rob else []
+    part = [g for g in got if g]
+    return part, ("" if len(part) == len(got) else f" ({len(part)}/{len(got)} seeds)")
+
+
+def seeds_tiny8(part: list[dict]) -> list[float]:
+    """The 8x8-thumbnail accuracies of measured seeds, [] unless every one has it (a mean over fewer is not the recipe's)."""
+    return [g["tiny8"] for g in part] if part and all(g["tiny8"] is not None for g in part) else []
 
 
 def recipe_words(m: str, e: dict) -> str:
@@ -418,10 +430,8 @@ def recipe_trades(f: Facts, d: dict, rob: dict, measured: list[tuple]) -> list[s
     (test %, users' images %, 8x8 thumbnails %, from the seeds' files measured by sha256), and
     every trade (`trade`) between two models' recipes or a recipe and the one it replaced."""
     def numbers(r: dict) -> tuple[str, list, str]:
-        got = [seed_robustness(rob, x) for x in r["seeds"]]
-        part = [g for g in got if g]
-        of = "" if len(part) == len(got) else f" ({len(part)}/{len(got)} seeds)"
-        tiny = [g["tiny8"] for g in part if g["tiny8"] is not None]
+        part, of = measured_seeds(rob, r["seeds"])
+        tiny = seeds_tiny8(part)
         return (f"{pct(statistics.mean(x['test_acc'] for x in r['seeds']))} / " + (f"{pct(statistics.mean(g['mean'] for g in part), 1)}{of}" if part else "–")
                 + f" / {pct(statistics.mean(tiny), 0) if tiny else '–'}", [g["mean"] for g in part], of)
     pairs, compared = [], [(a, b) for a in measured for b in measured if a is not b]  # across models

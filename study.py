@@ -48,7 +48,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
-    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cell, rel,
+    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cells, rel,
 )
 from study_recipes import RECIPE_NOT_SHIPPED, made_from, recipe_source, twin_file, write_final_recipes  # issue #25 (re-exported)
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step

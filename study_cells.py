@@ -582,14 +582,17 @@ RECIPE_CANDIDATES = {
             "deep3-elastic6-e300": {"model_config": {"hidden": [1024, 1024, 1024]}, "elastic": 34.0, "elastic_sigma": 6.0,
                                     "epochs": 300, "batch_size": 512, "lr": 0.002}},
 }
-# Refits whose file is gone (made on another machine; runs/ is not committed), trained again as
-# "<name>-again" for the ensemble and shipping; the first run's test score stays the seed's score
-# (no second draw for the mean); the rerun is scored once too, counted, shown beside it.
-RECIPE_AGAIN = ("convnet-refit-affine-wide-adamw-lr0.01-e30-s0",
-               # the current ensemble's members: the ConvNet's e60 files were lost with an earlier
-               # machine, ResNet-18's e30 seeds 1 and 2 stayed on the lent H200 (results/logs/gpu-h200/)
-               *(f"convnet-recipe-e60-adamw-lr0.01-e60-s{i}" for i in (0, 1, 2)),
-               *(f"resnet-recipe-e30-sgd-lr0.1-e30-s{i}" for i in (1, 2)))
+# Refits whose file is gone (made on another machine; runs/ is not committed), trained again: {name: times}.
+# The k-th rerun is "<name>-again" (k = 1) or "<name>-again<k>", same settings and seed; the first run's
+# test score stays the seed's score (no second draw for the mean); each rerun is scored once too, counted,
+# shown beside it. A member's test-set softmax is now recorded while its file is here
+# (study_recipes.member_probs), so a file lost after that no longer costs a rerun.
+RECIPE_AGAIN = {"convnet-refit-affine-wide-adamw-lr0.01-e30-s0": 1,
+                # the current ensemble's members: the ConvNet's e60 files were lost with an earlier machine
+                # and their first reruns with the next; ResNet-18's e30 seeds 1 and 2 stayed on the lent
+                # H200 (results/logs/gpu-h200/)
+                **{f"convnet-recipe-e60-adamw-lr0.01-e60-s{i}": 2 for i in (0, 1, 2)},
+                **{f"resnet-recipe-e30-sgd-lr0.1-e30-s{i}": 1 for i in (1, 2)}}
 # The ensemble, fixed before any of these recipes' test scores: every seed of the ConvNet's and
 # ResNet-18's recipes, softmax averaged (the DNN, ~0.3 points behind, is left out).
 RECIPE_ENSEMBLE = ("convnet", "resnet")
@@ -662,11 +665,10 @@ def recipe_refit_cells(s: Settings, model: str, choice: dict) -> list[Cell]:
     return out
 
 
-def again_cell(cell: Cell) -> Cell | None:
-    """The rerun of a refit in RECIPE_AGAIN (same settings, "-again" appended to its name), else None."""
-    if cell.name not in RECIPE_AGAIN:
-        return None
-    return Cell(f"{cell.name}-again", cell.model, cell.epochs, dict(cell.overrides), {**cell.tags, "again": cell.name})
+def again_cells(cell: Cell) -> list[Cell]:
+    """The reruns of a refit in RECIPE_AGAIN, in order ("-again", "-again2", ...; same settings), else []."""
+    return [Cell(f"{cell.name}-again{k if k > 1 else ''}", cell.model, cell.epochs, dict(cell.overrides),
+                 {**cell.tags, "again": cell.name}) for k in range(1, RECIPE_AGAIN.get(cell.name, 0) + 1)]
 
 
 def recipes_cells(s: Settings) -> list:
@@ -684,7 +686,7 @@ def recipes_cells(s: Settings) -> list:
                                                       len(s.seeds(RECIPE_SEEDS))))
             continue
         refits = recipe_refit_cells(s, m, choice)
-        out += refits + [a for a in map(again_cell, refits) if a]
+        out += refits + [a for c in refits for a in again_cells(c)]
     return out
 
 

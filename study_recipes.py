@@ -10,9 +10,11 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from runs import resolve_device, sha256, write_json
 from study_cells import (
-    RECIPE_ENSEMBLE, RECIPE_MODELS, RECIPE_SEEDS, SCREEN_SEEDS, Cell, Settings, again_cell, candidate_cells,
+    RECIPE_ENSEMBLE, RECIPE_MODELS, RECIPE_SEEDS, SCREEN_SEEDS, Cell, Settings, again_cells, candidate_cells,
     candidate_evidence, final_choice, load_result, recipe_choice, recipe_refit_cells, rel, train_config,
 )
 
@@ -22,22 +24,48 @@ RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar of `test
                                           "images), which the final-run file passes"}
 
 
-def recipes_ensemble_test(s: Settings, members: list[Path], before: dict | None) -> dict:
-    """{"members": [{"checkpoint", "sha256"}], "test_acc"} of the members' mean softmax on the test
-    set: scored once; a file from an earlier call with the same members' sha256 is reused."""
-    record = {"members": [{"checkpoint": rel(s, p), "sha256": sha256(p)} for p in members]}
-    if before and before.get("members") == record["members"] and before.get("test_acc") is not None:
+def recipes_ensemble_test(s: Settings, members: list[dict], probs: list, before: dict | None) -> dict:
+    """{"members": [{"checkpoint", "sha256"}], "test_acc"}: the accuracy of the members' mean softmax
+    (probs: each member's member_probs, (10,000, 10)) on the test set, scored once; the record
+    `before` is reused when its members (checkpoint, sha256) are the same."""
+    record = {"members": members}
+    if before and before.get("members") == members and before.get("test_acc") is not None:
         return before
-    import torch
+    y = s.mnist().y_test.numpy()
+    record["test_acc"] = float((np.mean(probs, axis=0).argmax(1) == y).mean())
+    return record
+
+
+def member_probs(s: Settings, member: dict) -> np.ndarray | None:
+    """The test-set softmax, (10,000, 10) fp32 (test_model.predict_proba), of an ensemble member
+    {"cell", "checkpoint", "sha256"}: results/member_probs/<cell>.npz when recorded for that sha256;
+    else computed and recorded from the member's file if it is here, or from a shipped
+    weights/<model>.pt whose card's made_from names that sha256 (calibrate.py adds fields to the
+    file, never changes its weights); else None. Recorded so that the ensemble can be scored after
+    runs/ is gone (it is not committed). No accuracy is computed here: the pass is counted with the
+    ensemble's scoring (models_scored)."""
+    path = s.results / "member_probs" / f"{member['cell']}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["sha256"]) == member["sha256"]:
+                return z["probs"]
+    src = s.root / member["checkpoint"] if member.get("checkpoint") else None
+    if not (src and src.exists() and sha256(src) == member["sha256"]):
+        cards = sorted((s.root / "weights").glob("*.json"))
+        src = next((c.with_suffix(".pt") for c in cards if c.with_suffix(".pt").exists()
+                    and (json.loads(c.read_text()).get("made_from") or {}).get("sha256") == member["sha256"]), None)
+    if src is None:
+        return None
     from models import load_checkpoint
     from test_model import predict_proba
-    data = s.mnist()
-    probs, device = [], resolve_device("auto")
-    for p in members:
-        model, _ = load_checkpoint(p, device)
-        probs.append(torch.from_numpy(predict_proba(model, data.x_test)))
-    record["test_acc"] = float((torch.stack(probs).mean(0).argmax(1) == data.y_test).float().mean())
-    return record
+    model, _ = load_checkpoint(src, resolve_device("auto"))
+    probs = predict_proba(model, s.mnist().x_test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:  # written whole, then renamed: never a half-written record
+        np.savez_compressed(f, probs=probs, sha256=member["sha256"], source=rel(s, src))
+    tmp.replace(path)
+    return probs
 
 
 def run_file(s: Settings, name: str) -> Path | None:
@@ -57,7 +85,8 @@ def file_record(s: Settings, name: str, made: dict) -> dict:
 def recipe_entry(s: Settings, m: str, made: dict) -> dict:
     """final_recipes.json's entry for model m: its candidates' validation evidence, test scores seen
     and cost, the chosen recipe (full TrainConfig, seed aside), each finished seed's test accuracy
-    and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its rerun under "again"),
+    and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its latest rerun under "again",
+    earlier reruns under "reruns"),
     mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
     choice = recipe_choice(s, m)
     (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
@@ -82,11 +111,13 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
         entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
         seed = {"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"], "seconds": r["seconds"],
                 "hardware": r["hardware"], **file_record(s, c.name, made)}
-        again = again_cell(c)
-        ra = load_result(s, again.name) if again else None
-        if ra and ra.get("test"):  # a diverged rerun has no test score and no file worth using
-            seed["again"] = {"cell": again.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"],
-                             "hardware": ra["hardware"], **file_record(s, again.name, made)}
+        reruns = [{"cell": a.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"], "hardware": ra["hardware"],
+                   **file_record(s, a.name, made)}
+                  for a in again_cells(c) if (ra := load_result(s, a.name)) and ra.get("test")]  # diverged: no file worth using
+        if reruns:  # the latest rerun's file is the seed's file; earlier reruns (their files lost too) stay listed
+            seed["again"] = reruns[-1]
+            if len(reruns) > 1:
+                seed["reruns"] = reruns[:-1]
         entry["seeds"].append(seed)
     accs = [x["test_acc"] for x in entry["seeds"]]
     entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
@@ -170,11 +201,11 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
     seeds = [x for e in before.get("models", {}).values() for x in e.get("seeds", [])]
-    made = {y["cell"]: y for x in seeds for y in (x, x.get("again")) if y}  # cell -> its record (first runs and reruns)
+    made = {y["cell"]: y for x in seeds for y in (x, *x.get("reruns", []), x.get("again")) if y}  # cell -> its record
     out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
            "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
-    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"checkpoint", "sha256"}
+    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256"}
     for m in (m for m in RECIPE_MODELS if m in s.models):
         if final_choice(s, m) is None:
             continue
@@ -182,14 +213,14 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
         entry["earlier"] = earlier_recipes(before.get("models", {}).get(m, {}), entry["candidate"])
         entry["shipped"] = shipped_record(s, m, entry)
         if m in RECIPE_ENSEMBLE:
-            members += [{k: x.get("again", x)[k] for k in ("checkpoint", "sha256")} for x in entry["seeds"]]
+            members += [{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")} for x in entry["seeds"]]
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
-        old = before.get("ensemble") or {}
-        here = [s.root / x["checkpoint"] for x in members if x["checkpoint"] and (s.root / x["checkpoint"]).exists()]
-        if len(here) == len(members) and (score or old.get("members") == members):
-            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, here, old)}
-        elif old.get("members") == members:
-            out["ensemble"] = old  # scored on the machine that has the files
+        old, record = before.get("ensemble") or {}, [{k: x[k] for k in ("checkpoint", "sha256")} for x in members]
+        probs = [member_probs(s, x) if x["sha256"] else None for x in members]  # recorded while the files are here
+        if all(p is not None for p in probs) and (score or old.get("members") == record):
+            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, old)}
+        elif old.get("members") == record:
+            out["ensemble"] = old  # scored on the machine that had the files
     # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
     # a test evaluation once made is never dropped from the count.
     scored = list(before.get("ensembles_scored", []))

@@ -367,3 +367,18 @@ def test_a_scored_ensemble_keeps_its_recipes_after_a_member_seed_is_trained_agai
     assert report_facts.seed_robustness(rob, conv["seeds"][0]) == {"mean": 0.9}  # the rerun unmeasured: its first file's
     assert report_facts.seed_robustness({"by_sha": {"c0b": {"mean": 0.7}, **rob["by_sha"]}}, conv["seeds"][0]) == {"mean": 0.7}
     assert report_facts.seed_robustness(rob, {"sha256": "zz"}) is None
+    # a seed trained twice more: an ensemble that held its first rerun still names the recipe
+    conv["seeds"][0]["reruns"], conv["seeds"][0]["again"] = [conv["seeds"][0]["again"]], {"sha256": "c0c", "test_acc": 0.9971}
+    assert [x["test_acc"] for x in report_facts.member_seeds(conv, scored[2])] == [0.9972, 0.9970]
+
+
+def test_a_recipes_users_images_numbers_are_over_its_measured_seeds():
+    """measured_seeds and seeds_tiny8, shared by Step 5's table and its recipe comparison: the seeds
+    whose files were measured with a "(k/n seeds)" label, and 8x8 thumbnails only when all of those have it."""
+    import report_text
+    rob = {"by_sha": {"a": {"mean": 0.9, "tiny8": 0.8}, "b": {"mean": 0.7, "tiny8": None}}}
+    part, of = report_text.measured_seeds(rob, [{"sha256": "a"}, {"sha256": "b"}, {"sha256": "c"}])
+    assert [g["mean"] for g in part] == [0.9, 0.7] and of == " (2/3 seeds)"
+    assert report_text.seeds_tiny8(part) == [] and report_text.seeds_tiny8(part[:1]) == [0.8]
+    assert report_text.measured_seeds(rob, [{"sha256": "a"}]) == ([rob["by_sha"]["a"]], "")
+    assert report_text.measured_seeds(None, [{"sha256": "a"}]) == ([], "")

@@ -5,7 +5,9 @@ import csv
 import json
 import re
 import shlex
+import shutil
 
+import numpy as np
 import pytest
 
 import study
@@ -400,35 +402,67 @@ def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recor
     assert (smoke_root / "results" / "final_recipes.json").read_text() == before
 
 
+def test_reruns_are_named_in_order_with_the_same_settings(monkeypatch):
+    """again_cells: RECIPE_AGAIN's count of reruns, "-again" then "-again2", each the refit's settings and seed."""
+    refit = study.Cell("convnet-recipe-x-s1", "convnet", 60, {"seed": 1, "refit": True}, {"seed": 1})
+    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})
+    again = study.again_cells(refit)
+    assert [a.name for a in again] == [f"{refit.name}-again", f"{refit.name}-again2"]
+    assert all(a.overrides == refit.overrides and a.epochs == 60 and a.tags == {"seed": 1, "again": refit.name} for a in again)
+    assert study.again_cells(study.Cell("other", "convnet", 1, {})) == []
+
+
 def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smoke_root, real_data_dir, monkeypatch):
-    """RECIPE_AGAIN: a refit whose file is gone is trained again as "<name>-again"; the seed keeps its first
-    test score (no second draw for the mean), the rerun's file becomes its checkpoint and an ensemble member.
-    On a machine without runs/ the record keeps the sha256 measured where the files were, and the ensemble."""
+    """RECIPE_AGAIN: a refit whose file is gone is trained again ("-again", then "-again2"); the seed keeps its
+    first test score (no second draw for the mean), the latest rerun's file becomes its checkpoint and an
+    ensemble member. On a machine without runs/ the record keeps the sha256 measured where the files were,
+    and the ensemble; its members' recorded test-set softmax scores it there as the files did."""
     s = study_report.settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
     first = json.loads(path.read_text())
     refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
-    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", (refit.name,))
+    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})
     monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, smoke_root / "lock"))
     assert study.main(["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]) == 0
     rec = json.loads(path.read_text())
     x = rec["models"]["convnet"]["seeds"][0]
-    again = study.load_result(s, f"{refit.name}-again")
+    again = study.load_result(s, f"{refit.name}-again2")
     assert again["test"] and again["config"]["refit"] and again["config"]["seed"] == x["seed"]
     assert x["test_acc"] == first["models"]["convnet"]["seeds"][0]["test_acc"] == rec["models"]["convnet"]["test_mean"]
     assert x["checkpoint"] == first["models"]["convnet"]["seeds"][0]["checkpoint"]  # the first run's own file record
-    assert x["again"]["test_acc"] == again["test"]["acc"] and x["again"]["cell"] == f"{refit.name}-again"
-    assert x["again"]["checkpoint"].endswith(f"{refit.name}-again/best.pt")
+    assert x["again"]["test_acc"] == again["test"]["acc"] and x["again"]["cell"] == f"{refit.name}-again2"
+    assert [y["cell"] for y in x["reruns"]] == [f"{refit.name}-again"]
+    assert x["again"]["checkpoint"].endswith(f"{refit.name}-again2/best.pt")
     assert x["again"]["sha256"] == study.sha256(smoke_root / x["again"]["checkpoint"]) != x["sha256"]
     assert rec["ensemble"]["members"][0] == {k: x["again"][k] for k in ("checkpoint", "sha256")}  # the rerun's file joins
-    assert rec["ensembles_scored"] == [first["ensemble"], rec["ensemble"]]  # the first scoring stays counted
-    assert rec["commands"][0]["models_scored"] == 2 * len(rec["ensemble"]["members"])
+    assert rec["ensembles_scored"][0] == first["ensemble"] and rec["ensembles_scored"][-1] == rec["ensemble"]
+    assert rec["commands"][0]["models_scored"] == sum(len(e["members"]) for e in rec["ensembles_scored"])
+    member = {"cell": x["again"]["cell"], **rec["ensemble"]["members"][0]}
+    recorded = study_recipes.member_probs(s, member)
+    assert recorded.shape == (len(s.mnist().y_test), 10) and recorded.dtype == np.float32
+    shipped = smoke_root / "weights" / "zz-member.pt"  # a shipped copy whose card names the member's file
+    shutil.copyfile(smoke_root / member["checkpoint"], shipped)
+    study.write_json(shipped.with_suffix(".json"), {"made_from": {"sha256": member["sha256"]}})
     (smoke_root / "runs").rename(smoke_root / "runs-elsewhere")  # another machine: runs/ is not committed
     try:
         study.write_final_recipes(s)
         assert json.loads(path.read_text()) == rec
+        study.write_json(path, {**rec, "ensemble": None})  # not scored yet: the recorded softmax scores it
+        study.write_final_recipes(s)
+        assert json.loads(path.read_text()) == rec
+        (s.results / "member_probs" / f"{member['cell']}.npz").unlink()  # its record gone: from the shipped copy
+        assert np.array_equal(study_recipes.member_probs(s, member), recorded)
+        shipped.unlink()
+        (s.results / "member_probs" / f"{member['cell']}.npz").unlink()
+        assert study_recipes.member_probs(s, member) is None  # neither file nor record: the ensemble waits
+        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": rec["ensembles_scored"][:-1]})
+        study.write_final_recipes(s)
+        assert json.loads(path.read_text())["ensemble"] is None
     finally:
         (smoke_root / "runs-elsewhere").rename(smoke_root / "runs")
+        shipped.unlink(missing_ok=True)
+        shipped.with_suffix(".json").unlink(missing_ok=True)
+        study.write_json(path, rec)
 
 
 def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another():
