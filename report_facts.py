@@ -504,21 +504,23 @@ def test_use(f: Facts) -> dict:
 
 def member_seeds(e: dict, ens: dict) -> list[dict]:
     """The member files of the ensemble record ens that are the seeds of a model's recipe (e, or one
-    of its earlier choices), matched by sha256: per seed, its first run's record or, where it was
-    trained again, its rerun's ({"test_acc", "sha256", ...}); [] when no recipe has every seed in."""
+    of its earlier choices), matched by sha256: per seed, the record of whichever of its runs made the
+    member file (its first run or a rerun: "again", "reruns"; {"test_acc", "sha256", ...}); [] when no
+    recipe has every seed in."""
     shas = {x["sha256"] for x in ens.get("members", [])}
     for r in [e, *reversed(e.get("earlier", []))]:
-        files = [next((y for y in (x.get("again"), *x.get("reruns", []), x) if y and y.get("sha256") in shas), None) for x in r.get("seeds") or []]
+        files = [next((y for y in (x.get("again"), *reversed(x.get("reruns", [])), x) if y and y.get("sha256") in shas), None) for x in r.get("seeds") or []]
         if files and all(files):
             return files
     return []
 
 
 def seed_robustness(rob: dict, x: dict) -> dict | None:
-    """A recipe seed's users'-images record (recipe_robustness' by_sha entry): its rerun's file where
-    that was measured, else its first run's file (the same recipe and seed), else None."""
+    """A recipe seed's users'-images record (recipe_robustness' by_sha entry): its latest measured
+    run's file (the latest rerun first, then earlier reruns, then its first run: the same recipe and
+    seed), else None."""
     by_sha = rob.get("by_sha", {}) if rob else {}
-    return next((by_sha[y["sha256"]] for y in (x.get("again"), *x.get("reruns", []), x) if y and y.get("sha256") in by_sha), None)
+    return next((by_sha[y["sha256"]] for y in (x.get("again"), *reversed(x.get("reruns", [])), x) if y and y.get("sha256") in by_sha), None)
 
 
 def shown_recipe(e: dict) -> dict:

@@ -33,15 +33,24 @@ from models import CheckpointError, count_params, read_checkpoint, save_atomic
 # Files
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path` (named per process), then rename: readers and
-    other workers never see half a file, and a crash leaves the old one."""
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to a temp file beside `path` (named per process), then rename: readers and
+    other workers never see half a file, and a crash leaves the old one (and no temp file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """`text` (UTF-8) written atomically (see write_bytes_atomic)."""
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_json(path: Path, obj, indent: int = 1, newline: bool = True) -> Path:

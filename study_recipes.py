@@ -2,9 +2,11 @@
 the chosen recipe's refits on test (per seed, with its file's sha256), the fixed ensemble, and
 where each weights/<model>.pt comes from against the rule "seed 0 of the recipe".
 Reads the cells and choices of study_cells.py; study.py calls write_final_recipes after the
-recipes stage and after shipping (stage evaluate). Imports study_cells, runs and the models' code.
+recipes stage and after shipping (stage evaluate). Imports study_cells, runs, numpy, and models and
+test_model to record an ensemble member's test-set softmax.
 """
 
+import io
 import json
 import statistics
 from dataclasses import asdict
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runs import resolve_device, sha256, write_json
+from runs import resolve_device, sha256, write_bytes_atomic, write_json
 from study_cells import (
     RECIPE_ENSEMBLE, RECIPE_MODELS, RECIPE_SEEDS, SCREEN_SEEDS, Cell, Settings, again_cells, candidate_cells,
     candidate_evidence, final_choice, load_result, recipe_choice, recipe_refit_cells, rel, train_config,
@@ -25,47 +27,48 @@ RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar of `test
 
 
 def recipes_ensemble_test(s: Settings, members: list[dict], probs: list, before: dict | None) -> dict:
-    """{"members": [{"checkpoint", "sha256"}], "test_acc"}: the accuracy of the members' mean softmax
-    (probs: each member's member_probs, (10,000, 10)) on the test set, scored once; the record
-    `before` is reused when its members (checkpoint, sha256) are the same."""
-    record = {"members": members}
+    """{"members": [{"checkpoint", "sha256"}], "test_acc", "scored_from"}: the accuracy of the members'
+    mean softmax (probs: each member's member_probs, (10,000, 10)) on the test set, scored once; a
+    record `before` with the same members (checkpoint, sha256) and a score is returned instead."""
     if before and before.get("members") == members and before.get("test_acc") is not None:
         return before
     y = s.mnist().y_test.numpy()
-    record["test_acc"] = float((np.mean(probs, axis=0).argmax(1) == y).mean())
-    return record
+    return {"members": members, "test_acc": float((np.mean(probs, axis=0).argmax(1) == y).mean()),
+            "scored_from": "results/member_probs"}
 
 
-def member_probs(s: Settings, member: dict) -> np.ndarray | None:
-    """The test-set softmax, (10,000, 10) fp32 (test_model.predict_proba), of an ensemble member
-    {"cell", "checkpoint", "sha256"}: results/member_probs/<cell>.npz when recorded for that sha256;
-    else computed and recorded from the member's file if it is here, or from a shipped
-    weights/<model>.pt whose card's made_from names that sha256 (calibrate.py adds fields to the
-    file, never changes its weights); else None. Recorded so that the ensemble can be scored after
-    runs/ is gone (it is not committed). No accuracy is computed here: the pass is counted with the
-    ensemble's scoring (models_scored)."""
+def member_probs(s: Settings, member: dict) -> tuple[np.ndarray | None, dict | None]:
+    """(test-set softmax (10,000, 10) fp32 of test_model.predict_proba, its pass record {"cell",
+    "sha256", "source"}) of an ensemble member {"cell", "checkpoint", "sha256"}: read from
+    results/member_probs/<cell>.npz when recorded for that sha256; else computed and recorded from
+    the member's file if it is here, or from a shipped file under weights/ whose card's made_from
+    names that sha256 (calibrate.py adds fields to the file, never changes its weights); else
+    (None, None). Recorded so that the ensemble can be scored after runs/ is gone (it is not
+    committed). Each record is one pass over the test set, counted by write_final_recipes; no
+    accuracy is computed here."""
+    sha = member.get("sha256")
+    if not sha:
+        return None, None
     path = s.results / "member_probs" / f"{member['cell']}.npz"
     if path.exists():
         with np.load(path) as z:
-            if str(z["sha256"]) == member["sha256"]:
-                return z["probs"]
+            if str(z["sha256"]) == sha:
+                return z["probs"], {"cell": member["cell"], "sha256": sha, "source": str(z["source"])}
     src = s.root / member["checkpoint"] if member.get("checkpoint") else None
-    if not (src and src.exists() and sha256(src) == member["sha256"]):
-        cards = sorted((s.root / "weights").glob("*.json"))
+    if not (src and src.exists() and sha256(src) == sha):
+        cards = sorted((s.root / "weights").rglob("*.json"))
         src = next((c.with_suffix(".pt") for c in cards if c.with_suffix(".pt").exists()
-                    and (json.loads(c.read_text()).get("made_from") or {}).get("sha256") == member["sha256"]), None)
+                    and (json.loads(c.read_text()).get("made_from") or {}).get("sha256") == sha), None)
     if src is None:
-        return None
+        return None, None
     from models import load_checkpoint
     from test_model import predict_proba
     model, _ = load_checkpoint(src, resolve_device("auto"))
     probs = predict_proba(model, s.mnist().x_test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:  # written whole, then renamed: never a half-written record
-        np.savez_compressed(f, probs=probs, sha256=member["sha256"], source=rel(s, src))
-    tmp.replace(path)
-    return probs
+    buf = io.BytesIO()
+    np.savez_compressed(buf, probs=probs, sha256=sha, source=rel(s, src))
+    write_bytes_atomic(path, buf.getvalue())
+    return probs, {"cell": member["cell"], "sha256": sha, "source": rel(s, src)}
 
 
 def run_file(s: Settings, name: str) -> Path | None:
@@ -86,7 +89,7 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
     """final_recipes.json's entry for model m: its candidates' validation evidence, test scores seen
     and cost, the chosen recipe (full TrainConfig, seed aside), each finished seed's test accuracy
     and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its latest rerun under "again",
-    earlier reruns under "reruns"),
+    earlier reruns under "reruns", "rerun_pending" while one is still to run),
     mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
     choice = recipe_choice(s, m)
     (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
@@ -118,6 +121,8 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
             seed["again"] = reruns[-1]
             if len(reruns) > 1:
                 seed["reruns"] = reruns[:-1]
+        if any(load_result(s, a.name) is None for a in again_cells(c)):
+            seed["rerun_pending"] = True  # its file is to come: no ensemble is scored with the one before
         entry["seeds"].append(seed)
     accs = [x["test_acc"] for x in entry["seeds"]]
     entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
@@ -192,12 +197,14 @@ def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
 
 def write_final_recipes(s: Settings, score: bool = True) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS its recipe_entry and earlier_recipes;
-    the RECIPE_ENSEMBLE's members (each seed's file: the rerun's for a seed in RECIPE_AGAIN) and
-    test accuracy, scored once when every member's file is here; elsewhere the record is kept while
-    its members are the same (checkpoint, sha256). Every ensemble ever scored stays in
-    "ensembles_scored" (the count of test-set use reads it); per model, "shipped": shipped_record.
-    score=False (after shipping): never scores the ensemble; a record whose members changed is dropped.
-    Accuracies are fractions, not percent."""
+    the RECIPE_ENSEMBLE's members (each seed's file: its latest rerun's for a seed in RECIPE_AGAIN)
+    and test accuracy, scored once, from the members' recorded softmax (member_probs), when every
+    member has one and no rerun is pending; a member's softmax is recorded whenever its file is
+    here. The record of an ensemble scored before is kept while its members are the same
+    (checkpoint, sha256). Every ensemble ever scored stays in "ensembles_scored", every recorded
+    softmax in "member_passes" (the count of test-set use reads both); "ensemble_waits_for": the
+    members still without one; per model, "shipped": shipped_record. score=False (after shipping):
+    never scores the ensemble; a record whose members changed is dropped. Accuracies are fractions."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
     seeds = [x for e in before.get("models", {}).values() for x in e.get("seeds", [])]
@@ -205,7 +212,7 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
            "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
-    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256"}
+    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256", "rerun_pending"}
     for m in (m for m in RECIPE_MODELS if m in s.models):
         if final_choice(s, m) is None:
             continue
@@ -213,24 +220,34 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
         entry["earlier"] = earlier_recipes(before.get("models", {}).get(m, {}), entry["candidate"])
         entry["shipped"] = shipped_record(s, m, entry)
         if m in RECIPE_ENSEMBLE:
-            members += [{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")} for x in entry["seeds"]]
+            members += [{**{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")},
+                         "rerun_pending": x.get("rerun_pending", False)} for x in entry["seeds"]]
+    passes = list(before.get("member_passes", []))  # every recorded member softmax: one test-set pass each
+    scored = list(before.get("ensembles_scored", []))
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
         old, record = before.get("ensemble") or {}, [{k: x[k] for k in ("checkpoint", "sha256")} for x in members]
-        probs = [member_probs(s, x) if x["sha256"] else None for x in members]  # recorded while the files are here
+        got = [(None, None) if x["rerun_pending"] else member_probs(s, x) for x in members]  # recorded while files are here
+        passes += [p for _, p in got if p and p not in passes]
+        probs = [p for p, _ in got]
         if all(p is not None for p in probs) and (score or old.get("members") == record):
-            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, old)}
+            seen = next((e for e in reversed(scored) if e["members"] == record), old)  # never a second scoring
+            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, seen)}
         elif old.get("members") == record:
             out["ensemble"] = old  # scored on the machine that had the files
+        if not out["ensemble"]:
+            out["ensemble_waits_for"] = [x["cell"] for x, p in zip(members, probs) if p is None]
     # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
     # a test evaluation once made is never dropped from the count.
-    scored = list(before.get("ensembles_scored", []))
     if out["ensemble"] and out["ensemble"] not in scored:
         scored.append(out["ensemble"])
-    out["ensembles_scored"] = scored
-    if scored:  # read by the report's count of test-set use (report_facts.test_use)
-        out["why"] = (f"model passes of {len(scored)} fixed recipe ensemble{'s' if len(scored) > 1 else ''} ("
-                      + ", ".join(str(len(e["members"])) for e in scored) + " members), each scored once by study.py --only recipes")
+    out["ensembles_scored"], out["member_passes"] = scored, passes
+    if scored or passes:  # read by the report's count of test-set use (report_facts.test_use)
+        files = [e for e in scored if "scored_from" not in e]  # scored by passing each member's file (before member_probs)
+        k = len(scored) - len(files)
+        out["why"] = (f"model passes: {sum(len(e['members']) for e in files)} for {len(files)} recipe ensembles scored from "
+                      f"their files, {len(passes)} recording a member's test-set softmax (results/member_probs/)"
+                      + (f", from which {k} {'was' if k == 1 else 'were'} scored" if k else "") + "; each ensemble scored once by study.py --only recipes")
         out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
-                            "models_scored": sum(len(e["members"]) for e in scored)}]
+                            "models_scored": sum(len(e["members"]) for e in files) + len(passes)}]
     write_json(path, out)
     return path

@@ -13,7 +13,8 @@ from the study's constants; none is typed into the prose. report.md answers the 
 Steps 1-6 in order; everything else (every table, every run, every screenshot) is in the appendix.
 Nothing imports this module: the study runs it as its last stage. The work is in report_facts.py
 (the recorded study read once), report_text.py (report.md), report_cards.py (appendix, model cards,
-README block) and report_figures.py (figures, screenshots); only this file imports those.
+README block; its issue-#25 section in report_recipes.py) and report_figures.py (figures, screenshots);
+only this file imports those (report_cards.py imports report_recipes.py).
 """
 
 import argparse

@@ -299,7 +299,7 @@ def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
 
 FLOORS = {"data": 1, "models": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2, "calibrate": 2,
           "train": 3, "serve": 3, "study_cells": 4, "study_recipes": 4, "study": 4,
-          "report_facts": 5, "report_figures": 5, "report_text": 5, "report_cards": 5, "study_report": 5}
+          "report_facts": 5, "report_figures": 5, "report_text": 5, "report_cards": 5, "report_recipes": 5, "study_report": 5}
 
 
 def product_files() -> list:
@@ -343,6 +343,8 @@ def test_imports_point_down_the_floors_and_nothing_imports_the_report_writer():
         if path.stem != "study_report":
             parts = {"report_figures", "report_text", "report_cards"} | ({"report_facts"} if not path.stem.startswith("report_") else set())
             assert not deps & parts, f"{path.name} imports {sorted(deps & parts)}: only study_report.py may"
+        if path.stem != "report_cards":  # the appendix's issue-#25 section is report_cards.py's own part
+            assert "report_recipes" not in deps, f"{path.name} imports report_recipes.py: only report_cards.py may"
     for low in ("data", "models", "runs", "predict", "test_model", "feature_visualization"):
         assert "train" not in our_imports(ROOT / f"{low}.py"), low
 
@@ -415,14 +417,19 @@ def test_reruns_are_named_in_order_with_the_same_settings(monkeypatch):
 def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smoke_root, real_data_dir, monkeypatch):
     """RECIPE_AGAIN: a refit whose file is gone is trained again ("-again", then "-again2"); the seed keeps its
     first test score (no second draw for the mean), the latest rerun's file becomes its checkpoint and an
-    ensemble member. On a machine without runs/ the record keeps the sha256 measured where the files were,
-    and the ensemble; its members' recorded test-set softmax scores it there as the files did."""
+    ensemble member; no ensemble is scored while a rerun is pending. Every recorded member softmax is one
+    counted test-set pass. On a machine without runs/ the record keeps the sha256 measured where the files
+    were, and the ensemble; the members' recorded softmax (or a shipped copy of a file) scores it there."""
+    import test_model
+    from models import load_checkpoint
     s = study_report.settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
     first = json.loads(path.read_text())
     refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
     monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})
     monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, smoke_root / "lock"))
+    calls, predict = [], test_model.predict_proba
+    monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
     assert study.main(["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]) == 0
     rec = json.loads(path.read_text())
     x = rec["models"]["convnet"]["seeds"][0]
@@ -431,38 +438,50 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
     assert x["test_acc"] == first["models"]["convnet"]["seeds"][0]["test_acc"] == rec["models"]["convnet"]["test_mean"]
     assert x["checkpoint"] == first["models"]["convnet"]["seeds"][0]["checkpoint"]  # the first run's own file record
     assert x["again"]["test_acc"] == again["test"]["acc"] and x["again"]["cell"] == f"{refit.name}-again2"
-    assert [y["cell"] for y in x["reruns"]] == [f"{refit.name}-again"]
+    assert [y["cell"] for y in x["reruns"]] == [f"{refit.name}-again"] and "rerun_pending" not in x
     assert x["again"]["checkpoint"].endswith(f"{refit.name}-again2/best.pt")
     assert x["again"]["sha256"] == study.sha256(smoke_root / x["again"]["checkpoint"]) != x["sha256"]
     assert rec["ensemble"]["members"][0] == {k: x["again"][k] for k in ("checkpoint", "sha256")}  # the rerun's file joins
-    assert rec["ensembles_scored"][0] == first["ensemble"] and rec["ensembles_scored"][-1] == rec["ensemble"]
-    assert rec["commands"][0]["models_scored"] == sum(len(e["members"]) for e in rec["ensembles_scored"])
+    assert rec["ensembles_scored"] == [first["ensemble"], rec["ensemble"]]  # none with "-again", which "-again2" replaced
+    assert len(calls) == len(rec["member_passes"]) - len(first["member_passes"]) == 1  # the one new member's pass
+    assert rec["commands"][0]["models_scored"] == len(rec["member_passes"])  # every smoke ensemble scored from records
     member = {"cell": x["again"]["cell"], **rec["ensemble"]["members"][0]}
-    recorded = study_recipes.member_probs(s, member)
-    assert recorded.shape == (len(s.mnist().y_test), 10) and recorded.dtype == np.float32
-    shipped = smoke_root / "weights" / "zz-member.pt"  # a shipped copy whose card names the member's file
-    shutil.copyfile(smoke_root / member["checkpoint"], shipped)
-    study.write_json(shipped.with_suffix(".json"), {"made_from": {"sha256": member["sha256"]}})
+    recorded, done = study_recipes.member_probs(s, member)
+    model, _ = load_checkpoint(smoke_root / member["checkpoint"])
+    assert np.array_equal(recorded, predict(model, s.mnist().x_test)) and recorded.dtype == np.float32
+    assert done == {"cell": member["cell"], "sha256": member["sha256"], "source": member["checkpoint"]}
+    assert study_recipes.member_probs(s, {**member, "sha256": None}) == (None, None)
+    file_copy = smoke_root / "runs-file-copy.pt"
+    shutil.copyfile(smoke_root / member["checkpoint"], file_copy)
+    shipped = smoke_root / "weights" / "zz-member.pt"  # later: a shipped copy whose card names the member's file
     (smoke_root / "runs").rename(smoke_root / "runs-elsewhere")  # another machine: runs/ is not committed
     try:
         study.write_final_recipes(s)
         assert json.loads(path.read_text()) == rec
-        study.write_json(path, {**rec, "ensemble": None})  # not scored yet: the recorded softmax scores it
-        study.write_final_recipes(s)
+        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": rec["ensembles_scored"][:-1]})
+        study.write_final_recipes(s)  # not scored yet: the recorded softmax scores it as the files did
         assert json.loads(path.read_text()) == rec
-        (s.results / "member_probs" / f"{member['cell']}.npz").unlink()  # its record gone: from the shipped copy
-        assert np.array_equal(study_recipes.member_probs(s, member), recorded)
+        record = s.results / "member_probs" / f"{member['cell']}.npz"
+        record.unlink()
+        shutil.copyfile(file_copy, shipped)
+        study.write_json(shipped.with_suffix(".json"), {"made_from": {"sha256": member["sha256"]}})
+        probs, done = study_recipes.member_probs(s, member)  # its record gone: from the shipped copy, recorded again
+        assert np.array_equal(probs, recorded) and done["source"] == "weights/zz-member.pt" and record.exists()
         shipped.unlink()
-        (s.results / "member_probs" / f"{member['cell']}.npz").unlink()
-        assert study_recipes.member_probs(s, member) is None  # neither file nor record: the ensemble waits
+        with open(record, "wb") as f:  # a record of another file of that name is not this member's
+            np.savez_compressed(f, probs=recorded, sha256="another file", source="runs/x.pt")
+        assert study_recipes.member_probs(s, member) == (None, None)
         study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": rec["ensembles_scored"][:-1]})
         study.write_final_recipes(s)
-        assert json.loads(path.read_text())["ensemble"] is None
+        waiting = json.loads(path.read_text())
+        assert waiting["ensemble"] is None and waiting["ensemble_waits_for"] == [member["cell"]]
     finally:
         (smoke_root / "runs-elsewhere").rename(smoke_root / "runs")
         shipped.unlink(missing_ok=True)
         shipped.with_suffix(".json").unlink(missing_ok=True)
+        file_copy.unlink(missing_ok=True)
         study.write_json(path, rec)
+        study_recipes.member_probs(s, member)  # recorded again from the file, for the tests after this one
 
 
 def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another():
