@@ -35,7 +35,8 @@ from models import CheckpointError, count_params, read_checkpoint, save_atomic
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write `data` to a temp file beside `path` (named per process), then rename: readers and
-    other workers never see half a file, and a crash leaves the old one (and no temp file)."""
+    other workers never see half a file, and a crash leaves the old one (an exception: no temp file
+    either; a killed process may leave its .<name>.<pid>.tmp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -10,6 +10,7 @@ import io
 import json
 import statistics
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +40,22 @@ def recipes_ensemble_test(s: Settings, members: list[dict], probs: list, before:
 
 def member_probs(s: Settings, member: dict) -> tuple[np.ndarray | None, dict | None]:
     """(test-set softmax (10,000, 10) fp32 of test_model.predict_proba, its pass record {"cell",
-    "sha256", "source"}) of an ensemble member {"cell", "checkpoint", "sha256"}: read from
+    "sha256", "source", "recorded_at"}) of an ensemble member {"cell", "checkpoint", "sha256"}: read from
     results/member_probs/<cell>.npz when recorded for that sha256; else computed and recorded from
     the member's file if it is here, or from a shipped file under weights/ whose card's made_from
     names that sha256 (calibrate.py adds fields to the file, never changes its weights); else
     (None, None). Recorded so that the ensemble can be scored after runs/ is gone (it is not
-    committed). Each record is one pass over the test set, counted by write_final_recipes; no
-    accuracy is computed here."""
+    committed). Each record is one pass over the test set, logged in passes.jsonl beside it
+    (member_passes); no accuracy is computed here."""
     sha = member.get("sha256")
     if not sha:
         return None, None
     path = s.results / "member_probs" / f"{member['cell']}.npz"
     if path.exists():
         with np.load(path) as z:
-            if str(z["sha256"]) == sha:
-                return z["probs"], {"cell": member["cell"], "sha256": sha, "source": str(z["source"])}
+            if str(z["sha256"]) == sha:  # the pass that made it (recorded_at: none in the first record)
+                when = {"recorded_at": str(z["recorded_at"])} if "recorded_at" in z.files else {}
+                return z["probs"], {"cell": member["cell"], "sha256": sha, "source": str(z["source"]), **when}
     src = s.root / member["checkpoint"] if member.get("checkpoint") else None
     if not (src and src.exists() and sha256(src) == sha):
         cards = sorted((s.root / "weights").rglob("*.json"))
@@ -65,10 +67,21 @@ def member_probs(s: Settings, member: dict) -> tuple[np.ndarray | None, dict | N
     from test_model import predict_proba
     model, _ = load_checkpoint(src, resolve_device("auto"))
     probs = predict_proba(model, s.mnist().x_test)
+    done = {"cell": member["cell"], "sha256": sha, "source": rel(s, src),
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
     buf = io.BytesIO()
-    np.savez_compressed(buf, probs=probs, sha256=sha, source=rel(s, src))
+    np.savez_compressed(buf, probs=probs, **{k: v for k, v in done.items() if k != "cell"})
     write_bytes_atomic(path, buf.getvalue())
-    return probs, {"cell": member["cell"], "sha256": sha, "source": rel(s, src)}
+    with open(path.parent / "passes.jsonl", "a") as f:  # append-only: a pass stays counted whoever rewrites the record
+        f.write(json.dumps(done) + "\n")
+    return probs, done
+
+
+def member_passes(s: Settings) -> list[dict]:
+    """Every test-set pass member_probs made ({"cell", "sha256", "source", "recorded_at"}), in order:
+    results/member_probs/passes.jsonl, appended to by each pass and never rewritten."""
+    log = s.results / "member_probs" / "passes.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
 def run_file(s: Settings, name: str) -> Path | None:
@@ -89,7 +102,7 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
     """final_recipes.json's entry for model m: its candidates' validation evidence, test scores seen
     and cost, the chosen recipe (full TrainConfig, seed aside), each finished seed's test accuracy
     and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its latest rerun under "again",
-    earlier reruns under "reruns", "rerun_pending" while one is still to run),
+    earlier reruns under "reruns", "rerun_pending": the next rerun's cell while one is still to run),
     mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
     choice = recipe_choice(s, m)
     (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
@@ -121,8 +134,8 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
             seed["again"] = reruns[-1]
             if len(reruns) > 1:
                 seed["reruns"] = reruns[:-1]
-        if any(load_result(s, a.name) is None for a in again_cells(c)):
-            seed["rerun_pending"] = True  # its file is to come: no ensemble is scored with the one before
+        if pending := [a.name for a in again_cells(c) if load_result(s, a.name) is None]:
+            seed["rerun_pending"] = pending[0]  # its file is to come: no ensemble is scored with the one before
         entry["seeds"].append(seed)
     accs = [x["test_acc"] for x in entry["seeds"]]
     entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
@@ -136,7 +149,8 @@ def earlier_recipes(prev: dict, candidate: str | None) -> list[dict]:
     validation later prefers another: their test scores were seen. The current one left out."""
     out = {x["candidate"]: x for x in prev.get("earlier", [])}
     if prev.get("candidate") and prev.get("seeds"):
-        out[prev["candidate"]] = {k: prev.get(k) for k in ("candidate", "recipe", "seeds", "done", "test_mean", "test_std")}
+        seeds = [{k: v for k, v in x.items() if k != "rerun_pending"} for x in prev["seeds"]]  # no longer to run
+        out[prev["candidate"]] = {**{k: prev.get(k) for k in ("candidate", "recipe", "done", "test_mean", "test_std")}, "seeds": seeds}
     return [x for k, x in out.items() if k != candidate]
 
 
@@ -199,12 +213,14 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS its recipe_entry and earlier_recipes;
     the RECIPE_ENSEMBLE's members (each seed's file: its latest rerun's for a seed in RECIPE_AGAIN)
     and test accuracy, scored once, from the members' recorded softmax (member_probs), when every
-    member has one and no rerun is pending; a member's softmax is recorded whenever its file is
-    here. The record of an ensemble scored before is kept while its members are the same
-    (checkpoint, sha256). Every ensemble ever scored stays in "ensembles_scored", every recorded
-    softmax in "member_passes" (the count of test-set use reads both); "ensemble_waits_for": the
+    member has one and no rerun is pending; a member's softmax is recorded once its model's seeds
+    are done, when its file is here and no rerun of it is pending. The record of an ensemble scored
+    before is kept while its members are the same (checkpoint, sha256). Every ensemble ever scored
+    stays in "ensembles_scored", every recorded softmax in "member_passes" (member_passes' log; the
+    count of test-set use reads both); "ensemble_waits_for": the
     members still without one; per model, "shipped": shipped_record. score=False (after shipping):
-    never scores the ensemble; a record whose members changed is dropped. Accuracies are fractions."""
+    never scores the ensemble (members' softmax is still recorded, and counted); a record whose
+    members changed is dropped. Accuracies are fractions."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
     seeds = [x for e in before.get("models", {}).values() for x in e.get("seeds", [])]
@@ -219,23 +235,24 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
         out["models"][m] = entry = recipe_entry(s, m, made)
         entry["earlier"] = earlier_recipes(before.get("models", {}).get(m, {}), entry["candidate"])
         entry["shipped"] = shipped_record(s, m, entry)
-        if m in RECIPE_ENSEMBLE:
+        if m in RECIPE_ENSEMBLE and entry["done"]:
             members += [{**{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")},
-                         "rerun_pending": x.get("rerun_pending", False)} for x in entry["seeds"]]
-    passes = list(before.get("member_passes", []))  # every recorded member softmax: one test-set pass each
+                         "rerun_pending": x.get("rerun_pending")} for x in entry["seeds"]]
+    # each member's softmax recorded as soon as its model's seeds are done and its file is here (not for a
+    # file whose rerun is pending): every record is one test-set pass, logged by member_probs
+    got = [(None, None) if x["rerun_pending"] else member_probs(s, x) for x in members]
+    passes = member_passes(s)
     scored = list(before.get("ensembles_scored", []))
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
         old, record = before.get("ensemble") or {}, [{k: x[k] for k in ("checkpoint", "sha256")} for x in members]
-        got = [(None, None) if x["rerun_pending"] else member_probs(s, x) for x in members]  # recorded while files are here
-        passes += [p for _, p in got if p and p not in passes]
-        probs = [p for p, _ in got]
+        probs, pending = [p for p, _ in got], any(x["rerun_pending"] for x in members)  # pending: members to change
         if all(p is not None for p in probs) and (score or old.get("members") == record):
             seen = next((e for e in reversed(scored) if e["members"] == record), old)  # never a second scoring
             out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, seen)}
-        elif old.get("members") == record:
+        elif old.get("members") == record and not pending:
             out["ensemble"] = old  # scored on the machine that had the files
-        if not out["ensemble"]:
-            out["ensemble_waits_for"] = [x["cell"] for x, p in zip(members, probs) if p is None]
+        if not out["ensemble"] and (waits := [x["rerun_pending"] or x["cell"] for x, p in zip(members, probs) if p is None]):
+            out["ensemble_waits_for"] = waits  # the rerun to finish, or the file whose softmax is to be recorded
     # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
     # a test evaluation once made is never dropped from the count.
     if out["ensemble"] and out["ensemble"] not in scored:
@@ -244,10 +261,10 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     if scored or passes:  # read by the report's count of test-set use (report_facts.test_use)
         files = [e for e in scored if "scored_from" not in e]  # scored by passing each member's file (before member_probs)
         k = len(scored) - len(files)
-        out["why"] = (f"model passes: {sum(len(e['members']) for e in files)} for {len(files)} recipe ensembles scored from "
-                      f"their files, {len(passes)} recording a member's test-set softmax (results/member_probs/)"
+        out["why"] = (f"model passes: {sum(len(e['members']) for e in files)} for {len(files)} recipe ensemble{'s' * (len(files) != 1)} "
+                      f"scored from their files, {len(passes)} recording a member's test-set softmax (results/member_probs/)"
                       + (f", from which {k} {'was' if k == 1 else 'were'} scored" if k else "") + "; each ensemble scored once by study.py --only recipes")
-        out["commands"] = [{"command": "python study.py --only recipes (the ensemble's mean softmax)",
+        out["commands"] = [{"command": "python study.py, stages recipes and evaluate (members' softmax, the ensemble's mean)",
                             "models_scored": sum(len(e["members"]) for e in files) + len(passes)}]
     write_json(path, out)
     return path

@@ -298,9 +298,8 @@ def test_accuracy_by_recipe_sets_users_images_beside_the_test_mean_and_names_a_t
     rec = {"seeds": [0, 1], "screen_seeds": [0, 1], "rule": "r", "ensemble": {"test_acc": 0.9980, "members": []},
            "models": {"convnet": {"candidate": "final", "recipe": {"epochs": 30}, "done": True, "test_mean": 0.9972, **evidence,
                                   # seed 1 trained again; its rerun's file not measured, its first file was (same recipe and seed)
-                                  "seeds": [seed("convnet", 0, 0.9970), {**seed("convnet", 1, 0.9974),  # twice: "reruns" too
-                                                                         "again": {"sha256": "convnet-9", "test_acc": 0.9975},
-                                                                         "reruns": [{"sha256": "convnet-8", "test_acc": 0.9973}]}]},
+                                  "seeds": [seed("convnet", 0, 0.9970), {**seed("convnet", 1, 0.9974), "again": {"sha256": "convnet-9",  # twice
+                                            "test_acc": 0.9975}, "reruns": [{"sha256": "convnet-8", "test_acc": 0.9973}]}]},
                       "dnn": {"candidate": "e150", "recipe": {"epochs": 150}, "done": True, "test_mean": 0.9950,
                               "val": {"e150": [0.99]}, "test_seen": {"e150": [0.9940]},
                               "earlier": [{"candidate": "final", "done": True, "seeds": [{"test_acc": 0.9930}, {"test_acc": 0.9932}]}],

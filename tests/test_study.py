@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -417,20 +418,29 @@ def test_reruns_are_named_in_order_with_the_same_settings(monkeypatch):
 def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smoke_root, real_data_dir, monkeypatch):
     """RECIPE_AGAIN: a refit whose file is gone is trained again ("-again", then "-again2"); the seed keeps its
     first test score (no second draw for the mean), the latest rerun's file becomes its checkpoint and an
-    ensemble member; no ensemble is scored while a rerun is pending. Every recorded member softmax is one
-    counted test-set pass. On a machine without runs/ the record keeps the sha256 measured where the files
-    were, and the ensemble; the members' recorded softmax (or a shipped copy of a file) scores it there."""
+    ensemble member; while a rerun is pending no ensemble is scored and the record names what it waits for.
+    Every recorded member softmax is one counted test-set pass. On a machine without runs/ the record keeps
+    the sha256 measured where the files were, and the ensemble; the members' recorded softmax (or a shipped
+    copy of a file) scores it there."""
     import test_model
     from models import load_checkpoint
     s = study_report.settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
     first = json.loads(path.read_text())
     refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
-    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})
     monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, smoke_root / "lock"))
     calls, predict = [], test_model.predict_proba
     monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
-    assert study.main(["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]) == 0
+    argv = ["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]
+    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 1})
+    assert study.main(argv) == 0
+    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})  # one more rerun planned: pending
+    study.write_final_recipes(s)
+    mid = json.loads(path.read_text())
+    assert mid["models"]["convnet"]["seeds"][0]["rerun_pending"] == f"{refit.name}-again2"
+    assert mid["ensemble_waits_for"] == [f"{refit.name}-again2"] and mid["ensemble"] is None
+    assert len(mid["ensembles_scored"]) == 2  # scored with "-again", before "-again2" was planned
+    assert study.main(argv) == 0
     rec = json.loads(path.read_text())
     x = rec["models"]["convnet"]["seeds"][0]
     again = study.load_result(s, f"{refit.name}-again2")
@@ -442,41 +452,80 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
     assert x["again"]["checkpoint"].endswith(f"{refit.name}-again2/best.pt")
     assert x["again"]["sha256"] == study.sha256(smoke_root / x["again"]["checkpoint"]) != x["sha256"]
     assert rec["ensemble"]["members"][0] == {k: x["again"][k] for k in ("checkpoint", "sha256")}  # the rerun's file joins
-    assert rec["ensembles_scored"] == [first["ensemble"], rec["ensemble"]]  # none with "-again", which "-again2" replaced
-    assert len(calls) == len(rec["member_passes"]) - len(first["member_passes"]) == 1  # the one new member's pass
+    assert rec["ensembles_scored"] == [*mid["ensembles_scored"], rec["ensemble"]] and "ensemble_waits_for" not in rec
+    assert len(calls) == len(rec["member_passes"]) - len(first["member_passes"]) == 2  # each rerun's file, once
     assert rec["commands"][0]["models_scored"] == len(rec["member_passes"])  # every smoke ensemble scored from records
     member = {"cell": x["again"]["cell"], **rec["ensemble"]["members"][0]}
     recorded, done = study_recipes.member_probs(s, member)
     model, _ = load_checkpoint(smoke_root / member["checkpoint"])
     assert np.array_equal(recorded, predict(model, s.mnist().x_test)) and recorded.dtype == np.float32
-    assert done == {"cell": member["cell"], "sha256": member["sha256"], "source": member["checkpoint"]}
+    assert done == rec["member_passes"][-1] and done["source"] == member["checkpoint"]
     assert study_recipes.member_probs(s, {**member, "sha256": None}) == (None, None)
+    study.write_json(path, {k: v for k, v in rec.items() if k != "member_passes"})  # an older writer dropped the list
+    study.write_final_recipes(s, score=False)
+    assert json.loads(path.read_text()) == rec and len(calls) == 2  # read back from the records, no pass made
+
+
+def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smoke_root, monkeypatch):
+    """member_probs: without runs/ (not committed) the record keeps the sha256 measured where the files were,
+    and the ensemble; the members' recorded softmax scores it as the files did, never twice for the same
+    members; a record gone is made again from a shipped copy of the file (a pass counted); a record of
+    another file is not the member's, and the ensemble then waits for it."""
+    import test_model
+    read_json = lambda p: json.loads(p.read_text())  # noqa: E731
+    s = study_report.settings(smoke_root)
+    path = smoke_root / "results" / "final_recipes.json"
+    study.write_final_recipes(s)  # as RECIPE_AGAIN is now (a test before may have planned reruns)
+    rec = json.loads(path.read_text())
+    x = rec["models"]["convnet"]["seeds"][0]
+    member = {"cell": x.get("again", x)["cell"], **rec["ensemble"]["members"][0]}
+    recorded, _ = study_recipes.member_probs(s, member)
+    calls, predict = [], test_model.predict_proba
+    monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
     file_copy = smoke_root / "runs-file-copy.pt"
     shutil.copyfile(smoke_root / member["checkpoint"], file_copy)
     shipped = smoke_root / "weights" / "zz-member.pt"  # later: a shipped copy whose card names the member's file
+    named = [c for c in (smoke_root / "weights").rglob("*.json") if (read_json(c).get("made_from") or {}).get("sha256") == member["sha256"]]
     (smoke_root / "runs").rename(smoke_root / "runs-elsewhere")  # another machine: runs/ is not committed
     try:
         study.write_final_recipes(s)
         assert json.loads(path.read_text()) == rec
-        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": rec["ensembles_scored"][:-1]})
+        others = [e for e in rec["ensembles_scored"] if e["members"] != rec["ensemble"]["members"]]
+        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": others})
         study.write_final_recipes(s)  # not scored yet: the recorded softmax scores it as the files did
-        assert json.loads(path.read_text()) == rec
+        now = json.loads(path.read_text())
+        assert now["ensemble"] == rec["ensemble"] and now["ensembles_scored"] == [*others, rec["ensemble"]]
+        by_files = {k: v for k, v in rec["ensemble"].items() if k != "scored_from"}  # as if scored from the files
+        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": [*others, by_files]})
+        study.write_final_recipes(s)  # those members were scored: never a second time
+        assert json.loads(path.read_text())["ensembles_scored"][-1] == json.loads(path.read_text())["ensemble"] == by_files
+        study.write_json(path, rec)
         record = s.results / "member_probs" / f"{member['cell']}.npz"
         record.unlink()
         shutil.copyfile(file_copy, shipped)
         study.write_json(shipped.with_suffix(".json"), {"made_from": {"sha256": member["sha256"]}})
-        probs, done = study_recipes.member_probs(s, member)  # its record gone: from the shipped copy, recorded again
-        assert np.array_equal(probs, recorded) and done["source"] == "weights/zz-member.pt" and record.exists()
+        study.write_final_recipes(s)  # its record gone: from the shipped copy, recorded again, a pass counted
+        again_rec = json.loads(path.read_text())
+        source = again_rec["member_passes"][-1]["source"]  # this copy, or the smoke study's own shipped seed 0
+        assert again_rec["member_passes"][:-1] == rec["member_passes"] and source.startswith("weights/")
+        assert read_json(smoke_root / Path(source).with_suffix(".json"))["made_from"]["sha256"] == member["sha256"]
+        assert again_rec["ensemble"] == rec["ensemble"] and len(calls) == 1
+        assert np.array_equal(study_recipes.member_probs(s, member)[0], recorded)
         shipped.unlink()
+        for card in named:  # no shipped copy of the file left either
+            card.rename(card.with_name(card.name + ".away"))
         with open(record, "wb") as f:  # a record of another file of that name is not this member's
             np.savez_compressed(f, probs=recorded, sha256="another file", source="runs/x.pt")
         assert study_recipes.member_probs(s, member) == (None, None)
-        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": rec["ensembles_scored"][:-1]})
+        study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": others})
         study.write_final_recipes(s)
         waiting = json.loads(path.read_text())
         assert waiting["ensemble"] is None and waiting["ensemble_waits_for"] == [member["cell"]]
     finally:
         (smoke_root / "runs-elsewhere").rename(smoke_root / "runs")
+        for card in named:
+            if card.with_name(card.name + ".away").exists():
+                card.with_name(card.name + ".away").rename(card)
         shipped.unlink(missing_ok=True)
         shipped.with_suffix(".json").unlink(missing_ok=True)
         file_copy.unlink(missing_ok=True)
