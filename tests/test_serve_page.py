@@ -149,7 +149,10 @@ def test_refusals_are_shown_in_words(page):
     """The page's words for each status, fed the server's answers for real drawings."""
     page.click("#clear")
     draw(page, SEVEN)
-    page.wait_for_function("document.querySelector('#digit').textContent === '7'", timeout=15_000)
+    # the final guess (pen-up) must have landed: a mid-stroke guess can show '7' first and the
+    # final one would then overwrite what show() is fed below
+    page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '7'",
+                           timeout=15_000)
     j = page.evaluate("fetch('/predict', {method: 'POST', body: canvasPGM()}).then(r => r.json())")
     for status, words in (("unsure", "not sure this is a digit"), ("no_digit", "no digit found"),
                           ("several_digits", "several digits: 37")):
