@@ -242,7 +242,8 @@ def pen_up(port: int, drawings: int) -> dict | None:
                     for x, y in points[1:]:
                         page.mouse.move(box["x"] + x * box["width"] / 280, box["y"] + y * box["height"] / 280, steps=12)
                     page.mouse.up()
-                page.wait_for_function(f"window.__latencies.length >= {len(strokes[digit])} && window.__penUp === null", timeout=20_000)
+                # the last stroke's final guess; an earlier stroke's may have been superseded, never recorded
+                page.wait_for_function("window.__penUp === null && window.__latencies.length > 0", timeout=20_000)
                 times.append(page.evaluate("window.__latencies[window.__latencies.length - 1]"))
             model = page.locator("#model").input_value()
         finally:

@@ -270,7 +270,8 @@ def test_drawing_in_a_real_browser_shows_the_digit(server):
             for strokes, digit in ((SEVEN, "7"), (THREE, "3")):
                 page.click("#clear")
                 draw(page, strokes)
-                page.wait_for_function(f"document.querySelector('#digit').textContent === '{digit}'", timeout=15_000)
+                page.wait_for_function(f"window.__penUp === null && document.querySelector('#digit').textContent === '{digit}'",
+                                       timeout=15_000)
                 assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
                 assert page.locator("#conv1").get_attribute("src").startswith("data:image/png")
         finally:

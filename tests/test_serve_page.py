@@ -161,6 +161,16 @@ def test_refusals_are_shown_in_words(page):
         assert text(page, "#confidence").startswith(words)
 
 
+def test_an_answer_cut_short_is_an_error_not_a_guess(page):
+    """A 200 whose body is not whole JSON (a connection cut mid-body) says so, and ends the pen-up wait."""
+    page.route("**/predict*", lambda route: route.fulfill(status=200, content_type="application/json", body='{"digit": 7, "prob'))
+    draw(page, SEVEN)
+    page.wait_for_function("window.__penUp === null && document.querySelector('#status').className.includes('error')",
+                           timeout=15_000)
+    assert text(page, "#digit") == "?" and "could not be read (200" in text(page, "#status")
+    assert page.evaluate("window.__latencies.length") == 0
+
+
 def test_two_digits_side_by_side_are_read_as_a_number(page):
     left = [[(x * 0.5 + 5, y) for x, y in points] for points in THREE]
     right = [[(x * 0.5 + 135, y) for x, y in points] for points in SEVEN]
@@ -194,7 +204,7 @@ def test_touch_drawing_at_phone_size_and_the_screenshots(chromium, server):
         canvas, panel = page.locator("#canvas").bounding_box(), page.locator("#result").bounding_box()
         assert canvas["width"] >= 390 - 48 and abs(canvas["width"] - panel["width"]) <= 30, (canvas, panel)
         touch_draw(page, THREE)
-        page.wait_for_function("document.querySelector('#digit').textContent === '3'", timeout=15_000)
+        page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '3'", timeout=15_000)
         page.screenshot(path=str(ROOT / "screenshots" / "web_demo-phone.png"), full_page=True)
     finally:
         phone.close()
@@ -204,7 +214,8 @@ def test_touch_drawing_at_phone_size_and_the_screenshots(chromium, server):
         page.goto(f"http://127.0.0.1:{server}/")
         page.wait_for_function("document.querySelectorAll('#model option').length === 3")
         draw(page, THREE)
-        page.wait_for_function("document.querySelector('#digit').textContent === '3' && !document.querySelector('#conv1').hidden",
+        page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '3'"
+                               " && !document.querySelector('#conv1').hidden",
                                timeout=15_000)
         page.screenshot(path=str(ROOT / "screenshots" / "web_demo.png"), full_page=True)
     finally:
