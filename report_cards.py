@@ -81,9 +81,10 @@ def appendix_lr(f: Facts) -> list[str]:
     finder = read_json(study.lr_find_path(s)) or {}
     if finder:
         params = inspect.signature(train.lr_find).parameters
-        lines += [f"**LR range test** (`python train.py --model M --lr-find`, Smith 2015): {params['steps'].default} steps with the LR "
-                  f"rising exponentially from {params['start'].default:g} to {params['end'].default:g}; the suggestion is where the "
-                  "smoothed loss falls fastest. The extra runs at the suggestion and at the LR the grid points to:", "",
+        lines += [f"**LR range test** (`python train.py --model M --lr-find`, Smith 2015): up to {params['steps'].default} steps with the LR "
+                  f"rising exponentially from {params['start'].default:g} to {params['end'].default:g}, stopped once the loss blows up "
+                  f"({min(x['steps'] for x in finder.values())}–{max(x['steps'] for x in finder.values())} steps ran); the "
+                  "suggestion is where the smoothed loss falls fastest. The extra runs at the suggestion and at the LR the grid points to:", "",
                   "| model | optimizer | suggested LR | loss lowest at | run at another LR: val / test % |", "|---|---|---|---|---|"]
         extra = {}
         for r in results_of(s, study.lr_cells(s)):
@@ -138,11 +139,14 @@ def appendix_optimizers(f: Facts) -> list[str]:
     for m, t in fair.items():
         lines += [f"Fair comparison, {NAMES[m]} ({t['epochs']:g} epochs): validation % per LR at tuning seed {t['tune_seed']}, "
                   f"then seeds {', '.join(map(str, t['seeds']))} at the tuned LR.", "",
-                  "| optimizer | " + " | ".join(f"lr {x:g}" for x in t["grid"]) + " | tuned LR | val % (mean ± std) |",
-                  "|---|" + "---|" * (len(t["grid"]) + 2)]
+                  "| optimizer | " + " | ".join(f"lr {x:g}" for x in t["grid"]) + " | tuned LR | val % (mean ± std) "
+                  "| behind the best by (val images) | verdict |",
+                  "|---|" + "---|" * (len(t["grid"]) + 4)]
         for r in t["rows"]:
             tune = [pct(r["tuning"].get(x)) if r["tuning"].get(x) is not None else "diverged" for x in t["grid"]]
-            lines.append(f"| {OPT_NAMES[r['optimizer']]} | " + " | ".join(tune) + f" | {r['lr']:g} | {mean_std(r['val'])} |")
+            verdict = "best mean" if r["optimizer"] == t["best"] else ("tie" if r["tie"] else "behind")
+            lines.append(f"| {OPT_NAMES[r['optimizer']]} | " + " | ".join(tune) + f" | {r['lr']:g} | {mean_std(r['val'])} | "
+                         f"{max(r['gap'], 0.0) / t['one_image']:.1f} | {verdict} |")
         lines += [""]
     if not fair:
         done = fair_runs_done(f)
@@ -344,7 +348,7 @@ def appendix_ensembles(f: Facts) -> list[str]:
     names = {r["name"]: r for r in f.records}
     lines += ["Mean softmax of final runs' validation-best checkpoints; of these candidates only the one with the best "
               "validation accuracy is scored on test. (The ensemble of the 4 shipped files in the report's first table is a "
-              "different one: `test_model.py` scoring every shipped file together, Step 6.)", "", "| candidate | members | val % | chosen |", "|---|---|---|---|"]
+              "different one: `test_model.py` scoring every shipped file together, Step 5.)", "", "| candidate | members | val % | chosen |", "|---|---|---|---|"]
     for name, c in e["candidates"].items():
         members = "; ".join(recipes_with_seeds([names[n] for n in c["members"] if n in names])
                             + [n for n in c["members"] if n not in names])
@@ -609,7 +613,7 @@ def readme_models_block(f: Facts) -> list[str]:
             facts.append(f"expected test accuracy **{pct(met['accuracy'])}%** (the file `weights/{m}.pt`, as `test_model.py` prints it)")
         runs = f.file_seeds(m)
         if runs:
-            facts.append(f"{mean_std([r['test']['acc'] for r in runs])}% over {len(runs)} seed{'s' if len(runs) > 1 else ''} of its recipe")
+            facts.append(f"{mean_std([r['test']['acc'] for r in runs])}% over {len(runs)} seed{'s' if len(runs) > 1 else ''} of the recipe that made this file")
         if shipped:
             facts.append(f"training time {shipped['seconds'] / 60:.1f} min on {shipped['hardware']}")
         lines += [("; ".join(facts) + "." + (f" {note}" if (note := recipe_note(f, m)) else "")) if facts else

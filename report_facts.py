@@ -144,7 +144,8 @@ def recipe_robustness(root: Path) -> dict:
     sha256, so a result is only ever read for the very file it measured:
     {"by_sha": {sha256: {"mean": top-guess accuracy averaged over the digit conditions,
     "tiny8": on 8x8 thumbnails, None without that condition}}, "shipped": {model: sha256 of the
-    weights/<model>.pt it scored}, "conditions": how many, "n": images per condition};
+    weights/<model>.pt it scored}, "conditions": how many, "n": images per condition, "fewer": {condition: its n} where
+    it has fewer};
     {} before it ran. Fractions, not percent."""
     d = read_json(root / RECIPE_ROBUSTNESS)
     if not d:
@@ -154,7 +155,8 @@ def recipe_robustness(root: Path) -> dict:
                             "tiny8": conds["tiny8"]["files"][k] if "tiny8" in conds else None}
               for k, f in d["files"].items()}
     shipped = {f["model"]: f["sha256"] for f in d["files"].values() if f["seed"] is None and "measured" not in f}  # not an earlier file's row
-    return {"by_sha": by_sha, "shipped": shipped, "conditions": len(conds), "n": d["n_per_condition"]}
+    fewer = {k: c["n"] for k, c in conds.items() if c.get("n", d["n_per_condition"]) < d["n_per_condition"]}  # the slow kinds
+    return {"by_sha": by_sha, "shipped": shipped, "conditions": len(conds), "n": d["n_per_condition"], "fewer": fewer}
 
 
 def file_sha256(path: Path) -> str | None:
@@ -405,10 +407,10 @@ def layer_text(model, input_size=(1, 1, 28, 28)) -> str:
     import torch
     rows, parts = [], []
     for name, child in model.named_children():
-        if isinstance(child, torch.nn.Identity):
+        if isinstance(child, torch.nn.Identity) or (isinstance(child, torch.nn.Dropout) and child.p == 0):  # does nothing
             continue
         if isinstance(child, torch.nn.Sequential) and all(not list(c.children()) for c in child.children()):
-            parts += list(child.children())
+            parts += [c for c in child.children() if not (isinstance(c, torch.nn.Dropout) and c.p == 0)]
         else:
             parts.append(child)
     def hook(m, _i, out):

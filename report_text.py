@@ -4,13 +4,16 @@ Imported by study_report.py and report_cards.py only."""
 import math
 import statistics
 
+import torch
+
 import study
 import test_model
-from models import build_model, count_params, load_checkpoint
+from feature_visualization import filter_orientations
+from models import build_model, conv_layers, count_params, load_checkpoint
 from report_facts import (
     APPENDIX, AUC_GAP_FIGURE, Facts, NAMES, OPT_NAMES, and_join, change_words, compare, curves_caption, f1_note,
     fair_runs_done, fair_tables, figure, history_of, later_runs, layer_text, lr_table, mean_std, multiply_adds, one_image_note,
-    optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, scored_ensembles, seed_robustness, shown_recipe, test_use,
+    member_seeds, optim_groups, pct, read_json, recipe_robustness, file_sha256, reg_groups, results_of, scored_ensembles, seed_robustness, shown_recipe, test_use,
     tie_rule_text, RECIPE_TARGETS
 )
 
@@ -34,7 +37,7 @@ def section_summary(f: Facts) -> list[str]:
                   + ". Times compare only within one machine.", ""]
     d = read_json(f.s.results / "final_recipes.json") or {}
     recipes = {m: r for m, e in d.get("models", {}).items() if (r := shown_recipe(e)).get("done")}  # issue #25's, done
-    lines += ["| model | parameters | test accuracy % | its recipe's test %, mean ± std over seeds | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
+    lines += ["| model | parameters | test accuracy % | recipe test %, mean ± std over seeds (below) | macro F1 | 1 − ROC-AUC (macro; smaller is better) "
               "| training time (this file's run) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in f.shipped if m != "convnet-refit"]:
         met = f.metrics.get(m)
@@ -58,15 +61,15 @@ def section_summary(f: Facts) -> list[str]:
            ([f"the {names(not0)} file{'s are' if len(not0) > 1 else ' is'} not (Step 5)"] if not0 else [])
     lines += ["", f"Test accuracy: the file in `weights/`, scored by `test_model.py` on the {f.n_test:,} test images. "
               + (f"Recipe mean ± std: the model's issue-#25 recipe (Step 5), {len(d['seeds'])} seeds each trained on all 60,000 "
-                 "training images, scored once at the last epoch" + (f"; {names(others)}: its final-stage seeds, validation-best epoch"
+                 "training images, each seed's first test score, at the last epoch (reruns of lost files were scored again: Step 5)" + (f"; {names(others)}: its final-stage seeds, validation-best epoch"
                                                                          if others else "") + ". " + (j := "; ".join(said))[:1].upper() + j[1:]
                  + "." if recipes else "Mean ± std: the file's recipe's seeds, each scored once at its validation-best epoch.")]
     if best:
         lines += ["", f"**Best model: the {NAMES[best[0]]}** (Step 5 says why)."]
     u = test_use(f)
     lines += ["", f"**How often the test set was used: {u['total']:,} times** (robustness benchmark and tests aside): "
-              f"once at the end of each of {u['runs']} training runs, {u['scorings']} times by `test_model.py` (TTA "
-              "counted apart)" + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials "
+              f"once at the end of each of {u['runs']} training runs, {u['scorings']} times scoring saved models (`test_model.py`, "
+              "each TTA pass counted; ensembles; re-scorings)" + (f", and {u['trial_points']:,} times in the speed benchmark's {u['trials']} recipe trials "
                                   f"(`benchmarks/trials.py`, every {u['every']} epoch)" if u["trials"] else "") + "."]
     after = ["QuickNet's recipe (those trials)"] if u["trials"] else []
     later = later_runs(f)
@@ -82,8 +85,10 @@ def section_summary(f: Facts) -> list[str]:
         after.append(f"the candidate{'s' if len(cands) > 1 else ''} {and_join(cands)}, each after the earlier recipe's refit scores")
     after += [f"keeping the {NAMES.get(m, m)} file over `{e['candidate']}` seed 0" for m, e in d.get("models", {}).items()
               if (e.get("shipped") or {}).get("decided_after_test")]
-    if len(d.get("ensembles_scored") or []) > 1:
-        after.append("the recipe ensemble's ConvNet members (changed after its first score)")
+    if (scored := scored_ensembles(d)) and (changed := [NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE if m in d.get("models", {})
+                                                        and not member_seeds({"seeds": shown_recipe(d["models"][m]).get("seeds")}, scored[0][0])]):
+        after.append(f"the recipe ensemble's {and_join(changed)} members (changed with the recipes after its first score)")
+    after.append("two image-pipeline settings (`predict.UPSAMPLE`, `predict.dot_apart`), on the robustness benchmark's test digits")
     if after:
         lines += [f"Every choice was made on the {f.n_val:,}-image validation split except these, made after a test score: "
                   + "; ".join(after) + f" ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them))."]
@@ -161,7 +166,7 @@ def section_training(f: Facts) -> list[str]:
     if worst:
         low = min(worst, key=lambda t: t[3]["best"]["val_acc"])
         decades = sorted({round(math.log10(a / b)) for a in sgd_best for b in adam_best})
-        lines += [f"SGD is best at lr {', '.join(f'{x:g}' for x in sorted(sgd_best, reverse=True))} for every model and Adam at "
+        lines += [f"Of the grid's LRs, SGD is best at {', '.join(f'{x:g}' for x in sorted(sgd_best, reverse=True))} for every model and Adam at "
                   f"{' or '.join(f'{x:g}' for x in sorted(adam_best, reverse=True))}: SGD's step is LR x gradient, Adam's about LR "
                   f"per weight, so Adam's good LRs sit {' to '.join(map(str, decades))} decade{'s' if max(decades) > 1 else ''} "
                   "lower. Too small an LR underfits the budget: "
@@ -258,15 +263,8 @@ def section_optimizers(f: Facts) -> list[str]:
     fair = fair_tables(f)
     if fair:
         lines += ["**A fairer comparison** (each optimizer tuned on its own LR grid at one seed, then compared on other "
-                  "seeds; it came after the choice and changes no file in `weights/`):", "",
-                  "| model | optimizer | tuned LR | validation % (mean ± std) | behind the best by (validation images) | verdict |",
-                  "|---|---|---|---|---|---|"]
-        for m, t in fair.items():
-            for r in t["rows"]:
-                verdict = "best mean" if r["optimizer"] == t["best"] else ("tie" if r["tie"] else "behind")
-                lines.append(f"| {NAMES[m]} | {OPT_NAMES[r['optimizer']]} | {r['lr']:g} | {mean_std(r['val'])} | "
-                             f"{max(r['gap'], 0.0) / t['one_image']:.1f} | {verdict} |")
-        lines += [""]
+                  "seeds; it came after the choice and changes no file in `weights/`; tables in the "
+                  f"[appendix]({APPENDIX}#optimizer-comparison-in-full)):", ""]
         lines += [fair_verdict(NAMES[m], verdicts[m][0], t) for m, t in fair.items() if m in verdicts] + [""]
     else:
         done = fair_runs_done(f)
@@ -317,7 +315,10 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
                    + (f"{abs(diff)} more test image{'s' if abs(diff) != 1 else ''} right" if diff > 0 else
                       f"{abs(diff)} fewer test image{'s' if abs(diff) != 1 else ''} right" if diff < 0 else "as many test images right")
                    + f" than the {NAMES[b]} file ({pct(ens['accuracy'])}% against {pct(met['accuracy'])}%) with "
-                   f"{members / f.params(b):.0f}x its parameters and {len(f.models)} forward passes an image.")
+                   f"{members / f.params(b):.0f}x its parameters and {len(f.models)} forward passes an image"
+                   + (f"; it was not chosen on validation: the ensemble that was (`{e['chosen']}`, "
+                      f"{len(e['candidates'][e['chosen']]['members'])} models) scored {pct(e['test']['accuracy'])}%"
+                      if (e := f.ensembles) and "test" in e else "") + ".")
     return ["", " ".join(out)] if out else []
 
 
@@ -332,8 +333,9 @@ def recipes_summary(f: Facts) -> list[str]:
         return []
     rob = recipe_robustness(f.root)
     lines = ["", f"**Accuracy by recipe** (issue #25; [appendix]({APPENDIX}#accuracy-by-recipe)). "
-                 + (f"Users' images: the top guess (no rejector) on {rob['conditions']} kinds of files made from test digits, {rob['n']} each "
-                    "(`benchmarks/user_images.py --recipes`; not in the test count)." if rob else "Users' images: not measured yet."), "",
+                 + (f"Users' images: the top guess (no rejector) on {rob['conditions']} kinds of files made from test digits, {rob['n']} each ("
+                    + "; ".join([f"{k}: {n}" for k, n in rob["fewer"].items()] + ["`benchmarks/user_images.py --recipes`",
+                                                                                    "not in the test count"]) + ")." if rob else "Users' images: not measured yet."), "",
              "| model | recipe | test % (mean ± std) | target % | minutes a seed (machine) | users' images %: recipe / file | 8×8 thumbnails %: recipe / file |",
              "|---|---|---|---|---|---|---|"]
     measured = []
@@ -373,10 +375,13 @@ def recipes_summary(f: Facts) -> list[str]:
               if shown_recipe(e).get("done") and shown_recipe(e)["test_mean"] < RECIPE_TARGETS[m]]
     if ens and ens["test_acc"] < RECIPE_TARGETS["ensemble"]:
         missed.append("the ensemble")
-    again = [x for e in d["models"].values() for x in shown_recipe(e)["seeds"] if x.get("again")]
+    seeds = [x for e in d["models"].values() for r in [e, *e.get("earlier", [])] for x in r.get("seeds") or []]
+    again = [x for x in seeds if x.get("again")]
     reruns = sum(1 + len(x.get("reruns", [])) for x in again)
+    pending = sum(1 for x in seeds if x.get("rerun_pending"))
     after = (f". {len(again)} seeds were trained again{f' ({reruns} runs)' if reruns > len(again) else ''}, their files lost and "
-             "needed by the ensemble (the means keep the first scores)") if again else ""
+             "needed by the ensemble (the means keep the first scores)"
+             + (f"; {pending} more rerun{'s' if pending > 1 else ''} pending" if pending else "")) if again else ""
     if missed:
         lines += ["", f"Missed: {and_join(missed)}{after} ([appendix]({APPENDIX}#accuracy-by-recipe))."]
     lines += recipe_trades(f, d, rob, measured)
@@ -552,7 +557,7 @@ def section_plots(f: Facts) -> list[str]:
         ce = [NAMES[m] for m, c in cards.items() if all("train_ce" in h for h in history_of(c))]
         eps = max(c["train_config"].get("label_smoothing", 0) for c in cards.values())
         captions = ["left: error rate, training (augmented batches, the epoch's running mean) and validation; right: "
-                    f"cross-entropy without label smoothing (ε = {eps:g} in training), for training too where the run logged it ({and_join(ce)})"]
+                    f"plain cross-entropy (ε = 0; the training loss itself used ε = {eps:g}), validation, and training where the run logged it ({and_join(ce)})"]
     refit = " A refit's validation curve is in-sample." if any(c["train_config"].get("refit") for c in cards.values()) else ""
     lines += ["**Training curves** of each file in `weights/` (`weights/<model>.json`); "
               + captions[0] + f".{refit}", ""]
@@ -572,7 +577,8 @@ def section_plots(f: Facts) -> list[str]:
                       + figure(f.root, f"figures/{m}_confusion_matrix.png", f"{NAMES[m]} confusion matrix"), ""]
     if "convnet" in f.models:
         lines += ["**What the convolutions learned** (`python feature_visualization.py --weights weights/convnet.pt --digit 7`): "
-                  "the ConvNet's first-layer filters and the maps they make of a test 7; the other nets' are in the appendix.", "",
+                  "the ConvNet's first-layer filters and the maps they make of a test 7; the other nets' are in the appendix. "
+                  + filters_words(f), "",
                   figure(f.root, "figures/convnet_conv1_filters.png", "ConvNet first-layer filters") + " "
                   + figure(f.root, "figures/convnet_conv1_maps.png", "ConvNet first-layer maps"), ""]
     cards = ", ".join(f"[{NAMES.get(m, m)}](weights/{m}.md)" for m in f.shipped)
@@ -591,6 +597,24 @@ def section_plots(f: Facts) -> list[str]:
             lines += [figure(f.root, png, alt), ""]
     return lines
 
+
+
+def filters_words(f: Facts) -> str:
+    """What the ConvNet file's first-layer filters are, measured from its weights
+    (feature_visualization.filter_orientations), against the same layer freshly initialized."""
+    path = f.root / "weights" / "convnet.pt"
+    if not path.exists():
+        return ""
+    model, ckpt = load_checkpoint(path)
+    o = filter_orientations(conv_layers(model)["first_conv"].weight)
+    torch.manual_seed(0)  # the baseline: the same layer as build_model initializes it, 10 draws
+    init = statistics.mean(filter_orientations(conv_layers(build_model(ckpt["model"], **ckpt["model_config"]))["first_conv"].weight)
+                           ["oriented"] for _ in range(10))
+    return (f"The filters are edge detectors: {o['oriented']} of {o['filters']} have one edge direction (structure-tensor "
+            f"coherence ≥ {o['min_coherence']:g}; {init:.0f} at initialization), "
+            + and_join([f"{n} {k}" for k, n in o["by_direction"].items()]) + ", and their weights mostly cancel (median "
+            f"|Σw| / Σ|w| {o['median_balance']:.2f}), so they answer a stroke's edges more than flat ink"
+            + (", in all four directions." if all(o["by_direction"].values()) else "."))
 
 
 def report_lines(f: Facts) -> list[str]:

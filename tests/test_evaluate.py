@@ -268,6 +268,34 @@ def test_feature_visualization_writes_files_for_every_model(name, tmp_path):
     assert all((tmp_path / f).stat().st_size > 1000 for f in expected)
 
 
+def test_filter_orientations_names_each_edge_direction_and_ignores_flat_or_isotropic_filters():
+    ramp = torch.arange(5.0) - 2  # -2..2
+    horizontal = ramp[:, None].expand(5, 5)  # changes down the rows: an edge that runs along x
+    vertical = horizontal.T
+    down_right = ramp[None, :] - ramp[:, None]  # constant along the main diagonal (top-left to bottom-right)
+    up_right = ramp[None, :] + ramp[:, None]  # constant along the anti-diagonal
+    flat = torch.ones(5, 5)  # one sign: no edge, balance 1
+    spot = -(ramp[:, None] ** 2 + ramp[None, :] ** 2)  # a blob: no preferred direction
+    kernels = torch.stack([horizontal, vertical, down_right, up_right, 2 * down_right, flat, spot])[:, None]  # (7, 1, 5, 5)
+    o = fv.filter_orientations(kernels)
+    assert o["filters"] == 7 and o["oriented"] == 5
+    assert o["by_direction"] == {"horizontal": 1, "diagonal (down-right)": 2, "vertical": 1, "diagonal (up-right)": 1}
+    balance = sorted([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # the ramps cancel; flat and the blob have one sign
+    assert o["median_balance"] == pytest.approx(balance[3])
+    assert fv.filter_orientations(flat[None], min_coherence=0.0)["filters"] == 1
+    with pytest.raises(ValueError, match="expected"):
+        fv.filter_orientations(torch.zeros(2, 3, 5, 5))
+
+
+def test_the_shipped_convnets_filters_are_edge_detectors_unlike_at_initialization():
+    from conftest import ROOT
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")  # fully trained (one epoch moves 5x5 filters little)
+    trained = fv.filter_orientations(models.conv_layers(model)["first_conv"].weight)
+    torch.manual_seed(0)
+    init = fv.filter_orientations(models.conv_layers(models.build_model("convnet", **ckpt["model_config"]))["first_conv"].weight)
+    assert trained["oriented"] >= trained["filters"] / 2 > 5 * init["oriented"], (trained, init)
+
+
 # -----------------------------------------------------------------------------
 # Integration with a real checkpoint
 
