@@ -103,7 +103,7 @@ def test_a_card_per_model_file_with_its_sections(facts):
         text = (ROOT / "weights" / f"{m}.md").read_text()
         for s in CARD_SECTIONS:
             assert s in text, (m, s)
-        assert f"python test_model.py --weights weights/{m}.pt" in text and f"predict.py" in text
+        assert f"python test_model.py --weights weights/{m}.pt" in text and "predict.py" in text
         met = facts.metrics.get(m)
         if met:
             assert f"{100 * met['accuracy']:.2f}%" in text
