@@ -119,8 +119,8 @@ def filter_orientations(kernels: torch.Tensor, min_coherence: float = 0.5) -> di
     """What a bank of first-layer filters responds to, from their weights alone.
 
     kernels: (C, k, k) or (C, 1, k, k), any float dtype. For each filter the structure tensor
-    J = sum over the kernel of [gx gx, gx gy; gx gy, gy gy] (gx, gy: central differences,
-    torch.gradient) gives the dominant gradient direction 0.5 * atan2(2 Jxy, Jxx - Jyy) and the
+    J = sum over the kernel of [gx gx, gx gy; gx gy, gy gy] (gx, gy: torch.gradient, central
+    differences inside, one-sided on the border) gives the dominant gradient direction 0.5 * atan2(2 Jxy, Jxx - Jyy) and the
     coherence (l1 - l2) / (l1 + l2) of its eigenvalues: 1 for a pure edge, 0 for no preferred
     direction (Bigun & Granlund 1987, "Optimal orientation detection of linear symmetry"; Jahne,
     "Digital Image Processing", ch. 13). The edge runs across that gradient. balance = |sum w| /
@@ -129,13 +129,13 @@ def filter_orientations(kernels: torch.Tensor, min_coherence: float = 0.5) -> di
 
     Returns {"filters": C, "oriented": how many have coherence >= min_coherence, "min_coherence",
     "by_direction": {name in DIRECTIONS: count of the oriented ones}, "median_balance"}.
-    Raises ValueError for kernels that are not (C, k, k) or (C, 1, k, k).
+    Raises ValueError for kernels that are not (C, k, k) or (C, 1, k, k) with k >= 2.
     """
     w = kernels.detach().float().cpu()
     if w.dim() == 4 and w.shape[1] == 1:
         w = w[:, 0]
-    if w.dim() != 3:
-        raise ValueError(f"filter_orientations: expected (C, k, k) or (C, 1, k, k) kernels, got {tuple(kernels.shape)}")
+    if w.dim() != 3 or min(w.shape[1:]) < 2:
+        raise ValueError(f"filter_orientations: expected (C, k, k) or (C, 1, k, k) kernels with k >= 2, got {tuple(kernels.shape)}")
     gy, gx = torch.gradient(w, dim=(1, 2))
     jxx, jyy, jxy = (gx * gx).sum((1, 2)), (gy * gy).sum((1, 2)), (gx * gy).sum((1, 2))
     coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy).clamp_min(1e-12)

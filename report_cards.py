@@ -96,6 +96,10 @@ def appendix_lr(f: Facts) -> list[str]:
                              for r in sorted(extra.get((m, opt), []), key=lambda r: r["tags"]["lr"]))
             lines.append(f"| {NAMES[m]} | {OPT_NAMES[opt]} | {fd['suggested_lr']:.3g} | {fd['min_loss_lr']:.3g} | {runs or '–'} |")
         lines += [""]
+        shown = [(key, fd["png"]) for key, fd in sorted(finder.items()) if fd.get("png") and (f.root / fd["png"]).exists()]
+        if shown:
+            lines += ["Smoothed loss against LR, the suggestion marked:", "",
+                      " ".join(figure(f.root, png, f"LR range test, {key}") for key, png in shown), ""]
     return lines
 
 
@@ -273,7 +277,8 @@ def appendix_figures(f: Facts) -> list[str]:
         lines += [figure(f.root, f"figures/{m}_roc.png", "ROC") + " " + figure(f.root, f"figures/{m}_confusion_matrix.png", "confusion matrix"),
                   "", figure(f.root, f"figures/{m}_mistakes.png", "most confident mistakes"), ""]
         if (f.root / "figures" / f"{m}_conv1_filters.png").exists():
-            lines += [" ".join(figure(f.root, f"figures/{m}_{k}.png", k) for k in ("conv1_filters", "conv1_maps", "conv2_maps")), ""]
+            lines += [" ".join(figure(f.root, f"figures/{m}_{k}.png", k) for k in ("conv1_filters", "conv1_maps", "conv2_filters", "conv2_maps")
+                                if (f.root / "figures" / f"{m}_{k}.png").exists()), ""]
         if (f.root / "figures" / f"{m}_fc1_weights.png").exists():
             d = f.data or {"features_per_sample": "?", "shape": ["?", "?"]}
             lines += [f"First layer's weights, each unit's {d['features_per_sample']} weights as a {d['shape'][0]}x{d['shape'][1]} image: "

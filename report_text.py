@@ -88,10 +88,10 @@ def section_summary(f: Facts) -> list[str]:
     if (scored := scored_ensembles(d)) and (changed := [NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE if m in d.get("models", {})
                                                         and not member_seeds({"seeds": shown_recipe(d["models"][m]).get("seeds")}, scored[0][0])]):
         after.append(f"the recipe ensemble's {and_join(changed)} members (changed with the recipes after its first score)")
-    after.append("two image-pipeline settings (`predict.UPSAMPLE`, `predict.dot_apart`), on the robustness benchmark's test digits")
-    if after:
-        lines += [f"Every choice was made on the {f.n_val:,}-image validation split except these, made after a test score: "
-                  + "; ".join(after) + f" ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them))."]
+    after.append("two image-pipeline settings (`predict.UPSAMPLE`, `predict.dot_apart`), on the robustness benchmark's test "
+                 f"digits ([appendix]({APPENDIX}#test-set-use))")
+    lines += [f"Every choice was made on the {f.n_val:,}-image validation split except these, made after a test score: "
+              + "; ".join(after) + f" ([appendix]({APPENDIX}#accuracy-targets-and-the-runs-made-for-them))."]
     return lines + [""]
 
 
@@ -209,9 +209,9 @@ def section_fitting(f: Facts) -> list[str]:
                 _, res = compare(vals, f.one_val)
                 verdicts.append((chosen, res["baseline"][2]))
         if verdicts and all(tie for _, tie in verdicts):
-            note = " - each a tie with the recipe, a choice within the noise"
+            note = " - each a tie with the `baseline` variant, a choice within the noise"
         else:
-            note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the recipe on validation" for c, tie in verdicts)
+            note = "".join(f"; `{c}` {'ties' if tie else 'beats'} the baseline on validation" for c, tie in verdicts)
         choice = f" The final runs take the best means, augmentation `{aug[0]}` and ConvNet width `{width[0]}`{note}."
     lines += ["", (choice + " The per-variant tables are in the appendix.").strip(), "",
               figure(f.root, "figures/study_regularization.png", "training vs validation error per variant"), "",
@@ -379,9 +379,9 @@ def recipes_summary(f: Facts) -> list[str]:
     again = [x for x in seeds if x.get("again")]
     reruns = sum(1 + len(x.get("reruns", [])) for x in again)
     pending = sum(1 for x in seeds if x.get("rerun_pending"))
-    after = (f". {len(again)} seeds were trained again{f' ({reruns} runs)' if reruns > len(again) else ''}, their files lost and "
-             "needed by the ensemble (the means keep the first scores)"
-             + (f"; {pending} more rerun{'s' if pending > 1 else ''} pending" if pending else "")) if again else ""
+    after = ((f". {len(again)} seeds were trained again{f' ({reruns} runs)' if reruns > len(again) else ''}, their files lost and "
+              "needed by the ensemble (the means keep the first scores)") if again else "") \
+        + (f"{'; ' if again else '. '}{pending} seed{'s' if pending > 1 else ''} awaiting a rerun" if pending else "")
     if missed:
         lines += ["", f"Missed: {and_join(missed)}{after} ([appendix]({APPENDIX}#accuracy-by-recipe))."]
     lines += recipe_trades(f, d, rob, measured)
@@ -607,14 +607,15 @@ def filters_words(f: Facts) -> str:
         return ""
     model, ckpt = load_checkpoint(path)
     o = filter_orientations(conv_layers(model)["first_conv"].weight)
-    torch.manual_seed(0)  # the baseline: the same layer as build_model initializes it, 10 draws
-    init = statistics.mean(filter_orientations(conv_layers(build_model(ckpt["model"], **ckpt["model_config"]))["first_conv"].weight)
-                           ["oriented"] for _ in range(10))
-    return (f"The filters are edge detectors: {o['oriented']} of {o['filters']} have one edge direction (structure-tensor "
-            f"coherence ≥ {o['min_coherence']:g}; {init:.0f} at initialization), "
-            + and_join([f"{n} {k}" for k, n in o["by_direction"].items()]) + ", and their weights mostly cancel (median "
-            f"|Σw| / Σ|w| {o['median_balance']:.2f}), so they answer a stroke's edges more than flat ink"
-            + (", in all four directions." if all(o["by_direction"].values()) else "."))
+    with torch.random.fork_rng():  # the baseline: the layer as build_model initializes it, mean of 10 draws
+        torch.manual_seed(0)
+        init = statistics.mean(filter_orientations(conv_layers(build_model(ckpt["model"], **ckpt["model_config"]))["first_conv"].weight)
+                               ["oriented"] for _ in range(10))
+    return ((f"Most of its first-layer filters are oriented (edge or bar) detectors: " if o["oriented"] >= o["filters"] / 2 else
+             "First-layer filters with one direction (edge or bar detectors): ")
+            + f"{o['oriented']} of {o['filters']} (structure-tensor coherence ≥ {o['min_coherence']:g}; {init:.0f} at initialization, "
+            "mean of 10 draws): " + and_join([f"{n} {k}" for k, n in o["by_direction"].items()])
+            + ("; all four directions are covered." if all(o["by_direction"].values()) else "."))
 
 
 def report_lines(f: Facts) -> list[str]:

@@ -276,23 +276,30 @@ def test_filter_orientations_names_each_edge_direction_and_ignores_flat_or_isotr
     up_right = ramp[None, :] + ramp[:, None]  # constant along the anti-diagonal
     flat = torch.ones(5, 5)  # one sign: no edge, balance 1
     spot = -(ramp[:, None] ** 2 + ramp[None, :] ** 2)  # a blob: no preferred direction
-    kernels = torch.stack([horizontal, vertical, down_right, up_right, 2 * down_right, flat, spot])[:, None]  # (7, 1, 5, 5)
-    o = fv.filter_orientations(kernels)
-    assert o["filters"] == 7 and o["oriented"] == 5
-    assert o["by_direction"] == {"horizontal": 1, "diagonal (down-right)": 2, "vertical": 1, "diagonal (up-right)": 1}
-    balance = sorted([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # the ramps cancel; flat and the blob have one sign
-    assert o["median_balance"] == pytest.approx(balance[3])
-    assert fv.filter_orientations(flat[None], min_coherence=0.0)["filters"] == 1
+    kernels = torch.stack([horizontal, vertical, down_right, up_right, 2 * down_right, 3 * horizontal, 3 * horizontal, flat, spot])
+    o = fv.filter_orientations(kernels[:, None])  # (9, 1, 5, 5)
+    assert o["filters"] == 9 and o["oriented"] == 7
+    assert o["by_direction"] == {"horizontal": 3, "diagonal (down-right)": 2, "vertical": 1, "diagonal (up-right)": 1}
+    for k, name in ((horizontal, "horizontal"), (vertical, "vertical"), (down_right, "diagonal (down-right)"), (up_right, "diagonal (up-right)")):
+        one = fv.filter_orientations(k[None])  # each kernel alone: x and y must not be swapped
+        assert one["oriented"] == 1 and one["by_direction"][name] == 1 and one["median_balance"] == pytest.approx(0.0), name
+    for k in (flat, spot):  # one sign: balance 1; no preferred direction
+        one = fv.filter_orientations(k[None])
+        assert one["median_balance"] == pytest.approx(1.0) and one["oriented"] == 0
+    assert fv.filter_orientations(spot[None], min_coherence=0.0)["oriented"] == 1  # the threshold is applied
     with pytest.raises(ValueError, match="expected"):
         fv.filter_orientations(torch.zeros(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="k >= 2"):
+        fv.filter_orientations(torch.zeros(4, 1, 1, 1))
 
 
 def test_the_shipped_convnets_filters_are_edge_detectors_unlike_at_initialization():
     from conftest import ROOT
     model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")  # fully trained (one epoch moves 5x5 filters little)
     trained = fv.filter_orientations(models.conv_layers(model)["first_conv"].weight)
-    torch.manual_seed(0)
-    init = fv.filter_orientations(models.conv_layers(models.build_model("convnet", **ckpt["model_config"]))["first_conv"].weight)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        init = fv.filter_orientations(models.conv_layers(models.build_model("convnet", **ckpt["model_config"]))["first_conv"].weight)
     assert trained["oriented"] >= trained["filters"] / 2 > 5 * init["oriented"], (trained, init)
 
 
