@@ -611,7 +611,7 @@ def filters_words(f: Facts) -> str:
         torch.manual_seed(0)
         init = statistics.mean(filter_orientations(conv_layers(build_model(ckpt["model"], **ckpt["model_config"]))["first_conv"].weight)
                                ["oriented"] for _ in range(10))
-    return ((f"Most of its first-layer filters are oriented (edge or bar) detectors: " if o["oriented"] >= o["filters"] / 2 else
+    return (("Most of its first-layer filters are oriented (edge or bar) detectors: " if o["oriented"] >= o["filters"] / 2 else
              "First-layer filters with one direction (edge or bar detectors): ")
             + f"{o['oriented']} of {o['filters']} (structure-tensor coherence ≥ {o['min_coherence']:g}; {init:.0f} at initialization, "
             "mean of 10 draws): " + and_join([f"{n} {k}" for k, n in o["by_direction"].items()])
