@@ -66,7 +66,10 @@ import torch
 from models import CheckpointError, load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-MAX_PIXELS = 50_000_000  # pixels decoded per image: a 48 MP photo fits, a 200 MP one is refused (JPEGs are drafted first)
+MAX_PIXELS = 50_000_000  # colour pixels decoded per image: a 48 MP photo fits (JPEGs are drafted first)
+# 8-bit grey and bilevel images take a byte a pixel in Pillow, colour ones four, and are box-reduced
+# in Pillow before framing (prepare), so four times as many fit: a 200 MP phone scan (16320x12240)
+MAX_GREY_PIXELS = 4 * MAX_PIXELS
 WORK_SIDE = 640  # px: images are reduced to at most this on the longer side before finding the ink
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
 MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
@@ -103,7 +106,7 @@ def _decode_data_url(body: bytes, name: str) -> bytes:
         raise ImageError(f"{name}: the data URL's payload is not valid base64; send the file's bytes instead", "data_url") from None
 
 
-def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
+def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS):
     """The PIL image in `source`, upright and ready for `prepare`.
 
     source: a path (str or Path), the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP,
@@ -112,6 +115,8 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
     max_pixels: images with more pixels (width x height, read from the header before
     decoding) are refused; a JPEG is first decoded at a reduced scale (Pillow's draft, 1/2
     to 1/8) when that alone brings it to WORK_SIDE or more, so big phone photos are cheap.
+    max_grey_pixels: the limit instead for 8-bit grey and bilevel images (modes L and 1);
+    None: max_pixels.
 
     The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
     Pixel depth is kept as decoded (16-bit and float modes are scaled by `prepare`, never
@@ -138,9 +143,12 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
         data = _decode_data_url(data, name)
         if not data:
             raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
+    limit = max(max_pixels, max_grey_pixels or 0)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # the header check below is the limit; Pillow's own must not refuse first
     try:
         # (no warnings.catch_warnings here: it is not thread-safe, and serve.py decodes in threads;
-        # Pillow warns between its limit and twice it, and MAX_PIXELS refuses those files below)
+        # Pillow warns between its limit and twice it, and the check below refuses those files)
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), checked from the header
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -154,9 +162,12 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
         scale = max(1, min(8, max(w, h) // WORK_SIDE))
         image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (w // scale, h // scale))
         w, h = image.size
-    if w * h > max_pixels:
-        raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f}; "
-                         f"resize it (e.g. to 4000 px on the longer side)", "too_large")
+    grey = image.mode in ("1", "L") and max_grey_pixels is not None
+    if w * h > (max_grey_pixels if grey else max_pixels):
+        raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
+                         f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f}"
+                         + ("" if grey or max_grey_pixels in (None, max_pixels) else f" ({max_grey_pixels / 1e6:.0f} for grey)")
+                         + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -431,6 +442,9 @@ def _enlarge(grey: np.ndarray, side: int) -> np.ndarray:
 def prepare(image) -> list[np.ndarray]:
     """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
     float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink."""
+    f = -(-max(image.size) // WORK_SIDE)
+    if image.mode in ("1", "L") and f > 1:  # _reduce's box average, done in Pillow: no full-size float copy
+        image = image.convert("L").reduce(f)
     grey = _reduce(to_grey(image), WORK_SIDE)
     big = _enlarge(grey, MIN_SIDE)
     masks = find_digits(ink_map(big))

@@ -97,7 +97,7 @@ def read_image(body: bytes):
     to decode (predict.read_image reads the pixel count from the header before decoding; over
     MAX_PIXELS is a 413)."""
     try:
-        return predict.read_image(body, name="the request body", max_pixels=MAX_PIXELS)
+        return predict.read_image(body, name="the request body", max_pixels=MAX_PIXELS, max_grey_pixels=None)  # one limit: see MAX_PIXELS
     except predict.ImageError as e:
         raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
 

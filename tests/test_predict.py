@@ -149,9 +149,32 @@ def test_jpeg_is_drafted_and_pixel_limit_is_one_line_error():
     img = predict.read_image(png(big, "JPEG", quality=80), "phone.jpg")
     assert max(img.size) <= 2 * predict.WORK_SIDE  # decoded at reduced scale
     assert len(predict.prepare(img)) == 1
-    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 1;") as e:
-        predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000)
+    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 1 \(4 for grey\);") as e:
+        predict.read_image(png(big), "huge.png", max_pixels=1_000_000, max_grey_pixels=4_000_000)
     assert e.value.kind == "too_large" and "\n" not in str(e.value)
+    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 4;"):
+        predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000, max_grey_pixels=4_000_000)
+    with pytest.raises(predict.ImageError, match=r"over the limit of 1;"):  # one limit for every mode (serve.py)
+        predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000, max_grey_pixels=None)
+
+
+def test_a_grey_or_bilevel_scan_past_the_colour_limit_and_pillows_own_is_read(monkeypatch):
+    """A 200 MP phone's bilevel scan: 1 byte a pixel, so MAX_GREY_PIXELS; here scaled down, with
+    Pillow's bomb limit (which would refuse before our check) lowered to match."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses at twice this: 2 MP
+    scan = Image.new("L", (4000, 3000), 255)
+    ImageDraw.Draw(scan).line([(1500, 1000), (2300, 1000), (1800, 2100)], fill=0, width=70)
+    for mode in ("L", "1"):
+        img = predict.read_image(png(scan.convert(mode)), "scan.png", max_pixels=1_000_000, max_grey_pixels=20_000_000)
+        assert img.size == (4000, 3000) and img.mode == mode
+        crops = predict.prepare(img)  # box-reduced in Pillow: the same frame as _reduce on the floats
+        ref = predict._reduce(predict.to_grey(img), predict.WORK_SIDE)
+        assert len(crops) == 1 and ref.shape == (3000 // 7, 4000 // 7)  # 7 = ceil(4000 / WORK_SIDE)
+        assert np.abs(crops[0] - predict.frame(predict.ink_map(ref), predict.find_digits(predict.ink_map(ref))[0])).max() < 0.05
+    photo = predict.read_image(png(scan.convert("RGB"), "JPEG", quality=85), "photo.jpg", max_pixels=1_000_000,
+                               max_grey_pixels=20_000_000)  # a JPEG past Pillow's limit: drafted, then under ours
+    assert max(photo.size) <= 2 * predict.WORK_SIDE and len(predict.prepare(photo)) == 1
 
 
 def test_data_url_and_bad_inputs():
