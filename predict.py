@@ -53,6 +53,7 @@ pasted into 28x28 with its centre of mass at the centre. scipy.ndimage and sciki
 import argparse
 import base64
 import binascii
+import functools
 import glob
 import io
 import json
@@ -65,7 +66,7 @@ import torch
 
 from models import CheckpointError, load_checkpoint
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".heic", ".heif", ".avif"}
 MAX_PIXELS = 50_000_000  # colour pixels decoded per image: a 48 MP photo fits (JPEGs are drafted first)
 # 8-bit grey and bilevel images take a byte a pixel in Pillow, colour ones four, and are box-reduced
 # in Pillow before framing (prepare), so four times as many fit: a 200 MP phone scan (16320x12240)
@@ -106,6 +107,22 @@ def _decode_data_url(body: bytes, name: str) -> bytes:
         raise ImageError(f"{name}: the data URL's payload is not valid base64; send the file's bytes instead", "data_url") from None
 
 
+@functools.cache
+def heif_opener() -> bool:
+    """Let Pillow open HEIC/HEIF, the iPhone camera's default format, through pillow-heif
+    (requirements.txt); it applies the file's own rotation and leaves EXIF orientation 1.
+    False when pillow-heif is not installed (such files then get an error saying so)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")  # ISO BMFF 'ftyp' brands of HEIF
+
+
 def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS):
     """The PIL image in `source`, upright and ready for `prepare`.
 
@@ -143,6 +160,7 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         data = _decode_data_url(data, name)
         if not data:
             raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
+    heif_opener()  # once: HEIC/HEIF files open like any other
     limit = max(max_pixels, max_grey_pixels or 0)
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit  # the header check below is the limit; Pillow's own must not refuse first
@@ -156,6 +174,9 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:.0f}; "
                          f"resize it (e.g. to 4000 px on the longer side)", "too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS and not heif_opener():
+            raise ImageError(f"{name}: a HEIC/HEIF photo, which needs pillow-heif (pip install pillow-heif); "
+                             "or export it as JPEG", "unreadable") from None
         raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
     w, h = image.size
     if image.format == "JPEG" and max(w, h) >= 2 * WORK_SIDE:

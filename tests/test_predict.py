@@ -85,6 +85,31 @@ def test_exif_orientation_is_applied(orientation, turn):
     assert np.abs(one_crop(img) - one_crop(upright)).mean() < 0.05
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_iphone_heic_and_avif_photos_are_read_upright(fmt):
+    """HEIC is the iPhone camera's default (pillow-heif); AVIF is Pillow's own. Stored sideways with
+    EXIF orientation 6, as a phone held upright writes it."""
+    assert predict.heif_opener()  # pillow-heif is in requirements.txt: its absence is a failure here
+    upright = Image.fromarray((255 - seven() * 255).astype(np.uint8)).convert("RGB")
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    data = png(upright.rotate(90, expand=True), fmt, exif=ex.tobytes(), quality=90)
+    img = predict.read_image(data, f"photo.{fmt.lower()}")
+    assert img.size == (200, 200) and np.abs(one_crop(img) - one_crop(upright)).mean() < 0.05
+    assert {".heic", ".avif"} <= predict.IMAGE_SUFFIXES  # a folder of them is read too
+
+
+def test_a_heic_without_pillow_heif_says_what_to_install(tmp_path):
+    import subprocess
+    assert predict.heif_opener()
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(png(Image.new("RGB", (64, 64), "white"), "HEIF"))
+    code = ("import sys; sys.modules['pillow_heif'] = None; import predict\n"  # as if it were not installed
+            f"try: predict.read_image({str(path)!r})\nexcept predict.ImageError as e: print(e)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out == f"{path}: a HEIC/HEIF photo, which needs pillow-heif (pip install pillow-heif); or export it as JPEG"
+
+
 @pytest.mark.parametrize("top,dark_on_light", [(65535, True), (65535, False), (4095, True), (1023, False)])
 def test_high_bit_depth_is_scaled_by_its_range(top, dark_on_light):
     s = seven()

@@ -56,12 +56,13 @@ def encode(a: np.ndarray, fmt: str, photo: bool = False) -> bytes:
     if photo:
         img = Image.fromarray((235 - np.asarray(img, np.float32) * 0.8).astype(np.uint8))
     buf = io.BytesIO()
-    img.convert("RGB" if fmt == "JPEG" else "L").save(buf, format=fmt)
+    img.convert("RGB" if fmt in ("JPEG", "HEIF") else "L").save(buf, format=fmt)
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt, photo", [("PNG", False), ("JPEG", True)])
-def test_png_and_jpeg_digits_are_recognised(server, test_digits, fmt, photo):
+@pytest.mark.parametrize("fmt, photo", [("PNG", False), ("JPEG", True), ("HEIF", True)])
+def test_png_jpeg_and_iphone_heic_digits_are_recognised(server, test_digits, fmt, photo):
+    assert predict.heif_opener()  # to write the HEIC here; the server reads it through predict.read_image
     images, labels = test_digits
     got = []
     for a in images:
