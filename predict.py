@@ -177,6 +177,9 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS and not heif_opener():
             raise ImageError(f"{name}: a HEIC/HEIF photo, which needs pillow-heif (pip install pillow-heif); "
                              "or export it as JPEG", "unreadable") from None
+        if data[:5] == b"%PDF-":  # a scanner's usual output: a document, not an image
+            raise ImageError(f"{name}: a PDF, not an image; export the page as PNG or JPEG (e.g. pdftoppm -png)",
+                             "unreadable") from None
         raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
     w, h = image.size
     if image.format == "JPEG" and max(w, h) >= 2 * WORK_SIDE:

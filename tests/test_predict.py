@@ -99,6 +99,12 @@ def test_iphone_heic_and_avif_photos_are_read_upright(fmt):
     assert {".heic", ".avif"} <= predict.IMAGE_SUFFIXES  # a folder of them is read too
 
 
+def test_a_pdf_scan_is_refused_with_what_to_do():
+    with pytest.raises(predict.ImageError, match=r"^scan.pdf: a PDF, not an image; export the page as PNG or JPEG") as e:
+        predict.read_image(png(Image.new("RGB", (64, 64), "white"), "PDF"), "scan.pdf")
+    assert e.value.kind == "unreadable"
+
+
 def test_a_heic_without_pillow_heif_says_what_to_install(tmp_path):
     import subprocess
     assert predict.heif_opener()
