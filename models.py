@@ -472,8 +472,15 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict, read with weights_only=True (a pickle that would run code is refused)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(q.name for q in path.glob("*.pt"))
+        raise CheckpointError(f"{path}: is a folder; pass one checkpoint file" + (
+            f" in it ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''})" if found else " (.pt)"))
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; train one with `python train.py --model convnet` or pass another --weights")
+        near = sorted(q.name for q in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+        raise CheckpointError(f"{path}: no such file; " + (f"checkpoints in {path.parent}: {', '.join(near[:6])}"
+                                                           f"{', ...' if len(near) > 6 else ''}" if near else
+                                                           "train one with `python train.py --model convnet`"))
     try:
         with open(path, "rb") as f:
             ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)

@@ -155,7 +155,7 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         name = name or "image"
         data = bytes(source)
     if not data:
-        raise ImageError(f"{name}: is empty; send the bytes of an image file or a data URL", "empty")
+        raise ImageError(f"{name}: is empty (0 bytes); it holds no image", "empty")
     if data[:5].lower() == b"data:":
         data = _decode_data_url(data, name)
         if not data:
@@ -171,7 +171,7 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
     except Image.DecompressionBombError as e:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), checked from the header
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
-        raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:.0f}; "
+        raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:.0f} megapixels; "
                          f"resize it (e.g. to 4000 px on the longer side)", "too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS and not heif_opener():
@@ -189,7 +189,7 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
     grey = image.mode in ("1", "L") and max_grey_pixels is not None
     if w * h > (max_grey_pixels if grey else max_pixels):
         raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
-                         f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f}"
+                         f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f} megapixels"
                          + ("" if grey or max_grey_pixels in (None, max_pixels) else f" ({max_grey_pixels / 1e6:.0f} for grey)")
                          + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
     try:
@@ -696,7 +696,7 @@ def expand(inputs: list[str]) -> list[Path]:
         if p.is_dir():
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
         elif any(ch in item for ch in "*?["):
-            paths += [Path(q) for q in sorted(glob.glob(item))]
+            paths += [Path(q) for q in sorted(glob.glob(item, recursive=True))]  # ** also matches the folder itself
         else:
             paths.append(p)
     return paths
@@ -742,7 +742,7 @@ def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3
 
 UNSURE_WORDS = {  # why a crop is "unsure": the answer's `reason`
     "probability": "not confidently a digit: its calibrated probability is under the checkpoint's threshold",
-    "digit_score": "does not look like a digit to the checkpoint's digit/non-digit check (the rejector)",
+    "digit_score": "does not look like a digit to the rejector, the checkpoint's digit/non-digit check",
     "shape": "a stroke with a dot above or below it, like ?, !, i or j: not a digit"}
 
 
@@ -758,11 +758,22 @@ def describe(r: dict) -> str:
     alts = ", ".join(f"{d} {q:.3f}" for d, q in r["topk"][1:])
     if r["status"] == "unsure":
         if r["digits"]:
-            each = ", ".join(f"{d['digit'] if d['status'] == 'ok' else '?'} {d['probability']:.3f}" for d in r["digits"])
-            return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (probability of each: {each})"
-        return (f"{r['file']}: unsure: {UNSURE_WORDS.get(r.get('reason'), 'not confidently a digit')} (the closest digit "
-                f"is {r['topk'][0][0]}, probability {r['probability']:.3f})" + (f"; next: {alts}" if alts else ""))
+            each = ", ".join(f"{d['digit']} {d['probability']:.3f}" + ("" if d["status"] == "ok" else " refused") for d in r["digits"])
+            return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (each mark's closest digit: {each})"
+        return (f"{r['file']}: unsure: {UNSURE_WORDS.get(r.get('reason'), 'not confidently a digit')}; the closest digit "
+                f"is {r['topk'][0][0]}, probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else ""))
     return f"{r['file']}: {r['digit']} (probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else "") + ")"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a one-line usage error otherwise, never a traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def main(argv=None) -> int:
@@ -770,13 +781,15 @@ def main(argv=None) -> int:
                                             "Exit 0 when every file was read (a refusal is an answer), 1 otherwise.")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--weights", default="weights/convnet.pt",
-                   help="checkpoint written by train.py (default: %(default)s)")
-    p.add_argument("--topk", type=int, default=3,
+                   help="checkpoint written by train.py (default: %(default)s, from this repository when not here)")
+    p.add_argument("--topk", type=positive_int, default=3,
                    help="how many of the most probable digits to report per image, best first (default: %(default)s); "
                         "the text output shows the best and, after 'next:', the others")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)
+    if a.weights == p.get_default("weights") and not Path(a.weights).exists():  # run from another folder
+        a.weights = str(Path(__file__).resolve().parent / a.weights)
     try:
         model, ckpt = load_checkpoint(a.weights)
     except CheckpointError as e:

@@ -92,6 +92,19 @@ def error_body(status: int, message: str) -> bytes:
 IMAGE_ERROR_STATUS = {"empty": 400, "data_url": 400, "too_large": 413, "unreadable": 415}  # predict.ImageError.kind -> HTTP
 
 
+def form_file(body: bytes, content_type: str) -> bytes:
+    """The first file in a multipart/form-data body (`curl -F file=@digit.png`, an HTML form), parsed
+    by the standard library's MIME parser (RFC 7578); ApiError 400 when the form holds no file."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    form = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    for part in form.iter_parts() if form.is_multipart() else []:
+        if part.get_filename() is not None:
+            return part.get_payload(decode=True) or b""
+    raise ApiError(400, "the form holds no file; send one as file=@digit.png (curl -F), or the raw bytes (curl --data-binary @digit.png)")
+
+
 def read_image(body: bytes):
     """The PIL image in `body` (file bytes or a data URL); ApiError 400/413/415 when it is not one
     to decode (predict.read_image reads the pixel count from the header before decoding; over
@@ -188,10 +201,11 @@ class Models:
         return out
 
     def check(self, name: str | None) -> str:
-        name = name or self.default
-        if name not in self.names:
+        """The served model's name for ?model= (any case; absent: the default); ApiError 400 otherwise."""
+        found = {n.lower(): n for n in self.names}.get((name or self.default).lower())
+        if found is None:
             raise ApiError(400, f"unknown model {name!r}; this server has {', '.join(self.names)}")
-        return name
+        return found
 
     def warm_up(self) -> None:
         """One answer for a drawn stroke, so the first user does not wait for lazy imports (~1 s)."""
@@ -410,8 +424,9 @@ def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: flo
     budget = BodyBudget(body_budget)
 
     @app.post("/predict", summary="The digit(s) in an image",
-              description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, ...) or a data URL "
-                          "(data:image/png;base64,...). Answer: model, status (ok | no_digit | unsure | several_digits), "
+              description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, HEIC, ...), a data URL "
+                          "(data:image/png;base64,...), or a multipart form with a file (curl -F file=@digit.png); "
+                          "?model= in any case. Answer: model, status (ok | no_digit | unsure | several_digits), "
                           "digit, probability, topk, number, digits, probabilities (10), image (the 28x28 the model saw, "
                           "a PNG data URL), features (first two conv layers' maps, or null), ms. "
                           "400/408/413/415 for bad input, 503 + Retry-After when busy.")
@@ -422,6 +437,8 @@ def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: flo
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
         try:
+            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+                body = form_file(body, request.headers["content-type"])
             if admitted[0] >= workers + max_waiting:
                 raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
             admitted[0] += 1

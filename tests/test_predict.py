@@ -180,12 +180,12 @@ def test_jpeg_is_drafted_and_pixel_limit_is_one_line_error():
     img = predict.read_image(png(big, "JPEG", quality=80), "phone.jpg")
     assert max(img.size) <= 2 * predict.WORK_SIDE  # decoded at reduced scale
     assert len(predict.prepare(img)) == 1
-    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 1 \(4 for grey\);") as e:
+    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 1 megapixels \(4 for grey\);") as e:
         predict.read_image(png(big), "huge.png", max_pixels=1_000_000, max_grey_pixels=4_000_000)
     assert e.value.kind == "too_large" and "\n" not in str(e.value)
-    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 4;"):
+    with pytest.raises(predict.ImageError, match=r"^huge.png: 4000x3000 is 12 megapixels, over the limit of 4 megapixels;"):
         predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000, max_grey_pixels=4_000_000)
-    with pytest.raises(predict.ImageError, match=r"over the limit of 1;"):  # one limit for every mode (serve.py)
+    with pytest.raises(predict.ImageError, match=r"over the limit of 1 megapixels;"):  # one limit for every mode (serve.py)
         predict.read_image(png(big.convert("L")), "huge.png", max_pixels=1_000_000, max_grey_pixels=None)
 
 
@@ -393,6 +393,10 @@ def test_text_output_labels_the_probability_and_the_next_digits():
     assert predict.describe(two) == "photo.jpg: the number 42 (probability of each digit: 4 0.990, 2 0.980)"
     unsure = predict.describe({**ok, "status": "unsure"})
     assert "closest digit is 3" in unsure and unsure.endswith("; next: 9 0.030, 8 0.000")
+    marks = {**two, "status": "unsure", "number": None,
+             "digits": [{"status": "ok", "digit": 4, "probability": 0.99}, {"status": "unsure", "digit": 1, "probability": 0.998}]}
+    assert predict.describe(marks) == ("photo.jpg: unsure: 2 marks, not all read as digits "
+                                       "(each mark's closest digit: 4 0.990, 1 0.998 refused)")
 
 
 def test_cli_help_explains_topk_and_shows_the_weights_default(capsys):
@@ -400,3 +404,21 @@ def test_cli_help_explains_topk_and_shows_the_weights_default(capsys):
         predict.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "most probable digits" in out and "default: weights/convnet.pt" in out
+
+
+def test_cli_runs_from_any_folder_and_bad_options_are_one_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "seven.png"
+    path.write_bytes(png(Image.fromarray((255 - seven() * 255).astype(np.uint8))))
+    monkeypatch.chdir(tmp_path)  # the default weights/convnet.pt is not here: the repository's is used
+    assert predict.main([str(path)]) == 0 and capsys.readouterr().out.startswith(f"{path}: 7 (probability")
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as e:
+            predict.main([str(path), "--topk", bad])
+        assert e.value.code == 2 and "--topk" in capsys.readouterr().err
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "resnet.pt").write_bytes(b"")
+    for weights, words in (("w", "w: is a folder; pass one checkpoint file in it (resnet.pt)"),
+                           ("w/resent.pt", "w/resent.pt: no such file; checkpoints in w: resnet.pt")):
+        with pytest.raises(SystemExit) as e:
+            predict.main([str(path), "--weights", weights])
+        assert e.value.code == f"error: {words}"

@@ -77,6 +77,23 @@ def test_png_jpeg_and_iphone_heic_digits_are_recognised(server, test_digits, fmt
     assert sum(g == y for g, y in zip(got, labels)) >= 9, (got, labels)
 
 
+def form(fields: list[tuple[str, str | None, bytes]], boundary: str = "b0undary") -> tuple[bytes, dict]:
+    """A multipart/form-data body as curl -F writes it: (name, filename or None, bytes) per field."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"'.encode() + (f'; filename="{f}"\r\nContent-Type: '
+             f'application/octet-stream'.encode() if f else b"") + b"\r\n\r\n" + data + b"\r\n" for n, f, data in fields]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_form_upload_and_any_case_model_name_are_answered(server, test_digits):
+    images, labels = test_digits
+    body, headers = form([("note", None, b"hello"), ("file", "digit.png", encode(images[0], "PNG"))])
+    status, _, j = request(server, "POST", "/predict?model=ConvNet", body, headers)
+    assert status == 200 and j["model"] == "convnet" and j["digit"] == labels[0], j
+    body, headers = form([("note", None, b"hello")])
+    status, _, j = request(server, "POST", "/predict", body, headers)
+    assert status == 400 and j["error"].startswith("the form holds no file; send one as file=@digit.png"), j
+
+
 def test_data_url_ensemble_and_dnn(server, test_digits):
     images, _ = test_digits
     url = b"data:image/png;base64," + base64.b64encode(encode(images[7], "PNG"))
