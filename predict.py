@@ -78,6 +78,11 @@ UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enl
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
 TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: framed from a LANCZOS enlargement, mask grown 2 px
+# Stroke width / the box's longer side (stroke_width): MNIST's training digits have a median of
+# 0.145 and a 1st percentile of 0.079 (tests/test_predict.py measures them). A thinner stroke,
+# a fine pen on a big photo, frames as a faint hairline that every model reads as a "1": under
+# STROKE_MIN it is grown to MNIST's median before framing.
+STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
@@ -431,7 +436,7 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     a = np.clip(a / level, 0.0, 1.0)
     box = a > FRAME_BOX  # the box, as MNIST's, holds the faint edge of the strokes too
     rows, cols = np.nonzero(box.any(1))[0], np.nonzero(box.any(0))[0]
-    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    a = thicken(a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     h, w = a.shape
     scale = 20.0 / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
@@ -450,6 +455,33 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     dy = int(np.clip(dy, -top, 28 - (top + new_h)))
     dx = int(np.clip(dx, -left, 28 - (left + new_w)))
     return np.roll(out, (dy, dx), axis=(0, 1))
+
+
+def stroke_width(a: np.ndarray) -> float:
+    """Mean stroke width of the ink a > 0.5 in (H, W), as a fraction of max(H, W): ink area over
+    skeleton length (skimage's skeletonize); 0.0 when there is no ink."""
+    from skimage.morphology import skeletonize
+
+    ink = a > 0.5
+    length = int(skeletonize(ink).sum())
+    return float(ink.sum()) / length / max(a.shape) if length else 0.0
+
+
+def thicken(a: np.ndarray) -> np.ndarray:
+    """A digit cropped to its box, (H, W) ink in [0, 1]: returned as is when its strokes are at
+    least STROKE_MIN of the longer side (stroke_width), else padded and its strokes grown, with a
+    1-px soft edge, until they are STROKE_TARGET of the new longer side (MNIST's median)."""
+    from scipy import ndimage as ndi
+
+    ratio = stroke_width(a)
+    if ratio == 0.0 or ratio >= STROKE_MIN:
+        return a
+    side = max(a.shape)
+    r = (STROKE_TARGET - ratio) * side / (2 * (1 - STROKE_TARGET))  # px added on each side of a stroke
+    pad = int(np.ceil(r)) + 1
+    a = np.pad(a, pad)
+    away = ndi.distance_transform_edt(a <= 0.5)  # px from the stroke
+    return np.maximum(a, np.clip(r + 0.5 - away, 0.0, 1.0)).astype(np.float32)
 
 
 def _enlarge(grey: np.ndarray, side: int) -> np.ndarray:
@@ -758,7 +790,8 @@ def describe(r: dict) -> str:
     alts = ", ".join(f"{d} {q:.3f}" for d, q in r["topk"][1:])
     if r["status"] == "unsure":
         if r["digits"]:
-            each = ", ".join(f"{d['digit']} {d['probability']:.3f}" + ("" if d["status"] == "ok" else " refused") for d in r["digits"])
+            each = ", ".join(f"{d['topk'][0][0] if d.get('topk') else d['digit']} {d['probability']:.3f}"
+                             + ("" if d["status"] == "ok" else " refused") for d in r["digits"])
             return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (each mark's closest digit: {each})"
         return (f"{r['file']}: unsure: {UNSURE_WORDS.get(r.get('reason'), 'not confidently a digit')}; the closest digit "
                 f"is {r['topk'][0][0]}, probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else ""))

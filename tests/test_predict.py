@@ -300,6 +300,40 @@ def test_dot_apart_rarely_fires_on_mnist_test_digits(real_data_dir):
     assert fired <= len(x_te) // 1000, fired
 
 
+def test_stroke_width_is_ink_area_over_skeleton_length():
+    a = np.zeros((100, 100), np.float32)
+    a[10:90, 45:53] = 1.0  # a bar 8 px wide in a 100-px box (its skeleton a little shorter than its 80 px)
+    assert 0.08 <= predict.stroke_width(a) <= 0.09
+    assert predict.stroke_width(np.zeros((9, 9), np.float32)) == 0.0
+    assert predict.thicken(a) is a  # over STROKE_MIN: left as it is
+    thin = np.zeros((100, 100), np.float32)
+    thin[10:90, 49:51] = 1.0
+    grown = predict.thicken(thin)
+    assert predict.stroke_width(grown) == pytest.approx(predict.STROKE_TARGET, rel=0.25) and grown.max() == 1.0
+
+
+@pytest.mark.parametrize("height,pen", [(280, 2), (700, 4), (1400, 6), (1400, 12)])
+def test_a_fine_pen_on_a_big_page_is_read_not_taken_for_a_1(height, pen):
+    """A 7 written with a thin pen, photographed large: its stroke frames as a faint hairline unless
+    grown (thicken); every model read these as a confident 1 before."""
+    page = Image.new("L", (int(height * 1.2), int(height * 1.4)), 245)
+    x0, y0 = height * 0.25, height * 0.2
+    ImageDraw.Draw(page).line([(x0, y0), (x0 + 0.6 * height, y0), (x0 + 0.25 * height, y0 + height)], fill=20, width=pen)
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+    answer, crops = predict.classify(predict.read_image(png(page), "page.png"), model, ckpt)
+    assert answer["status"] == "ok" and answer["digit"] == 7, answer
+
+
+def test_mnist_strokes_are_never_thickened_and_the_target_is_their_median(real_data_dir):
+    """The evidence for STROKE_MIN and STROKE_TARGET: stroke_width over 3,000 MNIST training digits."""
+    import data
+    x_tr = data.load_raw(data_dir=real_data_dir, download=False)[0][:3000].numpy() / 255.0
+    ratios = np.array([predict.stroke_width(x[np.ix_(x.max(1) > 0.5, x.max(0) > 0.5)]) for x in x_tr])
+    assert np.mean(ratios < predict.STROKE_MIN) < 0.002  # MNIST's own digits stay as they are
+    assert np.percentile(ratios, 25) < predict.STROKE_TARGET < np.percentile(ratios, 75)
+    assert abs(np.median(ratios) - predict.STROKE_TARGET) < 0.01
+
+
 def test_forward_gives_logits_and_the_classifier_input():
     model = models.build_model("convnet", width=8).eval()
     ckpt = {"normalization": {"mean": 0.13, "std": 0.31}}
@@ -394,7 +428,7 @@ def test_text_output_labels_the_probability_and_the_next_digits():
     unsure = predict.describe({**ok, "status": "unsure"})
     assert "closest digit is 3" in unsure and unsure.endswith("; next: 9 0.030, 8 0.000")
     marks = {**two, "status": "unsure", "number": None,
-             "digits": [{"status": "ok", "digit": 4, "probability": 0.99}, {"status": "unsure", "digit": 1, "probability": 0.998}]}
+             "digits": [{"status": "ok", "digit": 4, "probability": 0.99}, {"status": "unsure", "digit": None, "probability": 0.998, "topk": [[1, 0.998]]}]}
     assert predict.describe(marks) == ("photo.jpg: unsure: 2 marks, not all read as digits "
                                        "(each mark's closest digit: 4 0.990, 1 0.998 refused)")
 
