@@ -83,6 +83,9 @@ TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: fram
 # a fine pen on a big photo, frames as a faint hairline that every model reads as a "1": under
 # STROKE_MIN it is grown to MNIST's median before framing.
 STROKE_MIN, STROKE_TARGET = 0.06, 0.145
+# A sheet on a darker desk (on_sheet): at least a fifth of the picture, nearly a quadrilateral,
+# mostly paper; its outer 3% (edge, shadow) dropped
+SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
@@ -457,6 +460,44 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.roll(out, (dy, dx), axis=(0, 1))
 
 
+def on_sheet(grey: np.ndarray) -> np.ndarray:
+    """A sheet or a sticky note photographed on a darker desk: (H, W) grey in [0, 1] -> the sheet's
+    bounding box with everything off the sheet painted the sheet's paper colour; `grey` unchanged
+    otherwise. Else the desk, all round the border, is taken for the paper and the sheet for ink.
+
+    The sheet: the largest light region (halfway from the border's median to the 95th percentile,
+    holes filled) when that is SHEET_CONTRAST lighter than the border and the border is that dark
+    all round (at most SHEET_EDGE of it light: a sheet running off the picture is not found); the region covers at least SHEET_AREA of the image and SHEET_FILL of its bounding box
+    (a sheet is a quadrilateral), at least SHEET_PAPER of it is light (it is paper, not a big
+    white-on-black digit) and it holds some dark ink. Its rim (SHEET_RIM of its shorter side) is
+    left out, with the sheet's edge and shadow."""
+    from scipy import ndimage as ndi
+
+    if min(grey.shape) < MIN_SIDE:
+        return grey
+    desk = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    top = np.percentile(grey, 95)
+    if top - desk < SHEET_CONTRAST:  # nothing much lighter than the border: no sheet on a desk
+        return grey
+    light = grey > (desk + top) / 2
+    if np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean() > SHEET_EDGE:
+        return grey  # the border is not desk all round: uneven light or a shadow on the page itself
+    labels, n = ndi.label(ndi.binary_fill_holes(light))
+    if n == 0:
+        return grey
+    sizes = ndi.sum_labels(np.ones_like(grey), labels, index=np.arange(1, n + 1))
+    region = labels == 1 + int(np.argmax(sizes))
+    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+    paper = light[region].mean()
+    if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box or paper < SHEET_PAPER or paper == 1.0:
+        return grey
+    rim = max(1, int(SHEET_RIM * min(rows[-1] - rows[0], cols[-1] - cols[0])))
+    inside = ndi.binary_erosion(region, iterations=rim)
+    out = np.where(inside, grey, np.median(grey[region & light]))
+    return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+
+
 def stroke_width(a: np.ndarray) -> float:
     """Mean stroke width of the ink a > 0.5 in (H, W), as a fraction of max(H, W): ink area over
     skeleton length (skimage's skeletonize); 0.0 when there is no ink."""
@@ -501,7 +542,7 @@ def prepare(image) -> list[np.ndarray]:
     f = -(-max(image.size) // WORK_SIDE)
     if image.mode in ("1", "L") and f > 1:  # _reduce's box average, done in Pillow: no full-size float copy
         image = image.convert("L").reduce(f)
-    grey = _reduce(to_grey(image), WORK_SIDE)
+    grey = on_sheet(_reduce(to_grey(image), WORK_SIDE))
     big = _enlarge(grey, MIN_SIDE)
     masks = find_digits(ink_map(big))
     if big.shape != grey.shape and len(masks) > 1 and max(grey.shape) <= ONE_CELL_ASPECT * min(grey.shape):

@@ -324,6 +324,30 @@ def test_a_fine_pen_on_a_big_page_is_read_not_taken_for_a_1(height, pen):
     assert answer["status"] == "ok" and answer["digit"] == 7, answer
 
 
+@pytest.mark.parametrize("desk,sheet,digit", [((120, 85, 60), (235, 233, 225), 5), ((70, 70, 75), (250, 235, 140), 7)])
+def test_a_sheet_or_sticky_note_on_a_darker_desk_is_read(desk, sheet, digit):
+    """The desk all round the border is not the paper: the sheet is (on_sheet). Before, the sheet
+    itself was taken for ink and the digit refused or misread."""
+    from PIL import ImageFont
+    photo = Image.new("RGB", (600, 800), desk)
+    d = ImageDraw.Draw(photo)
+    d.rectangle([100, 120, 500, 700], fill=sheet)  # a sheet (or a sticky note) with a desk margin all round
+    d.text((300, 410), str(digit), fill=(25, 25, 35), anchor="mm", font=ImageFont.load_default(size=300))
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+    answer, _ = predict.classify(predict.read_image(png(photo, "JPEG", quality=90), "desk.jpg"), model, ckpt)
+    assert answer["status"] == "ok" and answer["digit"] == digit, answer
+
+
+def test_on_sheet_leaves_white_on_black_digits_and_plain_pages_alone():
+    canvas = Image.new("L", (280, 280), 0)  # the web page's canvas: white ink on black, here a big thick 0
+    ImageDraw.Draw(canvas).ellipse([40, 20, 240, 260], outline=255, width=40)
+    page = Image.new("L", (280, 280), 240)  # dark ink on a light page
+    ImageDraw.Draw(page).line([(80, 70), (200, 70), (120, 230)], fill=20, width=20)
+    for img in (canvas, page):
+        grey = predict.to_grey(img)
+        assert predict.on_sheet(grey) is grey
+
+
 def test_mnist_strokes_are_never_thickened_and_the_target_is_their_median(real_data_dir):
     """The evidence for STROKE_MIN and STROKE_TARGET: stroke_width over 3,000 MNIST training digits."""
     import data
