@@ -775,33 +775,36 @@ def expand(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def predict(paths: list[Path], model: torch.nn.Module, ckpt: dict, topk: int = 3, show_dir=None) -> list[dict]:
+def predict(paths: list[Path], model, ckpt: dict | None = None, topk: int = 3, show_dir=None) -> list[dict]:
     """One dict per file: {file, status, digit, probability, topk, number, digits} or
     {file, status: "error", error}. A file that cannot be read costs only itself.
-    `ckpt` is the checkpoint dict (or, as before, just its "normalization" dict)."""
+    `model`, `ckpt`: one model and its checkpoint dict (or, as before, just its "normalization"
+    dict); or `model` a list of (model, ckpt) pairs and no ckpt: their ensemble (decide_ensemble)."""
     from PIL import Image
 
-    if "normalization" not in ckpt:  # called the old way, with the normalization dict
-        ckpt = {"normalization": ckpt}
+    members = model if ckpt is None else [(model, ckpt if "normalization" in ckpt else {"normalization": ckpt})]
     read: list[tuple[Path, list]] = []  # (path, crops), or (path, ImageError)
     for path in paths:
         try:
             read.append((path, prepare(read_image(path))))
         except ImageError as e:
             read.append((path, e))
-    # One forward pass for every crop of every file (batches of 512): far faster than one per file.
+    # One forward pass per member for every crop of every file (batches of 512): far faster than one per file.
     flat = [c for _, crops in read if isinstance(crops, list) for c in crops]
-    outs = [forward(flat[i:i + 512], model, ckpt) for i in range(0, len(flat), 512)]
-    logits = torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)])
-    features = torch.cat([o[1] for o in outs]) if outs and all(o[1] is not None for o in outs) else None
+    passes = []  # per member: (logits (N, 10), features (N, F) or None, ckpt)
+    for m, ck in members:
+        outs = [forward(flat[i:i + 512], m, ck) for i in range(0, len(flat), 512)]
+        passes.append((torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)]),
+                       torch.cat([o[1] for o in outs]) if outs and all(o[1] is not None for o in outs) else None, ck))
     results, at = [], 0
     for path, crops in read:
         if isinstance(crops, ImageError):
             results.append({"file": str(path), "status": "error", "digit": None, "reason": None, "probability": None, "topk": [],
                             "number": None, "digits": [], "error": str(crops)})
             continue
-        r = {"file": str(path), **decide(logits[at:at + len(crops)], ckpt, topk,
-                                         None if features is None else features[at:at + len(crops)], crops)}
+        part = slice(at, at + len(crops))
+        r = {"file": str(path), **decide_ensemble([(lg[part], None if ft is None else ft[part], ck) for lg, ft, ck in passes],
+                                                  topk, crops)}
         at += len(crops)
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)
@@ -854,25 +857,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Predict the digit(s) in image files (any format Pillow reads). "
                                             "Exit 0 when every file was read (a refusal is an answer), 1 otherwise.")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument("--weights", default="weights/convnet.pt",
-                   help="checkpoint written by train.py (default: %(default)s, from this repository when not here)")
+    p.add_argument("--weights", action="append",
+                   help="checkpoint written by train.py (default: weights/convnet.pt, from this repository when not here); "
+                        "repeated (--weights a.pt --weights b.pt): their ensemble (mean calibrated probability, every "
+                        "rejector must accept)")
     p.add_argument("--topk", type=positive_int, default=3,
                    help="how many of the most probable digits to report per image, best first (default: %(default)s); "
                         "the text output shows the best and, after 'next:', the others")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)
-    if a.weights == p.get_default("weights") and not Path(a.weights).exists():  # run from another folder
-        a.weights = str(Path(__file__).resolve().parent / a.weights)
+    if not a.weights:  # the default, this repository's when run from another folder
+        here = Path("weights/convnet.pt")
+        a.weights = [str(here if here.exists() else Path(__file__).resolve().parent / here)]
     try:
-        model, ckpt = load_checkpoint(a.weights)
+        members = [load_checkpoint(w) for w in a.weights]
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     paths = expand(a.images)
     if not paths:
         sys.exit(f"error: no image files found in {' '.join(a.images)}")
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    results = predict(paths, model, ckpt, a.topk, a.show)
+    results = predict(paths, members, None, a.topk, a.show)
     for r in results:
         if r["status"] == "error":
             print(f"error: {r['error']}", file=sys.stderr)

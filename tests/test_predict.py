@@ -464,6 +464,19 @@ def test_cli_help_explains_topk_and_shows_the_weights_default(capsys):
     assert "most probable digits" in out and "default: weights/convnet.pt" in out
 
 
+def test_cli_with_several_weights_answers_as_their_ensemble(tmp_path, capsys):
+    path = tmp_path / "seven.png"
+    path.write_bytes(png(Image.fromarray((255 - seven() * 255).astype(np.uint8))))
+    files = [ROOT / "weights" / f"{m}.pt" for m in ("convnet", "dnn")]
+    assert predict.main(["--weights", str(files[0]), str(path), "--weights", str(files[1]), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]
+    crops = predict.prepare(predict.read_image(path))
+    members = [(*predict.forward(crops, m, ck), ck) for m, ck in map(models.load_checkpoint, files)]
+    want = predict.decide_ensemble(members, 3, crops)
+    assert got["status"] == want["status"] == "ok" and got["digit"] == want["digit"] == 7
+    assert got["probability"] == pytest.approx(want["probability"])
+
+
 def test_cli_runs_from_any_folder_and_bad_options_are_one_line(tmp_path, monkeypatch, capsys):
     path = tmp_path / "seven.png"
     path.write_bytes(png(Image.fromarray((255 - seven() * 255).astype(np.uint8))))
