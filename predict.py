@@ -59,6 +59,7 @@ import io
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,18 @@ def _decode_data_url(body: bytes, name: str) -> bytes:
         raise ImageError(f"{name}: the data URL's payload is not valid base64; send the file's bytes instead", "data_url") from None
 
 
+def pillow_limit() -> None:
+    """Pillow's own decompression-bomb limit, raised (never lowered) for the process: it refuses (at twice
+    MAX_IMAGE_PIXELS, from the header) exactly above MAX_GREY_PIXELS, our largest, so that
+    read_image's header check decides and the 200 MP files it admits open; it also bounds the
+    decoders that read more than their header says (ICO, ICNS) as before. Lower limits
+    (serve.py's) are read_image's own."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_GREY_PIXELS // 2:
+        Image.MAX_IMAGE_PIXELS = MAX_GREY_PIXELS // 2  # one value, whichever thread writes it
+
+
 @functools.cache
 def heif_opener() -> bool:
     """Let Pillow open HEIC/HEIF, the iPhone camera's default format, through pillow-heif
@@ -169,9 +182,7 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         if not data:
             raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
     heif_opener()  # once: HEIC/HEIF files open like any other
-    limit = max(max_pixels, max_grey_pixels or 0)
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
-        Image.MAX_IMAGE_PIXELS = limit  # the header check below is the limit; Pillow's own must not refuse first
+    pillow_limit()
     try:
         # (no warnings.catch_warnings here: it is not thread-safe, and serve.py decodes in threads;
         # Pillow warns between its limit and twice it, and the check below refuses those files)
@@ -189,21 +200,29 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
             raise ImageError(f"{name}: a PDF, not an image; export the page as PNG or JPEG (e.g. pdftoppm -png)",
                              "unreadable") from None
         raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
+    def check(size: tuple[int, int], mode: str) -> None:
+        (w, h), grey = size, mode in ("1", "L") and max_grey_pixels is not None
+        if w * h > (max_grey_pixels if grey else max_pixels):
+            raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
+                             f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f} megapixels"
+                             + ("" if grey or max_grey_pixels in (None, max_pixels) else f" ({max_grey_pixels / 1e6:.0f} for grey)")
+                             + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
+
     w, h = image.size
+    if image.format == "JPEG" and image.info.get("progressive"):
+        check(image.size, image.mode)  # libjpeg holds a progressive file's whole coefficient buffer, drafted or not
     if image.format == "JPEG" and max(w, h) >= 2 * WORK_SIDE:
         scale = max(1, min(8, max(w, h) // WORK_SIDE))
         image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (w // scale, h // scale))
-        w, h = image.size
-    grey = image.mode in ("1", "L") and max_grey_pixels is not None
-    if w * h > (max_grey_pixels if grey else max_pixels):
-        raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
-                         f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f} megapixels"
-                         + ("" if grey or max_grey_pixels in (None, max_pixels) else f" ({max_grey_pixels / 1e6:.0f} for grey)")
-                         + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
+    check(image.size, image.mode)
     try:
         image.load()
+        check(image.size, image.mode)  # a decoder that did not keep to its header (ICO, ICNS: the embedded image's)
         image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: over the limit of {max(max_pixels, max_grey_pixels or 0) / 1e6:.0f} megapixels once decoded; "
+                         "resize it (e.g. to 4000 px on the longer side)", "too_large") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: broken or truncated image ({type(e).__name__}); save it again as PNG or JPEG",
                          "unreadable") from None
     return image
@@ -472,6 +491,7 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
     white-on-black digit) and it holds some dark ink. Its rim (SHEET_RIM of its shorter side) is
     left out, with the sheet's edge and shadow."""
     from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
 
     if min(grey.shape) < MIN_SIDE:
         return grey
@@ -489,11 +509,14 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
     region = labels == 1 + int(np.argmax(sizes))
     rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
     box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
-    paper = light[region].mean()
-    if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box or paper < SHEET_PAPER or paper == 1.0:
+    if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box:
         return grey
+    hull = convex_hull_image(region)  # the sheet with its ink, also strokes that reach its edge (and so the desk)
     rim = max(1, int(SHEET_RIM * min(rows[-1] - rows[0], cols[-1] - cols[0])))
-    inside = ndi.binary_erosion(region, iterations=rim)
+    inside = ndi.binary_erosion(hull, iterations=rim)
+    paper = light[inside].mean() if inside.any() else 1.0
+    if paper < SHEET_PAPER or paper == 1.0:  # a big white-on-black shape, or a sheet with no ink
+        return grey
     out = np.where(inside, grey, np.median(grey[region & light]))
     return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
 
@@ -517,6 +540,13 @@ def thicken(a: np.ndarray) -> np.ndarray:
     ratio = stroke_width(a)
     if ratio == 0.0 or ratio >= STROKE_MIN:
         return a
+    f = -(-max(a.shape) // (2 * WORK_SIDE))
+    if f > 1:  # a long strip (an enlarged thumbnail): block maxima first, so the padding stays bounded and the strokes whole
+        h, w = a.shape
+        a = np.pad(a, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f).max(axis=(1, 3))
+        ratio = stroke_width(a)
+        if ratio == 0.0 or ratio >= STROKE_MIN:
+            return a
     side = max(a.shape)
     r = (STROKE_TARGET - ratio) * side / (2 * (1 - STROKE_TARGET))  # px added on each side of a stroke
     pad = int(np.ceil(r)) + 1
@@ -540,8 +570,9 @@ def prepare(image) -> list[np.ndarray]:
     """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
     float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink."""
     f = -(-max(image.size) // WORK_SIDE)
-    if image.mode in ("1", "L") and f > 1:  # _reduce's box average, done in Pillow: no full-size float copy
-        image = image.convert("L").reduce(f)
+    if image.mode in ("1", "L") and f > 1:  # _reduce's box average (whole boxes only), done in Pillow: no full-size floats
+        w, h = image.size
+        image = (image if image.mode == "L" else image.convert("L")).reduce(f, box=(0, 0, w // f * f, h // f * f))
     grey = on_sheet(_reduce(to_grey(image), WORK_SIDE))
     big = _enlarge(grey, MIN_SIDE)
     masks = find_digits(ink_map(big))
@@ -768,8 +799,8 @@ def expand(inputs: list[str]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in item for ch in "*?["):
-            paths += [Path(q) for q in sorted(glob.glob(item, recursive=True))]  # ** also matches the folder itself
+        elif any(ch in item for ch in "*?["):  # ** also matches the folder itself; only image files are taken
+            paths += [q for q in map(Path, sorted(glob.glob(item, recursive=True))) if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
         else:
             paths.append(p)
     return paths
@@ -867,6 +898,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)
+    from PIL import Image
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 100-200 MP: read_image's own limit decides
     if not a.weights:  # the default, this repository's when run from another folder
         here = Path("weights/convnet.pt")
         a.weights = [str(here if here.exists() else Path(__file__).resolve().parent / here)]

@@ -33,6 +33,7 @@ import base64
 import html
 import io
 import json
+import re
 import socket
 import sys
 import threading
@@ -92,16 +93,35 @@ def error_body(status: int, message: str) -> bytes:
 IMAGE_ERROR_STATUS = {"empty": 400, "data_url": 400, "too_large": 413, "unreadable": 415}  # predict.ImageError.kind -> HTTP
 
 
-def form_file(body: bytes, content_type: str) -> bytes:
-    """The first file in a multipart/form-data body (`curl -F file=@digit.png`, an HTML form), parsed
-    by the standard library's MIME parser (RFC 7578); ApiError 400 when the form holds no file."""
-    from email.parser import BytesParser
-    from email.policy import HTTP
+FORM_PARTS = 32  # parts read of a multipart form before giving up on finding its file
 
-    form = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    for part in form.iter_parts() if form.is_multipart() else []:
-        if part.get_filename() is not None:
-            return part.get_payload(decode=True) or b""
+
+def form_file(body: bytes, content_type: str) -> bytes:
+    """The file in a multipart/form-data body (RFC 7578: `curl -F file=@digit.png`, an HTML form):
+    the first part with a filename, else a part named file or image. A bytes-level scan for the
+    boundary (linear in the body, at most FORM_PARTS parts, no nesting); ApiError 400 when the form
+    has no boundary or no file."""
+    found = re.search(r'boundary="?([^";\s]+)"?', content_type, re.IGNORECASE)
+    if found is None:
+        raise ApiError(400, "the multipart form has no boundary; send the raw bytes (curl --data-binary @digit.png)")
+    delimiter = b"\r\n--" + found.group(1).encode("latin-1")
+    data, at, named = b"\r\n" + body, 0, None  # the leading CRLF lets the first delimiter match like the others
+    for _ in range(FORM_PARTS):
+        start = data.find(delimiter, at)
+        if start < 0 or data[start + len(delimiter):start + len(delimiter) + 2] == b"--":
+            break
+        head = data.find(b"\r\n\r\n", start + len(delimiter))
+        end = data.find(delimiter, head + 4) if head >= 0 else -1
+        if end < 0:
+            break
+        headers = data[start + len(delimiter):head].decode("latin-1")
+        if re.search(r"\bfilename\*?=", headers, re.IGNORECASE):
+            return data[head + 4:end]
+        if named is None and re.search(r'\bname="?(file|image)"?(;|\s|$)', headers, re.IGNORECASE):
+            named = data[head + 4:end]
+        at = end
+    if named is not None:
+        return named
     raise ApiError(400, "the form holds no file; send one as file=@digit.png (curl -F), or the raw bytes (curl --data-binary @digit.png)")
 
 
@@ -437,13 +457,16 @@ def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: flo
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
         try:
-            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-                body = form_file(body, request.headers["content-type"])
             if admitted[0] >= workers + max_waiting:
                 raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
             admitted[0] += 1
             try:
-                answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
+                form = request.headers.get("content-type", "")
+                if form.lower().startswith("multipart/form-data"):  # parsed on the worker, after admission
+                    answer = await asyncio.get_running_loop().run_in_executor(
+                        pool, lambda: models.predict(form_file(body, form), name))
+                else:
+                    answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
             finally:
                 admitted[0] -= 1
         finally:

@@ -193,7 +193,7 @@ def test_a_grey_or_bilevel_scan_past_the_colour_limit_and_pillows_own_is_read(mo
     """A 200 MP phone's bilevel scan: 1 byte a pixel, so MAX_GREY_PIXELS; here scaled down, with
     Pillow's bomb limit (which would refuse before our check) lowered to match."""
     from PIL import Image
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses at twice this: 2 MP
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses at twice this: 2 MP, unless read_image raises it
     scan = Image.new("L", (4000, 3000), 255)
     ImageDraw.Draw(scan).line([(1500, 1000), (2300, 1000), (1800, 2100)], fill=0, width=70)
     for mode in ("L", "1"):
@@ -336,6 +336,30 @@ def test_a_sheet_or_sticky_note_on_a_darker_desk_is_read(desk, sheet, digit):
     model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
     answer, _ = predict.classify(predict.read_image(png(photo, "JPEG", quality=90), "desk.jpg"), model, ckpt)
     assert answer["status"] == "ok" and answer["digit"] == digit, answer
+
+
+def test_a_stroke_reaching_the_sheets_edge_is_kept():
+    photo = Image.new("RGB", (600, 600), (70, 70, 75))  # a sticky note on a desk; the 4's stem runs off its bottom edge
+    d = ImageDraw.Draw(photo)
+    d.rectangle([100, 100, 500, 500], fill=(250, 235, 140))
+    d.line([(330, 200), (330, 500)], fill=(20, 20, 30), width=14)
+    d.line([(330, 200), (220, 380), (400, 380)], fill=(20, 20, 30), width=14)
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+    answer, _ = predict.classify(photo, model, ckpt)
+    assert answer["status"] == "ok" and answer["digit"] == 4, answer
+
+
+def test_globs_take_image_files_only_and_a_long_strip_is_framed_in_bounded_time(tmp_path):
+    import time
+    (tmp_path / "sub").mkdir()
+    for p in ("a.png", "notes.txt", "sub/b.png"):
+        (tmp_path / p).write_bytes(b"x")
+    assert predict.expand([f"{tmp_path}/**"]) == [tmp_path / "a.png", tmp_path / "sub" / "b.png"]
+    strip = Image.new("L", (640, 3), 255)  # enlarged 19x as a thumbnail: a 31 x 11,410 crop before thicken's bound
+    ImageDraw.Draw(strip).line([(0, 1), (639, 1)], fill=0)
+    t0 = time.perf_counter()
+    predict.prepare(predict.read_image(png(strip), "strip.png"))
+    assert time.perf_counter() - t0 < 5.0
 
 
 def test_on_sheet_leaves_white_on_black_digits_and_plain_pages_alone():

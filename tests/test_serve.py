@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -92,6 +93,23 @@ def test_a_form_upload_and_any_case_model_name_are_answered(server, test_digits)
     body, headers = form([("note", None, b"hello")])
     status, _, j = request(server, "POST", "/predict", body, headers)
     assert status == 400 and j["error"].startswith("the form holds no file; send one as file=@digit.png"), j
+
+
+def test_form_file_is_a_bounded_scan():
+    ct = "multipart/form-data; boundary=b0undary"
+    body, _ = form([("note", None, b"x"), ("file", "d.png", b"PNG\r\n--b0und\r")])
+    assert serve.form_file(body, ct) == b"PNG\r\n--b0und\r"  # bytes as sent, a near-boundary inside them too
+    assert serve.form_file(form([("image", None, b"RAW")])[0], ct) == b"RAW"  # curl -F 'image=<digit.png': no filename
+    for bad, words in ((b"garbage", "the form holds no file"), (form([("note", None, b"x")])[0], "the form holds no file")):
+        with pytest.raises(serve.ApiError, match=words):
+            serve.form_file(bad, ct)
+    with pytest.raises(serve.ApiError, match="no boundary"):
+        serve.form_file(body, "multipart/form-data")
+    many = form([("a", None, b"x")] * 200_000)[0] + form([("file", "d.png", b"late")])[0]  # ~10 MB of empty fields
+    t0 = time.perf_counter()
+    with pytest.raises(serve.ApiError):  # gives up after FORM_PARTS parts, in milliseconds, not seconds
+        serve.form_file(many, ct)
+    assert time.perf_counter() - t0 < 1.0
 
 
 def test_data_url_ensemble_and_dnn(server, test_digits):
