@@ -51,13 +51,8 @@ pasted into 28x28 with its centre of mass at the centre. scipy.ndimage and sciki
 """
 
 import argparse
-import base64
-import binascii
-import functools
 import glob
-import io
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -65,14 +60,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The decoding floor; predict.read_image, predict.ImageError, ... stay the contract serve.py and the tests use
+from images import (IMAGE_SUFFIXES, MAX_GREY_PIXELS, MAX_PIXELS, WORK_SIDE, ImageError, heif_opener,  # noqa: F401
+                    read_image, to_grey)
 from models import CheckpointError, load_checkpoint
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".heic", ".heif", ".avif"}
-MAX_PIXELS = 50_000_000  # colour pixels decoded per image: a 48 MP photo fits (JPEGs are drafted first)
-# 8-bit grey and bilevel images take a byte a pixel in Pillow, colour ones four, and are box-reduced
-# in Pillow before framing (prepare), so four times as many fit: a 200 MP phone scan (16320x12240)
-MAX_GREY_PIXELS = 4 * MAX_PIXELS
-WORK_SIDE = 640  # px: images are reduced to at most this on the longer side before finding the ink
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
 MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
 UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enlarged (best of 5 filters on 8x8 thumbnails)
@@ -89,177 +81,6 @@ STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
-
-
-class ImageError(ValueError):
-    """A file or body that cannot be read as an image, in one line naming it and the fix.
-
-    `kind` says why, for callers that map it to an HTTP status: "empty", "data_url",
-    "unreadable" or "too_large"."""
-
-    def __init__(self, message: str, kind: str = "unreadable"):
-        super().__init__(message)
-        self.kind = kind
-
-
-# -----------------------------------------------------------------------------
-# Decoding: one function for files, bytes and data URLs
-
-
-def _decode_data_url(body: bytes, name: str) -> bytes:
-    header, _, payload = body.partition(b",")
-    if b";base64" not in header.lower():
-        raise ImageError(f"{name}: a data URL must be base64-encoded (data:image/png;base64,...)", "data_url")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError(f"{name}: the data URL's payload is not valid base64; send the file's bytes instead", "data_url") from None
-
-
-def pillow_limit() -> None:
-    """Pillow's own decompression-bomb limit, raised (never lowered) for the process: it refuses (at twice
-    MAX_IMAGE_PIXELS, from the header) exactly above MAX_GREY_PIXELS, our largest, so that
-    read_image's header check decides and the 200 MP files it admits open; it also bounds the
-    decoders that read more than their header says (ICO, ICNS) as before. Lower limits
-    (serve.py's) are read_image's own."""
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_GREY_PIXELS // 2:
-        Image.MAX_IMAGE_PIXELS = MAX_GREY_PIXELS // 2  # one value, whichever thread writes it
-
-
-@functools.cache
-def heif_opener() -> bool:
-    """Let Pillow open HEIC/HEIF, the iPhone camera's default format, through pillow-heif
-    (requirements.txt); it applies the file's own rotation and leaves EXIF orientation 1.
-    False when pillow-heif is not installed (such files then get an error saying so)."""
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:
-        return False
-    register_heif_opener()
-    return True
-
-
-HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")  # ISO BMFF 'ftyp' brands of HEIF
-
-
-def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS):
-    """The PIL image in `source`, upright and ready for `prepare`.
-
-    source: a path (str or Path), the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP,
-    TIFF, PGM, ...), or the bytes of a base64 data URL (b"data:image/png;base64,...").
-    name: what error messages call it (default: the path, or "image").
-    max_pixels: images with more pixels (width x height, read from the header before
-    decoding) are refused; a JPEG is first decoded at a reduced scale (Pillow's draft, 1/2
-    to 1/8) when that alone brings it to WORK_SIDE or more, so big phone photos are cheap.
-    max_grey_pixels: the limit instead for 8-bit grey and bilevel images (modes L and 1);
-    None: max_pixels.
-
-    The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
-    Pixel depth is kept as decoded (16-bit and float modes are scaled by `prepare`, never
-    clipped here). Raises ImageError (a ValueError) with a one-line message naming the file.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if isinstance(source, (str, Path)):
-        name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{name}: no such file; check the path", "unreadable") from None
-        except IsADirectoryError:
-            raise ImageError(f"{name}: is a folder; pass image files (or the folder to predict.py)", "unreadable") from None
-        except OSError as e:
-            raise ImageError(f"{name}: cannot be read ({e.strerror}); check its permissions", "unreadable") from None
-    else:
-        name = name or "image"
-        data = bytes(source)
-    if not data:
-        raise ImageError(f"{name}: is empty (0 bytes); it holds no image", "empty")
-    if data[:5].lower() == b"data:":
-        data = _decode_data_url(data, name)
-        if not data:
-            raise ImageError(f"{name}: the data URL holds no bytes; send an image", "empty")
-    heif_opener()  # once: HEIC/HEIF files open like any other
-    pillow_limit()
-    try:
-        # (no warnings.catch_warnings here: it is not thread-safe, and serve.py decodes in threads;
-        # Pillow warns between its limit and twice it, and the check below refuses those files)
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), checked from the header
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
-        raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:.0f} megapixels; "
-                         f"resize it (e.g. to 4000 px on the longer side)", "too_large") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS and not heif_opener():
-            raise ImageError(f"{name}: a HEIC/HEIF photo, which needs pillow-heif (pip install pillow-heif); "
-                             "or export it as JPEG", "unreadable") from None
-        if data[:5] == b"%PDF-":  # a scanner's usual output: a document, not an image
-            raise ImageError(f"{name}: a PDF, not an image; export the page as PNG or JPEG (e.g. pdftoppm -png)",
-                             "unreadable") from None
-        raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
-    def check(size: tuple[int, int], mode: str) -> None:
-        (w, h), grey = size, mode in ("1", "L") and max_grey_pixels is not None
-        if w * h > (max_grey_pixels if grey else max_pixels):
-            raise ImageError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
-                             f"{(max_grey_pixels if grey else max_pixels) / 1e6:.0f} megapixels"
-                             + ("" if grey or max_grey_pixels in (None, max_pixels) else f" ({max_grey_pixels / 1e6:.0f} for grey)")
-                             + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
-
-    w, h = image.size
-    if image.format == "JPEG" and image.info.get("progressive"):
-        check(image.size, image.mode)  # libjpeg holds a progressive file's whole coefficient buffer, drafted or not
-    if image.format == "JPEG" and max(w, h) >= 2 * WORK_SIDE:
-        scale = max(1, min(8, max(w, h) // WORK_SIDE))
-        image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (w // scale, h // scale))
-    check(image.size, image.mode)
-    try:
-        image.load()
-        check(image.size, image.mode)  # a decoder that did not keep to its header (ICO, ICNS: the embedded image's)
-        image = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: over the limit of {max(max_pixels, max_grey_pixels or 0) / 1e6:.0f} megapixels once decoded; "
-                         "resize it (e.g. to 4000 px on the longer side)", "too_large") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: broken or truncated image ({type(e).__name__}); save it again as PNG or JPEG",
-                         "unreadable") from None
-    return image
-
-
-def to_grey(image) -> np.ndarray:
-    """Any PIL image -> (H, W) float32 in [0, 1], ink dark or light as drawn.
-
-    16-bit (I;16*), 32-bit (I) and float (F) images are scaled by their range: 8-, 12- and
-    16-bit content by 2^bits - 1 (the smallest that holds the maximum), float by its min..max.
-    With an alpha channel: when the colour under the opaque pixels is (nearly) uniform, the
-    ink is in the alpha alone (a canvas export) and the result is alpha as dark ink on light;
-    otherwise the image is composed over a background that contrasts with its colour."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(image, dtype=np.float64)
-        top = a.max()
-        bits = next((b for b in (8, 10, 12, 14, 16, 24, 32) if top <= 2 ** b - 1), 32)
-        return (np.clip(a, 0, None) / (2 ** bits - 1)).astype(np.float32)
-    if mode == "F":
-        a = np.asarray(image, dtype=np.float64)
-        a = np.nan_to_num(a)
-        lo, hi = (0.0, 1.0) if a.min() >= 0 and a.max() <= 1 else (a.min(), a.max())
-        return ((a - lo) / max(hi - lo, 1e-12)).astype(np.float32)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
-    alpha = rgba[..., 3]
-    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-    seen = alpha > 0.5
-    if alpha.min() > 0.98:  # opaque after all
-        return lum
-    if not seen.any() or np.ptp(lum[seen]) < 0.1:
-        return 1.0 - alpha  # the colour carries nothing: the ink is where the canvas is painted
-    under = 0.0 if lum[seen].mean() > 0.5 else 1.0  # light ink: compose over black, dark ink over white
-    return lum * alpha + under * (1.0 - alpha)
 
 
 # -----------------------------------------------------------------------------
