@@ -76,10 +76,14 @@ TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: fram
 # a fine pen on a big photo, frames as a faint hairline that every model reads as a "1": under
 # STROKE_MIN it is grown to MNIST's median before framing.
 STROKE_MIN, STROKE_TARGET = 0.06, 0.145
+# A hairline along the pixel grid, box-reduced to WORK_SIDE, is split between two rows at half the
+# strength it has where it falls on one: thicken grows strokes from this share of the core up.
+STROKE_GROW_FROM = 0.4
 # A sheet on a darker desk (on_sheet): at least a fifth of the picture, nearly a quadrilateral,
 # mostly paper; its outer 3% (edge, shadow) dropped
 SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
+HYSTERESIS_LOW = 0.5  # find_digits: connected ink down to this share of the threshold is ink
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -167,6 +171,37 @@ def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
     return out
 
 
+def hysteresis(ink: np.ndarray, t: float) -> np.ndarray:
+    """(H, W) ink strength and its threshold -> (H, W) bool ink mask, ruled lines taken out.
+
+    Hysteresis thresholding (Canny 1986; skimage's apply_hysteresis_threshold): fainter ink, down
+    to HYSTERESIS_LOW of `t`, counts where it is connected to ink above `t`. A hairline box-reduced
+    to WORK_SIDE is split between two pixel rows at half strength where it runs along the grid,
+    and fell apart under the threshold alone. Ruled and grid lines are taken out of both masks
+    first, and a faint piece that reaches the image's border, or further beyond the strong ink than
+    its size (the longer side of its box), is dropped: a faint line joined to the digit it crosses, not a stroke."""
+    from scipy import ndimage as ndi
+
+    seeds = _remove_lines(ink > t, ink)
+    if not seeds.any():
+        return seeds
+    eight = np.ones((3, 3), bool)
+    weak = _remove_lines(ink > max(HYSTERESIS_LOW * t, 0.15), ink)
+    added = ndi.binary_propagation(seeds, structure=eight, mask=seeds | weak) & ~seeds
+    pieces, n = ndi.label(added, structure=eight)
+    if n == 0:
+        return seeds
+    rows, cols = np.nonzero(seeds.any(1))[0], np.nonzero(seeds.any(0))[0]
+    reach = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1  # the strong ink's size
+    (h, w), out = ink.shape, seeds.copy()
+    for i, sl in enumerate(ndi.find_objects(pieces), start=1):
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
+        if (y0 > 0 and x0 > 0 and y1 < h - 1 and x1 < w - 1 and y0 >= rows[0] - reach and y1 <= rows[-1] + reach
+                and x0 >= cols[0] - reach and x1 <= cols[-1] + reach):
+            out[sl] |= pieces[sl] == i
+    return out
+
+
 def find_digits(ink: np.ndarray) -> list[np.ndarray]:
     """(H, W) ink strength -> one bool mask (H, W) per digit, left to right; [] when no ink.
 
@@ -179,8 +214,7 @@ def find_digits(ink: np.ndarray) -> list[np.ndarray]:
     if ink.max() < 0.15:
         return []
     t = max(_otsu(ink[ink > 0.02]) if (ink > 0.02).sum() > 16 else 0.15, 0.15)
-    strong = ink > t
-    strong = _remove_lines(strong, ink)
+    strong = hysteresis(ink, t)
     labels, n = ndi.label(strong, structure=np.ones((3, 3), bool))
     if n == 0:
         return []
@@ -372,7 +406,7 @@ def thicken(a: np.ndarray) -> np.ndarray:
     r = (STROKE_TARGET - ratio) * side / (2 * (1 - STROKE_TARGET))  # px added on each side of a stroke
     pad = int(np.ceil(r)) + 1
     a = np.pad(a, pad)
-    away = ndi.distance_transform_edt(a <= 0.5)  # px from the stroke
+    away = ndi.distance_transform_edt(a < STROKE_GROW_FROM)  # px from the stroke
     return np.maximum(a, np.clip(r + 0.5 - away, 0.0, 1.0)).astype(np.float32)
 
 

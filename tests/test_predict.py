@@ -324,6 +324,35 @@ def test_a_fine_pen_on_a_big_page_is_read_not_taken_for_a_1(height, pen):
     assert answer["status"] == "ok" and answer["digit"] == 7, answer
 
 
+@pytest.mark.parametrize("pen,digit", [(2, 7), (1, 3)])
+def test_a_hairline_split_between_pixel_rows_holds_together(pen, digit):
+    """A 1000-px digit drawn with a 1-2 px pen, box-reduced 3x to WORK_SIDE: where a stroke runs
+    along the pixel grid it is split between two rows at half strength. Before hysteresis the 7's
+    bar fell under the threshold (a confident 1) and the 3 fell apart into 2 marks."""
+    page = Image.new("L", (1200, 1400), 245)
+    d = ImageDraw.Draw(page)
+    if digit == 7:
+        d.line([(250, 200), (850, 200), (500, 1200)], fill=20, width=pen)
+    else:
+        d.arc([250, 200, 850, 700], 210, 90, fill=20, width=pen)
+        d.arc([250, 700, 850, 1200], 270, 150, fill=20, width=pen)
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+    answer, _ = predict.classify(predict.read_image(png(page), "page.png"), model, ckpt)
+    assert answer["status"] == "ok" and answer["digit"] == digit, answer
+
+
+def test_hysteresis_joins_faint_strokes_but_not_faint_lines_from_the_border():
+    ink = np.zeros((100, 100), np.float32)
+    ink[30:70, 50] = 0.8  # a strong stem
+    ink[30, 30:50] = 0.3  # a faint bar joined to it: a stroke
+    ink[60, 4:50] = 0.3  # a faint line from the image's border to the stem (too short to be a ruled line)
+    ink[60, 0:4] = 0.2
+    ink[5:8, 5:8] = 0.3  # faint and not joined: paper
+    mask = predict.hysteresis(ink, 0.5)
+    assert mask[30:70, 50].all() and mask[30, 30:50].all()
+    assert not mask[60, :50].any() and not mask[5:8, 5:8].any()
+
+
 @pytest.mark.parametrize("desk,sheet,digit", [((120, 85, 60), (235, 233, 225), 5), ((70, 70, 75), (250, 235, 140), 7)])
 def test_a_sheet_or_sticky_note_on_a_darker_desk_is_read(desk, sheet, digit):
     """The desk all round the border is not the paper: the sheet is (on_sheet). Before, the sheet
