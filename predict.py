@@ -82,6 +82,7 @@ STROKE_GROW_FROM = 0.4
 # A sheet on a darker desk (on_sheet): at least a fifth of the picture, nearly a quadrilateral,
 # mostly paper; its outer 3% (edge, shadow) dropped
 SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
+SHEET_SHARP = 0.5  # a sheet running off the picture: its edge's grey step within 3 px, at least this share of the whole step
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 HYSTERESIS_LOW = 0.5  # find_digits: connected ink down to this share of the threshold is ink
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
@@ -334,29 +335,47 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.roll(out, (dy, dx), axis=(0, 1))
 
 
+def edge_step(grey: np.ndarray, region: np.ndarray, k: int = 3) -> float:
+    """How sharp the edge of `region` (H, W) bool is in `grey` (H, W), where it lies inside the
+    picture: the step in grey across the edge within k px (median of a k-px ring inside minus
+    median of one outside) over the step between the region's median and the rest's. About 1 for
+    a sheet's cut edge on a desk, near 0 for light falling off across a page; 0.0 when undefined."""
+    from scipy import ndimage as ndi
+
+    inner = region & ~ndi.binary_erosion(region, iterations=k, border_value=1)  # the picture's edge is not the region's
+    outer = ndi.binary_dilation(region, iterations=k) & ~region
+    if region.all() or not inner.any() or not outer.any():
+        return 0.0
+    step = float(np.median(grey[region]) - np.median(grey[~region]))
+    return float(np.median(grey[inner]) - np.median(grey[outer])) / step if step > 0 else 0.0
+
+
 def on_sheet(grey: np.ndarray) -> np.ndarray:
     """A sheet or a sticky note photographed on a darker desk: (H, W) grey in [0, 1] -> the sheet's
     bounding box with everything off the sheet painted the sheet's paper colour; `grey` unchanged
     otherwise. Else the desk, all round the border, is taken for the paper and the sheet for ink.
 
     The sheet: the largest light region (halfway from the border's median to the 95th percentile,
-    holes filled) when that is SHEET_CONTRAST lighter than the border and the border is that dark
-    all round (at most SHEET_EDGE of it light: a sheet running off the picture is not found); the region covers at least SHEET_AREA of the image and SHEET_FILL of its bounding box
-    (a sheet is a quadrilateral), at least SHEET_PAPER of it is light (it is paper, not a big
-    white-on-black digit) and it holds some dark ink. Its rim (SHEET_RIM of its shorter side) is
-    left out, with the sheet's edge and shadow."""
+    holes filled) when that is SHEET_CONTRAST lighter than the border; the region covers at least
+    SHEET_AREA of the image and SHEET_FILL of its bounding box (a sheet is a quadrilateral), at
+    least SHEET_PAPER of it is light (it is paper, not a big white-on-black digit) and it holds some
+    dark ink. The border is desk all round (at most SHEET_EDGE of it light), or the sheet runs off
+    the picture and its edge in the picture is sharp (edge_step at least SHEET_SHARP: light falling
+    off across a page, or a soft shadow, is not a sheet). Its rim (SHEET_RIM of its shorter side)
+    is left out, with the sheet's edge and shadow."""
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
     if min(grey.shape) < MIN_SIDE:
         return grey
-    desk = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
-    top = np.percentile(grey, 95)
-    if top - desk < SHEET_CONTRAST:  # nothing much lighter than the border: no sheet on a desk
-        return grey
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    desk, top = np.median(border), np.percentile(grey, 95)
+    if top - desk < SHEET_CONTRAST:  # the border is mostly as light as the sheet: is some of it desk?
+        desk = np.percentile(border, 10)
+        if top - desk < SHEET_CONTRAST:  # nothing much lighter than the border: no sheet on a desk
+            return grey
     light = grey > (desk + top) / 2
-    if np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean() > SHEET_EDGE:
-        return grey  # the border is not desk all round: uneven light or a shadow on the page itself
+    runs_off = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean() > SHEET_EDGE
     labels, n = ndi.label(ndi.binary_fill_holes(light))
     if n == 0:
         return grey
@@ -366,6 +385,8 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
     box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
     if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box:
         return grey
+    if runs_off and edge_step(grey, region) < SHEET_SHARP:
+        return grey  # the border is partly light and the edge soft: uneven light or a shadow on the page itself
     hull = convex_hull_image(region)  # the sheet with its ink, also strokes that reach its edge (and so the desk)
     rim = max(1, int(SHEET_RIM * min(rows[-1] - rows[0], cols[-1] - cols[0])))
     inside = ndi.binary_erosion(hull, iterations=rim)

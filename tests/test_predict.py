@@ -367,6 +367,28 @@ def test_a_sheet_or_sticky_note_on_a_darker_desk_is_read(desk, sheet, digit):
     assert answer["status"] == "ok" and answer["digit"] == digit, answer
 
 
+@pytest.mark.parametrize("sheet_box", [[(-50, 80), (650, 80), (650, 520), (-50, 520)],  # off the left edge
+                                       [(150, -100), (750, 0), (650, 700), (50, 650)],  # tilted, off top and bottom
+                                       [(-50, -50), (600, -50), (600, 700), (-50, 700)]])  # desk on one side only
+def test_a_sheet_running_off_the_picture_is_found_and_soft_light_is_not_a_sheet(sheet_box):
+    """A sheet on a dark desk that runs off the picture, blurred and lit unevenly as phones do: its
+    sharp edge tells it from light falling off across a page (on_sheet, edge_step). Before, the
+    first two were refused and the third read as a confident 1 (the desk's edge)."""
+    from PIL import ImageFilter, ImageFont
+    photo = Image.new("RGB", (800, 600), (120, 85, 60))
+    d = ImageDraw.Draw(photo)
+    d.polygon(sheet_box, fill=(235, 233, 225))
+    d.text((320, 300), "3", fill=(25, 25, 35), anchor="mm", font=ImageFont.load_default(size=260))
+    a = np.asarray(photo.filter(ImageFilter.GaussianBlur(2.0)), np.float32) * np.linspace(1.0, 0.7, 800)[None, :, None]
+    rgb = Image.fromarray(np.clip(a + np.random.default_rng(0).normal(0, 4, a.shape), 0, 255).astype(np.uint8))
+    model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+    answer, _ = predict.classify(predict.read_image(png(rgb, "JPEG", quality=85), "desk.jpg"), model, ckpt)
+    assert answer["status"] == "ok" and answer["digit"] == 3, answer
+    page = predict.to_grey(Image.fromarray((np.linspace(250, 110, 800)[None, :] * np.ones((600, 1))).astype(np.uint8)))
+    assert predict.edge_step(page, page > np.median(page)) < predict.SHEET_SHARP  # light falling off: soft
+    assert predict.on_sheet(page) is page
+
+
 def test_a_stroke_reaching_the_sheets_edge_is_kept():
     photo = Image.new("RGB", (600, 600), (70, 70, 75))  # a sticky note on a desk; the 4's stem runs off its bottom edge
     d = ImageDraw.Draw(photo)
