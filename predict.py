@@ -40,14 +40,13 @@ logistic regression over the penultimate features and logits: digit or not) with
 threshold, applied when decide() is given the features. A checkpoint without calibration
 gets T = 1, DEFAULT_THRESHOLD and no rejector.
 
-Finding the ink (prepare): grey with ink from the alpha channel when the colour carries
-none; light paper made the majority; uneven light divided out (the paper's brightness
-estimated by a grey closing wider than the strokes, then smoothed); an Otsu threshold on the
-result; long thin ruled or grid lines removed; connected components, far specks dropped,
-pieces that overlap horizontally joined into one digit; a square-ish thumbnail (shorter side
-under MIN_SIDE, at most ONE_CELL_ASPECT elongated: an MNIST 28x28) is one digit, all its ink.
-Each digit is framed as MNIST's were: its bounding box scaled so the longer side is 20 px,
-pasted into 28x28 with its centre of mass at the centre. scipy.ndimage and scikit-image do the image operations.
+Finding the ink (prepare, with ink.py): grey with ink from the alpha channel when the colour
+carries none; a sheet on a darker desk cut out; uneven light divided out; an Otsu threshold with
+fainter connected ink (hysteresis); ruled and grid lines removed; specks dropped; pieces that
+overlap horizontally joined into one digit; a square-ish thumbnail (shorter side under MIN_SIDE,
+at most ONE_CELL_ASPECT elongated: an MNIST 28x28) is one digit, all its ink. Each digit is
+framed as MNIST's were: strokes thinner than MNIST's grown (thicken), its bounding box scaled so
+the longer side is 20 px, pasted into 28x28 with its centre of mass at the centre.
 """
 
 import argparse
@@ -63,12 +62,12 @@ import torch
 # The decoding floor; predict.read_image, predict.ImageError, ... stay the contract serve.py and the tests use
 from images import (IMAGE_SUFFIXES, MAX_GREY_PIXELS, MAX_PIXELS, WORK_SIDE, ImageError, heif_opener,  # noqa: F401
                     read_image, to_grey)
+# The ink floor: where the digits are on the page
+from ink import MIN_SIDE, _reduce, find_digits, ink_map, on_sheet
 from models import CheckpointError, load_checkpoint
 
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
-MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first
 UPSAMPLE = 1  # PIL.Image.LANCZOS: how a digit smaller than the 20-px box is enlarged (best of 5 filters on 8x8 thumbnails)
-EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 FRAME_NEAR, FRAME_PCT, FRAME_BOX = 4, 98, 0.2  # px a digit's faint edge may reach; the stroke percentile that is 1; the box threshold
 TINY_SIDE, TINY_RESAMPLE, TINY_DILATE = 20, 1, 2  # thumbnails under 20 px: framed from a LANCZOS enlargement, mask grown 2 px
 # Stroke width / the box's longer side (stroke_width): MNIST's training digits have a median of
@@ -79,187 +78,12 @@ STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 # A hairline along the pixel grid, box-reduced to WORK_SIDE, is split between two rows at half the
 # strength it has where it falls on one: thicken grows strokes from this share of the core up.
 STROKE_GROW_FROM = 0.4
-# A sheet on a darker desk (on_sheet): at least a fifth of the picture, nearly a quadrilateral,
-# mostly paper; its outer 3% (edge, shadow) dropped
-SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
-SHEET_SHARP = 0.5  # a sheet running off the picture: its edge's grey step within 3 px, at least this share of the whole step
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
-HYSTERESIS_LOW = 0.5  # find_digits: connected ink down to this share of the threshold is ink
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
 # -----------------------------------------------------------------------------
-# Finding the ink
-
-
-def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
-    """Area-average (H, W) down so the longer side is at most `side` (integer factor)."""
-    h, w = grey.shape
-    f = int(np.ceil(max(h, w) / side))
-    if f <= 1:
-        return grey
-    h2, w2 = h // f * f, w // f * f
-    return grey[:h2, :w2].reshape(h2 // f, f, w2 // f, f).mean(axis=(1, 3))
-
-
-def ink_map(grey: np.ndarray) -> np.ndarray:
-    """(H, W) grey in [0, 1] -> (H, W) ink strength in [0, 1]: 0 paper, 1 the darkest stroke.
-
-    The paper is whatever the border mostly is (light paper: dark ink; dark paper: light ink).
-    Uneven light is divided out: the paper's brightness is a grey closing of the image with a
-    window wider than the strokes (a fifth of the shorter side), smoothed."""
-    from scipy import ndimage as ndi
-
-    g = grey.astype(np.float32)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if np.median(border) < 0.5:
-        g = 1.0 - g  # light ink on dark paper: make it dark ink on light paper
-    h, w = g.shape
-    size = max(3, min(h, w) // 5)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if np.percentile(border, 90) - np.percentile(border, 10) < EVEN_LIGHT:
-        paper = np.full_like(g, max(float(np.median(border)), 1e-3))  # even light (a scan, a canvas): leave it
-    elif min(h, w) >= 48:
-        paper = ndi.grey_closing(g, size=(size, size))
-        paper = ndi.uniform_filter(paper, size=size)
-        paper = np.maximum(paper, g)  # the paper is never darker than what is seen on it
-    else:  # a thumbnail: too small to estimate the light; the border's paper level stands for it
-        paper = np.full_like(g, max(float(np.median(border)), 1e-3))
-    ink = 1.0 - g / np.maximum(paper, 1e-3)
-    return np.clip(ink, 0.0, 1.0)
-
-
-def _otsu(values: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
-
-    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max()) / 2  # bilevel: half way
-
-
-def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
-    """Drop ruled and grid lines from the mask `strong` (H, W) bool: straight thin horizontal
-    or vertical runs at least half the image long that reach more than twice as far as the
-    rest of the ink. Where a line crosses a stroke, the stroke's pixels stay if they are
-    clearly darker than the line."""
-    from scipy import ndimage as ndi
-
-    h, w = strong.shape
-    out = strong.copy()
-    lines = np.zeros_like(strong)
-    for axis, length in ((1, w), (0, h)):
-        # a binary opening along one axis, as 1-D min then max filters (linear time in the length)
-        n = max(3, length // 2)
-        run = ndi.maximum_filter1d(ndi.minimum_filter1d(strong.view(np.uint8), n, axis=axis), n, axis=axis) > 0
-        if run.any():
-            lines |= run
-    if not lines.any():
-        return out
-    rest = strong & ~ndi.binary_dilation(lines, iterations=2)
-    if not rest.any():
-        return out  # only lines: it may be a "1" or a "-" drawn on its own
-    rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
-    extent_h, extent_w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    labels, n = ndi.label(lines)
-    line_level = []
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        lh, lw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        if lw >= 2 * extent_w or lh >= 2 * extent_h:
-            m = labels[sl] == i
-            out[sl][m] = False
-            line_level.append(np.median(ink[sl][m]))
-    if line_level:  # strokes crossing a line: keep pixels much darker than the lines
-        level = float(np.max(line_level))
-        out |= strong & (ink > level + 0.5 * (1 - level)) & ndi.binary_dilation(out, iterations=3)
-    return out
-
-
-def hysteresis(ink: np.ndarray, t: float) -> np.ndarray:
-    """(H, W) ink strength and its threshold -> (H, W) bool ink mask, ruled lines taken out.
-
-    Hysteresis thresholding (Canny 1986; skimage's apply_hysteresis_threshold): fainter ink, down
-    to HYSTERESIS_LOW of `t`, counts where it is connected to ink above `t`. A hairline box-reduced
-    to WORK_SIDE is split between two pixel rows at half strength where it runs along the grid,
-    and fell apart under the threshold alone. Ruled and grid lines are taken out of both masks
-    first, and a faint piece that reaches the image's border, or further beyond the strong ink than
-    its size (the longer side of its box), is dropped: a faint line joined to the digit it crosses, not a stroke."""
-    from scipy import ndimage as ndi
-
-    seeds = _remove_lines(ink > t, ink)
-    if not seeds.any():
-        return seeds
-    eight = np.ones((3, 3), bool)
-    weak = _remove_lines(ink > max(HYSTERESIS_LOW * t, 0.15), ink)
-    added = ndi.binary_propagation(seeds, structure=eight, mask=seeds | weak) & ~seeds
-    pieces, n = ndi.label(added, structure=eight)
-    if n == 0:
-        return seeds
-    rows, cols = np.nonzero(seeds.any(1))[0], np.nonzero(seeds.any(0))[0]
-    reach = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1  # the strong ink's size
-    (h, w), out = ink.shape, seeds.copy()
-    for i, sl in enumerate(ndi.find_objects(pieces), start=1):
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
-        if (y0 > 0 and x0 > 0 and y1 < h - 1 and x1 < w - 1 and y0 >= rows[0] - reach and y1 <= rows[-1] + reach
-                and x0 >= cols[0] - reach and x1 <= cols[-1] + reach):
-            out[sl] |= pieces[sl] == i
-    return out
-
-
-def find_digits(ink: np.ndarray) -> list[np.ndarray]:
-    """(H, W) ink strength -> one bool mask (H, W) per digit, left to right; [] when no ink.
-
-    Ink is what is above Otsu's threshold (and at least 0.15 strength, so paper grain and
-    JPEG noise on a blank page are not ink). Components smaller than 1/20 of the largest, or
-    far from it, are specks and dropped; components whose columns overlap belong to one digit;
-    a group is a separate digit only if it is at least half the tallest group's height."""
-    from scipy import ndimage as ndi
-
-    if ink.max() < 0.15:
-        return []
-    t = max(_otsu(ink[ink > 0.02]) if (ink > 0.02).sum() > 16 else 0.15, 0.15)
-    strong = hysteresis(ink, t)
-    labels, n = ndi.label(strong, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return []
-    sizes = ndi.sum(strong, labels, index=np.arange(1, n + 1))
-    boxes = ndi.find_objects(labels)
-    big = int(np.argmax(sizes))
-    tall = max(sl[0].stop - sl[0].start for sl in boxes)
-
-    def gap(s1, s2) -> int:  # the distance between two boxes (0 when they touch or overlap)
-        dy = max(s1[0].start - s2[0].stop, s2[0].start - s1[0].stop, 0)
-        dx = max(s1[1].start - s2[1].stop, s2[1].start - s1[1].stop, 0)
-        return max(dy, dx)
-
-    # Specks: small components (under 1/20 of the largest) far (over a third of the tallest
-    # component's height) from every large one.
-    large = [i for i in range(n) if sizes[i] >= sizes[big] / 20]
-    keep = large + [i for i in range(n) if i not in large and sizes[i] >= 2
-                    and min(gap(boxes[i], boxes[j]) for j in large) <= tall / 3]
-    # Groups of components whose column ranges overlap (with a 1-px tolerance), left to right.
-    spans = sorted((boxes[i][1].start, boxes[i][1].stop, i) for i in keep)
-    groups: list[list] = []
-    for start, stop, i in spans:
-        if groups and start <= groups[-1][1] + 1:
-            groups[-1][1] = max(groups[-1][1], stop)
-            groups[-1][2].append(i)
-        else:
-            groups.append([start, stop, [i]])
-
-    def height(g) -> int:
-        return max(boxes[i][0].stop for i in g[2]) - min(boxes[i][0].start for i in g[2])
-
-    tallest = max(height(g) for g in groups)
-    heaviest = max(sum(sizes[i] for i in g[2]) for g in groups)
-    digits = [g for g in groups if height(g) >= 0.5 * tallest and sum(sizes[i] for i in g[2]) >= 0.15 * heaviest]
-    # A group too small to be a digit (a detached bar of a 5, the tail of a 7) joins the
-    # nearest digit when it is close (a third of the tallest height), else it is dropped.
-    for g in groups:
-        if g in digits:
-            continue
-        d, near = min((max(g[0] - o[1], o[0] - g[1], 0), k) for k, o in enumerate(digits))
-        if d <= tallest / 3:
-            digits[near][2] += g[2]
-    return [np.isin(labels, [i + 1 for i in g[2]]) for g in digits]
-
+# Framing the digits
 
 # A crop's ink that is one stroke plus one small, round, solid piece clear of it straight above or
 # below is a ?, !, i or j, not a digit (the "?" of ../shared/user-images was read as a 3 at 0.99,
@@ -333,68 +157,6 @@ def frame(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     dy = int(np.clip(dy, -top, 28 - (top + new_h)))
     dx = int(np.clip(dx, -left, 28 - (left + new_w)))
     return np.roll(out, (dy, dx), axis=(0, 1))
-
-
-def edge_step(grey: np.ndarray, region: np.ndarray, k: int = 3) -> float:
-    """How sharp the edge of `region` (H, W) bool is in `grey` (H, W), where it lies inside the
-    picture: the step in grey across the edge within k px (median of a k-px ring inside minus
-    median of one outside) over the step between the region's median and the rest's. About 1 for
-    a sheet's cut edge on a desk, near 0 for light falling off across a page; 0.0 when undefined."""
-    from scipy import ndimage as ndi
-
-    inner = region & ~ndi.binary_erosion(region, iterations=k, border_value=1)  # the picture's edge is not the region's
-    outer = ndi.binary_dilation(region, iterations=k) & ~region
-    if region.all() or not inner.any() or not outer.any():
-        return 0.0
-    step = float(np.median(grey[region]) - np.median(grey[~region]))
-    return float(np.median(grey[inner]) - np.median(grey[outer])) / step if step > 0 else 0.0
-
-
-def on_sheet(grey: np.ndarray) -> np.ndarray:
-    """A sheet or a sticky note photographed on a darker desk: (H, W) grey in [0, 1] -> the sheet's
-    bounding box with everything off the sheet painted the sheet's paper colour; `grey` unchanged
-    otherwise. Else the desk, all round the border, is taken for the paper and the sheet for ink.
-
-    The sheet: the largest light region (halfway from the border's median to the 95th percentile,
-    holes filled) when that is SHEET_CONTRAST lighter than the border; the region covers at least
-    SHEET_AREA of the image and SHEET_FILL of its bounding box (a sheet is a quadrilateral), at
-    least SHEET_PAPER of it is light (it is paper, not a big white-on-black digit) and it holds some
-    dark ink. The border is desk all round (at most SHEET_EDGE of it light), or the sheet runs off
-    the picture and its edge in the picture is sharp (edge_step at least SHEET_SHARP: light falling
-    off across a page, or a soft shadow, is not a sheet). Its rim (SHEET_RIM of its shorter side)
-    is left out, with the sheet's edge and shadow."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import convex_hull_image
-
-    if min(grey.shape) < MIN_SIDE:
-        return grey
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    desk, top = np.median(border), np.percentile(grey, 95)
-    if top - desk < SHEET_CONTRAST:  # the border is mostly as light as the sheet: is some of it desk?
-        desk = np.percentile(border, 10)
-        if top - desk < SHEET_CONTRAST:  # nothing much lighter than the border: no sheet on a desk
-            return grey
-    light = grey > (desk + top) / 2
-    runs_off = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean() > SHEET_EDGE
-    labels, n = ndi.label(ndi.binary_fill_holes(light))
-    if n == 0:
-        return grey
-    sizes = ndi.sum_labels(np.ones_like(grey), labels, index=np.arange(1, n + 1))
-    region = labels == 1 + int(np.argmax(sizes))
-    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
-    if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box:
-        return grey
-    if runs_off and edge_step(grey, region) < SHEET_SHARP:
-        return grey  # the border is partly light and the edge soft: uneven light or a shadow on the page itself
-    hull = convex_hull_image(region)  # the sheet with its ink, also strokes that reach its edge (and so the desk)
-    rim = max(1, int(SHEET_RIM * min(rows[-1] - rows[0], cols[-1] - cols[0])))
-    inside = ndi.binary_erosion(hull, iterations=rim)
-    paper = light[inside].mean() if inside.any() else 1.0
-    if paper < SHEET_PAPER or paper == 1.0:  # a big white-on-black shape, or a sheet with no ink
-        return grey
-    out = np.where(inside, grey, np.median(grey[region & light]))
-    return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
 
 
 def stroke_width(a: np.ndarray) -> float:

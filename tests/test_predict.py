@@ -15,6 +15,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import ink  # noqa: E402
 import models  # noqa: E402
 import predict  # noqa: E402
 
@@ -342,13 +343,13 @@ def test_a_hairline_split_between_pixel_rows_holds_together(pen, digit):
 
 
 def test_hysteresis_joins_faint_strokes_but_not_faint_lines_from_the_border():
-    ink = np.zeros((100, 100), np.float32)
-    ink[30:70, 50] = 0.8  # a strong stem
-    ink[30, 30:50] = 0.3  # a faint bar joined to it: a stroke
-    ink[60, 4:50] = 0.3  # a faint line from the image's border to the stem (too short to be a ruled line)
-    ink[60, 0:4] = 0.2
-    ink[5:8, 5:8] = 0.3  # faint and not joined: paper
-    mask = predict.hysteresis(ink, 0.5)
+    strength = np.zeros((100, 100), np.float32)
+    strength[30:70, 50] = 0.8  # a strong stem
+    strength[30, 30:50] = 0.3  # a faint bar joined to it: a stroke
+    strength[60, 4:50] = 0.3  # a faint line from the image's border to the stem (too short to be a ruled line)
+    strength[60, 0:4] = 0.2
+    strength[5:8, 5:8] = 0.3  # faint and not joined: paper
+    mask = ink.hysteresis(strength, 0.5)
     assert mask[30:70, 50].all() and mask[30, 30:50].all()
     assert not mask[60, :50].any() and not mask[5:8, 5:8].any()
 
@@ -385,7 +386,7 @@ def test_a_sheet_running_off_the_picture_is_found_and_soft_light_is_not_a_sheet(
     answer, _ = predict.classify(predict.read_image(png(rgb, "JPEG", quality=85), "desk.jpg"), model, ckpt)
     assert answer["status"] == "ok" and answer["digit"] == 3, answer
     page = predict.to_grey(Image.fromarray((np.linspace(250, 110, 800)[None, :] * np.ones((600, 1))).astype(np.uint8)))
-    assert predict.edge_step(page, page > np.median(page)) < predict.SHEET_SHARP  # light falling off: soft
+    assert ink.edge_step(page, page > np.median(page)) < ink.SHEET_SHARP  # light falling off: soft
     assert predict.on_sheet(page) is page
 
 

@@ -298,7 +298,7 @@ def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
 # -----------------------------------------------------------------------------
 # The floors: imports point down only, and the files stay readable
 
-FLOORS = {"data": 1, "models": 1, "images": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2, "calibrate": 2,
+FLOORS = {"data": 1, "models": 1, "images": 1, "ink": 1, "runs": 2, "predict": 2, "test_model": 2, "feature_visualization": 2, "calibrate": 2,
           "train": 3, "serve": 3, "study_cells": 4, "study_recipes": 4, "study": 4,
           "report_facts": 5, "report_figures": 5, "report_text": 5, "report_cards": 5, "report_recipes": 5, "study_report": 5}
 
@@ -346,7 +346,7 @@ def test_imports_point_down_the_floors_and_nothing_imports_the_report_writer():
             assert not deps & parts, f"{path.name} imports {sorted(deps & parts)}: only study_report.py may"
         if path.stem != "report_cards":  # the appendix's issue-#25 section is report_cards.py's own part
             assert "report_recipes" not in deps, f"{path.name} imports report_recipes.py: only report_cards.py may"
-    for low in ("data", "models", "images", "runs", "predict", "test_model", "feature_visualization"):
+    for low in ("data", "models", "images", "ink", "runs", "predict", "test_model", "feature_visualization"):
         assert "train" not in our_imports(ROOT / f"{low}.py"), low
 
 
