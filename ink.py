@@ -36,14 +36,16 @@ def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
 def ink_map(grey: np.ndarray) -> np.ndarray:
     """(H, W) grey in [0, 1] -> (H, W) ink strength in [0, 1]: 0 paper, 1 the darkest stroke.
 
-    The paper is whatever the border mostly is (light paper: dark ink; dark paper: light ink).
+    The paper is light unless the border is dark even at its 90th percentile (then light ink on
+    dark paper: a canvas, a blackboard).
     Uneven light is divided out: the paper's brightness is a grey closing of the image with a
-    window wider than the strokes (a fifth of the shorter side), smoothed."""
+    window wider than the strokes (a fifth of the shorter side), smoothed where that makes it no
+    brighter (a hard shadow's edge stays sharp)."""
     from scipy import ndimage as ndi
 
     g = grey.astype(np.float32)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if np.median(border) < 0.5:
+    if np.percentile(border, 90) < 0.5:  # the border's lit part, not its median: a shadow may cover most of it
         g = 1.0 - g  # light ink on dark paper: make it dark ink on light paper
     h, w = g.shape
     size = max(3, min(h, w) // 5)
@@ -51,8 +53,10 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     if np.percentile(border, 90) - np.percentile(border, 10) < EVEN_LIGHT:
         paper = np.full_like(g, max(float(np.median(border)), 1e-3))  # even light (a scan, a canvas): leave it
     elif min(h, w) >= 48:
-        paper = ndi.grey_closing(g, size=(size, size))
-        paper = ndi.uniform_filter(paper, size=size)
+        closed = ndi.grey_closing(g, size=(size, size))  # keeps a hard shadow's step edge
+        # Smoothed, except that smoothing never brightens it: across a hard shadow's edge the
+        # smoothing carries the lit paper into the shadow, whose edge was then taken for a stroke.
+        paper = np.minimum(ndi.uniform_filter(closed, size=size), closed)
         paper = np.maximum(paper, g)  # the paper is never darker than what is seen on it
     else:  # a thumbnail: too small to estimate the light; the border's paper level stands for it
         paper = np.full_like(g, max(float(np.median(border)), 1e-3))
