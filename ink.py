@@ -4,8 +4,9 @@
     ink   = ink_map(grey)                        # (H, W) in [0, 1]: 0 paper, 1 the darkest stroke
     masks = find_digits(ink)                     # [(H, W) bool], one per digit, left to right; [] = no ink
 
-Light paper is made the majority; uneven light is divided out (the paper's brightness estimated by
-a grey closing wider than the strokes, then smoothed); the ink is what is above an Otsu threshold,
+The paper is made light (unless the border is dark even where it is lit: light ink on dark paper,
+which is inverted); uneven light is divided out (the paper's brightness estimated by a grey closing
+wider than the strokes, smoothed where that does not brighten it); the ink is what is above an Otsu threshold,
 with fainter ink connected to it (hysteresis); long thin ruled or grid lines are removed;
 connected components, far specks dropped, pieces that overlap horizontally joined into one
 digit. scipy.ndimage and scikit-image do the image operations. Imports nothing of ours;
