@@ -4,8 +4,7 @@
     ink   = ink_map(grey)                        # (H, W) in [0, 1]: 0 paper, 1 the darkest stroke
     masks = find_digits(ink)                     # [(H, W) bool], one per digit, left to right; [] = no ink
 
-The paper is made light (unless the border is dark even where it is lit: light ink on dark paper,
-which is inverted); uneven light is divided out (the paper's brightness estimated by a grey closing
+The paper is made light (light ink on dark paper, a canvas or a blackboard, is inverted); uneven light is divided out (the paper's brightness estimated by a grey closing
 wider than the strokes, smoothed where that does not brighten it); the ink is what is above an Otsu threshold,
 with fainter ink connected to it (hysteresis); long thin ruled or grid lines are removed;
 connected components, far specks dropped, pieces that overlap horizontally joined into one
@@ -16,12 +15,14 @@ predict.py frames each mask as MNIST's and reads it.
 import numpy as np
 
 MIN_SIDE = 56  # px: thumbnails (an 8x8 crop, a 28x28 MNIST image) are enlarged to at least this first; on_sheet leaves them alone
+LIGHT_PAPER = 0.25  # ink_map: a lit part of the page covers at least this share of a picture whose border is mostly dark
 EVEN_LIGHT = 0.06  # the border's 10th-90th percentile spread under which the light counts as even
 HYSTERESIS_LOW = 0.5  # find_digits: connected ink down to this share of the threshold is ink
 # A sheet on a darker desk (on_sheet): at least a fifth of the picture, nearly a quadrilateral,
 # mostly paper; its outer 3% (edge, shadow) dropped
-SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST, SHEET_EDGE = 0.2, 0.8, 0.85, 0.03, 0.2, 0.05
-SHEET_SHARP = 0.5  # a sheet running off the picture: its edge's grey step within 3 px, at least this share of the whole step
+SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST = 0.2, 0.8, 0.85, 0.03, 0.2
+SHEET_SHARP = 0.5  # a sheet's edge: its grey step within 3 px, at least this share of the whole step
+SHEET_OFF_INK, SHEET_OFF_PIXELS = 0.5, 0.0005  # strokes off the sheet: this much darker than around them, this share of the picture
 
 
 def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
@@ -37,8 +38,10 @@ def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
 def ink_map(grey: np.ndarray) -> np.ndarray:
     """(H, W) grey in [0, 1] -> (H, W) ink strength in [0, 1]: 0 paper, 1 the darkest stroke.
 
-    The paper is light unless the border is dark even at its 90th percentile (then light ink on
-    dark paper: a canvas, a blackboard).
+    The paper is light unless the border is dark even at its 90th percentile, or the border is
+    mostly dark and what is as light as its lit part covers under LIGHT_PAPER of the image (then
+    light ink on dark paper: a canvas; a blackboard with glare, or a dark-mode screenshot with a
+    title bar, at one edge). A shadow over most of the border leaves the lit page light.
     Uneven light is divided out: the paper's brightness is a grey closing of the image with a
     window wider than the strokes (a fifth of the shorter side), smoothed where that makes it no
     brighter (a hard shadow's edge stays sharp)."""
@@ -46,8 +49,10 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
 
     g = grey.astype(np.float32)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if np.percentile(border, 90) < 0.5:  # the border's lit part, not its median: a shadow may cover most of it
-        g = 1.0 - g  # light ink on dark paper: make it dark ink on light paper
+    lo, hi = np.percentile(border, [10, 90])
+    dark = hi < 0.5 or (np.median(border) < 0.5 and (g > (lo + hi) / 2).mean() < LIGHT_PAPER)
+    if dark:  # light ink on dark paper: make it dark ink on light paper
+        g = 1.0 - g
     h, w = g.shape
     size = max(3, min(h, w) // 5)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
@@ -115,8 +120,9 @@ def hysteresis(ink: np.ndarray, t: float) -> np.ndarray:
     to HYSTERESIS_LOW of `t`, counts where it is connected to ink above `t`. A hairline box-reduced
     to WORK_SIDE is split between two pixel rows at half strength where it runs along the grid,
     and fell apart under the threshold alone. Ruled and grid lines are taken out of both masks
-    first, and a faint piece that reaches the image's border, or further beyond the strong ink than
-    its size (the longer side of its box), is dropped: a faint line joined to the digit it crosses, not a stroke."""
+    first, and a faint piece that reaches the image's border, or reaches further beyond the strong
+    ink joined to it than that ink's size (the longer side of its box; other digits and specks do
+    not count), is dropped: a faint line joined to the digit it crosses, not a stroke."""
     from scipy import ndimage as ndi
 
     seeds = _remove_lines(ink > t, ink)
@@ -128,13 +134,17 @@ def hysteresis(ink: np.ndarray, t: float) -> np.ndarray:
     pieces, n = ndi.label(added, structure=eight)
     if n == 0:
         return seeds
-    rows, cols = np.nonzero(seeds.any(1))[0], np.nonzero(seeds.any(0))[0]
-    reach = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1  # the strong ink's size
+    groups, _ = ndi.label(seeds | added, structure=eight)  # each piece with all the strong ink joined to it
+    strong_boxes = ndi.find_objects(np.where(seeds, groups, 0))
     (h, w), out = ink.shape, seeds.copy()
     for i, sl in enumerate(ndi.find_objects(pieces), start=1):
         y0, y1, x0, x1 = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
-        if (y0 > 0 and x0 > 0 and y1 < h - 1 and x1 < w - 1 and y0 >= rows[0] - reach and y1 <= rows[-1] + reach
-                and x0 >= cols[0] - reach and x1 <= cols[-1] + reach):
+        if y0 == 0 or x0 == 0 or y1 == h - 1 or x1 == w - 1:
+            continue  # it reaches the image's border
+        box = strong_boxes[groups[sl][pieces[sl] == i][0] - 1]  # the strong ink it grew from
+        r0, r1, c0, c1 = box[0].start, box[0].stop - 1, box[1].start, box[1].stop - 1
+        reach = max(r1 - r0, c1 - c0) + 1
+        if y0 >= r0 - reach and y1 <= r1 + reach and x0 >= c0 - reach and x1 <= c1 + reach:
             out[sl] |= pieces[sl] == i
     return out
 
@@ -212,18 +222,37 @@ def edge_step(grey: np.ndarray, region: np.ndarray, k: int = 3) -> float:
     return float(np.median(grey[inner]) - np.median(grey[outer])) / step if step > 0 else 0.0
 
 
+def strokes_off(grey: np.ndarray, off: np.ndarray) -> bool:
+    """Whether the part `off` (H, W) bool of `grey` (H, W) holds dark strokes: pixels at least
+    SHEET_OFF_INK darker than their surroundings (a black top-hat over a fifth of the shorter side,
+    relative to the closing, or to SHEET_CONTRAST where that is darker), at least SHEET_OFF_PIXELS
+    of the picture. A desk has grain and noise, not strokes."""
+    from scipy import ndimage as ndi
+
+    if not off.any():
+        return False
+    g = np.where(off, grey, np.median(grey[off])).astype(np.float32)  # the sheet painted desk, so its edge is no stroke
+    closed = ndi.grey_closing(g, size=max(3, min(g.shape) // 5))
+    # darker by SHEET_OFF_INK of the surroundings, and of SHEET_CONTRAST at least: on a near-black desk
+    # the relative noise is large
+    dark = (closed - g > SHEET_OFF_INK * np.maximum(closed, SHEET_CONTRAST)) & ndi.binary_erosion(off, iterations=2)
+    return dark.sum() >= SHEET_OFF_PIXELS * g.size
+
+
 def on_sheet(grey: np.ndarray) -> np.ndarray:
     """A sheet or a sticky note photographed on a darker desk: (H, W) grey in [0, 1] -> the sheet's
     bounding box with everything off the sheet painted the sheet's paper colour; `grey` unchanged
     otherwise. Else the desk, all round the border, is taken for the paper and the sheet for ink.
 
-    The sheet: the largest light region (halfway from the border's median to the 95th percentile,
-    holes filled) when that is SHEET_CONTRAST lighter than the border; the region covers at least
-    SHEET_AREA of the image and SHEET_FILL of its bounding box (a sheet is a quadrilateral), at
-    least SHEET_PAPER of it is light (it is paper, not a big white-on-black digit) and it holds some
-    dark ink. The border is desk all round (at most SHEET_EDGE of it light), or the sheet runs off
-    the picture and its edge in the picture is sharp (edge_step at least SHEET_SHARP: light falling
-    off across a page, or a soft shadow, is not a sheet). Its rim (SHEET_RIM of its shorter side)
+    The sheet: the largest light region (halfway from the desk's level to the 95th percentile,
+    holes filled), SHEET_CONTRAST lighter than the desk; the desk's level is the border's median,
+    or its 10th percentile when the sheet fills most of the border. The region covers at least
+    SHEET_AREA of the image and SHEET_FILL of its bounding box (a sheet is a quadrilateral), its
+    edge is sharp (edge_step at least SHEET_SHARP: light falling off across a page, or a soft
+    shadow, is not a sheet), at least SHEET_PAPER of it is light (it is paper, not a big
+    white-on-black digit), it holds some dark ink, and there are no strokes off it (strokes_off: a
+    hard shadow over part of a page, whose strokes go on in the shadow). It may run off the
+    picture. Its rim (SHEET_RIM of its shorter side)
     is left out, with the sheet's edge and shadow."""
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
@@ -237,7 +266,6 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
         if top - desk < SHEET_CONTRAST:  # nothing much lighter than the border: no sheet on a desk
             return grey
     light = grey > (desk + top) / 2
-    runs_off = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean() > SHEET_EDGE
     labels, n = ndi.label(ndi.binary_fill_holes(light))
     if n == 0:
         return grey
@@ -247,13 +275,15 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
     box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
     if region.sum() < SHEET_AREA * grey.size or region.sum() < SHEET_FILL * box:
         return grey
-    if runs_off and edge_step(grey, region) < SHEET_SHARP:
-        return grey  # the border is partly light and the edge soft: uneven light or a shadow on the page itself
+    if edge_step(grey, region) < SHEET_SHARP:
+        return grey  # a soft edge: light falling off (a vignette) or a soft shadow on the page itself
     hull = convex_hull_image(region)  # the sheet with its ink, also strokes that reach its edge (and so the desk)
     rim = max(1, int(SHEET_RIM * min(rows[-1] - rows[0], cols[-1] - cols[0])))
     inside = ndi.binary_erosion(hull, iterations=rim)
     paper = light[inside].mean() if inside.any() else 1.0
     if paper < SHEET_PAPER or paper == 1.0:  # a big white-on-black shape, or a sheet with no ink
         return grey
+    if strokes_off(grey, ~ndi.binary_dilation(hull, iterations=rim)):
+        return grey  # ink off the sheet: a page in a hard shadow, not a desk
     out = np.where(inside, grey, np.median(grey[region & light]))
     return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)

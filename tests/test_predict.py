@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from conftest import ROOT
 
@@ -344,14 +344,23 @@ def test_a_hairline_split_between_pixel_rows_holds_together(pen, digit):
 
 def test_hysteresis_joins_faint_strokes_but_not_faint_lines_from_the_border():
     strength = np.zeros((100, 100), np.float32)
-    strength[30:70, 50] = 0.8  # a strong stem
-    strength[30, 30:50] = 0.3  # a faint bar joined to it: a stroke
-    strength[60, 4:50] = 0.3  # a faint line from the image's border to the stem (too short to be a ruled line)
-    strength[60, 0:4] = 0.2
-    strength[5:8, 5:8] = 0.3  # faint and not joined: paper
+    strength[10:90, 50] = 0.8  # a strong stem, 80 px: every piece below is within its reach
+    strength[10, 30:50] = 0.3  # a faint bar joined to it: a stroke
+    strength[60, 0:50] = 0.3  # a faint line from the image's border to the stem (too short to be a ruled line)
+    strength[3:6, 3:6] = 0.3  # faint and not joined: paper
     mask = ink.hysteresis(strength, 0.5)
-    assert mask[30:70, 50].all() and mask[30, 30:50].all()
-    assert not mask[60, :50].any() and not mask[5:8, 5:8].any()
+    assert mask[10:90, 50].all() and mask[10, 30:50].all()
+    assert not mask[60, :50].any() and not mask[3:6, 3:6].any()
+
+
+def test_hysteresis_reach_is_measured_from_the_ink_a_piece_grew_from():
+    strength = np.zeros((100, 100), np.float32)
+    strength[30:50, 50] = 0.8  # a short stem, 20 px
+    strength[40, 4:50] = 0.3  # a faint line 46 px long off it, clear of the border: beyond its reach
+    strength[90:93, 90:93] = 0.8  # a far speck: it must not stretch the stem's reach
+    assert not ink.hysteresis(strength, 0.5)[40, 4:30].any()
+    strength[40, 4:30] = 0.0  # 20 px off the stem: within its reach
+    assert ink.hysteresis(strength, 0.5)[40, 30:50].all()
 
 
 @pytest.mark.parametrize("desk,sheet,digit", [((120, 85, 60), (235, 233, 225), 5), ((70, 70, 75), (250, 235, 140), 7)])
@@ -375,7 +384,7 @@ def test_a_sheet_running_off_the_picture_is_found_and_soft_light_is_not_a_sheet(
     """A sheet on a dark desk that runs off the picture, blurred and lit unevenly as phones do: its
     sharp edge tells it from light falling off across a page (on_sheet, edge_step). Before, the
     first two were refused and the third read as a confident 1 (the desk's edge)."""
-    from PIL import ImageFilter, ImageFont
+    from PIL import ImageFilter
     photo = Image.new("RGB", (800, 600), (120, 85, 60))
     d = ImageDraw.Draw(photo)
     d.polygon(sheet_box, fill=(235, 233, 225))
@@ -385,9 +394,22 @@ def test_a_sheet_running_off_the_picture_is_found_and_soft_light_is_not_a_sheet(
     model, ckpt = models.load_checkpoint(ROOT / "weights" / "convnet.pt")
     answer, _ = predict.classify(predict.read_image(png(rgb, "JPEG", quality=85), "desk.jpg"), model, ckpt)
     assert answer["status"] == "ok" and answer["digit"] == 3, answer
-    page = predict.to_grey(Image.fromarray((np.linspace(250, 110, 800)[None, :] * np.ones((600, 1))).astype(np.uint8)))
-    assert ink.edge_step(page, page > np.median(page)) < ink.SHEET_SHARP  # light falling off: soft
+    falloff = Image.fromarray((np.linspace(250, 110, 800)[None, :] * np.ones((600, 1))).astype(np.uint8))
+    light = predict.to_grey(falloff)
+    assert ink.edge_step(light, light > np.median(light)) < ink.SHEET_SHARP  # light falling off: soft
+    ImageDraw.Draw(falloff).text((250, 300), "3", fill=20, anchor="mm", font=ImageFont.load_default(size=260))
+    page = predict.to_grey(falloff)
     assert predict.on_sheet(page) is page
+
+
+def test_a_hard_shadow_over_part_of_a_page_is_no_desk():
+    """A hard shadow's edge is as sharp as a sheet's, but the strokes go on in the shadow
+    (strokes_off): the page is left whole, and the shadowed 1 of "17" is kept."""
+    page = np.full((400, 600), 0.92, np.float32)
+    page[120:280, 140:152] = page[120:132, 380:480] = page[120:280, 468:480] = 0.1
+    page[:, :300] *= 0.5
+    assert ink.on_sheet(page) is page
+    assert len(ink.find_digits(ink.ink_map(ink.on_sheet(page)))) == 2
 
 
 @pytest.mark.parametrize("box,light,soft", [((-10, -10, 480, 610), 0.4, 40),  # soft, over most of the border
