@@ -25,6 +25,11 @@ SHEET_SHARP = 0.5  # a sheet's edge: its grey step within 3 px, at least this sh
 SHEET_OFF_INK, SHEET_OFF_PIXELS = 0.5, 0.0005  # strokes off the sheet: this much darker than around them, this share of the picture
 
 
+def _border(a: np.ndarray) -> np.ndarray:
+    """The outermost pixels of (H, W), as one 1-D array."""
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
 def _reduce(grey: np.ndarray, side: int) -> np.ndarray:
     """Area-average (H, W) down so the longer side is at most `side` (integer factor)."""
     h, w = grey.shape
@@ -48,14 +53,14 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
     g = grey.astype(np.float32)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    border = _border(g)
     lo, hi = np.percentile(border, [10, 90])
     dark = hi < 0.5 or (np.median(border) < 0.5 and (g > (lo + hi) / 2).mean() < LIGHT_PAPER)
     if dark:  # light ink on dark paper: make it dark ink on light paper
         g = 1.0 - g
     h, w = g.shape
     size = max(3, min(h, w) // 5)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    border = _border(g)
     if np.percentile(border, 90) - np.percentile(border, 10) < EVEN_LIGHT:
         paper = np.full_like(g, max(float(np.median(border)), 1e-3))  # even light (a scan, a canvas): leave it
     elif min(h, w) >= 48:
@@ -259,7 +264,7 @@ def on_sheet(grey: np.ndarray) -> np.ndarray:
 
     if min(grey.shape) < MIN_SIDE:
         return grey
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    border = _border(grey)
     desk, top = np.median(border), np.percentile(grey, 95)
     if top - desk < SHEET_CONTRAST:  # the border is mostly as light as the sheet: is some of it desk?
         desk = np.percentile(border, 10)
