@@ -322,6 +322,13 @@ def comparison_notes(f: Facts, b: str) -> list[str]:
     return ["", " ".join(out)] if out else []
 
 
+
+def rerun_members(ens: dict | None) -> str:
+    """' (the last: k of n members are seeds' rerun files)' when some are, else ''."""
+    members = (ens or {}).get("members") or []
+    k = sum("-again" in m["checkpoint"] for m in members)
+    return f" (the last: {k} of its {len(members)} members are seeds' rerun files, which were scored again alone)" if k else ""
+
 def recipes_summary(f: Facts) -> list[str]:
     """Step 5's accuracy by recipe (issue #25) from results/final_recipes.json, with each recipe's
     robustness (benchmarks/user_images.py --recipes, matched to the seed files by sha256) beside
@@ -366,7 +373,7 @@ def recipes_summary(f: Facts) -> list[str]:
     scored = [pct(e["test_acc"]) + (f" ({held})" if held else "") for e, held in scored_ensembles(d)]
     lines.append(f"| Ensemble: every seed of {' + '.join(NAMES.get(m, m) for m in study.RECIPE_ENSEMBLE)} | " + (f"scored {len(scored)} times, in order" if d.get("ensemble") or not scored
                                                               else f"{len(scored)} earlier scorings; current members unscored") + " | "
-                 f"{', then '.join(scored) or 'not scored yet'} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
+                 f"{', then '.join(scored) or 'not scored yet'}{rerun_members(ens)} | {pct(RECIPE_TARGETS['ensemble'])} | – | – | – |")
     same = all(last_epoch_leader(e) in (None, e["candidate"]) for e in d["models"].values() if e.get("candidate"))
     lines += ["", f"Validation before the refits' test scores, at each run's best epoch ({'the last, which a refit keeps, gives the same leaders; ' if same else ''}"
                   f"one image = {100 * f.one_val:.2f} points):", ""]
