@@ -374,10 +374,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--save", default=None, help="where to save the JSON (default benchmarks/results/speed-<machine class>.json, "
                                                 "bf16 or fp32; quick: not saved)")
-    p.add_argument("--update-readme", action="store_true", help="only rewrite README.md's speed table from the saved JSON files")
+    p.add_argument("--update-readme", action="store_true", help="only rewrite docs/speed.md's table from the saved JSON files")
     a = p.parse_args(argv)
     if a.update_readme:
-        print("updated README.md" if update_readme() else "README.md has no speed:classes block")
+        print("updated docs/speed.md" if update_readme() else "docs/speed.md has no speed:classes block")
         return 0
     q = a.quick
     # The lock keeps timings from sharing the 2 cores; --quick times nothing that means anything,
@@ -414,18 +414,18 @@ def main(argv=None) -> int:
         Path(save).with_suffix(".txt").write_text(tables.getvalue())
         print(f"saved {save} and {Path(save).with_suffix('.txt')}")
         if not a.save and update_readme():
-            print("updated README.md's speed table")
+            print("updated docs/speed.md's table")
     if a.json:
         print(json.dumps(out, indent=2))
     return 0
 
 
 # -----------------------------------------------------------------------------
-# The README's speed table, written from the saved JSON files (`--update-readme`; measures nothing)
+# docs/speed.md's table, written from the saved JSON files (`--update-readme`; measures nothing)
 
 README_BEGIN = "<!-- speed:classes (written by benchmarks/speed.py --update-readme from benchmarks/results/speed-*.json) -->"
 README_END = "<!-- /speed:classes -->"
-TARGETS = {"bf16": {"t99": 3, "t995": 15}, "fp32": {"t99": 8, "t995": 30}}  # issue #14, per machine class
+TARGETS = {"bf16": {"t99": 3, "t995": 15}, "fp32": {"t99": 8, "t995": 30}}  # the speed targets, per machine class
 
 
 def readme_block(results: Path = ROOT / "benchmarks" / "results") -> list[str]:
@@ -472,7 +472,7 @@ def readme_block(results: Path = ROOT / "benchmarks" / "results") -> list[str]:
     return lines + ["", README_END]
 
 
-def update_readme(path: Path = ROOT / "README.md") -> bool:
+def update_readme(path: Path = ROOT / "docs" / "speed.md") -> bool:
     text = path.read_text()
     if README_BEGIN.split(" (")[0] not in text or README_END not in text:
         return False
