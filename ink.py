@@ -23,6 +23,22 @@ HYSTERESIS_LOW = 0.5  # find_digits: connected ink down to this share of the thr
 SHEET_AREA, SHEET_FILL, SHEET_PAPER, SHEET_RIM, SHEET_CONTRAST = 0.2, 0.8, 0.85, 0.03, 0.2
 SHEET_SHARP = 0.5  # a sheet's edge: its grey step within 3 px, at least this share of the whole step
 SHEET_OFF_INK, SHEET_OFF_PIXELS = 0.5, 0.0005  # strokes off the sheet: this much darker than around them, this share of the picture
+# Printed structure around the digits (remove_structure). A frame: its holes are at least FRAME_HOLE
+# of its filled area and hold FRAME_INSIDE of another piece, which spans FRAME_CONTENT of its height;
+# an empty one is a rectangle (FRAME_RECT of its box filled) of thin lines (FRAME_THIN of that).
+FRAME_HOLE, FRAME_INSIDE, FRAME_CONTENT, FRAME_RECT, FRAME_THIN = 0.3, 0.8, 0.25, 0.9, 0.35
+# An underline or a comb bracket: a horizontal run over RULE_SPAN of its width, ticks RULE_TICK of its
+# height, together RULE_COVER of it; or a line RULE_ELONGATION times longer than thick within RULE_ANGLE
+# degrees; with ink of at least RULE_OTHER of the largest piece ending above the run (RULE_TOUCH of its
+# height may reach below it); pieces under RULE_MIN px are left alone.
+RULE_SPAN, RULE_TICK, RULE_COVER, RULE_ELONGATION, RULE_ANGLE = 0.8, 0.6, 0.9, 6.0, 12.0
+RULE_OTHER, RULE_TOUCH, RULE_MIN = 0.05, 0.1, 4
+# Signs written with digits (find_marks), in units of the tallest digit's height: a mark at most
+# SIGN_MAX of it; a dot at most SIGN_DOT and at most SIGN_ROUND elongated (a taller one is a comma's
+# tail), its centre below SIGN_LOW of the digits' height (a comma reaches SIGN_BELOW under them); a
+# minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
+SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.45, 0.3, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
+SIGN_CLEAR = 0.1  # a dot or bar further than this from every digit, and out of place, is a mark the reader cannot place
 
 
 def _border(a: np.ndarray) -> np.ndarray:
@@ -154,11 +170,118 @@ def hysteresis(ink: np.ndarray, t: float) -> np.ndarray:
     return out
 
 
-def find_digits(ink: np.ndarray) -> list[np.ndarray]:
+def _straight(piece: np.ndarray, axis: int, length: int) -> np.ndarray:
+    """The pixels of `piece` (H, W) bool on straight runs of at least `length` px along `axis`
+    (1: horizontal, 0: vertical): a binary opening with a line, as 1-D min then max filters."""
+    from scipy import ndimage as ndi
+
+    length = max(3, int(length))
+    return ndi.maximum_filter1d(ndi.minimum_filter1d(piece.view(np.uint8), length, axis=axis), length, axis=axis) > 0
+
+
+def _elongation(piece: np.ndarray) -> tuple[float, float]:
+    """(length / width, angle from horizontal in degrees) of `piece` (H, W) bool, from the
+    principal axes of its pixel coordinates (skimage's regionprops)."""
+    from skimage.measure import regionprops
+
+    r = regionprops(piece.astype(np.uint8))[0]
+    minor = max(r.axis_minor_length, 1.0)
+    return r.axis_major_length / minor, abs(90.0 - abs(np.degrees(r.orientation)))
+
+
+def _frame(piece: np.ndarray, others: np.ndarray) -> bool:
+    """Whether `piece` (h, w) bool, one component, is a printed frame around other ink: a box,
+    a row of boxes, a circle. Its holes (binary_fill_holes) hold at least FRAME_INSIDE of some
+    other piece's pixels (`others` (h, w) bool, the rest of the ink in its box), and what they
+    hold is at least FRAME_CONTENT of its height; or, holding nothing, it is a thin rectangle
+    (an empty box is not a 0)."""
+    from scipy import ndimage as ndi
+
+    filled = ndi.binary_fill_holes(piece)
+    holes = filled & ~piece
+    if holes.sum() < FRAME_HOLE * filled.sum():
+        return False  # the small loops of a 6, 8 or 9
+    inside = others & holes
+    if not inside.any():
+        h, w = piece.shape
+        return bool(filled.sum() >= FRAME_RECT * h * w and piece.sum() <= FRAME_THIN * filled.sum())
+    labels, n = ndi.label(others, structure=np.ones((3, 3), bool))
+    held = [i for i in range(1, n + 1) if (inside & (labels == i)).sum() >= FRAME_INSIDE * (labels == i).sum()]
+    if not held:
+        return False
+    rows = np.nonzero(np.isin(labels, held).any(1))[0]
+    return bool(rows[-1] - rows[0] + 1 >= FRAME_CONTENT * piece.shape[0])
+
+
+def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.ndarray, i: int) -> bool:
+    """Whether component i, `piece` (h, w) bool at (top, left), is an underline or a comb field's
+    bracket: straight strokes only (a thin line, PCA elongation at least RULE_ELONGATION within
+    RULE_ANGLE of horizontal; or a horizontal run over RULE_SPAN of its width along its bottom
+    with vertical ticks, which together cover RULE_COVER of it), with other ink (not specks)
+    standing on it: ending above the run's top and within its columns."""
+    h, w = piece.shape
+    if w < 3 * RULE_MIN:
+        return False
+    run = _straight(piece, 1, RULE_SPAN * w)
+    if not run.any():
+        return False
+    ticks = _straight(piece, 0, RULE_TICK * h)
+    line_rows = np.nonzero(run.any(1))[0]
+    lone_line = False
+    if h <= 2 * (line_rows[-1] - line_rows[0] + 1) or h < w / RULE_ELONGATION:
+        ratio, angle = _elongation(piece)
+        lone_line = ratio >= RULE_ELONGATION and angle <= RULE_ANGLE
+    comb = (run | ticks).sum() >= RULE_COVER * piece.sum() and line_rows[0] >= h / 2 - 1
+    if not (lone_line or comb):
+        return False
+    y_line, x0, x1 = top + line_rows[0], left, left + w
+    for j, b in enumerate(boxes):
+        if j == i or b is None or sizes[j] < RULE_OTHER * sizes.max():
+            continue
+        bh = b[0].stop - b[0].start
+        centre = (b[1].start + b[1].stop) / 2
+        if b[0].stop <= y_line + RULE_TOUCH * bh and b[0].start < y_line and x0 <= centre <= x1 and bh >= RULE_MIN:
+            return True
+    return False
+
+
+def remove_structure(strong: np.ndarray) -> np.ndarray:
+    """(H, W) bool ink mask -> the mask without printed structure around the digits: frames
+    that enclose other ink (boxes, rows of boxes, circles; _frame), empty thin rectangles, and
+    underlines and comb-field brackets with ink standing on them (_rule_under). Each is one
+    connected component told apart by its geometry; a digit alone is left as it is."""
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(strong, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return strong
+    boxes = ndi.find_objects(labels)
+    sizes = ndi.sum(strong, labels, index=np.arange(1, n + 1))
+    out = strong.copy()
+    for i, sl in enumerate(boxes):
+        piece = labels[sl] == i + 1
+        if min(piece.shape) < RULE_MIN and max(piece.shape) < 3 * RULE_MIN:
+            continue
+        if _frame(piece, (labels[sl] > 0) & ~piece) or (n > 1 and _rule_under(piece, sl[0].start, sl[1].start, boxes, sizes, i)):
+            out[sl] &= ~piece
+    return out
+
+
+def find_digits(ink: np.ndarray, structure: bool = True) -> list[np.ndarray]:
     """(H, W) ink strength -> one bool mask (H, W) per digit, left to right; [] when no ink.
+    find_marks' digits; the signs between them are left out."""
+    return [m for kind, m in find_marks(ink, structure) if kind == "digit"]
+
+
+def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.ndarray]]:
+    """(H, W) ink strength -> [(kind, bool mask (H, W))], left to right; [] when no ink. kind is
+    "digit", or a sign written with digits: "." or "," (a dot or a tail at the baseline between
+    two digits), "-" (a short bar at mid-height before the first digit), or "?" (a dot or a bar
+    anywhere else: a mark the reader cannot place).
 
     Ink is what is above Otsu's threshold (and at least 0.15 strength, so paper grain and
-    JPEG noise on a blank page are not ink). Components smaller than 1/20 of the largest, or
+    JPEG noise on a blank page are not ink). Printed structure (remove_structure) is set aside
+    when `structure`. Components smaller than 1/20 of the largest, or
     far from it, are specks and dropped; components whose columns overlap belong to one digit;
     a group is a separate digit only if it is at least half the tallest group's height."""
     from scipy import ndimage as ndi
@@ -167,6 +290,8 @@ def find_digits(ink: np.ndarray) -> list[np.ndarray]:
         return []
     t = max(_otsu(ink[ink > 0.02]) if (ink > 0.02).sum() > 16 else 0.15, 0.15)
     strong = hysteresis(ink, t)
+    if structure:
+        strong = remove_structure(strong)
     labels, n = ndi.label(strong, structure=np.ones((3, 3), bool))
     if n == 0:
         return []
@@ -201,15 +326,59 @@ def find_digits(ink: np.ndarray) -> list[np.ndarray]:
     tallest = max(height(g) for g in groups)
     heaviest = max(sum(sizes[i] for i in g[2]) for g in groups)
     digits = [g for g in groups if height(g) >= 0.5 * tallest and sum(sizes[i] for i in g[2]) >= 0.15 * heaviest]
-    # A group too small to be a digit (a detached bar of a 5, the tail of a 7) joins the
-    # nearest digit when it is close (a third of the tallest height), else it is dropped.
+    signs = []  # (kind, group)
     for g in groups:
         if g in digits:
             continue
+        kind = _sign(g, [boxes[i] for i in g[2]], digits, boxes, tallest)
+        if kind:
+            signs.append((kind, g))
+            continue
+        # A group too small to be a digit (a detached bar of a 5, the tail of a 7) joins the
+        # nearest digit when it is close (a third of the tallest height), else it is dropped.
         d, near = min((max(g[0] - o[1], o[0] - g[1], 0), k) for k, o in enumerate(digits))
         if d <= tallest / 3:
             digits[near][2] += g[2]
-    return [np.isin(labels, [i + 1 for i in g[2]]) for g in digits]
+    marks = [("digit", g) for g in digits] + signs
+    marks.sort(key=lambda m: m[1][0])
+    return [(kind, np.isin(labels, [i + 1 for i in g[2]])) for kind, g in marks]
+
+
+def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str | None:
+    """The sign a small group `g` ([x0, x1, components]) is, from its box (the union of `parts`)
+    and the digit groups around it: "." or "," at the baseline between two digits, "-" at
+    mid-height before the first digit, "?" a dot or bar elsewhere; None for other small pieces
+    (a digit's detached stroke, joined to it by find_marks)."""
+    y0, y1 = min(b[0].start for b in parts), max(b[0].stop for b in parts)
+    x0, x1 = g[0], g[1]
+    h, w = y1 - y0, x1 - x0
+    if max(h, w) > SIGN_MAX * tallest:
+        return None
+    left = [d for d in digits if d[1] <= x0]
+    right = [d for d in digits if d[0] >= x1]
+
+    def rows(d) -> tuple[int, int]:
+        return min(boxes[i][0].start for i in d[2]), max(boxes[i][0].stop for i in d[2])
+
+    dot = max(h, w) <= SIGN_DOT * tallest and max(h, w) <= SIGN_ROUND * min(h, w)
+    tail = max(h, w) <= SIGN_DOT * tallest and h > SIGN_ROUND * w
+    bar = w >= SIGN_BAR * h and w >= SIGN_DOT * tallest
+    if not (dot or tail or bar):
+        return None
+    gaps = ([x0 - left[-1][1]] if left else []) + ([right[0][0] - x1] if right else [])
+    near = min(gaps) if gaps else np.inf  # px to the nearest digit
+    if (dot or tail) and left and right:
+        top, bottom = rows(left[-1])
+        top2, bottom2 = rows(right[0])
+        top, bottom = min(top, top2), max(bottom, bottom2)
+        if (y0 + y1) / 2 >= top + SIGN_LOW * (bottom - top):
+            return "," if tail or y1 > bottom + SIGN_BELOW * (bottom - top) else "."
+    if bar and right and not left:
+        top, bottom = rows(right[0])
+        if top + SIGN_MID[0] * (bottom - top) <= (y0 + y1) / 2 <= top + SIGN_MID[1] * (bottom - top) and near <= tallest:
+            return "-"
+    # Elsewhere: clear of the digits but near them, a sign out of place; touching them, a digit's own piece
+    return "?" if SIGN_CLEAR * tallest < near <= tallest else None
 
 
 def edge_step(grey: np.ndarray, region: np.ndarray, k: int = 3) -> float:
