@@ -85,23 +85,11 @@ def check_size(name: str, image, max_pixels: int, max_grey_pixels: int | None) -
                          + "; resize it (e.g. to 4000 px on the longer side)", "too_large")
 
 
-def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS):
-    """The PIL image in `source`, upright and ready for `prepare`.
-
-    source: a path (str or Path), the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP,
-    TIFF, PGM, ...), or the bytes of a base64 data URL (b"data:image/png;base64,...").
-    name: what error messages call it (default: the path, or "image").
-    max_pixels: images with more pixels (width x height, read from the header before
-    decoding) are refused; a JPEG is first decoded at a reduced scale (Pillow's draft, 1/2
-    to 1/8) when that alone brings it to WORK_SIDE or more, so big phone photos are cheap.
-    max_grey_pixels: the limit instead for 8-bit grey and bilevel images (modes L and 1);
-    None: max_pixels.
-
-    The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
-    Pixel depth is kept as decoded (16-bit and float modes are scaled by `prepare`, never
-    clipped here). Raises ImageError (a ValueError) with a one-line message naming the file.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS):
+    """The PIL image in `source` with its header read and its size checked, not yet decoded:
+    (image, name). A JPEG is drafted first (see read_image), so image.size is what decoding
+    will cost. Arguments and errors as read_image's."""
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, (str, Path)):
         name = name or str(source)
@@ -140,7 +128,8 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         if data[:5] == b"%PDF-":  # a scanner's usual output: a document, not an image
             raise ImageError(f"{name}: a PDF, not an image; export the page as PNG or JPEG (e.g. pdftoppm -png)",
                              "unreadable") from None
-        raise ImageError(f"{name}: not an image Pillow can read; save it as PNG or JPEG", "unreadable") from None
+        raise ImageError(f"{name}: not an image file we can read (PNG, JPEG, HEIC, WebP, GIF, BMP or TIFF); "
+                         "save it as PNG or JPEG", "unreadable") from None
     w, h = image.size
     if image.format == "JPEG" and image.info.get("progressive"):
         check_size(name, image, max_pixels, max_grey_pixels)  # libjpeg holds a progressive file's whole coefficient buffer, drafted or not
@@ -148,17 +137,133 @@ def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
         scale = max(1, min(8, max(w, h) // WORK_SIDE))
         image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (w // scale, h // scale))
     check_size(name, image, max_pixels, max_grey_pixels)
+    return image, name
+
+
+# EXIF orientation (tag 0x0112) -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+ORIENTATIONS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def load_image(image, name: str, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS,
+               side: int | None = None):
+    """An image from open_image, decoded and upright; with `side`, also shrunk (see shrink) so
+    its longer side is at most `side` before anything wider than the decoded pixels is built.
+    Errors as read_image's."""
+    from PIL import Image, ImageOps
+
     try:
         image.load()
         check_size(name, image, max_pixels, max_grey_pixels)  # a decoder that did not keep to its header (ICO, ICNS: the embedded image's)
-        image = ImageOps.exif_transpose(image)
+        if side is None or max(image.size) <= side:
+            return ImageOps.exif_transpose(image)
+        turn = ORIENTATIONS.get(image.getexif().get(0x0112))
+        small = shrink(image, side)
+        return small.transpose(getattr(Image.Transpose, turn)) if turn else small
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: over the limit of {max(max_pixels, max_grey_pixels or 0) / 1e6:.0f} megapixels once decoded; "
                          "resize it (e.g. to 4000 px on the longer side)", "too_large") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: broken or truncated image ({type(e).__name__}); save it again as PNG or JPEG",
+        raise ImageError(f"{name}: the file is broken or cut short ({type(e).__name__}); save it again as PNG or JPEG",
                          "unreadable") from None
-    return image
+
+
+def read_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_grey_pixels: int | None = MAX_GREY_PIXELS,
+               side: int | None = None):
+    """The PIL image in `source`, upright and ready for `prepare`.
+
+    source: a path (str or Path), the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP,
+    TIFF, PGM, ...), or the bytes of a base64 data URL (b"data:image/png;base64,...").
+    name: what error messages call it (default: the path, or "image").
+    max_pixels: images with more pixels (width x height, read from the header before
+    decoding) are refused; a JPEG is first decoded at a reduced scale (Pillow's draft, 1/2
+    to 1/8) when that alone brings it to WORK_SIDE or more, so big phone photos are cheap.
+    max_grey_pixels: the limit instead for 8-bit grey and bilevel images (modes L and 1);
+    None: max_pixels.
+    side: None keeps the decoded size; WORK_SIDE shrinks a bigger image at once, in strips
+    (shrink), to what `prepare` would reduce it to, so decoding costs the decoded pixels
+    (1 to 4 bytes each) and no full-size float copies, whatever the mode.
+
+    The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
+    Pixel depth is kept as decoded (16-bit and float modes are scaled by `prepare`, never
+    clipped here). Raises ImageError (a ValueError) with a one-line message naming the file.
+    """
+    image, name = open_image(source, name, max_pixels, max_grey_pixels)
+    return load_image(image, name, max_pixels, max_grey_pixels, side)
+
+
+STRIP_PIXELS = 500_000  # source pixels converted at a time by shrink: its working memory beyond the decoded image
+
+
+def shrink(image, side: int):
+    """A decoded PIL image (W, H) -> to_grey(image) box-averaged by f = ceil(max(W, H) / side)
+    over whole f x f boxes (as ink._reduce: (H // f, W // f)), computed STRIP_PIXELS at a time so
+    that nothing wider than the decoded pixels is ever held full-size:
+      - 1, L, P, RGB, CMYK, YCbCr, LAB, HSV: mode L, converted and reduced by Pillow;
+      - 16-bit, 32-bit int, float and modes with alpha: mode F in [0, 1] (which to_grey returns
+        as is), scaled, or composed over its background, from statistics of the whole image
+        exactly as to_grey decides them (bits from the maximum; float by its min..max after
+        NaN -> 0; alpha: opaque, ink in the alpha alone, or composed over a contrasting ground).
+    Returns the image itself when f is 1. Memory: the decoded image plus ~30 bytes x STRIP_PIXELS."""
+    from PIL import Image
+
+    w, h = image.size
+    f = -(-max(w, h) // side)
+    if f <= 1:
+        return image
+    h2, w2 = h // f * f, w // f * f
+    rows = f * max(1, STRIP_PIXELS // max(1, w2 * f))  # source rows per strip, whole boxes
+    strips = [(y, min(y + rows, h2)) for y in range(0, h2, rows)]
+    mode = image.mode
+
+    def box_mean(a):  # (rows, w2) -> (rows / f, w2 / f)
+        return a.reshape(a.shape[0] // f, f, w2 // f, f).mean(axis=(1, 3), dtype=np.float64)
+
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        out, lo, hi = [], np.inf, -np.inf
+        for y0, y1 in strips:
+            a = np.array(image.crop((0, y0, w2, y1)), dtype=np.float64 if mode == "I" else np.float32)
+            a = np.nan_to_num(a, copy=False) if mode == "F" else np.clip(a, 0, None, out=a)
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+            out.append(box_mean(a))
+        a = np.concatenate(out)
+        if mode != "F":  # as to_grey: 8- to 32-bit content by the smallest 2^bits - 1 that holds the maximum
+            bits = next((b for b in (8, 10, 12, 14, 16, 24, 32) if hi <= 2 ** b - 1), 32)
+            lo, hi = 0.0, 2.0 ** bits - 1
+        elif lo >= 0 and hi <= 1:
+            lo, hi = 0.0, 1.0
+        return Image.fromarray(np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32), mode="F")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        lum_m, alpha_m, both_m = [], [], []  # box means of lum, alpha, lum x alpha
+        amin, n_seen, sum_seen, lo, hi = 1.0, 0, 0.0, np.inf, -np.inf  # to_grey's statistics, over the whole image
+        for y0, y1 in strips:
+            rgba = np.asarray(image.crop((0, y0, w2, y1)).convert("RGBA"))
+            alpha = rgba[..., 3].astype(np.float32) / 255.0
+            lum = rgba[..., 0] * np.float32(0.299 / 255)  # to_grey's luma, a channel at a time (no (H, W, 3) floats)
+            lum += rgba[..., 1] * np.float32(0.587 / 255)
+            lum += rgba[..., 2] * np.float32(0.114 / 255)
+            seen = alpha > 0.5
+            amin = min(amin, float(alpha.min()))
+            if seen.any():
+                n_seen, sum_seen = n_seen + int(seen.sum()), sum_seen + float(lum[seen].sum(dtype=np.float64))
+                lo, hi = min(lo, float(lum[seen].min())), max(hi, float(lum[seen].max()))
+            lum_m.append(box_mean(lum))
+            alpha_m.append(box_mean(alpha))
+            both_m.append(box_mean(lum * alpha))
+        lum, alpha, both = np.concatenate(lum_m), np.concatenate(alpha_m), np.concatenate(both_m)
+        if amin > 0.98:
+            a = lum
+        elif n_seen == 0 or hi - lo < 0.1:
+            a = 1.0 - alpha
+        else:
+            under = 0.0 if sum_seen / n_seen > 0.5 else 1.0
+            a = both + under * (1.0 - alpha)
+        return Image.fromarray(np.clip(a, 0, 1).astype(np.float32), mode="F")
+    small = Image.new("L", (w2 // f, h2 // f))
+    for y0, y1 in strips:
+        strip = image.crop((0, y0, w2, y1))
+        small.paste((strip if strip.mode == "L" else strip.convert("L")).reduce(f), (0, y0 // f))
+    return small
 
 
 def to_grey(image) -> np.ndarray:

@@ -12,6 +12,10 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
   - inference runs off the event loop on WORKERS threads; at most WORKERS + MAX_WAITING requests
     are admitted to it at once, the rest get 503 with Retry-After (so memory stays bounded and no
     connection is reset under load; the listen backlog is 2048);
+  - an image over LIGHT_PIXELS (from its header) is decoded in a lane of its own, HEAVY_WORKERS
+    thread(s) with at most HEAVY_WAITING queued (else 503 + Retry-After), so a drawing is never
+    queued behind a big file; every image is shrunk to the model's working size in strips as it is
+    decoded (images.shrink), so one costs its decoded pixels (1 to 4 bytes each), whatever its mode;
   - a body over MAX_BODY is refused from its Content-Length, or as soon as it grows past the
     limit while being read; bodies held at once stay under BODY_BUDGET bytes (else 503 +
     Retry-After); a request whose headers or body take over REQUEST_TIMEOUT_S to
@@ -46,6 +50,7 @@ import h11
 import numpy as np
 import torch
 
+import images
 import predict
 from models import STUDY_MODELS, CheckpointError, conv_layers, count_params, load_checkpoint
 
@@ -68,6 +73,11 @@ WORKERS = 2  # threads decoding images and running models: peak memory ~ WORKERS
 # at most 1,600 px a side (2.6 MP), and predict.read_image drafts big JPEGs before counting.
 MAX_PIXELS = 25_000_000
 MAX_WAITING = 64  # requests queued for a worker beyond those running (~1 s of ConvNet work); more get 503 + Retry-After
+# Images over this many pixels (after a JPEG's draft) are decoded in the heavy lane: the page sends
+# at most 1,600 px a side (2.6 MP) and a phone photo drafts to ~1 MP, so only big PNG/TIFF/WebP go there.
+LIGHT_PIXELS = 4_000_000
+HEAVY_WORKERS = 1  # threads decoding heavy images: peak memory ~ HEAVY_WORKERS x one decoded 25 MP image (~100 MB)
+HEAVY_WAITING = 6  # heavy requests queued beyond those running; more get 503 + Retry-After
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
                  ".png": "image/png", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 
@@ -93,7 +103,7 @@ def error_body(status: int, message: str) -> bytes:
 IMAGE_ERROR_STATUS = {"empty": 400, "data_url": 400, "too_large": 413, "unreadable": 415}  # predict.ImageError.kind -> HTTP
 
 
-FORM_PARTS = 32  # parts read of a multipart form before giving up on finding its file
+FORM_PARTS = 1000  # parts read of a multipart form before giving up on finding its file (the scan is linear in the body)
 
 
 def form_file(body: bytes, content_type: str) -> bytes:
@@ -122,17 +132,35 @@ def form_file(body: bytes, content_type: str) -> bytes:
         at = end
     if named is not None:
         return named
-    raise ApiError(400, "the form holds no file; send one as file=@digit.png (curl -F), or the raw bytes (curl --data-binary @digit.png)")
+    raise ApiError(400, f"the form holds no file (in its first {FORM_PARTS} parts); send one as file=@digit.png (curl -F), "
+                        "or the raw bytes (curl --data-binary @digit.png)")
+
+
+def open_image(body: bytes):
+    """The PIL image in `body` (file bytes or a data URL), its header read and size checked, not yet
+    decoded; ApiError 400/413/415 when it is not one to decode (over MAX_PIXELS is a 413)."""
+    try:
+        return images.open_image(body, "the file", max_pixels=MAX_PIXELS, max_grey_pixels=None)[0]  # one limit: see MAX_PIXELS
+    except images.ImageError as e:
+        raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
+
+
+def load_image(image):
+    """An image from open_image, decoded and shrunk to predict.WORK_SIDE as it is (images.shrink)."""
+    try:
+        return images.load_image(image, "the file", max_pixels=MAX_PIXELS, max_grey_pixels=None, side=predict.WORK_SIDE)
+    except images.ImageError as e:
+        raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
 
 
 def read_image(body: bytes):
-    """The PIL image in `body` (file bytes or a data URL); ApiError 400/413/415 when it is not one
-    to decode (predict.read_image reads the pixel count from the header before decoding; over
-    MAX_PIXELS is a 413)."""
-    try:
-        return predict.read_image(body, name="the request body", max_pixels=MAX_PIXELS, max_grey_pixels=None)  # one limit: see MAX_PIXELS
-    except predict.ImageError as e:
-        raise ApiError(IMAGE_ERROR_STATUS.get(e.kind, 415), str(e)) from None
+    """The PIL image in `body`, decoded and shrunk (open_image, then load_image)."""
+    return load_image(open_image(body))
+
+
+def is_heavy(image) -> bool:
+    """Whether an opened image is decoded in the heavy lane (over LIGHT_PIXELS)."""
+    return image.size[0] * image.size[1] > LIGHT_PIXELS
 
 
 # -----------------------------------------------------------------------------
@@ -238,12 +266,16 @@ class Models:
         self.predict(buf.getvalue(), self.default)
 
     def predict(self, body: bytes, name: str) -> dict:
-        """The JSON answer for one request body (runs on a worker thread): predict.py's answer
+        """The JSON answer for one request body, in the calling thread (see answer)."""
+        return self.answer(open_image(body), name)
+
+    def answer(self, image, name: str) -> dict:
+        """The JSON answer for an image from open_image (runs on a worker thread): predict.py's answer
         {status, digit, probability, topk, number, digits} plus the model, the 10 calibrated
         probabilities of the first digit (null when there is none), the crops the model saw side
         by side as a PNG data URL (28 x 28n), the first CNN's feature maps of the first digit, ms."""
         t0 = time.perf_counter()
-        crops = predict.prepare(read_image(body))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
+        crops = predict.prepare(load_image(image))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
         members = list(self.models) if name == "ensemble" else [name]
         outs, features = [], None  # outs: (logits (n, 10), penultimate features (n, F) or None, ckpt) per member
         if crops:
@@ -303,8 +335,22 @@ def make_protocol(timeout_s: float):
             self._deadline = self.loop.call_later(timeout_s, self._timed_out)
 
         def connection_made(self, transport):
-            super().connection_made(transport)
+            self.drained = None  # bytes read and dropped after our side was shut (see Lingering); None: not lingering
+            super().connection_made(Lingering(transport, self, timeout_s))
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.drained is None:
+                return super().data_received(data)
+            self.drained += len(data)
+            if self.drained > DRAIN_MAX:
+                self.transport.close()
+
+        def eof_received(self):
+            if self.drained is not None:  # the client has sent all it meant to and read our answer
+                self.transport.close()
+                return None
+            return super().eof_received()
 
         def connection_lost(self, exc):
             if self._deadline is not None:
@@ -340,6 +386,29 @@ def make_protocol(timeout_s: float):
                 self.transport.close()
 
     return Protocol
+
+
+class Lingering:
+    """A connection's transport, except that close() while the client is still sending its body
+    (a refused upload on a connection that must close: the client said Connection: close) shuts
+    our side only (FIN after the answer) and reads and drops what still comes, up to DRAIN_MAX
+    bytes or timeout_s, then closes: the client reads the answer instead of a reset."""
+
+    def __init__(self, transport, protocol, timeout_s: float):
+        self._transport, self._protocol, self._timeout_s = transport, protocol, timeout_s
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        p, t = self._protocol, self._transport
+        if p.drained is None and not t.is_closing() and p.conn.their_state is h11.SEND_BODY and t.can_write_eof():
+            p.drained = 0
+            t.write_eof()
+            t.resume_reading()
+            p.loop.call_later(self._timeout_s, t.close)
+            return
+        t.close()
 
 
 def json_error(status: int, message: str, headers: dict | None = None):
@@ -432,16 +501,38 @@ async def read_body(request, timeout_s: float, budget: BodyBudget) -> tuple[byte
     return b"".join(chunks), reserved
 
 
-def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: float, workers: int, max_waiting: int,
-                   body_budget: int = BODY_BUDGET) -> None:
-    """POST /predict (on `pool`, at most workers + max_waiting admitted and body_budget bytes of
-    bodies held, else 503) and GET /api/models."""
+class Lane:
+    """A thread pool with an admission bound, touched only on the event loop: `run` answers 503
+    with Retry-After when `workers + waiting` calls are already running or queued."""
+
+    def __init__(self, workers: int, waiting: int, name: str):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self.limit, self.admitted, self.name = workers + waiting, 0, name
+
+    async def run(self, fn, *args):
+        if self.admitted >= self.limit:
+            what = "large images" if self.name == "heavy" else "requests"
+            raise ApiError(503, f"busy: {self.admitted} {what} ahead; try again in 1 s", {"Retry-After": "1"})
+        self.admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.admitted -= 1
+
+
+def add_api_routes(app, models: Models, light: Lane, heavy: Lane, timeout_s: float, body_budget: int = BODY_BUDGET) -> None:
+    """POST /predict (opened on the `light` lane, answered there or, over LIGHT_PIXELS, on the
+    `heavy` one; body_budget bytes of bodies held at most, else 503) and GET /api/models."""
     from fastapi import Request
     from fastapi.responses import Response
     from starlette.requests import ClientDisconnect
 
-    admitted = [0]  # requests admitted to the pool (running or queued); touched only on the event loop
     budget = BodyBudget(body_budget)
+
+    def light_answer(body: bytes, form: str, name: str):
+        """On the light lane: the answer, or the opened image when it belongs to the heavy lane."""
+        image = open_image(form_file(body, form) if form.lower().startswith("multipart/form-data") else body)
+        return image if is_heavy(image) else models.answer(image, name)
 
     @app.post("/predict", summary="The digit(s) in an image",
               description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, HEIC, ...), a data URL "
@@ -456,19 +547,10 @@ def add_api_routes(app, models: Models, pool: ThreadPoolExecutor, timeout_s: flo
             body, reserved = await read_body(request, timeout_s, budget)
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
-        try:
-            if admitted[0] >= workers + max_waiting:
-                raise ApiError(503, f"busy: {admitted[0]} requests ahead; try again in 1 s", {"Retry-After": "1"})
-            admitted[0] += 1
-            try:
-                form = request.headers.get("content-type", "")
-                if form.lower().startswith("multipart/form-data"):  # parsed on the worker, after admission
-                    answer = await asyncio.get_running_loop().run_in_executor(
-                        pool, lambda: models.predict(form_file(body, form), name))
-                else:
-                    answer = await asyncio.get_running_loop().run_in_executor(pool, models.predict, body, name)
-            finally:
-                admitted[0] -= 1
+        try:  # a form is parsed on the worker, after admission
+            answer = await light.run(light_answer, body, request.headers.get("content-type", ""), name)
+            if not isinstance(answer, dict):  # an opened image over LIGHT_PIXELS: decoded where it delays no drawing
+                answer = await heavy.run(models.answer, answer, name)
         finally:
             budget.held -= reserved
         return Response(json.dumps(answer).encode(), media_type="application/json", headers={"Cache-Control": "no-store"})
@@ -526,7 +608,7 @@ def add_static_route(app) -> None:
 
 
 def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: int = WORKERS, max_waiting: int = MAX_WAITING,
-               body_budget: int = BODY_BUDGET):
+               body_budget: int = BODY_BUDGET, heavy_workers: int = HEAVY_WORKERS, heavy_waiting: int = HEAVY_WAITING):
     """The FastAPI app over loaded `models`: JSON error handlers, POST /predict and GET /api/models,
     GET /docs, then the catch-all for web/ (last, so it sees only what the others do not answer)."""
     from fastapi import FastAPI
@@ -534,12 +616,12 @@ def create_app(models: Models, timeout_s: float = REQUEST_TIMEOUT_S, workers: in
     app = FastAPI(title="MNIST study: draw a digit", version="2", docs_url=None, redoc_url=None,
                   description="POST an image (file bytes or a base64 data URL) to /predict; the answer is JSON. "
                               "Errors are JSON too: {\"error\": one line, \"status\": the HTTP status}.")
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+    light, heavy = Lane(workers, max_waiting, "light"), Lane(heavy_workers, heavy_waiting, "heavy")
     add_error_handlers(app)
-    add_api_routes(app, models, pool, timeout_s, workers, max_waiting, body_budget)
+    add_api_routes(app, models, light, heavy, timeout_s, body_budget)
     add_docs_route(app)
     add_static_route(app)
-    app.state.models, app.state.pool = models, pool
+    app.state.models, app.state.lanes = models, (light, heavy)
     return app
 
 
@@ -575,7 +657,8 @@ class Server:
         try:
             self.uvicorn.run(sockets=[self.sock])
         finally:
-            self.app.state.pool.shutdown(wait=False, cancel_futures=True)
+            for lane in self.app.state.lanes:
+                lane.pool.shutdown(wait=False, cancel_futures=True)
 
     def start(self) -> "Server":
         self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="uvicorn")

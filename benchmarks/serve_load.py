@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py                  # the full run (~1 min); writes benchmarks/results/serve_load.{json,md}
     python benchmarks/serve_load.py --quick          # small counts and a 2 s request timeout (CI): prints, saves nothing
-    python benchmarks/serve_load.py --update-readme  # only rewrite README.md's serving table from serve_load.json
+    python benchmarks/serve_load.py --update-readme  # only rewrite the table in docs/demo.md (and README.md) from serve_load.json
     python benchmarks/serve_load.py --note "while 3 other jobs ran"   # said in the table's header
 
 Phases, each against the same server process (`python serve.py --quiet`, the study's models, the
@@ -10,8 +10,10 @@ page's default model): POST /predict of a drawn digit (the 280x280 PGM the page 
 concurrency 1, 50 and 200, with latency p50/p99 and errors by kind (HTTP status, reset, timeout);
 200 slow clients that send half a body and wait, with the latency of normal requests meanwhile
 and the time until the server has closed every slow connection; three 10000x10000 PNGs at once
-(refused from their header) and, in the full run, three of the largest the server decodes (just
-under serve.MAX_PIXELS), which is what bounds its memory; and (unless --no-browser; when
+(refused from their header); three semi-transparent RGBA PNGs, then three float32 TIFFs, at once
+(4999x4999 px, just under serve.MAX_PIXELS; 3000x3000 in --quick), small on the wire and costly to
+decode, with drawings sent one after another meanwhile (what a person drawing waits while they
+decode in the server's heavy lane); in the full run, three grey PNGs of the largest size; and (unless --no-browser; when
 Playwright and Chromium are there) the time from pen-up to the final guess in headless Chromium. The server's resident memory (VmRSS, sampled every 20 ms) is recorded per
 phase. Linux only (/proc). The client runs on the same cores as the server: on a 2-core machine
 the figures are the server's and the client's together.
@@ -99,6 +101,47 @@ def big_png(side: int = 10000) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def heavy_image(kind: str, side: int) -> bytes:
+    """A side x side file that is small on the wire and costly to decode, a 7 drawn across it:
+    "rgba": a PNG of semi-transparent paper (alpha 96) with nearly opaque ink (the mode whose
+    compositing took full-size float arrays); "float": a float32 TIFF (deflate), ink 1.0 on 0.0."""
+    from PIL import Image, ImageDraw
+
+    if kind == "rgba":
+        img, paper, ink, fmt = Image.new("RGBA", (side, side), (255, 255, 255, 96)), None, (20, 20, 20, 230), "PNG"
+    else:
+        img, paper, ink, fmt = Image.new("F", (side, side), 0.0), None, 1.0, "TIFF"
+    s = side / 280
+    ImageDraw.Draw(img).line([(80 * s, 70 * s), (200 * s, 70 * s), (120 * s, 230 * s)], fill=ink, width=int(20 * s))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}))
+    return buf.getvalue()
+
+
+HEAVY_NAMES = {"rgba": "semi-transparent RGBA PNGs", "float": "float32 TIFFs"}
+
+
+def heavy_with_drawings(port: int, pid: int, body: bytes, drawing: bytes, n: int = 3, gap_s: float = 0.1) -> dict:
+    """n heavy files POSTed at once; meanwhile drawings, one after another (gap_s apart), until
+    every heavy one is answered: what a person drawing waits while the heavy uploads decode."""
+    drawn = []
+    with PeakRSS(pid) as rss, ThreadPoolExecutor(n) as pool:
+        t0 = time.perf_counter()
+        heavy = [pool.submit(post, port, body) for _ in range(n)]
+        time.sleep(0.2)  # the heavy ones are in
+        while not all(f.done() for f in heavy) and time.perf_counter() - t0 < 120:
+            drawn.append(post(port, drawing, timeout=30))
+            time.sleep(gap_s)
+        results = [f.result() for f in heavy]
+        wall = time.perf_counter() - t0
+    ok = sorted(t for k, t in drawn if k == "200")
+    return {"images": n, "bytes": len(body), "by_kind": {k: sum(1 for r in results if r[0] == k) for k, _ in results},
+            "max_ms": round(1000 * max(t for _, t in results), 1), "wall_s": round(wall, 2), "peak_rss_mb": round(rss.peak),
+            "drawings": {"requests": len(drawn), "by_kind": {k: sum(1 for r in drawn if r[0] == k) for k, _ in drawn},
+                         "p50_ms": round(1000 * statistics.median(ok), 1) if ok else None,
+                         "max_ms": round(1000 * ok[-1], 1) if ok else None}}
 
 
 def phone_jpeg(width: int = 4032, height: int = 3024) -> bytes:
@@ -299,6 +342,12 @@ def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dic
         ph = out["phones"]
         print(f"{ph['images']} phone photos ({ph['jpeg_bytes'] / 1e6:.1f} MB JPEGs) at once: {ph['by_kind']}, p50 {ph['p50_ms']} ms, "
               f"max {ph['max_ms']} ms, peak RSS {ph['peak_rss_mb']} MB", flush=True)
+        side = 3000 if quick else int(serve.MAX_PIXELS ** 0.5) - 1  # quick: 9 MP, still over serve.LIGHT_PIXELS
+        for kind in ("rgba", "float"):
+            r = out[f"heavy_{kind}"] = {"kind": kind, "pixels": f"{side}x{side}",
+                                        **heavy_with_drawings(port, proc.pid, heavy_image(kind, side), body)}
+            print(f"three {HEAVY_NAMES[kind]} of {side}x{side} at once: {r['by_kind']} in {r['max_ms']} ms, peak RSS "
+                  f"{r['peak_rss_mb']} MB; drawings meanwhile: {r['drawings']['by_kind']}, max {r['drawings']['max_ms']} ms", flush=True)
         if not quick:  # the largest the server decodes: what bounds its memory (WORKERS of these at a time)
             out["largest"] = huge_pngs(port, proc.pid, side=int(serve.MAX_PIXELS ** 0.5) - 1)
             h = out["largest"]
@@ -355,6 +404,14 @@ def table(o: dict) -> list[str]:
             h = o[key]
             lines.append(f"| {h['images']} PNGs of {h['pixels']} px ({h['png_bytes'] // 1000} kB each{what}) at once | {h['images']} | "
                          f"{kinds(h['by_kind'])} | | {h['max_ms']} ms (max) | | {h['peak_rss_mb']} MB |")
+    for kind in ("rgba", "float"):
+        if f"heavy_{kind}" in o:
+            h = o[f"heavy_{kind}"]
+            d = h["drawings"]
+            lines.append(f"| {h['images']} {HEAVY_NAMES[kind]} of {h['pixels']} px ({h['bytes'] // 1000} kB each) at once, "
+                         f"with drawings sent one after another meanwhile | {h['images']} + {d['requests']} drawings | "
+                         f"{kinds(h['by_kind'])}; drawings: {kinds(d['by_kind'])} | {d['p50_ms']} ms (drawings) | "
+                         f"{d['max_ms']} ms (drawings, max); {h['max_ms']} ms (large, max) | | {h['peak_rss_mb']} MB |")
     if "phones" in o:
         ph = o["phones"]
         lines.append(f"| {ph['images']} phone photos at once ({ph['jpeg_bytes'] / 1e6:.1f} MB JPEGs of 12 MP, as the camera wrote them) | "
@@ -367,7 +424,14 @@ def table(o: dict) -> list[str]:
     return lines
 
 
+DOCS = ROOT / "docs" / "demo.md"
+
+
 def update_readme(path: Path = ROOT / "README.md", results: Path = RESULTS / "serve_load.json") -> bool:
+    """Rewrite the table between README_BEGIN and README_END in `path` (README.md, docs/demo.md)
+    from the recorded results; False when the file has no such block or nothing is recorded."""
+    if not path.exists():
+        return False
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text or not results.exists():
         return False
@@ -383,10 +447,12 @@ def main(argv=None) -> int:
     p.add_argument("--weights", nargs="+", help="checkpoints to serve (default: serve.py's, the study's models)")
     p.add_argument("--no-browser", action="store_true", help="skip the pen-up timing in headless Chromium")
     p.add_argument("--note", default="", help='said after the CPU in the table header, e.g. "while 3 other jobs ran"')
-    p.add_argument("--update-readme", action="store_true", help="only rewrite README.md's serving table from serve_load.json")
+    p.add_argument("--update-readme", action="store_true", help="only rewrite the serving table in README.md and docs/demo.md "
+                                                                     "from serve_load.json")
     a = p.parse_args(argv)
     if a.update_readme:
-        print("updated README.md" if update_readme() else "README.md has no serve:load block, or no serve_load.json yet")
+        for path in (ROOT / "README.md", DOCS):
+            print(f"updated {path.name}" if update_readme(path) else f"{path.name} has no serve:load block, or no serve_load.json yet")
         return 0
     mode = "quick" if a.quick else "full"
     timer = threading.Timer(DEADLINE_S[mode], lambda: os._exit(3))  # bounded: a hung phase cannot run on
@@ -399,11 +465,17 @@ def main(argv=None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "serve_load.json").write_text(json.dumps(o, indent=2) + "\n")
         (RESULTS / "serve_load.md").write_text("\n".join(table(o)) + "\n")
-        print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated README.md" if update_readme() else ""))
+        updated = [path.name for path in (ROOT / "README.md", DOCS) if update_readme(path)]
+        print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated " + ", ".join(updated) if updated else ""))
     problems = [f"concurrency {r['concurrency']}: {k}" for r in o["load"] for k in r["by_kind"] if k not in ("200", "503")]
     problems += [f"huge PNGs: {k}" for k in o["huge"]["by_kind"] if not k.startswith("4")]
     problems += [f"phone photos: {k}" for k in o.get("phones", {}).get("by_kind", {}) if k not in ("200", "503")]
     problems += [f"largest PNGs: {k}" for k in o.get("largest", {}).get("by_kind", {}) if k != "200" and not k.startswith("4")]
+    for kind in ("rgba", "float"):
+        h = o.get(f"heavy_{kind}", {})
+        problems += [f"{HEAVY_NAMES[kind]}: {k}" for k in h.get("by_kind", {}) if k != "200"]
+        problems += [f"drawings during {HEAVY_NAMES[kind]}: {k}" for k in h.get("drawings", {}).get("by_kind", {}) if k != "200"]
+        problems += [f"{HEAVY_NAMES[kind]}: peak RSS {h['peak_rss_mb']} MB"] * (h.get("peak_rss_mb", 0) >= 1500)
     problems += ["server died"] * (not o["server_alive"]) + ["tracebacks in the server log"] * (o["server_log_tracebacks"] > 0)
     if problems:
         print("FAILED: " + "; ".join(problems), file=sys.stderr)

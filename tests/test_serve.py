@@ -92,7 +92,10 @@ def test_a_form_upload_and_any_case_model_name_are_answered(server, test_digits)
     assert status == 200 and j["model"] == "convnet" and j["digit"] == labels[0], j
     body, headers = form([("note", None, b"hello")])
     status, _, j = request(server, "POST", "/predict", body, headers)
-    assert status == 400 and j["error"].startswith("the form holds no file; send one as file=@digit.png"), j
+    assert status == 400 and j["error"].startswith("the form holds no file (in its first"), j
+    body, headers = form([(f"field{i}", None, b"x") for i in range(40)] + [("file", "digit.png", encode(images[0], "PNG"))])
+    status, _, j = request(server, "POST", "/predict", body, headers)  # a web form with many fields before its file
+    assert status == 200 and j["digit"] == labels[0], j
 
 
 def test_form_file_is_a_bounded_scan():

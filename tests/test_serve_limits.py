@@ -104,6 +104,35 @@ def test_body_limit_is_enforced_while_reading(server):
     assert status == 413 and "limit" in j["error"]
 
 
+def test_a_refused_body_sent_with_connection_close_is_answered_not_reset(server):
+    """A 20-30 MB upload (over MAX_BODY, under DRAIN_MAX) on a connection the client asked to close:
+    the client sends its whole body without a broken pipe and then reads the 413."""
+    import threading
+    size = serve.MAX_BODY + 8_000_000
+    assert size <= serve.DRAIN_MAX
+    s = socket.create_connection(("127.0.0.1", server), timeout=10)
+    failed = []
+
+    def send():
+        try:
+            s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n".encode()
+                      + b"x" * size)
+        except OSError as e:
+            failed.append(e)
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(timeout=20)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    finally:
+        s.close()
+    assert not failed, failed
+    status, headers, j = parse(out)
+    assert status == 413 and j["status"] == 413 and "limit" in j["error"]
+
+
 def test_bodies_held_at_once_stay_under_the_budget(test_digits):
     srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True, timeout_s=5.0, body_budget=100_000).start()
     try:
@@ -227,3 +256,94 @@ def test_docs_work_offline_and_openapi_describes_predict(server):
     assert r.status == 200 and "/predict" in page and "/openapi.json" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing from a CDN
     conn.close()
+
+
+def costly(mode: str, side: int) -> Image.Image:
+    """A side x side image of `mode` with a dark 7 on light paper (light 7 on dark for F and I;16),
+    drawn as a grey image and converted: every mode the server decodes differently."""
+    from PIL import ImageDraw
+    import numpy as np
+    grey = Image.new("L", (side, side), 235)
+    s = side / 280
+    ImageDraw.Draw(grey).line([(80 * s, 70 * s), (200 * s, 70 * s), (120 * s, 230 * s)], fill=15, width=int(20 * s))
+    a = np.asarray(grey)
+    if mode == "RGBA":  # semi-transparent paper, nearly opaque ink
+        return Image.merge("RGBA", (*grey.convert("RGB").split(), Image.fromarray(np.where(a < 128, 230, 96).astype(np.uint8))))
+    if mode == "LA":
+        return Image.merge("LA", (grey, Image.fromarray(np.where(a < 128, 255, 40).astype(np.uint8))))
+    if mode == "I;16":
+        return Image.fromarray(((255 - a).astype(np.uint16) * 257))
+    if mode == "F":
+        return Image.fromarray((255 - a).astype(np.float32) / 255 * 7.5 - 2)
+    return grey.convert(mode)
+
+
+MODES = ["RGBA", "LA", "I;16", "F", "P", "CMYK", "RGB", "1"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_is_shrunk_before_it_is_widened_to_floats(mode):
+    """images.shrink (the server's decode path) gives what to_grey then ink's box reduction give,
+    and the float arrays it builds stay a small fraction of the image (numpy's allocations are
+    traced by tracemalloc): 9 MP of RGBA took ~150 MB of floats before."""
+    import tracemalloc
+    import numpy as np
+    import images
+    import ink
+    img = costly(mode, 3000)
+    img.load()
+    ref = ink._reduce(images.to_grey(img), images.WORK_SIDE)
+    tracemalloc.start()
+    try:
+        got = images.to_grey(images.shrink(img, images.WORK_SIDE))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.01, mode
+    assert peak < 25_000_000, (mode, peak)  # 3000 x 3000 px: float64 full-size would be 72 MB
+
+
+def heavy_body(mode: str, side: int) -> bytes:
+    buf = io.BytesIO()
+    img = costly(mode, side)
+    fmt = "TIFF" if mode in ("F", "CMYK") else "PNG"
+    img.save(buf, format=fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_of_a_large_image_is_read_right(server, mode):
+    body = heavy_body(mode, 2100)  # 4.4 MP: over serve.LIGHT_PIXELS, decoded in the heavy lane
+    status, _, j = parse(exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                                  % len(body) + body, wait=60)[0])
+    assert status == 200 and j["status"] == "ok" and j["digit"] == 7, (mode, j)
+
+
+def test_a_drawing_is_answered_at_once_while_large_images_decode(test_digits):
+    """Three large semi-transparent PNGs in flight (the heavy lane, one at a time): drawings sent
+    meanwhile are answered within a second each, and every large one is answered too."""
+    srv = serve.make_server(WEIGHTS, "127.0.0.1", 0, quiet=True, timeout_s=10.0).start()
+    try:
+        heavy = heavy_body("RGBA", 4000)
+        drawing = encode(test_digits[0][3], "PNG")
+
+        def post(body):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+            t0 = time.perf_counter()
+            conn.request("POST", "/predict", body)
+            r = conn.getresponse()
+            j = json.loads(r.read())
+            conn.close()
+            return r.status, j, time.perf_counter() - t0
+        with ThreadPoolExecutor(3) as pool:
+            big = [pool.submit(post, heavy) for _ in range(3)]
+            time.sleep(0.2)
+            drawn = []
+            while not all(f.done() for f in big) and len(drawn) < 40:
+                drawn.append(post(drawing))
+            answers = [f.result() for f in big]
+        assert drawn and all(s == 200 and j["digit"] == 3 for s, j, _ in drawn)
+        assert max(t for _, _, t in drawn) < 1.0, [round(t, 2) for _, _, t in drawn]
+        assert all(s == 200 and j["digit"] == 7 for s, j, _ in answers), answers
+    finally:
+        srv.shutdown()
