@@ -32,12 +32,13 @@ FRAME_HOLE, FRAME_INSIDE, FRAME_CONTENT, FRAME_RECT, FRAME_THIN = 0.3, 0.8, 0.25
 # degrees; with ink of at least RULE_OTHER of the largest piece ending above the run (RULE_TOUCH of its
 # height may reach below it); pieces under RULE_MIN px are left alone.
 RULE_SPAN, RULE_TICK, RULE_COVER, RULE_ELONGATION, RULE_ANGLE = 0.8, 0.6, 0.9, 6.0, 12.0
-RULE_OTHER, RULE_TOUCH, RULE_MIN = 0.05, 0.1, 4
+RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RULE_BAR times wider than tall
 # Signs written with digits (find_marks), in units of the tallest digit's height: a mark at most
 # SIGN_MAX of it; a dot at most SIGN_DOT and at most SIGN_ROUND elongated (a taller one is a comma's
 # tail), its centre below SIGN_LOW of the digits' height (a comma reaches SIGN_BELOW under them); a
 # minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
-SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.45, 0.3, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
+SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.3, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
+SIGN_SHORT = 0.15  # a minus is at least this long
 SIGN_CLEAR = 0.1  # a dot or bar further than this from every digit, and out of place, is a mark the reader cannot place
 
 
@@ -216,7 +217,7 @@ def _frame(piece: np.ndarray, others: np.ndarray) -> bool:
 def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.ndarray, i: int) -> bool:
     """Whether component i, `piece` (h, w) bool at (top, left), is an underline or a comb field's
     bracket: straight strokes only (a thin line, PCA elongation at least RULE_ELONGATION within
-    RULE_ANGLE of horizontal; or a horizontal run over RULE_SPAN of its width along its bottom
+    RULE_ANGLE of horizontal; a solid bar RULE_BAR times wider than tall; or a horizontal run over RULE_SPAN of its width along its bottom
     with vertical ticks, which together cover RULE_COVER of it), with other ink (not specks)
     standing on it: ending above the run's top and within its columns."""
     h, w = piece.shape
@@ -232,7 +233,8 @@ def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.n
         ratio, angle = _elongation(piece)
         lone_line = ratio >= RULE_ELONGATION and angle <= RULE_ANGLE
     comb = (run | ticks).sum() >= RULE_COVER * piece.sum() and line_rows[0] >= h / 2 - 1
-    if not (lone_line or comb):
+    bar = run.sum() >= RULE_COVER * piece.sum() and w >= RULE_BAR * h  # a thick rule drawn with a marker
+    if not (lone_line or comb or bar):
         return False
     y_line, x0, x1 = top + line_rows[0], left, left + w
     for j, b in enumerate(boxes):
@@ -362,7 +364,7 @@ def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str 
 
     dot = max(h, w) <= SIGN_DOT * tallest and max(h, w) <= SIGN_ROUND * min(h, w)
     tail = max(h, w) <= SIGN_DOT * tallest and h > SIGN_ROUND * w
-    bar = w >= SIGN_BAR * h and w >= SIGN_DOT * tallest
+    bar = w >= SIGN_BAR * h and w >= SIGN_SHORT * tallest
     if not (dot or tail or bar):
         return None
     gaps = ([x0 - left[-1][1]] if left else []) + ([right[0][0] - x1] if right else [])

@@ -55,6 +55,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ import torch
 from images import (IMAGE_SUFFIXES, MAX_GREY_PIXELS, MAX_PIXELS, WORK_SIDE, ImageError, heif_opener,  # noqa: F401
                     read_image, to_grey)
 # The ink floor: where the digits are on the page
-from ink import MIN_SIDE, _reduce, find_digits, ink_map, on_sheet
+from ink import MIN_SIDE, _reduce, find_marks, ink_map, on_sheet
 from models import CheckpointError, load_checkpoint
 
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
@@ -79,6 +80,11 @@ STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 # strength it has where it falls on one: thicken grows strokes from this share of the core up.
 STROKE_GROW_FROM = 0.4
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
+# A picture with no EXIF orientation may be sideways: its quarter turns are read (read_turned) when one
+# digit's ink is SIDEWAYS wider than tall, or its upright reading is unsure; a turn is read at TURN_SURE; a turn
+# reading another digit is a rival when its 1 - probability is within TURN_MARGIN times the best turn's;
+# an accepted upright reading gives way only to a turn TURN_OVERRIDE times surer.
+SIDEWAYS, TURN_SURE, TURN_MARGIN, TURN_OVERRIDE = 1.25, 0.999, 10.0, 300.0
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -204,23 +210,52 @@ def _enlarge(grey: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((w * f, h * f), Image.BILINEAR), np.float32)
 
 
-def prepare(image) -> list[np.ndarray]:
-    """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
-    float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink."""
+class Marks(NamedTuple):
+    """What `prepare_marks` finds in one picture, left to right."""
+    crops: list[np.ndarray]  # one (28, 28) float32 in [0, 1] per digit
+    layout: str  # one character per mark: "d" a digit (its crop, in order), or a sign ".", ",", "-", "?" (out of place)
+    wide: bool  # one digit whose ink is at least SIDEWAYS wider than tall: perhaps a photo turned sideways
+
+
+def working_grey(image) -> np.ndarray:
+    """A PIL image (from read_image) -> (H, W) grey in [0, 1], reduced to WORK_SIDE, a sheet on a
+    darker desk cut out (on_sheet): what prepare_marks reads, at any quarter turn."""
     f = -(-max(image.size) // WORK_SIDE)
     if image.mode in ("1", "L") and f > 1:  # _reduce's box average (whole boxes only), done in Pillow: no full-size floats
         w, h = image.size
         image = (image if image.mode == "L" else image.convert("L")).reduce(f, box=(0, 0, w // f * f, h // f * f))
-    grey = on_sheet(_reduce(to_grey(image), WORK_SIDE))
+    return on_sheet(_reduce(to_grey(image), WORK_SIDE))
+
+
+def prepare(image) -> list[np.ndarray]:
+    """A PIL image (from read_image) -> the digits in it, left to right, each a (28, 28)
+    float32 array in [0, 1], white ink on black, framed as MNIST's. [] means no ink.
+    Printed structure (boxes, circles, underlines, comb fields) is set aside; signs are left out
+    (prepare_marks has them)."""
+    return prepare_marks(working_grey(image)).crops
+
+
+def prepare_marks(grey: np.ndarray) -> Marks:
+    """(H, W) grey from working_grey (or a quarter turn of it) -> Marks: the digits' crops, framed
+    as MNIST's, and the signs written between them."""
     big = _enlarge(grey, MIN_SIDE)
-    masks = find_digits(ink_map(big))
-    if big.shape != grey.shape and len(masks) > 1 and max(grey.shape) <= ONE_CELL_ASPECT * min(grey.shape):
+    thumb = big.shape != grey.shape
+    marks = find_marks(ink_map(big), structure=not thumb)
+    masks = [m for kind, m in marks if kind == "digit"]
+    layout = "".join("d" if kind == "digit" else kind for kind, _ in marks)
+    if thumb:
+        layout = "d" * len(masks)  # a thumbnail holds digits only
+    if thumb and len(masks) > 1 and max(grey.shape) <= ONE_CELL_ASPECT * min(grey.shape):
         # A square-ish thumbnail (an MNIST 28x28, an 8x8 crop) is one character cell: a gap of a
         # pixel there is sampling (a 4's bar or a 1's stroke broken between two pixels), not space
         # between two digits, so all its ink is one digit.
-        masks = [np.logical_or.reduce(masks)]
-    if big.shape == grey.shape:
-        return [frame(ink_map(grey), m) for m in masks]
+        masks, layout = [np.logical_or.reduce(masks)], "d"
+    wide = False
+    if not thumb and len(masks) == 1:
+        rows, cols = np.nonzero(masks[0].any(1))[0], np.nonzero(masks[0].any(0))[0]
+        wide = bool(cols[-1] - cols[0] + 1 >= SIDEWAYS * (rows[-1] - rows[0] + 1))
+    if not thumb:
+        return Marks([frame(ink_map(grey), m) for m in masks], layout, wide)
     # A thumbnail: the digits are found on the enlarged copy (components hold together), then
     # framed from the pixels as given, so they are resampled once, as MNIST's were.
     (h, w), f = grey.shape, big.shape[0] // grey.shape[0]
@@ -228,9 +263,9 @@ def prepare(image) -> list[np.ndarray]:
         from PIL import Image
         smooth = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((w * f, h * f), TINY_RESAMPLE), np.float32)
         ink = ink_map(np.clip(smooth, 0, 1))
-        return [frame(ink, ndi_dilate(m, TINY_DILATE)) for m in masks]
+        return Marks([frame(ink, ndi_dilate(m, TINY_DILATE)) for m in masks], layout, wide)
     ink = ink_map(grey)
-    return [frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks]
+    return Marks([frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks], layout, wide)
 
 
 def ndi_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -317,18 +352,39 @@ def shape_keep(crops: list[np.ndarray] | None, n: int) -> torch.Tensor | None:
 
 
 def decide(logits: torch.Tensor, ckpt: dict, topk: int = 3, features: torch.Tensor | None = None,
-           crops: list[np.ndarray] | None = None) -> dict:
+           crops: list[np.ndarray] | None = None, layout: str | None = None) -> dict:
     """The model's logits (n, 10) for the crops of one image -> the answer dict, with the
     checkpoint's calibration: a crop is "ok" when its calibrated top probability reaches the
     threshold and, when `features` (n, F) from `forward` are given and the checkpoint has a
     rejector, its digit_score reaches calibration["rejector"]["threshold"], and, when the n
     `crops` themselves are given, it is not a stroke with a dot apart (dot_apart); else "unsure".
-    Without features only the probability threshold applies (it refuses fewer letters)."""
+    Without features only the probability threshold applies (it refuses fewer letters).
+    Given the `layout` of prepare_marks, the signs are written into the number (as_written)."""
     answer = decide_probs(probabilities(logits, ckpt), calibration(ckpt)[1], topk)
     score = digit_score(logits, features, ckpt)
     if score is not None and len(score):
         _refuse(answer, score >= float(ckpt["calibration"]["rejector"]["threshold"]), "digit_score")
-    return _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
+    answer = _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
+    return as_written(answer, layout)
+
+
+def as_written(answer: dict, layout: str | None) -> dict:
+    """The answer for the digits of `layout` (prepare_marks: "d" per digit, or a sign ".", ",",
+    "-", "?") with the signs written into `number` as written ("3.5", "3,5", "-7"), status
+    several_digits and `digits` the digits' answers left to right, when every digit is ok; a mark
+    out of place ("?") makes the answer unsure (reason "mark"). Digits alone: unchanged."""
+    if not layout or set(layout) == {"d"} or answer["status"] == "no_digit":
+        return answer
+    parts = answer["digits"] or [{k: v for k, v in answer.items() if k not in ("number", "digits")}]
+    if "?" in layout:
+        return {**answer, "status": "unsure", "digit": None, "reason": "mark", "number": None, "digits": parts}
+    if any(d["status"] != "ok" for d in parts):
+        return {**answer, "status": "unsure", "digit": None, "number": None, "digits": parts,
+                "reason": next(d["reason"] for d in parts if d["status"] != "ok")}
+    digits = iter(str(d["digit"]) for d in parts)
+    number = "".join(next(digits) if c == "d" else c for c in layout)
+    return {"status": "several_digits", "digit": None, "reason": None, "probability": float(np.prod([d["probability"] for d in parts])),
+            "topk": [], "number": number, "digits": parts}
 
 
 def _refuse(answer: dict, keep: torch.Tensor | None, reason: str) -> dict:
@@ -347,7 +403,7 @@ def _refuse(answer: dict, keep: torch.Tensor | None, reason: str) -> dict:
 
 
 def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]], topk: int = 3,
-                    crops: list[np.ndarray] | None = None) -> dict:
+                    crops: list[np.ndarray] | None = None, layout: str | None = None) -> dict:
     """The answer of an ensemble for the crops of one image. members: one (logits (n, 10),
     features (n, F) or None, ckpt) per model, from `forward` on the same n crops.
 
@@ -359,10 +415,10 @@ def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]
     careful option, so one member that sees a letter is enough to refuse it, at the cost of
     the few digits any one rejector refuses). With one member this is exactly `decide`; with
     no rejector among the members, only the probability threshold applies. Given the n crops,
-    a stroke with a dot apart is refused as in `decide`."""
+    a stroke with a dot apart is refused as in `decide`; given the layout, signs as in `decide`."""
     if len(members) == 1:
         logits, features, ckpt = members[0]
-        return decide(logits, ckpt, topk, features, crops)
+        return decide(logits, ckpt, topk, features, crops, layout)
     probs = torch.stack([probabilities(lg, ck) for lg, _, ck in members]).mean(0)  # (n, 10)
     threshold = float(np.mean([calibration(ck)[1] for _, _, ck in members]))
     answer = decide_probs(probs, threshold, topk)
@@ -372,7 +428,8 @@ def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]
         if score is not None and len(score):
             votes.append(score >= float(ckpt["calibration"]["rejector"]["threshold"]))
     _refuse(answer, torch.stack(votes).all(0) if votes else None, "digit_score")  # (n,): every rejector accepts
-    return _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
+    answer = _refuse(answer, shape_keep(crops, len(answer["digits"]) or (1 if answer["status"] != "no_digit" else 0)), "shape")
+    return as_written(answer, layout)
 
 
 def _last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -420,10 +477,62 @@ def logits_of(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> to
 
 
 def classify(image, model: torch.nn.Module, ckpt: dict, topk: int = 3) -> tuple[dict, list[np.ndarray]]:
-    """A PIL image -> (answer dict, the crops the model saw): prepare, normalize, model, decide."""
-    crops = prepare(image)
-    logits, features = forward(crops, model, ckpt)
-    return decide(logits, ckpt, topk, features, crops), crops
+    """A PIL image -> (answer dict, the crops the model saw): prepare_marks, normalize, model,
+    decide, and the quarter turns when the picture may be sideways (read_turned)."""
+    grey = working_grey(image)
+    marks = prepare_marks(grey)
+    answer = decide_ensemble([(*forward(marks.crops, model, ckpt), ckpt)], topk, marks.crops, marks.layout)
+    if needs_turns(answer, marks, grey):
+        return read_turned(grey, [(model, ckpt)], topk, answer, marks)
+    return answer, marks.crops
+
+
+def needs_turns(answer: dict, marks: Marks, grey: np.ndarray) -> bool:
+    """Whether the quarter turns are worth reading: a picture (not a thumbnail) whose upright
+    reading is unsure, or whose one digit is wider than tall (Marks.wide). An upright digit of
+    a digit's shape costs nothing more (its turns read other digits too surely to tell)."""
+    if min(grey.shape) < MIN_SIDE or answer["status"] == "no_digit":
+        return False
+    return answer["status"] == "unsure" or (answer["status"] == "ok" and marks.wide)
+
+
+def _said(a: dict):
+    return a["number"] if a["status"] == "several_digits" else a["digit"]
+
+
+def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks: Marks) -> tuple[dict, list[np.ndarray]]:
+    """The reading of a picture with no EXIF orientation over its four quarter turns -> (answer,
+    crops). `upright` and `marks` are the reading as given. A turn is read instead, with `turned`
+    the degrees (counter-clockwise) the picture was turned, when it singles itself out: its answer
+    is accepted at TURN_SURE or more (and does not leave one digit lying on its side), the
+    opposite turn reads the same (a digit on its side is read once upright and once upside down,
+    and only 0, 1, 8 and a few 5s read the same both ways; a letter on its side seldom does), and
+    an accepted upright answer is TURN_OVERRIDE times less sure (in 1 - probability). Another
+    accepted turn reading something else nearly as surely (1 - probability within TURN_MARGIN
+    times the best's: a 6 or a 9 on its side) makes the answer unsure, reason "orientation",
+    with `turns` {degrees: reading}. Otherwise the upright answer stands."""
+    readings = {0: (upright, marks)}
+    for k in (1, 2, 3):
+        m = prepare_marks(np.ascontiguousarray(np.rot90(grey, k)))
+        passes = [(*forward(m.crops, model, ckpt), ckpt) for model, ckpt in members]
+        readings[90 * k] = (decide_ensemble(passes, topk, m.crops, m.layout), m)
+    sure = {d: a for d, (a, m) in readings.items() if a["status"] in ("ok", "several_digits") and (d == 0 or not m.wide)}
+    if not sure:
+        return upright, marks.crops
+    deg = max(sure, key=lambda d: sure[d]["probability"])
+    best = sure[deg]
+    if deg == 0:
+        return upright, marks.crops
+    doubt = max(1.0 - best["probability"], 1e-6)
+    if 0 in sure and 1.0 - upright["probability"] < TURN_OVERRIDE * doubt:
+        return upright, marks.crops  # the upright reading stands
+    opposite = sure.get((deg + 180) % 360)
+    agree = best["probability"] >= TURN_SURE and opposite is not None and _said(opposite) == _said(best)
+    rival = any(_said(a) != _said(best) and 1.0 - a["probability"] <= TURN_MARGIN * doubt for a in sure.values())
+    if not agree or rival:  # no turn singles itself out
+        return ({**upright, "status": "unsure", "digit": None, "number": None, "turns": {d: _said(a) for d, a in sure.items()},
+                 "reason": upright["reason"] if upright["status"] == "unsure" else "orientation"}, marks.crops)
+    return {**best, "turned": deg}, readings[deg][1].crops
 
 
 # -----------------------------------------------------------------------------
@@ -452,29 +561,34 @@ def predict(paths: list[Path], model, ckpt: dict | None = None, topk: int = 3, s
     from PIL import Image
 
     members = model if ckpt is None else [(model, ckpt if "normalization" in ckpt else {"normalization": ckpt})]
-    read: list[tuple[Path, list]] = []  # (path, crops), or (path, ImageError)
+    read: list[tuple[Path, Marks | ImageError, bool]] = []  # (path, marks or the error, whether it is a thumbnail)
     for path in paths:
         try:
-            read.append((path, prepare(read_image(path))))
+            grey = working_grey(read_image(path))
+            read.append((path, prepare_marks(grey), min(grey.shape) < MIN_SIDE))
         except ImageError as e:
-            read.append((path, e))
+            read.append((path, e, False))
     # One forward pass per member for every crop of every file (batches of 512): far faster than one per file.
-    flat = [c for _, crops in read if isinstance(crops, list) for c in crops]
+    flat = [c for _, marks, _ in read if isinstance(marks, Marks) for c in marks.crops]
     passes = []  # per member: (logits (N, 10), features (N, F) or None, ckpt)
     for m, ck in members:
         outs = [forward(flat[i:i + 512], m, ck) for i in range(0, len(flat), 512)]
         passes.append((torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)]),
                        torch.cat([o[1] for o in outs]) if outs and all(o[1] is not None for o in outs) else None, ck))
     results, at = [], 0
-    for path, crops in read:
-        if isinstance(crops, ImageError):
+    for path, marks, thumb in read:
+        if isinstance(marks, ImageError):
             results.append({"file": str(path), "status": "error", "digit": None, "reason": None, "probability": None, "topk": [],
-                            "number": None, "digits": [], "error": str(crops)})
+                            "number": None, "digits": [], "error": str(marks)})
             continue
-        part = slice(at, at + len(crops))
-        r = {"file": str(path), **decide_ensemble([(lg[part], None if ft is None else ft[part], ck) for lg, ft, ck in passes],
-                                                  topk, crops)}
-        at += len(crops)
+        part = slice(at, at + len(marks.crops))
+        answer = decide_ensemble([(lg[part], None if ft is None else ft[part], ck) for lg, ft, ck in passes],
+                                 topk, marks.crops, marks.layout)
+        at += len(marks.crops)
+        crops = marks.crops
+        if not thumb and needs_turns(answer, marks, np.zeros((MIN_SIDE, MIN_SIDE))):  # read again, only for these
+            answer, crops = read_turned(working_grey(read_image(path)), members, topk, answer, marks)
+        r = {"file": str(path), **answer}
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)
             seen = Path(show_dir) / f"{path.stem}_28x28.png"
@@ -488,7 +602,9 @@ def predict(paths: list[Path], model, ckpt: dict | None = None, topk: int = 3, s
 UNSURE_WORDS = {  # why a crop is "unsure": the answer's `reason`
     "probability": "not confidently a digit: its calibrated probability is under the checkpoint's threshold",
     "digit_score": "does not look like a digit to the rejector, the checkpoint's digit/non-digit check",
-    "shape": "a stroke with a dot above or below it, like ?, !, i or j: not a digit"}
+    "shape": "a stroke with a dot above or below it, like ?, !, i or j: not a digit",
+    "mark": "a mark beside the digits that is neither a digit nor a sign in its place (a decimal point, a comma, a minus)",
+    "orientation": "the picture reads as different digits turned different ways (a 6 or a 9 on its side)"}
 
 
 def describe(r: dict) -> str:
