@@ -100,33 +100,59 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # unsigned-byte IDX: labels have 1 dim, images 3
 
 
-def _read_idx_header(path: Path) -> tuple[int, ...]:
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if len(head) < 4 or head[:2] != b"\x00\x00" or struct.unpack(">I", head)[0] not in IDX_MAGIC:
-            raise DataError(f"{path} is not an unsigned-byte IDX file (wrong magic number {head.hex() or 'empty'}); "
-                            f"replace it with the genuine file")
-        ndim = IDX_MAGIC[struct.unpack(">I", head)[0]]
-        dims_bytes = f.read(4 * ndim)
+def _idx_bytes(path: Path) -> bytes | None:
+    """The IDX bytes of a gzip-compressed file (`.gz`), decompressed; None for a plain file."""
+    if path.suffix != ".gz":
+        return None
+    import gzip
+    import zlib
+
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}); fetch it again or decompress it with gunzip") from None
+
+
+def _read_idx_header(path: Path, raw: bytes | None = None) -> tuple[int, ...]:
+    """The dims of an unsigned-byte IDX file, checked against its size. `raw`: the file's bytes
+    when already read (a decompressed .gz); else only the header is read from disk."""
+    if raw is None and path.suffix == ".gz":
+        raw = _idx_bytes(path)
+    if raw is not None:
+        head = raw[:4]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or struct.unpack(">I", head)[0] not in IDX_MAGIC:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (wrong magic number {head.hex() or 'empty'}); "
+                        f"replace it with the genuine file")
+    ndim = IDX_MAGIC[struct.unpack(">I", head)[0]]
+    if raw is not None:
+        dims_bytes = raw[4:4 + 4 * ndim]
+    else:
+        with open(path, "rb") as f:
+            dims_bytes = f.read(4 + 4 * ndim)[4:]
     if len(dims_bytes) < 4 * ndim:
         raise DataError(f"{path} is truncated inside its header; replace it with the genuine file")
     dims = struct.unpack(f">{ndim}I", dims_bytes)
     expected = 4 + 4 * ndim + math.prod(dims)
-    actual = path.stat().st_size
+    actual = len(raw) if raw is not None else path.stat().st_size
     if actual != expected:
-        raise DataError(f"{path} is {actual} bytes but its header describes {expected} "
-                        f"({'truncated' if actual < expected else 'trailing bytes'}); replace it with the genuine file")
+        raise DataError(f"{path} is {actual} bytes{' uncompressed' if raw is not None else ''} but its header describes "
+                        f"{expected} ({'truncated' if actual < expected else 'trailing bytes'}); replace it with the genuine file")
     return dims
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """An unsigned-byte IDX file (already verified) as a uint8 tensor of its shape, e.g. (60000, 28, 28).
+    """An unsigned-byte IDX file (already verified; plain or .gz) as a uint8 tensor of its shape,
+    e.g. (60000, 28, 28).
 
     Read here rather than through torchvision.datasets: importing torchvision costs ~1.2 s
     of every start-up, and the format is a header and raw bytes.
     """
-    dims = _read_idx_header(path)
-    raw = bytearray(path.read_bytes())  # writable: torch.frombuffer warns on read-only buffers
+    gz = _idx_bytes(path)
+    dims = _read_idx_header(path, gz)
+    raw = bytearray(gz if gz is not None else path.read_bytes())  # writable: torch.frombuffer warns on read-only buffers
     return torch.frombuffer(raw, dtype=torch.uint8, offset=4 + 4 * len(dims)).view(*dims)
 
 
@@ -163,38 +189,90 @@ def _md5_cached(path: Path) -> str:
     return digest
 
 
-def verify_raw_files(spec: DatasetSpec, raw_dir: Path) -> bool:
-    """Raise DataError unless the four raw files are sound. Returns True for the genuine release."""
-    genuine = True
+def verify_raw_files(spec: DatasetSpec, raw_dir: Path, paths: dict[str, Path] | None = None) -> bool:
+    """Raise DataError unless the raw files are sound. Returns True for the genuine release.
+    paths: {canonical name: the file found} (locate_raw_files); default the four files in raw_dir."""
+    paths = paths or {f.name: raw_dir / f.name for f in spec.files}
+    genuine = len(paths) == len(spec.files)
+    dims = {}
     for raw in spec.files:
-        path = raw_dir / raw.name
-        _read_idx_header(path)
-        if path.stat().st_size != raw.size or raw.md5 is None:
+        if raw.name not in paths:
+            continue
+        path = paths[raw.name]
+        gz = _idx_bytes(path)
+        dims[raw.name] = _read_idx_header(path, gz)
+        size = len(gz) if gz is not None else path.stat().st_size
+        if size != raw.size or raw.md5 is None:
             genuine = False  # a structurally valid file of another size (e.g. the tests' small fixture)
-        elif _md5_cached(path) != raw.md5:
+        elif (hashlib.md5(gz).hexdigest() if gz is not None else _md5_cached(path)) != raw.md5:
             raise DataError(f"{path} has the genuine size but the wrong MD5 (corrupted); replace it with the genuine file")
-    n_train = _read_idx_header(raw_dir / spec.train_images.name)[0]
-    n_test = _read_idx_header(raw_dir / spec.test_images.name)[0]
-    if (n_train, n_test) != (_read_idx_header(raw_dir / spec.train_labels.name)[0],
-                             _read_idx_header(raw_dir / spec.test_labels.name)[0]):
-        raise DataError(f"{raw_dir}: image and label files hold different numbers of samples; replace them with the genuine files")
+    for images, labels in ((spec.train_images, spec.train_labels), (spec.test_images, spec.test_labels)):
+        if images.name in dims and labels.name in dims and dims[images.name][0] != dims[labels.name][0]:
+            raise DataError(f"{raw_dir}: image and label files hold different numbers of samples; replace them with the genuine files")
     return genuine
 
 
-def _missing_message(spec: DatasetSpec, raw_dir: Path, missing: list[str], why: str) -> str:
-    return (f"{spec.folder} not found: {raw_dir} lacks {', '.join(missing)} ({why}). "
-            f"Point DATA_DIR or --data-dir at a folder holding {spec.folder}/raw/, e.g. DATA_DIR=../shared/data")
+def _missing_message(spec: DatasetSpec, raw_dir: Path, missing: list[str], why: str, found: list[str] = ()) -> str:
+    seen = f"; found there: {', '.join(found[:6])}" if found else ""
+    return (f"{spec.folder} not found: {raw_dir} lacks {', '.join(missing)} ({why}{seen}). "
+            f"Point DATA_DIR or --data-dir at a folder holding {spec.folder}/raw/ (or the files themselves, named as "
+            f"released, .gz or Kaggle's train-images.idx3-ubyte), e.g. DATA_DIR=../shared/data")
 
 
-def load_raw(name: str = "mnist", data_dir=None, download: bool = True):
-    """The official train and test sets as uint8 tensors: (60000, 28, 28), (60000,), (10000, 28, 28), (10000,)."""
+# Where a hand-fetched copy may lie, relative to DATA_DIR: torchvision's layout first, then DATA_DIR
+# pointing at MNIST/ or at MNIST/raw/ itself, or a flat folder of the files.
+LAYOUTS = ("{folder}/raw", "raw", ".", "{folder}")
+
+
+def _spellings(name: str) -> list[str]:
+    """The names a file is published under: as released (train-images-idx3-ubyte), Kaggle's
+    (train-images.idx3-ubyte), each also gzip-compressed (.gz)."""
+    kaggle = name.replace("-idx", ".idx")
+    return [name, kaggle, name + ".gz", kaggle + ".gz"]
+
+
+def locate_raw_files(spec: DatasetSpec, root: Path, parts: tuple[str, ...] = ("train", "test")) -> tuple[Path, dict[str, Path]]:
+    """(the folder the files were found in, {canonical name: path}) for the files of `parts`
+    ("train", "test"): the first of LAYOUTS under `root` that holds every one of them under one of
+    its _spellings. None found: (root/<folder>/raw, {}). A plain file is preferred to its .gz."""
+    wanted = [f.name for f in spec.files if (f.name.startswith("t10k") and "test" in parts)
+              or (f.name.startswith("train") and "train" in parts)]
+    for layout in LAYOUTS:
+        folder = root / layout.format(folder=spec.folder)
+        found = {}
+        for name in wanted:
+            hit = next((folder / n for n in _spellings(name) if (folder / n).is_file()), None)
+            if hit is not None:
+                found[name] = hit
+        if len(found) == len(wanted):
+            return folder, found
+    return root / spec.folder / "raw", {}
+
+
+def _what_is_there(spec: DatasetSpec, root: Path) -> list[str]:
+    """Files under `root` (in the LAYOUTS folders) that look like the dataset's, for the error message."""
+    seen = []
+    for layout in LAYOUTS:
+        folder = root / layout.format(folder=spec.folder)
+        if folder.is_dir():
+            seen += [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in sorted(folder.iterdir())
+                     if p.is_file() and ("idx" in p.name or "ubyte" in p.name)]
+    return sorted(set(seen))
+
+
+def load_raw(name: str = "mnist", data_dir=None, download: bool = True, parts: tuple[str, ...] = ("train", "test")):
+    """The official train and test sets as uint8 tensors: (60000, 28, 28), (60000,), (10000, 28, 28), (10000,),
+    and whether the files are the genuine release. parts=("test",): only the test files are needed
+    and read (the train pair is None, None). The files may be named as released, as Kaggle names
+    them, or gzip-compressed, in torchvision's layout, a flat folder, or DATA_DIR at MNIST/raw
+    itself (locate_raw_files). Errors: DataError, one line naming what was found and the fix."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
     root = resolve_data_dir(data_dir)
-    raw_dir = root / spec.folder / "raw"
-    missing = [f.name for f in spec.files if not (raw_dir / f.name).is_file()]
-    if missing and download:
+    needed = [f for f in spec.files if (f.name.startswith("t10k") and "test" in parts) or (f.name.startswith("train") and "train" in parts)]
+    raw_dir, paths = locate_raw_files(spec, root, parts)
+    if not paths and download:
         import torchvision.datasets  # heavy import, paid only when files must be downloaded
 
         try:  # downloads and extracts all four files
@@ -202,19 +280,24 @@ def load_raw(name: str = "mnist", data_dir=None, download: bool = True):
         except (RuntimeError, OSError) as e:
             # Offline, torchvision raises a RuntimeError listing every mirror it tried.
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(_missing_message(spec, raw_dir, missing, f"download failed: {first}")) from None
-        missing = [f.name for f in spec.files if not (raw_dir / f.name).is_file()]
-    if missing:
-        raise DataError(_missing_message(spec, raw_dir, missing, "download disabled" if not download else "download incomplete"))
-    genuine = verify_raw_files(spec, raw_dir)
-    x_train, y_train, x_test, y_test = (read_idx(raw_dir / f.name) for f in spec.files)
+            raise DataError(_missing_message(spec, raw_dir, [f.name for f in needed], f"download failed: {first}",
+                                             _what_is_there(spec, root))) from None
+        raw_dir, paths = locate_raw_files(spec, root, parts)
+    if not paths:
+        raise DataError(_missing_message(spec, raw_dir, [f.name for f in needed],
+                                         "download disabled" if not download else "download incomplete", _what_is_there(spec, root)))
+    genuine = verify_raw_files(spec, raw_dir, paths)
+    loaded = [read_idx(paths[f.name]) if f.name in paths else None for f in spec.files]
+    x_train, y_train, x_test, y_test = loaded
     for images, labels, file in ((x_train, y_train, spec.train_labels), (x_test, y_test, spec.test_labels)):
+        if images is None:
+            continue
         if images.dim() != 3 or labels.dim() != 1:
             raise DataError(f"{raw_dir}: images must be a 3-D and labels a 1-D IDX file ({file.name} and its images are not); "
                             "replace them with the genuine files")
         if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(spec.class_names)):
-            raise DataError(f"{raw_dir / file.name} holds labels outside 0..{len(spec.class_names) - 1}; replace it with the genuine file")
-    return x_train, y_train.long(), x_test, y_test.long(), genuine
+            raise DataError(f"{paths[file.name]} holds labels outside 0..{len(spec.class_names) - 1}; replace it with the genuine file")
+    return x_train, None if y_train is None else y_train.long(), x_test, y_test.long(), genuine
 
 
 # -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -219,6 +221,72 @@ def test_another_dataset_of_the_family_loads(tmp_path):
     root = make_synthetic_root(tmp_path, n_train=120, n_test=20, folder="FashionMNIST")
     d = data.load_data("fashion-mnist", data_dir=root, download=False)
     assert d.name == "fashion-mnist" and d.class_names[0] == "T-shirt/top" and d.x_train.shape[1:] == (1, 28, 28)
+
+
+# -----------------------------------------------------------------------------
+# MNIST fetched by hand: other names and folders load, or say what was found and the fix
+
+
+def _hand_fetched(root: Path, folder: str, name, gz: bool = False, parts=("train", "test")) -> dict:
+    """The synthetic files written in IDX format under root/folder, each named by name(canonical);
+    gzip-compressed when gz. Returns {canonical name: the array written}."""
+    import gzip
+
+    written = {}
+    for part, n, seed in (("train", 120, 1), ("t10k", 20, 2)):
+        if ("train" if part == "train" else "test") not in parts:
+            continue
+        x, y = synthetic_digits(n, seed)
+        for kind, a in (("images-idx3-ubyte", x), ("labels-idx1-ubyte", y)):
+            canonical = f"{part}-{kind}"
+            path = root / folder / name(canonical)
+            write_idx(path, a)
+            if gz:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                path.unlink()
+            written[canonical] = a
+    return written
+
+
+@pytest.mark.parametrize("layout", ["gz_only", "kaggle_names", "flat_folder", "data_dir_is_raw", "data_dir_is_mnist"])
+def test_hand_fetched_layouts_load(tmp_path, layout):
+    folder, name, gz, data_dir = {
+        "gz_only": ("MNIST/raw", str, True, tmp_path),
+        "kaggle_names": ("MNIST/raw", lambda n: n.replace("-idx", ".idx"), False, tmp_path),
+        "flat_folder": ("", str, False, tmp_path),
+        "data_dir_is_raw": ("MNIST/raw", str, False, tmp_path / "MNIST" / "raw"),
+        "data_dir_is_mnist": ("MNIST/raw", lambda n: n.replace("-idx", ".idx"), True, tmp_path / "MNIST"),
+    }[layout]
+    written = _hand_fetched(tmp_path, folder, name, gz)
+    x_tr, y_tr, x_te, y_te, genuine = data.load_raw(data_dir=data_dir, download=False)
+    assert not genuine and x_tr.shape == (120, 28, 28) and x_te.shape == (20, 28, 28)
+    assert torch.equal(x_tr, torch.from_numpy(written["train-images-idx3-ubyte"]))
+    assert torch.equal(y_te, torch.from_numpy(written["t10k-labels-idx1-ubyte"]).long())
+
+
+def test_the_test_files_alone_are_enough_for_the_test_split(tmp_path):
+    written = _hand_fetched(tmp_path, "MNIST/raw", str, parts=("test",))
+    x_tr, y_tr, x_te, y_te, _ = data.load_raw(data_dir=tmp_path, download=False, parts=("test",))
+    assert x_tr is None and y_tr is None and torch.equal(x_te, torch.from_numpy(written["t10k-images-idx3-ubyte"]))
+    with pytest.raises(data.DataError, match="lacks train-images-idx3-ubyte"):  # training still needs the train pair
+        data.load_raw(data_dir=tmp_path, download=False)
+
+
+def test_a_layout_that_cannot_be_read_names_what_was_found_and_the_fix(tmp_path):
+    _hand_fetched(tmp_path, "MNIST/raw", lambda n: n + ".bin", parts=("test",))  # renamed past recognition
+    with pytest.raises(data.DataError) as e:
+        data.load_raw(data_dir=tmp_path, download=False, parts=("test",))
+    msg = str(e.value)
+    assert "\n" not in msg and "found there: MNIST/raw/t10k-images-idx3-ubyte.bin" in msg and "DATA_DIR" in msg
+    assert "t10k-images-idx3-ubyte" in msg and "Kaggle" in msg
+
+
+def test_a_broken_gz_is_a_clear_error(tmp_path):
+    _hand_fetched(tmp_path, "MNIST/raw", str, gz=True)
+    path = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz.*gunzip"):
+        data.load_raw(data_dir=tmp_path, download=False)
 
 
 # -----------------------------------------------------------------------------
