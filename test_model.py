@@ -102,7 +102,7 @@ def load_test_set(ckpt: dict, data_dir=None) -> tuple[torch.Tensor, np.ndarray, 
     """The official test images, normalized as the checkpoint's model was trained: (N,1,28,28), (N,)."""
     from data import DATASETS
     dataset = (ckpt.get("train_config") or {}).get("dataset", "mnist")
-    _, _, x_te, y_te, _ = load_raw(dataset, data_dir, download=True)
+    _, _, x_te, y_te, _ = load_raw(dataset, data_dir, download=True, parts=("test",))
     norm = ckpt["normalization"]
     return normalize(x_te, norm["mean"], norm["std"]), y_te.numpy(), DATASETS[dataset].class_names
 
