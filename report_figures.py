@@ -1,186 +1,214 @@
-"""The study's figures (figures/study_*.png, figures/curves_<model>.png) and the terminal
-screenshots (screenshots/*.png from results/logs/*.txt), drawn from the recorded results.
-Imported by study_report.py only."""
+"""The report's figures, drawn from recorded data by `python study_report.py --figures`, and the
+terminal screenshots (screenshots/*.png from results/logs/*.txt, `--screenshots`).
+
+    figures/curves_<model>.png          loss, accuracy and F1, training and validation, per epoch
+    figures/features_<model>_layer<k>.png  what the first and second layers learned, with colour scales
+    figures/study_lr.png, study_optimizers.png, study_regularization.png
+
+The curves come from the runs' recorded histories (weights/<model>.json, results/cells/*.json); the
+features from weights/<model>.pt and one MNIST test digit (DATA_DIR). Figures are committed; the
+tests never redraw them.
+"""
 
 import json
 import math
+import os
 import re
 import statistics
 import textwrap
 from pathlib import Path
 
-import study
-from report_facts import (
-    Facts, NAMES, OPT_NAMES, ROOT, fair_tables, history_of, optim_groups, reg_groups, results_of, run_words,
-    write_text
-)
-from runs import pyplot
-
-# -----------------------------------------------------------------------------
-# Figures (drawn by the study's report stage and `--figures`; the markdown only links them)
+from report_facts import NAMES, OPT_NAMES, ROOT, Study
 
 
-def _save(fig, path: Path) -> None:
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     pyplot().close(fig)
+    return str(path.relative_to(path.parents[1]))
 
 
-def mean_curve(records: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """Per-epoch mean of history[key] over the records (seeds), on the epochs all of them have."""
-    n = min(len(r["history"]) for r in records)
-    epochs = [records[0]["history"][i]["epoch"] for i in range(n)]
-    return epochs, [statistics.mean(r["history"][i][key] for r in records) for i in range(n)]
+def curves(s: Study, m: str) -> str | None:
+    """figures/curves_<m>.png: loss, accuracy and macro F1 per epoch, training and validation, from the
+    run curve_source() names; a run without a validation split is drawn as training only."""
+    src = s.curve_source(m)
+    h = src["history"]
+    if not h:
+        return None
+    plt = pyplot()
+    ep = [x["epoch"] for x in h]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    held_out = src["kind"] != "train_only"
+    loss, acc, f1 = axes
+    loss.plot(ep, [x["train_loss"] for x in h], label=f"training (label smoothing {src['config'].get('label_smoothing', 0):g})")
+    if all("train_ce" in x for x in h):
+        loss.plot(ep, [x["train_ce"] for x in h], label="training (plain cross-entropy)")
+    if held_out:
+        loss.plot(ep, [x["val_loss"] for x in h], label="validation (plain cross-entropy)")
+    loss.set_yscale("log")
+    for ax, key, title in ((acc, "acc", "accuracy %"), (f1, "f1", "macro F1 %")):
+        ys = [100 * x[f"train_{key}"] for x in h] + ([100 * x[f"val_{key}"] for x in h] if held_out else [])
+        ax.plot(ep, [100 * x[f"train_{key}"] for x in h], label="training (augmented batches, running mean)")
+        if held_out:
+            ax.plot(ep, [100 * x[f"val_{key}"] for x in h], label="validation")
+        low = sorted(ys)[len(ys) // 20]  # the first epochs' low values would squash the rest
+        ax.set_ylim(max(low - 0.3, 0), 100.05)
+        ax.set_title(title)
+    loss.set_title("loss")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    c = src["config"]
+    what = {"own": "the run that made this file (validation split held out)",
+            "twin": f"seed {src.get('seed')} of the same recipe with the validation split held out (the file itself trained on all training images)",
+            "train_only": "training only: this run trained on all training images, no validation split"}[src["kind"]]
+    fig.suptitle(f"{NAMES.get(m, m)}, {OPT_NAMES.get(c['optimizer'], c['optimizer'])} lr {c['lr']:g}, {c['epochs']:g} epochs: {what}",
+                 fontsize=9)
+    return save(fig, s.root / "figures" / f"curves_{m}.png")
 
 
-def figure_lr(f: Facts) -> str | None:
-    """Validation error per LR on a log axis, so ResNet-18's 50% and the ConvNet's 0.5% both show."""
-    s = f.s
-    rows = [r for r in results_of(s, study.lr_cells(s)) if r["tags"].get("kind", "grid") == "grid"]
+def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symmetric: bool = False):
+    """Draw images (N, H, W) in a sub-grid of fig on one shared colour scale, with its colour bar."""
+    import numpy as np
+    ims = [np.asarray(i, dtype=float) for i in images]
+    v = max(abs(i).max() for i in ims) or 1.0
+    lo, hi = (-v, v) if symmetric else (min(i.min() for i in ims), max(i.max() for i in ims))
+    rows = math.ceil((len(ims) + (first is not None)) / cols)
+    sub = grid.subgridspec(rows, cols, wspace=0.05, hspace=0.05)
+    shown = None
+    for k in range(rows * cols):
+        ax = fig.add_subplot(sub[k // cols, k % cols])
+        ax.axis("off")
+        i = k - (first is not None)
+        if first is not None and k == 0:
+            ax.imshow(first, cmap="gray")
+            ax.set_title("input", fontsize=7)
+        elif 0 <= i < len(ims):
+            shown = ax.imshow(ims[i], cmap=cmap, vmin=lo, vmax=hi)
+    fig.colorbar(shown, ax=fig.axes[-rows * cols:], shrink=0.8, label=label)
+
+
+def features(s: Study, m: str, digit: int = 7, n_maps: int = 32) -> list[str]:
+    """figures/features_<m>_layer1.png and _layer2.png: each layer's filters (shared colour scale, 0 at
+    the centre) and the maps they make of the first test image of `digit` (before BN and ReLU)."""
+    import torch
+
+    from data import load_raw, normalize
+    from models import conv_layers, load_checkpoint
+    model, ckpt = load_checkpoint(s.root / "weights" / f"{m}.pt")
+    plt = pyplot()
+    layers = conv_layers(model)
+    if not layers:  # the DNN: its first layer's weight rows, as 28x28 images
+        w = model.first_linear.weight.detach().float()[:n_maps].reshape(-1, 28, 28)
+        fig = plt.figure(figsize=(10, 5.5))
+        panels(fig, fig.add_gridspec(1, 1)[0], w, "RdBu_r", "weight", 8, symmetric=True)
+        fig.suptitle(f"{NAMES[m]}, first layer: {len(w)} of its {model.first_linear.out_features} units' weights over the image")
+        return [save(fig, s.root / "figures" / f"features_{m}_layer1.png")]
+    _, _, x_te, y_te, _ = load_raw("mnist", os.environ.get("DATA_DIR"), download=False)
+    i = int(torch.nonzero(y_te == digit)[0])
+    norm = ckpt["normalization"]
+    x = normalize(x_te[i:i + 1], norm["mean"], norm["std"]).reshape(1, 1, 28, 28).float()
+    maps = {}
+    hooks = [mod.register_forward_hook(lambda _m, _i, o, k=k: maps.__setitem__(k, o.detach().float()[0]))
+             for k, mod in layers.items()]
+    with torch.no_grad():
+        model.eval()(x)
+    for hk in hooks:
+        hk.remove()
+    out = []
+    for n, key in enumerate(("first_conv", "second_conv"), start=1):
+        w = layers[key].weight.detach().float()  # (out, in, k, k)
+        filt = w[:, 0] if w.shape[1] == 1 else w[:n_maps].mean(1)  # the second layer: mean over its inputs
+        fmap = maps[key][:n_maps]
+        h1, h2 = math.ceil(len(filt) / 16) / 16, math.ceil((len(fmap) + 1) / 11) / 11  # rows x panel height
+        fig = plt.figure(figsize=(11, 11 * (h1 + h2) + 1))
+        g = fig.add_gridspec(2, 1, height_ratios=[h1, h2])
+        panels(fig, g[0], filt, "RdBu_r", "weight" if n == 1 else "weight (mean over input channels)", 16, symmetric=True)
+        panels(fig, g[1], fmap, "viridis", "activation", 11, first=x[0, 0])
+        fig.suptitle(f"{NAMES[m]}, layer {n}: {len(filt)} of {w.shape[0]} filters ({w.shape[2]}x{w.shape[3]}) and {len(fmap)} of "
+                     f"their maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})")
+        out.append(save(fig, s.root / "figures" / f"features_{m}_layer{n}.png"))
+    return out
+
+
+def study_lr(s: Study) -> str | None:
+    rows = s.lr_table()
     if not rows:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for m, opt in study.lr_rows(s):
-        pts = sorted((r["tags"]["lr"], r) for r in rows if r["tags"]["model"] == m and r["tags"]["optimizer"] == opt)
-        if not pts:
-            continue
-        ok = [(lr, 100 * (1 - r["best"]["val_acc"])) for lr, r in pts if r["status"] != "diverged"]
-        line, = ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-" if opt == "sgd" else "s--", label=f"{NAMES[m]}, {OPT_NAMES[opt]}")
-        bad = [lr for lr, r in pts if r["status"] == "diverged"]
-        if bad:
-            ax.plot(bad, [100] * len(bad), "x", color=line.get_color(), ms=9)
-    ax.set_xscale("log")
-    plain_log_axis(ax)
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("validation error % (log; lower is better)")
-    ax.set_title(f"LR sweep: validation error per LR (x = diverged); 1 image = {100 * f.one_val:.2f}%")
+    for r in rows:
+        pts = [(c["lr"], 100 * (1 - c["acc"])) for c in r["cells"] if c["acc"] is not None]
+        ax.plot(*zip(*pts), "o-" if r["optimizer"] == "sgd" else "s--", label=f"{NAMES[r['model']]}, {OPT_NAMES[r['optimizer']]}")
+    ax.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="validation error % (log)",
+           title="Validation error per learning rate (seed 0, each row's own budget)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    _save(fig, f.root / "figures" / "study_lr.png")
-    return "figures/study_lr.png"
+    return save(fig, s.root / "figures" / "study_lr.png")
 
 
-def figure_optimizers(f: Facts) -> str | None:
-    """Each seed's validation accuracy per optimizer (dots), the mean and its ±1 std: the spread shows the ties."""
-    groups = optim_groups(f)
-    fair = fair_tables(f)
-    if not groups:
+def study_optimizers(s: Study) -> str | None:
+    table = s.optimizer_table()
+    if not table:
         return None
     plt = pyplot()
-    models = [m for m in study.OPTIM_MODELS if m in groups]
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        for i, opt in enumerate(OPT_NAMES):
-            for dx, recs, color, label in ((-0.12, groups[m].get(opt, []), "C0", "first comparison (LR from the sweep)"),
-                                           (0.12, [], "C1", "each optimizer's own tuned LR")):
-                vals = [100 * r["best"]["val_acc"] for r in recs]
-                if fair.get(m):
-                    row = next((r for r in fair[m]["rows"] if r["optimizer"] == opt), None)
-                    if dx > 0 and row:
-                        vals = [100 * v for v in row["val"]]
-                if not vals:
-                    continue
-                ax.plot([i + dx] * len(vals), vals, "o", color=color, alpha=0.6, ms=5, label=label if i == 0 else None)
-                mu = statistics.mean(vals)
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0
-                ax.errorbar([i + dx + 0.06], [mu], yerr=[sd], fmt="_", color=color, ms=14, capsize=3)
-        ax.set_xticks(range(len(OPT_NAMES)), [OPT_NAMES[o] for o in OPT_NAMES])
-        lo, hi = ax.get_ylim()
-        ax.set_ylabel("validation accuracy % (dots: seeds; bar: mean ± std)")
-        ax.set_title(f"{NAMES[m]}: one validation image = {100 * f.one_val:.2f} points")
+    fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.2), squeeze=False)
+    for ax, (m, t) in zip(axes[0], table.items()):
+        for i, row in enumerate(t["rows"]):
+            for dx, key, color, label in ((-0.12, "first", "C0", "at the sweep's LR"), (0.12, "fair", "C1", "at its own tuned LR")):
+                if row.get(key):
+                    vals = [100 * v for v in row[key]["values"]]
+                    ax.plot([i + dx] * len(vals), vals, "o", color=color, alpha=0.6, label=label if i == 0 else None)
+                    ax.errorbar([i + dx + 0.06], [statistics.mean(vals)], yerr=[statistics.pstdev(vals)], fmt="_", color=color, capsize=3)
+        ax.set_xticks(range(len(t["rows"])), [OPT_NAMES[r["optimizer"]] for r in t["rows"]])
+        ax.set(ylabel="validation accuracy % (dots: seeds)", title=NAMES[m])
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, loc="lower left")
-    _save(fig, f.root / "figures" / "study_optimizers.png")
-    return "figures/study_optimizers.png"
+        ax.legend(fontsize=7)
+    return save(fig, s.root / "figures" / "study_optimizers.png")
 
 
-ERROR_FLOOR = 1e-3  # % : where a log axis draws an error of 0 (a training set fitted exactly)
-
-
-def figure_regularization(f: Facts) -> str | None:
-    """One small panel per variant: training and validation error (same quantity, same axis) per epoch, mean of seeds."""
-    by = reg_groups(f)
-    if not by:
+def study_regularization(s: Study) -> str | None:
+    """One panel per variant: training and validation error per epoch, mean over seeds, one shared log scale."""
+    variants = s.regularization()
+    if not variants:
         return None
     plt = pyplot()
-    n = len(by)
     cols = 4
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.9 * rows), sharex=True, sharey=True, squeeze=False)
-    top = 0.0
-    for ax, (v, rs) in zip(axes.flat, by.items()):
-        ep, tr = mean_curve(rs, "train_acc")
-        _, va = mean_curve(rs, "val_acc")
-        ax.plot(ep, [max(100 * (1 - x), ERROR_FLOOR) for x in tr], "--", color="C0", label="train (augmented batches)")
-        ax.plot(ep, [max(100 * (1 - x), ERROR_FLOOR) for x in va], "-", color="C1", lw=1.8, label="validation")
-        top = max(top, 100 * (1 - min(min(tr), min(va))))
-        plain_log_axis(ax)
-        ax.set_title(f"{v}: last-epoch gap {100 * (tr[-1] - va[-1]):+.2f} pts", fontsize=9)
+    fig, axes = plt.subplots(math.ceil(len(variants) / cols), cols, figsize=(16, 2.9 * math.ceil(len(variants) / cols)),
+                             sharex=True, sharey=True, squeeze=False)
+    for ax, v in zip(axes.flat, variants):
+        n = min(len(r["history"]) for r in v["records"])
+        for key, style, label in (("train_acc", "--", "training (augmented batches)"), ("val_acc", "-", "validation")):
+            mean = [statistics.mean(r["history"][i][key] for r in v["records"]) for i in range(n)]
+            ax.plot(range(1, n + 1), [max(100 * (1 - a), 1e-3) for a in mean], style, label=label)
+        ax.set_yscale("log")
+        ax.set_title(v["variant"], fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylim(ERROR_FLOOR / 2, 1.5 * top)  # shared: every panel on the same scale
-    for ax in list(axes.flat)[n:]:
+    for ax in list(axes.flat)[len(variants):]:
         ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("error % (log)")
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize=7)
-    seeds = len(next(iter(by.values())))
-    fig.suptitle(f"ConvNet, {study.REG_EPOCHS} epochs, mean of {seeds} seeds per variant; gap = train accuracy - validation accuracy; "
-                 f"an error of 0 is drawn at {ERROR_FLOOR:g}%")
-    _save(fig, f.root / "figures" / "study_regularization.png")
-    return "figures/study_regularization.png"
-
-
-def plain_log_axis(ax) -> None:
-    """A log y axis labelled 0.3, 1, 3 (not 3x10^-1)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
-
-
-def figure_curves(f: Facts, m: str) -> str | None:
-    """figures/curves_<m>.png from the card's history: the same quantity for training and validation."""
-    card = f.cards.get(m)
-    hist = history_of(card) if card else []
-    if not hist:
-        return None
-    plt = pyplot()
-    ep = [h["epoch"] for h in hist]
-    kept = card["metrics"].get("epoch")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    a.plot(ep, [max(100 * (1 - h["train_acc"]), ERROR_FLOOR) for h in hist], "-", label="training (augmented, running)")
-    a.plot(ep, [max(100 * (1 - h["val_acc"]), ERROR_FLOOR) for h in hist], "-", label="validation")
-    plain_log_axis(a)
-    a.set_ylabel("error % (log)")
-    a.set_title("error rate = 100 - accuracy")
-    if all("train_ce" in h for h in hist):
-        b.plot(ep, [h["train_ce"] for h in hist], "-", label="training CE (no smoothing)")
-        b.plot(ep, [h["val_loss"] for h in hist], "-", label="validation CE")
-        b.set_title("cross-entropy, the same loss for both")
-    else:
-        b.plot(ep, [h["val_loss"] for h in hist], "-", color="C1", label="validation CE")
-        b.set_title("validation cross-entropy (no comparable training loss)")
-    b.set_ylabel("cross-entropy")
-    for ax in (a, b):
-        if kept:
-            ax.axvline(kept, color="grey", ls=":", lw=1, label=f"kept: epoch {kept:g} (best validation)")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle(run_words(card["train_config"]), fontsize=9)
-    _save(fig, f.root / "figures" / f"curves_{m}.png")
-    return f"figures/curves_{m}.png"
+    fig.supxlabel("epoch")
+    fig.supylabel("error % (log)")
+    return save(fig, s.root / "figures" / "study_regularization.png")
 
 
 def draw_figures(root: Path = ROOT) -> list[str]:
-    f = Facts(root)
-    out = [figure_lr(f), figure_optimizers(f), figure_regularization(f)]
-    out += [figure_curves(f, m) for m in f.shipped]
+    s = Study(root)
+    out = [study_lr(s), study_optimizers(s), study_regularization(s)] + [curves(s, m) for m in s.shipped]
+    from data import DataError
+    for m in s.shipped:
+        try:
+            out += features(s, m) if m in s.models or m == "quicknet" else []
+        except DataError as e:  # the feature maps need one MNIST test digit
+            print(f"features of {m} not drawn: {e} (set DATA_DIR to the folder holding MNIST/raw/)")
     return [p for p in out if p]
 
 
@@ -188,38 +216,18 @@ def draw_figures(root: Path = ROOT) -> list[str]:
 # Screenshots: the recorded terminal output, rendered as a terminal would show it
 
 
-def screen_name(x: dict, members: int) -> str:
-    """A scored entry's short name: the weights file, or 'ENSEMBLE of N files' for the mean softmax."""
-    w = x.get("weights")
-    if x.get("model") == "ensemble" or (isinstance(w, str) and "+" in w):
-        return f"ENSEMBLE of the {members} files above"
-    return Path(w).name if isinstance(w, str) else str(x.get("model", "?"))
-
-
 def condense(text: str, max_lines: int) -> list[str]:
-    """The log's lines that carry its point, at most max_lines: a printed JSON dump is dropped (the
-    summary lines above it say the same), then test_model's per-class tables, then the middle epochs."""
+    """The log's lines that carry its point, at most max_lines: test_model's per-class tables and a
+    printed JSON dump go first, then the middle lines."""
     lines = text.rstrip("\n").split("\n")
     for i, line in enumerate(lines):
-        if line in ("[", "{"):  # test_model.py --json: its list of metrics, one object per file and the ensemble last
-            try:
-                scored = json.loads("\n".join(lines[i:]))
-            except json.JSONDecodeError:
-                scored = None
-            scored = scored if isinstance(scored, list) else [scored] if isinstance(scored, dict) else []
-            table = ["model | accuracy | F1 macro | ROC-AUC macro | with TTA"] + [
-                f"{screen_name(x, len(scored) - 1)} | {x.get('accuracy', float('nan')):.4f} | "
-                f"{x.get('f1_macro', float('nan')):.4f} | {x.get('auc_ovr_macro', float('nan')):.6f} | "
-                f"{(x.get('tta') or {}).get('accuracy', float('nan')):.4f}" for x in scored if isinstance(x, dict)]
-            lines = lines[:i] + ["(printed as JSON; its numbers, one row per file, the ensemble last:)"] + table
+        if line in ("[", "{"):
+            lines = lines[:i] + ["(the same metrics printed as JSON: see the log file)"]
             break
     if len(lines) > max_lines:
-        report_row = re.compile(r"^\s*(\d+|accuracy|macro avg|weighted avg)\s+[\d.\s]+$|^\s+precision\s+recall\s+f1-score\s+support$")
-        keep = [ln for ln in lines if not report_row.match(ln)]
-        if len(keep) < len(lines):
-            lines = [ln for i, ln in enumerate(keep) if not (ln == "" and i and keep[i - 1] == "")]
-            lines.append("... (per-class precision/recall tables not shown: see the log file) ...")
-    if len(lines) > max_lines:  # keep the start (command, header) and the end (result)
+        row = re.compile(r"^\s*(\d+|accuracy|macro avg|weighted avg)\s+[\d.\s]+$|^\s+precision\s+recall\s+f1-score\s+support$")
+        lines = [ln for ln in lines if not row.match(ln)]
+    if len(lines) > max_lines:
         head = max_lines // 3
         lines = lines[:head] + [f"... ({len(lines) - max_lines + 1} lines not shown) ..."] + lines[-(max_lines - head - 1):]
     return lines
@@ -231,32 +239,31 @@ def render_terminal(text: str, title: str, path: Path, max_lines: int = 70) -> N
     width = max(60, min(150, max(len(line) for line in lines)))
     lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
     title_lines = textwrap.wrap(title, width, subsequent_indent="    ", break_on_hyphens=False)
-    top = 0.25 + 0.17 * len(title_lines)  # inches taken by the title
+    top = 0.25 + 0.17 * len(title_lines)
     fig = plt.figure(figsize=(width * 0.075 + 0.4, len(lines) * 0.152 + top + 0.3))
     fig.patch.set_facecolor("#1e1e1e")
-    fig.text(0.01, 1 - 0.15 / fig.get_figheight(), "\n".join(title_lines), color="#9cdcfe", family="monospace", fontsize=8.5,
-             va="top", weight="bold", linespacing=1.25)
-    fig.text(0.01, 1 - (top + 0.1) / fig.get_figheight(), "\n".join(lines), color="#d4d4d4", family="monospace", fontsize=8.5,
-             va="top", linespacing=1.25)
+    fig.text(0.01, 1 - 0.15 / fig.get_figheight(), "\n".join(title_lines), color="#9cdcfe", family="monospace",
+             fontsize=8.5, va="top", weight="bold", linespacing=1.25)
+    fig.text(0.01, 1 - (top + 0.1) / fig.get_figheight(), "\n".join(lines), color="#d4d4d4", family="monospace",
+             fontsize=8.5, va="top", linespacing=1.25)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, facecolor=fig.get_facecolor())
     plt.close(fig)
 
 
 def render_screenshots(root: Path = ROOT) -> list[str]:
-    """screenshots/<log name>.png for every results/logs/*.txt; the title is the command (the log's first line)."""
+    """screenshots/<log name>.png for every results/logs/*.txt (the title is the command, the log's first
+    line), screenshots/index.json, and screenshots/training-<model>.png: the run that made each file."""
     out = []
     for log in sorted((root / "results" / "logs").glob("*.txt")):
-        text = log.read_text()
-        first, _, rest = text.partition("\n")
+        first, _, rest = log.read_text().partition("\n")
         title = first[2:] if first.startswith("$ ") else log.stem
-        png = root / "screenshots" / f"{log.stem}.png"
-        render_terminal(rest, f"$ {title}", png)
-        out.append({"png": f"screenshots/{png.name}", "command": title, "log": f"results/logs/{log.name}"})
-    write_text(root / "screenshots" / "index.json", [json.dumps(out, indent=1)])
-    f = Facts(root)
-    for m in f.shipped:  # the run that made each file, under a plain name the report can show
-        run = f.shipped_run(m)
+        render_terminal(rest, f"$ {title}", root / "screenshots" / f"{log.stem}.png")
+        out.append({"png": f"screenshots/{log.stem}.png", "command": title, "log": f"results/logs/{log.name}"})
+    (root / "screenshots" / "index.json").write_text(json.dumps(out, indent=1) + "\n")
+    s = Study(root)
+    for m in s.shipped:
+        run = s.shipped_run(m)
         src = root / "screenshots" / f"{Path(run['log']).stem}.png" if run and run.get("log") else None
         if src is not None and src.exists():
             (root / "screenshots" / f"training-{m}.png").write_bytes(src.read_bytes())

@@ -1,50 +1,141 @@
-"""report.md, report-appendix.md, the model cards weights/<model>.md, the study's figures and the
-terminal screenshots, written from the study's recorded results.
+"""report.md, report-appendix.md, the model cards weights/<model>.md and README's generated blocks,
+rendered from the Markdown templates in templates/ with the facts report_facts.py reads from the
+recorded results. Python computes the facts and tables; every sentence is in a template.
 
-    python study_report.py                # = python study.py --report-only: report, appendix, cards, README block
-    python study_report.py --figures      # also redraw figures/study_*.png and figures/curves_<model>.png
+    python study_report.py                # = python study.py --report-only
+    python study_report.py --figures      # also redraw the report's figures from recorded data
     python study_report.py --screenshots  # render results/logs/*.txt to screenshots/*.png
 
-Reads only committed files - results/ (one JSON per training run in results/cells/, LR table,
-finder, logs, evaluation, ensembles), figures/*_metrics.json (written by test_model.py), the
-weights' own records weights/*.json and *.pt, benchmarks/results/trials.jsonl - so a fresh clone
-regenerates the same markdown byte for byte. Every number is formatted here from those files or
-from the study's constants; none is typed into the prose. report.md answers the homework's
-Steps 1-6 in order; everything else (every table, every run, every screenshot) is in the appendix.
-Nothing imports this module: the study runs it as its last stage. The work is in report_facts.py
-(the recorded study read once), report_text.py (report.md), report_cards.py (appendix, model cards,
-README block; its issue-#25 section in report_recipes.py) and report_figures.py (figures, screenshots);
-only this file imports those (report_cards.py imports report_recipes.py).
+Nothing imports this module: study.py runs it by path as its last stage.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from report_cards import appendix_lines, card_lines, early_stop, update_readme
-from report_facts import (  # re-exported for tests/test_report.py and tests/test_study.py as study_report.X
-    APPENDIX, MAX_REPORT_WORDS, NAMES, ROOT, TRIALS, Facts, compare, curves_caption, run_words, settings, test_use,
-    write_text,
-)
-from report_figures import condense, draw_figures, figure_curves, render_screenshots
-from report_text import report_lines, section_optimizers
+import jinja2
+
+from report_facts import NAMES, OPT_NAMES, ROOT, Study, clean_command, read_json
+from report_figures import draw_figures, render_screenshots
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+APPENDIX = "report-appendix.md"
+DIGIT = 7  # the test digit whose feature maps the report shows (report_figures.features draws it)
+BLOCKS = {  # README's generated blocks: marker name -> template
+    "study:models": "readme_models.md.j2",
+    "calibration:convnet": "readme_calibration.md.j2",
+}
 
 
-def write_report(root: Path = ROOT) -> Path:
-    """Write report.md, report-appendix.md and weights/<model>.md; returns report.md's path."""
-    f = Facts(root)
-    path = write_text(root / "report.md", report_lines(f))
-    write_text(root / APPENDIX, appendix_lines(f))
-    for m in f.shipped:
-        write_text(root / "weights" / f"{m}.md", card_lines(f, m))
+def pct(x, digits: int = 2) -> str:
+    """A fraction as a percentage without the sign: 0.99683 -> '99.68'."""
+    return f"{100 * x:.{digits}f}"
+
+
+def spread(x: dict, digits: int = 2) -> str:
+    """report_facts.mean_std as percent: '99.69 ± 0.01', or the one value."""
+    return pct(x["mean"], digits) + (f" ± {pct(x['std'], digits)}" if x["n"] > 1 else "")
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(pct=pct, spread=spread, num=lambda n: f"{n:,}", g=lambda x: f"{x:g}", sci=lambda x: f"{x:.1e}",
+                       fixed=lambda x, d=1: f"{x:.{d}f}", command=clean_command,
+                       name=lambda key: {**NAMES, **OPT_NAMES}.get(key, key))
+    env.globals.update(names=NAMES, opt_names=OPT_NAMES)
+    return env
+
+
+def context(s: Study) -> dict:
+    """Everything the templates print, computed once."""
+    lr, accuracy = s.lr_table(), s.accuracy_table()
+    cells = [dict(c, row=r) for r in lr for c in r["cells"] if c["acc"] is not None]
+    best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["cells"] if c["acc"] == r["best"]})  # noqa: E731
+    optimizers = s.optimizer_table()
+    rest = [m for m in s.models if m not in optimizers]
+    curves = {m: s.curve_source(m) for m in s.shipped}
+    return {"s": s, "data": s.data, "design": s.design, "accuracy": accuracy, "optimizers": optimizers,
+            "sweep_only": {"models": rest, "optimizers": sorted({s.cards[m]["train_config"]["optimizer"] for m in rest})},
+            "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(cells, key=lambda c: c["acc"]) if cells else None,
+            "best_lrs": best_lrs,
+            "best": s.best_model(), "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
+            "after": s.after_test(), "curves": curves,
+            "curve_twins": [m for m in s.models if curves[m]["kind"] == "twin"], "metrics": s.metrics,
+            "cards": s.cards, "ensembles": s.ensembles, "recipes": s.recipes, "machine": s.final_machine(),
+            "exists": lambda p: (s.root / p).exists(), "appendix": APPENDIX, "digit": DIGIT,
+            "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
+            "params": {r["model"]: r["params"] for r in accuracy}}
+
+
+def smoothing(s: Study) -> dict:
+    """The label-smoothed target of the study's runs: ε, and the weight on the true digit and on each other one."""
+    eps, k = s.cards[s.models[0]]["train_config"]["label_smoothing"], len(s.data.get("classes", range(10)))
+    return {"eps": eps, "on": round(1 - eps + eps / k, 6), "off": round(eps / k, 6)}
+
+
+def write(path: Path, text: str) -> Path:
+    """Replace path's content at once (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     return path
 
 
+def write_report(root: Path = ROOT) -> Path:
+    """Write report.md, the appendix and weights/<model>.md; returns report.md's path."""
+    s, env = Study(root), environment()
+    ctx = context(s)
+    path = write(root / "report.md", env.get_template("report.md.j2").render(ctx))
+    write(root / APPENDIX, env.get_template("appendix.md.j2").render(ctx))
+    card = env.get_template("model_card.md.j2")
+    for m in s.shipped:
+        write(root / "weights" / f"{m}.md", card.render(ctx, m=m, run=s.shipped_run(m), user=s.user_images(m),
+                                                        confusions=s.confusions(m)))
+    return path
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """text with the lines between README's markers <!-- name ... --> and <!-- /name --> replaced by body."""
+    begin, end = f"<!-- {name} ", f"<!-- /{name} -->"
+    if begin not in text or end not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    marker, _, _ = rest.partition("\n")
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}{marker}\n{body.rstrip()}\n{end}{tail}"
+
+
+def readme(text: str, root: Path = ROOT) -> str:
+    """README's text with its generated blocks filled: the models, the ConvNet's calibration and the
+    users'-images table (benchmarks/results/user_images.md, copied)."""
+    s, env = Study(root), environment()
+    ctx = context(s)
+    calibration = root / "results" / "calibration" / "convnet.json"
+    for name, template in BLOCKS.items():
+        if name != "calibration:convnet" or calibration.exists():
+            text = replace_block(text, name, env.get_template(template).render(ctx, calibration=read_json(calibration)))
+    table = root / "benchmarks" / "results" / "user_images.md"
+    return replace_block(text, "user_images:table", table.read_text()) if table.exists() else text
+
+
+def update_readme(root: Path = ROOT) -> bool:
+    """Fill README.md's generated blocks in place; False when it has none."""
+    path = root / "README.md"
+    if not path.exists():
+        return False
+    text = path.read_text()
+    new = readme(text, root)
+    if new != text:
+        write(path, new)
+    return "<!-- study:models " in text
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write report.md, the appendix and the model cards (and optionally figures, "
-                                            "screenshots) from the study's results.")
+    p = argparse.ArgumentParser(description="Write report.md, the appendix, the model cards and README's generated blocks "
+                                            "from the study's recorded results.")
     p.add_argument("--root", default=str(ROOT), help="the study's root (default: this repository)")
-    p.add_argument("--figures", action="store_true", help="also redraw figures/study_*.png and figures/curves_*.png")
+    p.add_argument("--figures", action="store_true", help="also redraw the report's figures (needs DATA_DIR for the features)")
     p.add_argument("--screenshots", action="store_true", help="also render results/logs/*.txt to screenshots/")
     a = p.parse_args(argv)
     root = Path(a.root).resolve()
@@ -54,7 +145,7 @@ def main(argv=None) -> int:
         print("screenshots:", ", ".join(render_screenshots(root)))
     print(f"wrote {write_report(root)}, {root / APPENDIX} and the model cards weights/*.md")
     if update_readme(root):
-        print(f"updated {root / 'README.md'} (how to run each model)")
+        print(f"updated {root / 'README.md'}'s generated blocks")
     return 0
 
 
