@@ -32,6 +32,7 @@ FRAME_HOLE, FRAME_INSIDE, FRAME_CONTENT, FRAME_RECT, FRAME_THIN = 0.3, 0.8, 0.25
 # degrees; with ink of at least RULE_OTHER of the largest piece ending above the run (RULE_TOUCH of its
 # height may reach below it); pieces under RULE_MIN px are left alone.
 RULE_SPAN, RULE_TICK, RULE_COVER, RULE_ELONGATION, RULE_ANGLE = 0.8, 0.6, 0.9, 6.0, 12.0
+RULE_END = 0.15  # a comb bracket has a tick within this share of its width from each end (a serif's stem stands mid-way)
 RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RULE_BAR times wider than tall
 # Signs written with digits (find_marks), in units of the tallest digit's height: a mark at most
 # SIGN_MAX of it; a dot at most SIGN_DOT and at most SIGN_ROUND elongated (a taller one is a comma's
@@ -218,7 +219,7 @@ def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.n
     """Whether component i, `piece` (h, w) bool at (top, left), is an underline or a comb field's
     bracket: straight strokes only (a thin line, PCA elongation at least RULE_ELONGATION within
     RULE_ANGLE of horizontal; a solid bar RULE_BAR times wider than tall; or a horizontal run over RULE_SPAN of its width along its bottom
-    with vertical ticks, which together cover RULE_COVER of it), with other ink (not specks)
+    with vertical ticks at both ends, which together cover RULE_COVER of it), with other ink (not specks)
     standing on it: ending above the run's top and within its columns."""
     h, w = piece.shape
     if w < 3 * RULE_MIN:
@@ -232,7 +233,9 @@ def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.n
     if h <= 2 * (line_rows[-1] - line_rows[0] + 1) or h < w / RULE_ELONGATION:
         ratio, angle = _elongation(piece)
         lone_line = ratio >= RULE_ELONGATION and angle <= RULE_ANGLE
-    comb = (run | ticks).sum() >= RULE_COVER * piece.sum() and line_rows[0] >= h / 2 - 1
+    tick_cols = np.nonzero(ticks.any(0))[0]
+    ends = tick_cols.size > 0 and tick_cols[0] < RULE_END * w and tick_cols[-1] >= (1 - RULE_END) * w  # a tick at each end
+    comb = ends and (run | ticks).sum() >= RULE_COVER * piece.sum() and line_rows[0] >= h / 2 - 1
     bar = run.sum() >= RULE_COVER * piece.sum() and w >= RULE_BAR * h  # a thick rule drawn with a marker
     if not (lone_line or comb or bar):
         return False

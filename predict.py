@@ -64,7 +64,7 @@ import torch
 from images import (IMAGE_SUFFIXES, MAX_GREY_PIXELS, MAX_PIXELS, WORK_SIDE, ImageError, heif_opener,  # noqa: F401
                     read_image, to_grey)
 # The ink floor: where the digits are on the page
-from ink import MIN_SIDE, _reduce, find_marks, ink_map, on_sheet
+from ink import MIN_SIDE, _reduce, find_digits, find_marks, ink_map, on_sheet  # noqa: F401 (find_digits: the contract tests use)
 from models import CheckpointError, load_checkpoint
 
 DEFAULT_THRESHOLD = 0.5  # calibrated probability needed for "ok" when the checkpoint has no calibration
