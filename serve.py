@@ -681,6 +681,53 @@ def make_server(weights: list[str], host: str = "127.0.0.1", port: int = 8000, q
     return Server(weights, host, port, quiet, **limits)
 
 
+SCREENSHOTS = {"web_demo.png": (1280, 800), "web_demo-phone.png": (375, 667), "web_demo-landscape.png": (844, 390)}
+THREE = [[(90, 75), (125, 52), (170, 55), (195, 85), (180, 120), (140, 138)],  # a 3, in canvas px (280x280)
+         [(140, 138), (185, 150), (200, 190), (180, 228), (135, 240), (90, 222)]]
+
+
+def screenshots(weights: list[str], out_dir: Path = ROOT / "screenshots") -> list[Path]:
+    """The page with a 3 drawn and answered, at each size of SCREENSHOTS, in Debian's headless
+    Chromium through Playwright (the browser tests' setup), served on a free port of 127.0.0.1.
+    Returns the files written; RuntimeError when Playwright or chromium is missing."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise RuntimeError("screenshots need Playwright (pip install -r requirements.txt)") from None
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise RuntimeError("screenshots need chromium (apt-get install chromium)")
+    server = make_server(weights, "127.0.0.1", 0, quiet=True).start()
+    written = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            for name, (width, height) in SCREENSHOTS.items():
+                context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1 if width > 1000 else 2)
+                page = context.new_page()
+                page.goto(f"http://127.0.0.1:{server.port}/")
+                page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+                box = page.locator("#canvas").bounding_box()
+                s = box["width"] / 280
+                for points in THREE:
+                    page.mouse.move(box["x"] + points[0][0] * s, box["y"] + points[0][1] * s)
+                    page.mouse.down()
+                    for x, y in points[1:]:
+                        page.mouse.move(box["x"] + x * s, box["y"] + y * s, steps=8)
+                    page.mouse.up()
+                page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '3'", timeout=30_000)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(out_dir / name))  # the viewport: what a person sees right after drawing
+                written.append(out_dir / name)
+                context.close()
+            browser.close()
+    finally:
+        server.shutdown()
+    return written
+
+
 def default_weights() -> list[str]:
     return [str(p) for m in STUDY_MODELS if (p := ROOT / "weights" / f"{m}.pt").exists()]
 
@@ -694,10 +741,19 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT_S, help="seconds a request's headers, then its body, may take to arrive")
     p.add_argument("--workers", type=int, default=WORKERS, help="inference threads (memory grows with each)")
     p.add_argument("--max-waiting", type=int, default=MAX_WAITING, help="requests queued beyond the running ones before 503")
+    p.add_argument("--screenshots", action="store_true", help="write screenshots/web_demo*.png (the page after drawing a 3, "
+                                                                  "desktop and phone sizes, headless Chromium) and exit")
     a = p.parse_args(argv)
     weights = a.weights or default_weights()
     if not weights:
         sys.exit("error: no weights to serve: train one (python train.py --model convnet) or pass --weights FILE.pt")
+    if a.screenshots:
+        try:
+            for path in screenshots(weights):
+                print(f"wrote {path.relative_to(ROOT)}")
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
+        return 0
     try:
         server = make_server(weights, a.host, a.port, a.quiet, timeout_s=a.timeout, workers=a.workers, max_waiting=a.max_waiting)
     except CheckpointError as e:

@@ -1,17 +1,22 @@
 """web/index.html in Debian's headless Chromium (Playwright) against a real serve.py on 127.0.0.1:
 the time from pen-up to the final guess, late answers dropped (Clear during a request), a model
-switch after an upload, a failed upload, an empty canvas, touch drawing at phone size, and the
-screenshots at desktop and phone size."""
+switch after an upload, uploads shown in the box (button, drop, paste), errors said once in plain
+words, refusals without a confident-looking bar, "reading..." and one retry after a 503, several
+digits, tiny drawings, one pointer at a time, and the answer in view on phones (portrait and
+landscape) and on a desktop. Nothing here writes into the tree (the screenshots are
+`python serve.py --screenshots`)."""
 
+import base64
 import json
 
 import pytest
 
 import serve
-from conftest import ROOT
 from test_serve import CHROMIUM, SEVEN, THREE, WEIGHTS, browser, draw, encode, test_digits  # noqa: F401 (a fixture)
 
-PEN_UP_LIMIT_MS = 300  # CI's bound on pen-up -> final guess; benchmarks/serve_load.py --browser records the real figure
+PEN_UP_LIMIT_MS = 300  # CI's bound on pen-up -> final guess; benchmarks/serve_load.py records the real figure
+SCREENS = {"phone 375x667": (375, 667), "phone 390x844": (390, 844), "phone landscape 667x375": (667, 375),
+           "phone landscape 844x390": (844, 390), "desktop 1280x800": (1280, 800)}
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +35,28 @@ def chromium():
         b.close()
 
 
+def open_page(chromium, port, width=1100, height=900, phone=False):
+    context = chromium.new_context(viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone,
+                                   device_scale_factor=2 if phone else 1)
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+    return context, page
+
+
 @pytest.fixture
 def page(chromium, server):
-    context = chromium.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    page.goto(f"http://127.0.0.1:{server}/")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+    context, page = open_page(chromium, server)
     yield page
     context.close()
 
 
 def text(page, selector):
     return page.locator(selector).text_content()
+
+
+def visible_text(page) -> str:
+    return page.evaluate("document.body.innerText")
 
 
 def predict_requests(page) -> list:
@@ -51,16 +66,31 @@ def predict_requests(page) -> list:
     return sent
 
 
+def final_guess(page, digit: str):
+    page.wait_for_function(f"window.__penUp === null && document.querySelector('#digit').textContent === '{digit}'",
+                           timeout=15_000)
+
+
 def test_default_model_is_the_best_on_validation_and_nothing_is_broken_before_the_first_result(page):
     assert page.locator("#model").input_value() == "convnet"  # val_acc 0.9976 in its checkpoint, the DNN's 0.9934
-    for img in ("#seen", "#conv1", "#conv2"):  # hidden until they have a picture: no broken-image icons
-        assert page.locator(img).is_hidden()
-    assert text(page, "#confidence") == "draw a digit"
+    for hidden in ("#seen", "#conv1", "#conv2", "#layers", "#preview"):  # nothing empty or broken before a result
+        assert page.locator(hidden).is_hidden()
+    assert text(page, "#confidence") == "draw a digit in the box"
     assert page.locator("#confidence").get_attribute("aria-live") == "polite"
     assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
     page.keyboard.press("Tab")  # Clear, then Upload: both reachable by keyboard
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "upload-button"
+
+
+def test_the_page_says_what_it_is_and_keeps_technical_details_behind_a_toggle(page):
+    words = visible_text(page)
+    assert "MNIST" in words and "70,000 handwritten digits" in words and "not sure" in words and "upload" in words
+    assert "% test" not in words and "conv1" not in words and "x14x14" not in words  # no jargon up front
+    assert "%" not in page.locator("#model").inner_text()  # the menu names models only
+    page.click("#details summary")
+    assert "right on MNIST's 10,000 test digits" in visible_text(page)
+    assert page.locator("#model-table tbody tr").count() == 3
 
 
 def test_pen_up_to_final_guess(page):
@@ -90,21 +120,92 @@ def test_clear_during_a_request_leaves_no_answer(page):
         except Exception:  # aborted by the page on purpose
             pass
     page.wait_for_timeout(1500)
-    assert text(page, "#digit") == "?" and text(page, "#confidence") == "draw a digit"
-    assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0
+    assert text(page, "#digit") == "?" and text(page, "#confidence") == "draw a digit in the box"
+    assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0 and text(page, "#busy") == ""
 
 
-def test_model_switch_after_an_upload_reruns_it(page, test_digits, tmp_path):
+def test_a_slow_answer_shows_reading(page):
+    draw(page, SEVEN)
+    final_guess(page, "7")
+    held = []
+    page.route("**/predict*", lambda route: held.append(route))
+    shown_after = page.evaluate("""async () => { const t0 = performance.now(); send(canvasPGM(), true);
+        while ($("busy").textContent !== "reading...") await sleep(5); return performance.now() - t0; }""")
+    assert 140 <= shown_after < 1000, shown_after  # not at once: a fast answer would only flicker
+    page.unroute("**/predict*")
+    for route in held:
+        try:
+            route.continue_()
+        except Exception:
+            pass
+    page.wait_for_function("!document.querySelector('#busy').textContent && document.querySelector('#digit').textContent === '7'",
+                           timeout=15_000)
+
+
+def test_a_503_is_retried_once_after_retry_after(page):
+    draw(page, SEVEN)
+    final_guess(page, "7")
+    calls = []
+
+    def busy_once(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                          body='{"error": "busy: 66 requests ahead; try again in 1 s", "status": 503}')
+        else:
+            route.continue_()
+    page.route("**/predict*", busy_once)
+    page.evaluate("() => { document.querySelector('#digit').textContent = '?'; send(canvasPGM(), false); }")
+    page.wait_for_function("document.querySelector('#busy').textContent.includes('trying again in 1 s')", timeout=5_000)
+    final_guess(page, "7")
+    assert len(calls) == 2 and text(page, "#busy") == "" and page.locator("#confidence").get_attribute("class") == ""
+    page.unroute("**/predict*")
+    calls.clear()
+    page.route("**/predict*", lambda route: (calls.append(1), route.fulfill(
+        status=503, headers={"Retry-After": "1"}, content_type="application/json", body='{"error": "busy", "status": 503}')))
+    page.evaluate("() => { send(canvasPGM(), false); }")
+    page.wait_for_function("document.querySelector('#confidence').className === 'error'", timeout=10_000)
+    assert len(calls) == 2  # one retry, then the words
+    assert text(page, "#confidence") == "The server is busy right now. Please try again in a moment."
+
+
+def test_model_switch_after_an_upload_reruns_it_and_the_dnn_shows_no_empty_panels(page, test_digits, tmp_path):
     path = tmp_path / "seven.png"
     path.write_bytes(encode(test_digits[0][7], "PNG"))
     page.set_input_files("#upload", str(path))
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=15_000)
-    assert text(page, "#digit") == "7"
+    assert text(page, "#digit") == "7" and page.locator("#layers").is_visible()
     sent = predict_requests(page)
     page.select_option("#model", "dnn")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('dnn:')", timeout=15_000)
     assert len(sent) == 1 and "model=dnn" in sent[0].url and text(page, "#digit") == "7"
-    assert "no convolution layers" in text(page, "#layers-title")
+    assert page.locator("#layers").is_hidden() and "no convolution layers" in text(page, "#layer-shapes")
+
+
+def test_an_upload_is_shown_in_the_box_with_its_name(page, test_digits, tmp_path):
+    path = tmp_path / "my seven.png"
+    path.write_bytes(encode(test_digits[0][7], "PNG"))
+    page.set_input_files("#upload", str(path))
+    final = "document.querySelector('#status').textContent.startsWith('convnet:')"
+    page.wait_for_function(final, timeout=15_000)
+    assert page.locator("#preview").is_visible() and text(page, "#upload-name") == "my seven.png"
+    assert page.evaluate("document.querySelector('#preview').naturalWidth") == 140
+    page.click("#clear")
+    assert page.locator("#preview").is_hidden() and page.locator("#upload-name").is_hidden()
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_an_image_can_be_dropped_or_pasted(page, test_digits, how):
+    data = base64.b64encode(encode(test_digits[0][4], "PNG")).decode()
+    page.evaluate("""([data, how]) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "four.png", { type: "image/png" }));
+        if (how === "drop") document.querySelector("#pad").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        else document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+    }""", [data, how])
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=15_000)
+    assert text(page, "#digit") == "4" and text(page, "#upload-name") == "four.png" and page.locator("#preview").is_visible()
 
 
 def test_a_big_photo_is_shrunk_in_the_browser_before_it_is_sent(page, tmp_path):
@@ -121,15 +222,25 @@ def test_a_big_photo_is_shrunk_in_the_browser_before_it_is_sent(page, tmp_path):
     assert size[:2] == [1600, 1200] and size[2] < 2 * 1024 * 1024 and text(page, "#digit") == "7", size
 
 
-def test_a_failed_upload_clears_the_old_result_and_says_why(page, tmp_path):
+def boxes(page) -> list:
+    return [page.locator(s).bounding_box() for s in ("#answer", "#pad", "#result", "#seen-box", "#bars")]
+
+
+def test_a_failed_upload_says_so_once_in_plain_words_and_the_layout_holds(page, tmp_path):
+    empty = boxes(page)
     draw(page, SEVEN)
-    page.wait_for_function("document.querySelector('#digit').textContent === '7'", timeout=15_000)
+    final_guess(page, "7")
+    answered = boxes(page)
     path = tmp_path / "notes.png"
     path.write_bytes(b"this is not an image at all")
     page.set_input_files("#upload", str(path))
-    page.wait_for_function("document.querySelector('#status').className.includes('error')", timeout=15_000)
-    assert text(page, "#digit") == "?" and "not an image" in text(page, "#status")
+    page.wait_for_function("document.querySelector('#confidence').className === 'error'", timeout=15_000)
+    words = text(page, "#confidence")
+    assert words == "That file is not an image this page can read. Try a PNG or JPEG photo."
+    assert visible_text(page).count("not an image") == 1  # said once (the server's own line is in the details)
+    assert "Pillow" not in visible_text(page) and "request body" not in visible_text(page)
     assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0
+    assert empty == answered == boxes(page)  # empty, answered and error states: the same layout
 
 
 def test_an_empty_canvas_or_a_tap_sends_nothing(page):
@@ -138,26 +249,41 @@ def test_an_empty_canvas_or_a_tap_sends_nothing(page):
     page.click("#clear")
     page.evaluate("predictCanvas(true)")  # what pen-up does
     page.wait_for_timeout(300)
-    assert sent == [] and text(page, "#confidence") == "draw a digit"
+    assert sent == [] and text(page, "#confidence") == "draw a digit in the box"
     box = page.locator("#canvas").bounding_box()
     page.mouse.click(box["x"] + 100, box["y"] + 100)  # a tap: a dot, not a digit (it would read as a "0")
     page.wait_for_timeout(300)
     assert sent == [] and text(page, "#confidence").startswith("draw a digit")
 
 
-def test_refusals_are_shown_in_words(page):
+def test_a_tiny_drawing_is_asked_to_be_drawn_bigger(page):
+    sent = predict_requests(page)
+    box = page.locator("#canvas").bounding_box()
+    tiny = [[(120 + x * 0.25, 120 + y * 0.3) for x, y in points] for points in SEVEN]  # ~30 x 50 px of 280
+    draw(page, tiny)
+    page.wait_for_timeout(400)
+    assert box and sent == [] and text(page, "#digit") == "?"
+    assert text(page, "#confidence").startswith("too small to read: draw the digit bigger")
+
+
+def test_refusals_are_shown_in_words_without_a_confident_bar(page):
     """The page's words for each status, fed the server's answers for real drawings."""
     page.click("#clear")
     draw(page, SEVEN)
-    # the final guess (pen-up) must have landed: a mid-stroke guess can show '7' first and the
-    # final one would then overwrite what show() is fed below
-    page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '7'",
-                           timeout=15_000)
+    final_guess(page, "7")
     j = page.evaluate("fetch('/predict', {method: 'POST', body: canvasPGM()}).then(r => r.json())")
-    for status, words in (("unsure", "not sure this is a digit"), ("no_digit", "no digit found"),
-                          ("several_digits", "several digits: 37")):
-        answer = {**j, "status": status, "digit": None, "number": "37" if status == "several_digits" else None}
+    for status, words in (("unsure", "not sure: it does not look like a handwritten digit"),
+                          ("no_digit", "no digit found"), ("several_digits", "the number 37")):
+        answer = {**j, "status": status, "digit": None, "reason": "digit_score" if status == "unsure" else None,
+                  "number": "37" if status == "several_digits" else None,
+                  "digits": [{**j, "digit": 3}, {**j, "digit": 7}] if status == "several_digits" else []}
         page.evaluate(f"show({json.dumps(answer)})")
+        assert text(page, "#confidence").startswith(words), status
+        if status == "unsure":  # the closest digit's score is no confidence: no highlighted bar, and it says so
+            assert page.locator(".bar.top").count() == 0 and page.locator("#bars.refused").count() == 1
+            assert "not a confidence" in text(page, "#bars-note") and "%" not in text(page, "#confidence")
+    for digit, words in ((8, "an 8 ("), (7, "a 7 (")):
+        page.evaluate(f"show({json.dumps({**j, 'digit': digit})})")
         assert text(page, "#confidence").startswith(words)
 
 
@@ -165,19 +291,25 @@ def test_an_answer_cut_short_is_an_error_not_a_guess(page):
     """A 200 whose body is not whole JSON (a connection cut mid-body) says so, and ends the pen-up wait."""
     page.route("**/predict*", lambda route: route.fulfill(status=200, content_type="application/json", body='{"digit": 7, "prob'))
     draw(page, SEVEN)
-    page.wait_for_function("window.__penUp === null && document.querySelector('#status').className.includes('error')",
+    page.wait_for_function("window.__penUp === null && document.querySelector('#confidence').className === 'error'",
                            timeout=15_000)
-    assert text(page, "#digit") == "?" and "could not be read (200" in text(page, "#status")
+    assert text(page, "#digit") == "!" and "cut short" in text(page, "#confidence") and "could not be read (200" in text(page, "#status")
     assert page.evaluate("window.__latencies.length") == 0
 
 
-def test_two_digits_side_by_side_are_read_as_a_number(page):
+def test_two_digits_side_by_side_are_read_as_a_number_and_labelled(page):
     left = [[(x * 0.5 + 5, y) for x, y in points] for points in THREE]
     right = [[(x * 0.5 + 135, y) for x, y in points] for points in SEVEN]
     draw(page, left + right)
-    page.wait_for_function("window.__penUp === null && document.querySelector('#confidence').textContent.startsWith('several')",
-                           timeout=15_000)
-    assert text(page, "#confidence") == "several digits: 37" and text(page, "#digit") == "37"
+    page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '37'", timeout=15_000)
+    assert text(page, "#confidence") == "the number 37: 2 digits, read one at a time"
+    assert "2 digits" in text(page, "#seen-title") and "first digit (a 3)" in text(page, "#bars-title")
+    assert "(the first digit)" in text(page, "#layers-title")
+    assert page.evaluate("document.querySelector('#seen').naturalWidth") == 56
+
+
+def touch(cdp, kind, points):
+    cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, x, y in points]})
 
 
 def touch_draw(page, strokes):
@@ -187,36 +319,64 @@ def touch_draw(page, strokes):
     sx, sy = box["width"] / 280, box["height"] / 280
     for points in strokes:
         pts = [(box["x"] + x * sx, box["y"] + y * sy) for x, y in points]
-        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": pts[0][0], "y": pts[0][1]}]})
+        touch(cdp, "touchStart", [(0, *pts[0])])
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
             for k in range(1, 9):
-                x, y = x0 + (x1 - x0) * k / 8, y0 + (y1 - y0) * k / 8
-                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
-        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+                touch(cdp, "touchMove", [(0, x0 + (x1 - x0) * k / 8, y0 + (y1 - y0) * k / 8)])
+        touch(cdp, "touchEnd", [])
 
 
-def test_touch_drawing_at_phone_size_and_the_screenshots(chromium, server):
-    phone = chromium.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+def ink_at(page, x, y) -> int:
+    return page.evaluate(f"ctx.getImageData({int(x)}, {int(y)}, 1, 1).data[0]")
+
+
+def test_a_second_finger_neither_draws_nor_joins_strokes(chromium, server):
+    context, page = open_page(chromium, server, 390, 844, phone=True)
     try:
-        page = phone.new_page()
-        page.goto(f"http://127.0.0.1:{server}/")
-        page.wait_for_function("document.querySelectorAll('#model option').length === 3")
-        canvas, panel = page.locator("#canvas").bounding_box(), page.locator("#result").bounding_box()
-        assert canvas["width"] >= 390 - 48 and abs(canvas["width"] - panel["width"]) <= 30, (canvas, panel)
-        touch_draw(page, THREE)
-        page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '3'", timeout=15_000)
-        page.screenshot(path=str(ROOT / "screenshots" / "web_demo-phone.png"), full_page=True)
+        cdp = page.context.new_cdp_session(page)
+        box = page.locator("#canvas").bounding_box()
+        s = box["width"] / 280
+        at = lambda x, y: (box["x"] + x * s, box["y"] + y * s)  # noqa: E731 (canvas px -> page px)
+        touch(cdp, "touchStart", [(0, *at(60, 60))])
+        touch(cdp, "touchMove", [(0, *at(60, 140))])
+        touch(cdp, "touchStart", [(0, *at(60, 140)), (1, *at(220, 220))])  # a second finger lands far away
+        for k in range(1, 6):
+            touch(cdp, "touchMove", [(0, *at(60, 140 + 16 * k)), (1, *at(220 - 10 * k, 220))])
+        touch(cdp, "touchEnd", [(0, *at(60, 220))])
+        touch(cdp, "touchEnd", [])
+        page.wait_for_timeout(300)
+        assert ink_at(page, 60, 100) > 200 and ink_at(page, 60, 200) > 200  # the first finger's stroke
+        assert ink_at(page, 220, 220) == 0 and ink_at(page, 190, 220) == 0  # the second finger drew nothing
+        assert ink_at(page, 140, 180) == 0 and ink_at(page, 140, 140) == 0  # nor joined the two
     finally:
-        phone.close()
-    desktop = chromium.new_context(viewport={"width": 1100, "height": 900})
+        context.close()
+
+
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_the_answer_is_in_view_while_and_after_drawing(chromium, server, screen):
+    width, height = SCREENS[screen]
+    phone = width < 1000
+    context, page = open_page(chromium, server, width, height, phone=phone)
     try:
-        page = desktop.new_page()
-        page.goto(f"http://127.0.0.1:{server}/")
-        page.wait_for_function("document.querySelectorAll('#model option').length === 3")
-        draw(page, THREE)
-        page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '3'"
-                               " && !document.querySelector('#conv1').hidden",
-                               timeout=15_000)
-        page.screenshot(path=str(ROOT / "screenshots" / "web_demo.png"), full_page=True)
+        pad = page.locator("#pad").bounding_box()
+        assert pad["y"] >= 0 and pad["y"] + pad["height"] <= height + 0.5 and pad["x"] + pad["width"] <= width + 0.5, pad
+        assert pad["width"] >= 200 and pad["height"] < height  # big enough to draw on, and the page is still reachable
+        held = []
+        page.route("**/predict*", lambda route: held.append(route))
+        (touch_draw if phone else draw)(page, THREE)
+        page.wait_for_function("document.querySelector('#busy').textContent === 'reading...'", timeout=2_000)
+        answer = page.locator("#answer").bounding_box()  # while the answer is on its way
+        assert 0 <= answer["y"] and answer["y"] + answer["height"] <= height and answer["x"] + answer["width"] <= width + 0.5
+        page.unroute("**/predict*")
+        for route in held:
+            try:
+                route.continue_()
+            except Exception:
+                pass
+        final_guess(page, "3")
+        answer = page.locator("#answer").bounding_box()
+        scroll = page.evaluate("window.scrollY")
+        assert 0 <= answer["y"] and answer["y"] + answer["height"] <= height, (screen, answer, scroll)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
     finally:
-        desktop.close()
+        context.close()
