@@ -284,6 +284,8 @@ class Study:
                 v, config = [r["best"]["val_acc"] for r in same], run["config"]
             else:
                 continue
+            if not v:  # no run of this recipe held the validation split out
+                continue
             xeon = [r["seconds"] / r["epochs"] for r in self.runs.values() if r["tags"].get("kind") == "final"
                     and r["tags"]["model"] == m and not r["config"].get("refit") and r.get("hardware") == self.final_machine()]
             rows[m] = {"model": m, "val": mean_std(v), "test": self.seed_scores(m), "config": config,

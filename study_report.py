@@ -65,7 +65,8 @@ def context(s: Study) -> dict:
             "cards": s.cards, "ensembles": s.ensembles, "recipes": s.recipes, "machine": s.final_machine(),
             "exists": lambda p: (s.root / p).exists(), "appendix": APPENDIX, "digit": DIGIT,
             "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
-            "params": {r["model"]: r["params"] for r in accuracy}}
+            "params": {r["model"]: r["params"] for r in accuracy},
+            "madds": {r["model"]: r["madds"] for r in accuracy}}
 
 
 def smoothing(s: Study) -> dict:
