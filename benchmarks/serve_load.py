@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py                  # the full run (~1 min); writes benchmarks/results/serve_load.{json,md}
     python benchmarks/serve_load.py --quick          # small counts and a 2 s request timeout (CI): prints, saves nothing
-    python benchmarks/serve_load.py --update-readme  # only rewrite the table in docs/demo.md (and README.md) from serve_load.json
+    python benchmarks/serve_load.py --update-docs    # only rewrite the table in docs/demo.md from serve_load.json
     python benchmarks/serve_load.py --note "while 3 other jobs ran"   # said in the table's header
 
 Phases, each against the same server process (`python serve.py --quiet`, the study's models, the
@@ -38,8 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README_BEGIN = "<!-- serve:load (written by benchmarks/serve_load.py --update-readme from benchmarks/results/serve_load.json) -->"
-README_END = "<!-- /serve:load -->"
+TABLE_BEGIN = "<!-- serve:load (written by benchmarks/serve_load.py --update-docs from benchmarks/results/serve_load.json) -->"
+TABLE_END = "<!-- /serve:load -->"
+DOCS = ROOT / "docs" / "demo.md"  # the page on the demo, where the table lives
 DEADLINE_S = {"quick": 180, "full": 900}  # the whole run stops (server killed) past this
 
 
@@ -382,7 +383,7 @@ def urlget(port: int, path: str) -> bytes:
 
 
 # -----------------------------------------------------------------------------
-# The table (benchmarks/results/serve_load.md and README.md's serving section)
+# The table (benchmarks/results/serve_load.md and docs/demo.md)
 
 
 def table(o: dict) -> list[str]:
@@ -424,20 +425,17 @@ def table(o: dict) -> list[str]:
     return lines
 
 
-DOCS = ROOT / "docs" / "demo.md"
-
-
-def update_readme(path: Path = ROOT / "README.md", results: Path = RESULTS / "serve_load.json") -> bool:
-    """Rewrite the table between README_BEGIN and README_END in `path` (README.md, docs/demo.md)
-    from the recorded results; False when the file has no such block or nothing is recorded."""
+def update_docs(path: Path = DOCS, results: Path = RESULTS / "serve_load.json") -> bool:
+    """Rewrite the table between TABLE_BEGIN and TABLE_END in `path` from the recorded results;
+    False when the file has no such block or nothing is recorded."""
     if not path.exists():
         return False
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text or not results.exists():
+    if TABLE_BEGIN not in text or TABLE_END not in text or not results.exists():
         return False
-    head, rest = text.split(README_BEGIN, 1)
-    path.write_text(head + README_BEGIN + "\n" + "\n".join(table(json.loads(results.read_text()))) + "\n" + README_END
-                    + rest.split(README_END, 1)[1])
+    head, rest = text.split(TABLE_BEGIN, 1)
+    path.write_text(head + TABLE_BEGIN + "\n" + "\n".join(table(json.loads(results.read_text()))) + "\n" + TABLE_END
+                    + rest.split(TABLE_END, 1)[1])
     return True
 
 
@@ -447,12 +445,10 @@ def main(argv=None) -> int:
     p.add_argument("--weights", nargs="+", help="checkpoints to serve (default: serve.py's, the study's models)")
     p.add_argument("--no-browser", action="store_true", help="skip the pen-up timing in headless Chromium")
     p.add_argument("--note", default="", help='said after the CPU in the table header, e.g. "while 3 other jobs ran"')
-    p.add_argument("--update-readme", action="store_true", help="only rewrite the serving table in README.md and docs/demo.md "
-                                                                     "from serve_load.json")
+    p.add_argument("--update-docs", action="store_true", help="only rewrite the table in docs/demo.md from serve_load.json")
     a = p.parse_args(argv)
-    if a.update_readme:
-        for path in (ROOT / "README.md", DOCS):
-            print(f"updated {path.name}" if update_readme(path) else f"{path.name} has no serve:load block, or no serve_load.json yet")
+    if a.update_docs:
+        print("updated docs/demo.md" if update_docs() else "docs/demo.md has no serve:load block, or no serve_load.json yet")
         return 0
     mode = "quick" if a.quick else "full"
     timer = threading.Timer(DEADLINE_S[mode], lambda: os._exit(3))  # bounded: a hung phase cannot run on
@@ -465,8 +461,7 @@ def main(argv=None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "serve_load.json").write_text(json.dumps(o, indent=2) + "\n")
         (RESULTS / "serve_load.md").write_text("\n".join(table(o)) + "\n")
-        updated = [path.name for path in (ROOT / "README.md", DOCS) if update_readme(path)]
-        print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated " + ", ".join(updated) if updated else ""))
+        print(f"\nsaved {RESULTS / 'serve_load.json'} and .md" + ("; updated docs/demo.md" if update_docs() else ""))
     problems = [f"concurrency {r['concurrency']}: {k}" for r in o["load"] for k in r["by_kind"] if k not in ("200", "503")]
     problems += [f"huge PNGs: {k}" for k in o["huge"]["by_kind"] if not k.startswith("4")]
     problems += [f"phone photos: {k}" for k in o.get("phones", {}).get("by_kind", {}) if k not in ("200", "503")]

@@ -1,4 +1,4 @@
-"""benchmarks/serve_load.py's table and --update-readme (the load itself runs in CI as `--quick`)."""
+"""benchmarks/serve_load.py's table and --update-docs (the load itself runs in CI as `--quick`)."""
 
 import json
 import sys
@@ -19,29 +19,34 @@ def result() -> dict:
             "huge": {"images": 3, "pixels": "10000x10000", "png_bytes": 120368, "by_kind": {"413": 3}, "max_ms": 12.0, "peak_rss_mb": 712},
             "phones": {"images": 40, "jpeg_bytes": 3851497, "by_kind": {"200": 17, "503": 23}, "p50_ms": 900.0, "max_ms": 2000.0,
                        "peak_rss_mb": 900},
+            "heavy_rgba": {"kind": "rgba", "pixels": "4999x4999", "images": 3, "bytes": 126448, "by_kind": {"200": 3}, "max_ms": 3400.0,
+                           "peak_rss_mb": 860, "drawings": {"requests": 19, "by_kind": {"200": 19}, "p50_ms": 72.2, "max_ms": 95.5}},
             "pen_up": {"drawings": 4, "model": "convnet", "p50_ms": 20.0, "max_ms": 30.0, "browser": "headless Chromium"},
             "server_log_tracebacks": 0}
 
 
-def test_update_readme_rewrites_only_the_block(tmp_path):
+def test_update_docs_rewrites_only_the_block(tmp_path):
     saved = tmp_path / "serve_load.json"
     saved.write_text(json.dumps(result()))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{serve_load.README_BEGIN}\nold table\n{serve_load.README_END}\nafter\n")
-    assert serve_load.update_readme(readme, saved)
+    readme = tmp_path / "demo.md"
+    readme.write_text(f"before\n{serve_load.TABLE_BEGIN}\nold table\n{serve_load.TABLE_END}\nafter\n")
+    assert serve_load.update_docs(readme, saved)
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     assert "Measured on Some CPU (2 cores) while idle, 2026-01-02" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 3 + 4  # header, three concurrencies, slow clients, huge PNGs, phones, pen-up (no "largest" here)
+    assert len(rows) == 1 + 3 + 5  # header, three concurrencies, slow clients, huge PNGs, RGBA PNGs, phones, pen-up
+    assert ("| 3 semi-transparent RGBA PNGs of 4999x4999 px (126 kB each) at once, with drawings sent one after another meanwhile | "
+            "3 + 19 drawings | 200: 3; drawings: 200: 19 | 72.2 ms (drawings) | 95.5 ms (drawings, max); 3400.0 ms (large, max) | | 860 MB |"
+            in text)
     assert "| 40 phone photos at once (3.9 MB JPEGs of 12 MP, as the camera wrote them) | 40 | 200: 17, 503: 23 |" in text
     assert "408: 200, all closed 10.2 s after the normal requests began (server timeout 10 s)" in text and "413: 3" in text
-    assert serve_load.update_readme(readme, saved) and readme.read_text() == text  # idempotent
+    assert serve_load.update_docs(readme, saved) and readme.read_text() == text  # idempotent
 
 
-def test_the_readme_has_the_block():
-    text = (ROOT / "README.md").read_text()
-    assert serve_load.README_BEGIN in text and serve_load.README_END in text
+def test_the_demo_page_has_the_block():
+    text = serve_load.DOCS.read_text()
+    assert serve_load.TABLE_BEGIN in text and serve_load.TABLE_END in text
 
 
 def test_drawn_digit_is_the_pgm_the_page_sends():
