@@ -250,8 +250,8 @@ class Study:
             return []
         rows = []
         for m, opt in [(m, "sgd") for m in self.models] + [(m, "adam") for m in g.get("adam_models", []) if m in self.models]:
-            cells = [self.baseline(m, opt, lr, g["epochs"][m], g["seed"]) for lr in g["lrs"]]
-            vals = [self.val(r) for r in cells]
+            at = [self.baseline(m, opt, lr, g["epochs"][m], g["seed"]) for lr in g["lrs"]]
+            vals = [self.val(r) for r in at]
             best = max((v for v in vals if v is not None), default=None)
             extra = sorted((r["tags"]["lr"], self.val(r)) for r in self.runs.values()
                            if r["tags"].get("variant") == "baseline" and r["tags"]["model"] == m and r["tags"]["optimizer"] == opt
@@ -259,12 +259,12 @@ class Study:
                            and not any(math.isclose(r["tags"]["lr"], lr) for lr in g["lrs"]))
             found = self.lr_find.get(f"{m}-{opt}")
             rows.append({"model": m, "optimizer": opt, "epochs": g["epochs"][m], "best": best,
-                         "cells": [{"lr": lr, "acc": v, "f1": r["best"]["val_f1"] if v is not None else None,
+                         "grid": [{"lr": lr, "acc": v, "f1": r["best"]["val_f1"] if v is not None else None,
                                     "f1_differs": v is not None and abs(v - r["best"]["val_f1"]) > F1_SHOWN,
-                                    "diverged": bool(r) and v is None} for lr, v, r in zip(g["lrs"], vals, cells)],
+                                    "diverged": bool(r) and v is None} for lr, v, r in zip(g["lrs"], vals, at)],
                          "extra": [{"lr": lr, "acc": v} for lr, v in extra],
                          "suggested": float(f"{found['suggested_lr']:.0e}") if found else None})
-            best_lr = next((c["lr"] for c in rows[-1]["cells"] if c["acc"] is not None and c["acc"] == best), None)
+            best_lr = next((c["lr"] for c in rows[-1]["grid"] if c["acc"] is not None and c["acc"] == best), None)
             rows[-1]["below"] = bool(found and best_lr and rows[-1]["suggested"] < best_lr)
         return rows
 

@@ -146,7 +146,7 @@ def study_lr(s: Study) -> str | None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in rows:
-        pts = [(c["lr"], 100 * (1 - c["acc"])) for c in r["cells"] if c["acc"] is not None]
+        pts = [(c["lr"], 100 * (1 - c["acc"])) for c in r["grid"] if c["acc"] is not None]
         ax.plot(*zip(*pts), "o-" if r["optimizer"] == "sgd" else "s--", label=f"{NAMES[r['model']]}, {OPT_NAMES[r['optimizer']]}")
     ax.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="validation error % (log)",
            title="Validation error per learning rate (seed 0, each row's own budget)")

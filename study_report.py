@@ -50,14 +50,14 @@ def environment() -> jinja2.Environment:
 def context(s: Study) -> dict:
     """Everything the templates print, computed once."""
     lr, accuracy = s.lr_table(), s.accuracy_table()
-    cells = [dict(c, row=r) for r in lr for c in r["cells"] if c["acc"] is not None]
-    best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["cells"] if c["acc"] == r["best"]})  # noqa: E731
+    scored = [dict(c, row=r) for r in lr for c in r["grid"] if c["acc"] is not None]
+    best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["grid"] if c["acc"] == r["best"]})  # noqa: E731
     optimizers = s.optimizer_table()
     rest = [m for m in s.models if m not in optimizers]
     curves = {m: s.curve_source(m) for m in s.shipped}
     return {"s": s, "data": s.data, "design": s.design, "accuracy": accuracy, "optimizers": optimizers,
             "sweep_only": {"models": rest, "optimizers": sorted({s.cards[m]["train_config"]["optimizer"] for m in rest})},
-            "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(cells, key=lambda c: c["acc"]) if cells else None,
+            "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(scored, key=lambda c: c["acc"]) if scored else None,
             "best_lrs": best_lrs,
             "best": s.best_model(), "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
             "after": s.after_test(), "curves": curves,
