@@ -266,6 +266,8 @@ class Study:
                          "suggested": float(f"{found['suggested_lr']:.0e}") if found else None})
             best_lr = next((c["lr"] for c in rows[-1]["grid"] if c["acc"] is not None and c["acc"] == best), None)
             rows[-1]["below"] = bool(found and best_lr and rows[-1]["suggested"] < best_lr)
+            rows[-1]["past"] = any(x["lr"] > best_lr and x["acc"] is not None and x["acc"] >= best
+                                   for x in rows[-1]["extra"]) if best_lr else False
         return rows
 
     def best_model(self) -> dict | None:
