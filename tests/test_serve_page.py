@@ -282,6 +282,7 @@ def test_refusals_are_shown_in_words_without_a_confident_bar(page):
         if status == "unsure":  # the closest digit's score is no confidence: no highlighted bar, and it says so
             assert page.locator(".bar.top").count() == 0 and page.locator("#bars.refused").count() == 1
             assert "not a confidence" in text(page, "#bars-note") and "%" not in text(page, "#confidence")
+            assert text(page, "#bars-title") == "Each digit's score (no answer)"
     for digit, words in ((8, "an 8 ("), (7, "a 7 (")):
         page.evaluate(f"show({json.dumps({**j, 'digit': digit})})")
         assert text(page, "#confidence").startswith(words)
