@@ -112,7 +112,7 @@ def features(s: Study, m: str, digit: int = 7, n_maps: int = 32) -> list[str]:
         panels(fig, fig.add_gridspec(1, 1)[0], w, "RdBu_r", "weight", 8, symmetric=True)
         fig.suptitle(f"{NAMES[m]}, first layer: {len(w)} of its {model.first_linear.out_features} units' weights over the image")
         return [save(fig, s.root / "figures" / f"features_{m}_layer1.png")]
-    _, _, x_te, y_te, _ = load_raw("mnist", os.environ.get("DATA_DIR"), download=False)
+    _, _, x_te, y_te, _ = load_raw("mnist", os.environ.get("DATA_DIR"), download=False, parts=("test",))
     i = int(torch.nonzero(y_te == digit)[0])
     norm = ckpt["normalization"]
     x = normalize(x_te[i:i + 1], norm["mean"], norm["std"]).reshape(1, 1, 28, 28).float()
