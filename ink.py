@@ -38,8 +38,9 @@ RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RU
 # SIGN_MAX of it; a dot at most SIGN_DOT and at most SIGN_ROUND elongated (a taller one is a comma's
 # tail), its centre below SIGN_LOW of the digits' height (a comma reaches SIGN_BELOW under them); a
 # minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
-SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.3, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
+SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.35, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
 SIGN_SHORT = 0.15  # a minus is at least this long
+SIGN_TAIL = 1.4  # a comma's tail: at least this much taller than wide
 SIGN_CLEAR = 0.1  # a dot or bar further than this from every digit, and out of place, is a mark the reader cannot place
 
 
@@ -315,8 +316,13 @@ def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.nd
     large = [i for i in range(n) if sizes[i] >= sizes[big] / 20]
     keep = large + [i for i in range(n) if i not in large and sizes[i] >= 2
                     and min(gap(boxes[i], boxes[j]) for j in large) <= tall / 3]
-    # Groups of components whose column ranges overlap (with a 1-px tolerance), left to right.
-    spans = sorted((boxes[i][1].start, boxes[i][1].stop, i) for i in keep)
+    # Groups of components whose column ranges overlap (with a 1-px tolerance), left to right. A
+    # small piece (a dot, a comma, a short bar: at most SIGN_DOT of the tallest component's height)
+    # joins a group only when most of its columns are the group's; else it is a mark of its own.
+    def small(i) -> bool:
+        return max(boxes[i][0].stop - boxes[i][0].start, boxes[i][1].stop - boxes[i][1].start) <= SIGN_DOT * tall
+
+    spans = sorted((boxes[i][1].start, boxes[i][1].stop, i) for i in keep if not small(i))
     groups: list[list] = []
     for start, stop, i in spans:
         if groups and start <= groups[-1][1] + 1:
@@ -324,6 +330,14 @@ def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.nd
             groups[-1][2].append(i)
         else:
             groups.append([start, stop, [i]])
+    for i in (i for i in keep if small(i)):
+        start, stop = boxes[i][1].start, boxes[i][1].stop
+        home = [g for g in groups if min(stop, g[1]) - max(start, g[0]) > 0.5 * (stop - start)]
+        if home:
+            home[0][2].append(i)
+        else:
+            groups.append([start, stop, [i]])
+    groups.sort(key=lambda g: g[0])
 
     def height(g) -> int:
         return max(boxes[i][0].stop for i in g[2]) - min(boxes[i][0].start for i in g[2])
@@ -366,7 +380,7 @@ def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str 
         return min(boxes[i][0].start for i in d[2]), max(boxes[i][0].stop for i in d[2])
 
     dot = max(h, w) <= SIGN_DOT * tallest and max(h, w) <= SIGN_ROUND * min(h, w)
-    tail = max(h, w) <= SIGN_DOT * tallest and h > SIGN_ROUND * w
+    tail = max(h, w) <= SIGN_DOT * tallest and h >= SIGN_TAIL * w and h <= SIGN_ROUND * 2 * w
     bar = w >= SIGN_BAR * h and w >= SIGN_SHORT * tallest
     if not (dot or tail or bar):
         return None

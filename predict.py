@@ -215,6 +215,7 @@ class Marks(NamedTuple):
     crops: list[np.ndarray]  # one (28, 28) float32 in [0, 1] per digit
     layout: str  # one character per mark: "d" a digit (its crop, in order), or a sign ".", ",", "-", "?" (out of place)
     wide: bool  # one digit whose ink is at least SIDEWAYS wider than tall: perhaps a photo turned sideways
+    thumb: bool = False  # a thumbnail (shorter side under MIN_SIDE): a cell of digits, never turned
 
 
 def working_grey(image) -> np.ndarray:
@@ -255,7 +256,7 @@ def prepare_marks(grey: np.ndarray) -> Marks:
         rows, cols = np.nonzero(masks[0].any(1))[0], np.nonzero(masks[0].any(0))[0]
         wide = bool(cols[-1] - cols[0] + 1 >= SIDEWAYS * (rows[-1] - rows[0] + 1))
     if not thumb:
-        return Marks([frame(ink_map(grey), m) for m in masks], layout, wide)
+        return Marks([frame(ink_map(grey), m) for m in masks], layout, wide, thumb)
     # A thumbnail: the digits are found on the enlarged copy (components hold together), then
     # framed from the pixels as given, so they are resampled once, as MNIST's were.
     (h, w), f = grey.shape, big.shape[0] // grey.shape[0]
@@ -263,9 +264,9 @@ def prepare_marks(grey: np.ndarray) -> Marks:
         from PIL import Image
         smooth = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((w * f, h * f), TINY_RESAMPLE), np.float32)
         ink = ink_map(np.clip(smooth, 0, 1))
-        return Marks([frame(ink, ndi_dilate(m, TINY_DILATE)) for m in masks], layout, wide)
+        return Marks([frame(ink, ndi_dilate(m, TINY_DILATE)) for m in masks], layout, wide, thumb)
     ink = ink_map(grey)
-    return Marks([frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks], layout, wide)
+    return Marks([frame(ink, m.reshape(h, f, w, f).any(axis=(1, 3))) for m in masks], layout, wide, thumb)
 
 
 def ndi_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -478,20 +479,29 @@ def logits_of(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> to
 
 def classify(image, model: torch.nn.Module, ckpt: dict, topk: int = 3) -> tuple[dict, list[np.ndarray]]:
     """A PIL image -> (answer dict, the crops the model saw): prepare_marks, normalize, model,
-    decide, and the quarter turns when the picture may be sideways (read_turned)."""
+    decide, and the quarter turns when the picture may be sideways (answer_marks)."""
     grey = working_grey(image)
-    marks = prepare_marks(grey)
-    answer = decide_ensemble([(*forward(marks.crops, model, ckpt), ckpt)], topk, marks.crops, marks.layout)
-    if needs_turns(answer, marks, grey):
-        return read_turned(grey, [(model, ckpt)], topk, answer, marks)
+    return answer_marks(prepare_marks(grey), [(model, ckpt)], topk, lambda: grey)
+
+
+def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: list | None = None) -> tuple[dict, list[np.ndarray]]:
+    """One picture's Marks -> (answer, the crops read): the members' (model, ckpt) answer with the
+    signs written in (decide_ensemble with the layout), read over the quarter turns when
+    needs_turns says so; `grey` a callable giving working_grey's picture then (it is read again
+    only for those). passes: the members' (logits, features, ckpt) for marks.crops when already
+    computed (predict batches them)."""
+    passes = passes if passes is not None else [(*forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
+    answer = decide_ensemble(passes, topk, marks.crops, marks.layout)
+    if grey is not None and needs_turns(answer, marks):
+        return read_turned(grey(), members, topk, answer, marks)
     return answer, marks.crops
 
 
-def needs_turns(answer: dict, marks: Marks, grey: np.ndarray) -> bool:
+def needs_turns(answer: dict, marks: Marks) -> bool:
     """Whether the quarter turns are worth reading: a picture (not a thumbnail) whose upright
     reading is unsure, or whose one digit is wider than tall (Marks.wide). An upright digit of
     a digit's shape costs nothing more (its turns read other digits too surely to tell)."""
-    if min(grey.shape) < MIN_SIDE or answer["status"] == "no_digit":
+    if marks.thumb or answer["status"] == "no_digit":
         return False
     return answer["status"] == "unsure" or (answer["status"] == "ok" and marks.wide)
 
@@ -561,33 +571,29 @@ def predict(paths: list[Path], model, ckpt: dict | None = None, topk: int = 3, s
     from PIL import Image
 
     members = model if ckpt is None else [(model, ckpt if "normalization" in ckpt else {"normalization": ckpt})]
-    read: list[tuple[Path, Marks | ImageError, bool]] = []  # (path, marks or the error, whether it is a thumbnail)
+    read: list[tuple[Path, Marks | ImageError]] = []  # (path, its marks or the error)
     for path in paths:
         try:
-            grey = working_grey(read_image(path))
-            read.append((path, prepare_marks(grey), min(grey.shape) < MIN_SIDE))
+            read.append((path, prepare_marks(working_grey(read_image(path)))))
         except ImageError as e:
-            read.append((path, e, False))
+            read.append((path, e))
     # One forward pass per member for every crop of every file (batches of 512): far faster than one per file.
-    flat = [c for _, marks, _ in read if isinstance(marks, Marks) for c in marks.crops]
+    flat = [c for _, marks in read if isinstance(marks, Marks) for c in marks.crops]
     passes = []  # per member: (logits (N, 10), features (N, F) or None, ckpt)
     for m, ck in members:
         outs = [forward(flat[i:i + 512], m, ck) for i in range(0, len(flat), 512)]
         passes.append((torch.cat([o[0] for o in outs] or [torch.zeros(0, 10)]),
                        torch.cat([o[1] for o in outs]) if outs and all(o[1] is not None for o in outs) else None, ck))
     results, at = [], 0
-    for path, marks, thumb in read:
+    for path, marks in read:
         if isinstance(marks, ImageError):
             results.append({"file": str(path), "status": "error", "digit": None, "reason": None, "probability": None, "topk": [],
                             "number": None, "digits": [], "error": str(marks)})
             continue
         part = slice(at, at + len(marks.crops))
-        answer = decide_ensemble([(lg[part], None if ft is None else ft[part], ck) for lg, ft, ck in passes],
-                                 topk, marks.crops, marks.layout)
+        answer, crops = answer_marks(marks, members, topk, lambda: working_grey(read_image(path)),  # read again if turned
+                                     [(lg[part], None if ft is None else ft[part], ck) for lg, ft, ck in passes])
         at += len(marks.crops)
-        crops = marks.crops
-        if not thumb and needs_turns(answer, marks, np.zeros((MIN_SIDE, MIN_SIDE))):  # read again, only for these
-            answer, crops = read_turned(working_grey(read_image(path)), members, topk, answer, marks)
         r = {"file": str(path), **answer}
         if show_dir:
             Path(show_dir).mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 import calibrate  # noqa: E402
 import predict  # noqa: E402
@@ -267,6 +267,189 @@ def _row(ds, rng):
     return to_jpeg(photo(img, rng))
 
 
+# Forms: printed structure around the digits, signs, pictures turned without EXIF. A digit is written
+# at 90-150 px in a dark pen of random width over printed structure of random size and weight.
+def _form(h: int, w: int, rng):
+    """A blank form page: (paper RGB (h, w, 3) float, a draw surface "L" for the printed structure)."""
+    paper = np.ones((h, w, 3), np.float32) * np.array((246, 246, 243), np.float32)
+    return paper, Image.new("L", (w, h), 0)
+
+
+def _print(paper, printed: Image.Image, colour=None):
+    """Printed structure (ink strength in `printed`, 0..255) laid on the paper in a printing colour."""
+    m = np.asarray(printed, np.float32)[..., None] / 255.0
+    colour = np.array(colour if colour is not None else (40, 40, 45), np.float32)
+    return paper * (1 - m) + colour * m
+
+
+def _write(paper, d, rng, px: int, y: int, x: int, pen=None):
+    """The digit d (28, 28) written at px x px with its box's corner at (y, x); the pen's width varies."""
+    img = Image.fromarray(d)
+    grow = int(rng.integers(-1, 2))  # a finer or a broader pen
+    if grow:
+        img = img.resize((112, 112), Image.BICUBIC).filter(ImageFilter.MaxFilter(5) if grow > 0 else ImageFilter.MinFilter(3)) \
+            .resize((28, 28), Image.LANCZOS)
+    m = ink_mask(np.asarray(img), rng, px)[..., None]
+    pen = np.array(pen if pen is not None else tuple(rng.choice([(25, 25, 30), (20, 30, 120), (30, 30, 90)])), np.float32)
+    paper[y:y + px, x:x + px] = paper[y:y + px, x:x + px] * (1 - m) + pen * m
+    return paper
+
+
+def _ink_box(d, px: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the digit's ink in its px x px square."""
+    rows, cols = np.nonzero(d.any(1))[0], np.nonzero(d.any(0))[0]
+    k = px / 28
+    return int(rows[0] * k), int((rows[-1] + 1) * k), int(cols[0] * k), int((cols[-1] + 1) * k)
+
+
+def c_box(d, rng):
+    """A digit in a printed box: tight to loose (a margin of 4-35% of the digit), lines 1-4 px."""
+    h, w = 500, 500
+    paper, printed = _form(h, w, rng)
+    px = int(rng.integers(90, 150))
+    y, x = (h - px) // 2, (w - px) // 2
+    t, b, l, r = _ink_box(d, px)
+    margin = int(rng.uniform(0.04, 0.35) * px)
+    ImageDraw.Draw(printed).rectangle([x + l - margin, y + t - margin, x + r + margin, y + b + margin], outline=255,
+                                      width=int(rng.integers(1, 5)))
+    paper = _print(paper, printed, rng.choice([(40, 40, 45), (120, 120, 125), (70, 90, 160)]))
+    return to_jpeg(photo(_write(paper, d, rng, px, y, x), rng, noise=2.0))
+
+
+def c_comb(d, rng):
+    """A comb field: a baseline with a tick at each end, the digit standing in it."""
+    h, w = 500, 500
+    paper, printed = _form(h, w, rng)
+    px = int(rng.integers(90, 150))
+    y, x = (h - px) // 2, (w - px) // 2
+    t, b, l, r = _ink_box(d, px)
+    gap, lw = int(rng.uniform(0.03, 0.15) * px), int(rng.integers(1, 4))
+    base, tick = y + b + gap, int(rng.uniform(0.2, 0.5) * px)
+    x0, x1 = x + l - int(rng.uniform(0.05, 0.3) * px), x + r + int(rng.uniform(0.05, 0.3) * px)
+    draw = ImageDraw.Draw(printed)
+    draw.line([x0, base, x1, base], fill=255, width=lw)
+    for xt in (x0, x1):
+        draw.line([xt, base - tick, xt, base], fill=255, width=lw)
+    return to_jpeg(photo(_write(_print(paper, printed), d, rng, px, y, x), rng, noise=2.0))
+
+
+def c_circle(d, rng):
+    """A circle or ellipse drawn around the digit, clear of it, 2-8 px wide."""
+    h, w = 500, 500
+    paper, printed = _form(h, w, rng)
+    px = int(rng.integers(90, 140))
+    y, x = (h - px) // 2, (w - px) // 2
+    t, b, l, r = _ink_box(d, px)
+    cy, cx = y + (t + b) / 2, x + (l + r) / 2
+    ry = (b - t) / 2 * rng.uniform(1.3, 1.7)
+    rx = max((r - l) / 2 * rng.uniform(1.5, 2.2), 0.75 * ry)
+    ImageDraw.Draw(printed).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=255, width=int(rng.integers(2, 9)))
+    pen = tuple(rng.choice([(25, 25, 30), (20, 30, 120), (160, 30, 30)]))
+    return to_jpeg(photo(_write(_print(paper, printed, pen), d, rng, px, y, x), rng, noise=2.0))
+
+
+def c_underline(d, rng):
+    """A line under the digit, with a gap: 2-14 px thick, 0.8-1.6 times its width, up to 4 degrees off level."""
+    h, w = 500, 500
+    paper, printed = _form(h, w, rng)
+    px = int(rng.integers(90, 150))
+    y, x = (h - px) // 2, (w - px) // 2
+    t, b, l, r = _ink_box(d, px)
+    cx, half = x + (l + r) / 2, max(r - l, px / 2) * rng.uniform(0.4, 0.8)
+    yl = y + b + rng.uniform(0.05, 0.2) * px
+    tilt = np.tan(np.radians(rng.uniform(-4, 4))) * half
+    ImageDraw.Draw(printed).line([cx - half, yl - tilt, cx + half, yl + tilt], fill=255, width=int(rng.integers(2, 15)))
+    return to_jpeg(photo(_write(_print(paper, printed), d, rng, px, y, x), rng, noise=2.0))
+
+
+def c_box_row(ds, rng):
+    """Three digits in a joined row of printed boxes (a form's ID field): read left to right."""
+    px = int(rng.integers(80, 120))
+    cell = int(px * rng.uniform(1.1, 1.4))
+    h, w = 400, 3 * cell + 200
+    paper, printed = _form(h, w, rng)
+    x0, y0, lw = 100, (h - cell) // 2, int(rng.integers(1, 4))
+    draw = ImageDraw.Draw(printed)
+    draw.rectangle([x0, y0, x0 + 3 * cell, y0 + cell], outline=255, width=lw)
+    for k in (1, 2):
+        draw.line([x0 + k * cell, y0, x0 + k * cell, y0 + cell], fill=255, width=lw)
+    paper = _print(paper, printed)
+    pen = tuple(rng.choice([(25, 25, 30), (20, 30, 120)]))
+    for k, d in enumerate(ds):
+        paper = _write(paper, d, rng, px, y0 + (cell - px) // 2, x0 + k * cell + (cell - px) // 2, pen)
+    return to_jpeg(photo(paper, rng, noise=2.0))
+
+
+def _number(ds, rng, sign: str):
+    """Digits written in a row with a sign: "." or "," between the first two, "-" before the first."""
+    h, w = 360, 900
+    paper = np.ones((h, w, 3), np.float32) * 245
+    px = int(rng.integers(90, 140))
+    y, x = (h - px) // 2, 80
+    pen = np.array(tuple(rng.choice([(25, 25, 30), (20, 30, 120)])), np.float32)
+    draw_sign = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(draw_sign)
+    stroke = int(rng.integers(6, 12)) * px // 120
+    if sign == "-":
+        t, b, _, _ = _ink_box(ds[0], px)
+        length, ym = int(rng.uniform(0.25, 0.45) * px), y + (t + b) // 2 + int(rng.integers(-px // 12, px // 12 + 1))
+        d.line([x, ym, x + length, ym], fill=255, width=max(3, stroke))
+        x += length + int(rng.uniform(0.05, 0.2) * px) - _ink_box(ds[0], px)[2]
+        paper = _write(paper, ds[0], rng, px, y, x, pen)
+    else:
+        paper = _write(paper, ds[0], rng, px, y, x, pen)
+        t, b, l, r = _ink_box(ds[0], px)
+        gap = int(rng.uniform(0.08, 0.2) * px)
+        dot = max(4, int(stroke * rng.uniform(1.0, 1.6)))
+        xs, yb = x + r + gap, y + b
+        if sign == ".":
+            d.ellipse([xs, yb - dot, xs + dot, yb], fill=255)
+        else:
+            d.line([xs + dot, yb - dot, xs + dot // 3, yb + dot], fill=255, width=max(3, dot * 2 // 3))
+        x2 = xs + dot + gap - _ink_box(ds[1], px)[2]
+        paper = _write(paper, ds[1], rng, px, y, x2, pen)
+    m = np.asarray(draw_sign, np.float32)[..., None] / 255.0
+    paper = paper * (1 - m) + pen * m
+    return to_jpeg(photo(paper, rng, noise=2.0))
+
+
+def c_decimal(ds, rng):
+    return _number(ds[:2], rng, ".")
+
+
+def c_decimal_comma(ds, rng):
+    return _number(ds[:2], rng, ",")
+
+
+def c_negative(ds, rng):
+    return _number(ds[:1], rng, "-")
+
+
+def _turned(d, rng, turns: tuple[int, ...]):
+    """A photo of the digit stored turned by a quarter turn of `turns`, with no EXIF tag."""
+    img = Image.fromarray(photo(on_paper(d, rng, (400, 300)), rng).astype(np.uint8))
+    k = int(rng.choice(turns))
+    return to_jpeg(np.asarray(img.rotate(90 * k, expand=True)))
+
+
+def c_turned_sideways(d, rng):
+    return _turned(d, rng, (1, 3))
+
+
+def c_turned_upside_down(d, rng):
+    return _turned(d, rng, (2,))
+
+
+def n_empty_box(_, rng):
+    """An empty printed box (a form field left blank)."""
+    paper, printed = _form(400, 400, rng)
+    side = int(rng.integers(80, 200))
+    o = (400 - side) // 2
+    ImageDraw.Draw(printed).rectangle([o, o, o + side, o + int(side * rng.uniform(0.9, 1.3))], outline=255,
+                                      width=int(rng.integers(1, 5)))
+    return to_jpeg(photo(_print(paper, printed), rng, noise=2.0))
+
+
 # Non-digits (the right answer is a refusal).
 def n_blank(_, rng):
     kind = rng.integers(3)
@@ -288,7 +471,8 @@ def n_shapes_scribbles(i, rng):
 
 
 CONDITIONS = {
-    # name: (generator, kind, note); kind: "control" (passed before), "digit" (fixed by #23), "several", "none"
+    # name: (generator, kind, note); kind: "control" (passed before), "digit" (fixed by #23), "several", "none",
+    # "form" (printed structure around one digit), "number" (signs written with digits), "turned" (no EXIF)
     "canvas_black": (c_canvas_black, "control", "white digit on a black 280x280 canvas (PNG)"),
     "even_light": (c_even, "control", "phone photo, even light"),
     "faint_pencil": (c_faint_pencil, "control", "faint pencil on grey paper"),
@@ -311,11 +495,24 @@ CONDITIONS = {
     "phone_12mp": (c_phone_12mp, "digit", "4032x3024 JPEG (drafted on decode)"),
     "two_digits": (c_two_digits, "several", "two digits side by side"),
     "three_digits": (c_three_digits, "several", "three digits side by side"),
+    "box": (c_box, "form", "a digit in a printed box, margin 4-35%, lines 1-4 px"),
+    "comb": (c_comb, "form", "a comb field under the digit"),
+    "circle": (c_circle, "form", "a circle or ellipse around the digit, 2-8 px"),
+    "underline": (c_underline, "form", "a line under the digit, 2-14 px, tilted up to 4 degrees"),
+    "box_row": (c_box_row, "several", "three digits in a joined row of printed boxes"),
+    "decimal_point": (c_decimal, "number", "two digits with a decimal point, e.g. 3.5"),
+    "decimal_comma": (c_decimal_comma, "number", "two digits with a decimal comma, e.g. 3,5"),
+    "negative": (c_negative, "number", "a minus sign and a digit, e.g. -7"),
+    "turned_sideways": (c_turned_sideways, "turned", "a photo stored turned 90 or 270 degrees, no EXIF"),
+    "turned_upside_down": (c_turned_upside_down, "turned", "a photo stored turned 180 degrees, no EXIF (6 and 9 swap)"),
+    "empty_box": (n_empty_box, "none", "an empty printed box"),
     "blank": (n_blank, "none", "blank photo, black canvas, transparent canvas"),
     "letters_symbols": (n_letters, "none", "letters and symbols, Liberation fonts"),
     "shapes_scribbles": (n_shapes_scribbles, "none", "shapes and scribbles"),
 }
 HEAVY = {"phone_12mp": 10}  # at most this many images (each is a 12 MP JPEG to encode)
+NUMBER_DIGITS = {"two_digits": 2, "decimal_point": 2, "decimal_comma": 2, "negative": 1}  # digits a number takes (else 3)
+NUMBER_SIGNS = {"decimal_point": ".", "decimal_comma": ",", "negative": "-"}  # how the number is written
 
 
 def build(name: str, n: int, x_test: np.ndarray, y_test: np.ndarray, seed: int = 0) -> list[tuple[bytes, str]]:
@@ -327,10 +524,13 @@ def build(name: str, n: int, x_test: np.ndarray, y_test: np.ndarray, seed: int =
     for i in range(n):
         if kind == "none":
             out.append((gen(i, rng), "none"))
-        elif kind == "several":
-            k = 2 if name == "two_digits" else 3
+        elif kind in ("several", "number"):
+            k = NUMBER_DIGITS.get(name, 3)
             j = idx[(k * i) % len(idx):(k * i) % len(idx) + k]
-            out.append((gen([x_test[t] for t in j], rng), "".join(str(int(y_test[t])) for t in j)))
+            written = "".join(str(int(y_test[t])) for t in j)
+            sign = NUMBER_SIGNS.get(name)
+            expected = written if sign is None else "-" + written if sign == "-" else written[0] + sign + written[1:]
+            out.append((gen([x_test[t] for t in j], rng), expected))
         else:
             out.append((gen(x_test[idx[i]], rng), str(int(y_test[idx[i]]))))
     return out
@@ -354,30 +554,32 @@ def test_digits(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
 
 def prepared(n: int, test: tuple[np.ndarray, np.ndarray], seed: int = 0, heavy: int | None = None,
              kinds: tuple[str, ...] | None = None):
-    """Yields (condition, kind, note, files [(bytes, expected)], crops per file) for every condition
-    (of `kinds`, default all): n images each (HEAVY ones fewer) made from `test` (test_digits),
-    through read_image -> prepare once."""
+    """Yields (condition, kind, note, files [(bytes, expected)], predict.Marks per file) for every
+    condition (of `kinds`, default all): n images each (HEAVY ones fewer) made from `test`
+    (test_digits), through read_image -> working_grey -> prepare_marks once."""
     x_te, y_te = test
     for name, (_, kind, note) in CONDITIONS.items():
         if kinds and kind not in kinds:
             continue
         files = build(name, min(n, heavy if heavy is not None and name in HEAVY else HEAVY.get(name, n)), x_te, y_te, seed)
-        yield name, kind, note, files, [predict.prepare(predict.read_image(b, f"{name}_{i}")) for i, (b, _) in enumerate(files)]
+        yield name, kind, note, files, [predict.prepare_marks(predict.working_grey(predict.read_image(b, f"{name}_{i}")))
+                                        for i, (b, _) in enumerate(files)]
 
 
 def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | None = None) -> dict:
-    """Every condition x n images through read_image -> prepare once, then each model's
-    logits and decide: {condition: {kind, note, n, models: {name: {right, refused}}}}."""
+    """Every condition x n images through read_image -> prepare_marks once, then each model's
+    answer as predict.py gives it (predict.answer_marks: the signs written in, the quarter turns
+    read where needs_turns says so): {condition: {kind, note, n, models: {name: {right, refused}}}}."""
     loaded = {m: load_checkpoint(ROOT / "weights" / f"{m}.pt") for m in models}
     test, out = test_digits(data_dir), {}
     t0 = time.perf_counter()
-    for name, kind, note, files, crops in prepared(n, test, seed, heavy):
+    for name, kind, note, files, marks in prepared(n, test, seed, heavy):
         row = {"kind": kind, "note": note, "n": len(files), "models": {}}
         for m, (model, ckpt) in loaded.items():
             right = refused = 0
-            for cs, (_, expected) in zip(crops, files):
-                logits, features = predict.forward(cs, model, ckpt)
-                r, f = score(predict.decide(logits, ckpt, features=features, crops=cs), expected)
+            for mk, (data, expected) in zip(marks, files):
+                answer, _ = predict.answer_marks(mk, [(model, ckpt)], grey=lambda: predict.working_grey(predict.read_image(data)))
+                r, f = score(answer, expected)
                 right += r
                 refused += f
             row["models"][m] = {"right": right / len(files), "refused": refused / len(files)}
@@ -442,8 +644,8 @@ def run_recipes(n: int, files: dict[str, dict], seed: int = 0, data_dir=None) ->
     {label: accuracy}}}; the none conditions need a rejector, which refits lack, so they are left out."""
     loaded = {k: load_checkpoint(f["path"]) for k, f in files.items()}
     out = {}
-    for name, kind, _, images, crops in prepared(n, test_digits(data_dir), seed, kinds=("control", "digit", "several")):
-        accs = {k: sum(top_guess(cs, model, ckpt) == want for cs, (_, want) in zip(crops, images)) / len(images)
+    for name, kind, _, images, marks in prepared(n, test_digits(data_dir), seed, kinds=("control", "digit", "several")):
+        accs = {k: sum(top_guess(mk.crops, model, ckpt) == want for mk, (_, want) in zip(marks, images)) / len(images)
                 for k, (model, ckpt) in loaded.items()}
         out[name] = {"kind": kind, "n": len(images), "files": accs}
         print(f"{name:18s} " + "  ".join(f"{k} {100 * a:5.1f}%" for k, a in accs.items()), flush=True)
