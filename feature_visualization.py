@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from data import DataError, load_raw, normalize
-from models import CheckpointError, conv_layers, load_checkpoint
+from models import CheckpointError, conv_layers, load_checkpoint, weights_name
 from runs import pyplot
 
 
@@ -76,7 +76,7 @@ def feature_visualization(model_or_weights, image: torch.Tensor, out_dir, name: 
     normalized as in training). Returns the written paths."""
     if isinstance(model_or_weights, (str, Path)):
         model, _ = load_checkpoint(model_or_weights)
-        name = name or Path(model_or_weights).stem
+        name = name or weights_name(model_or_weights)
     else:
         model = model_or_weights.eval()
         name = name or type(model).__name__.lower()
@@ -166,7 +166,7 @@ def pick_test_image(ckpt: dict, data_dir=None, index: int | None = None, digit: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Plot the first and second conv layers' filters and feature maps of trained models.")
-    p.add_argument("--weights", nargs="+", required=True, help="checkpoints (.pt) written by train.py")
+    p.add_argument("--weights", nargs="+", required=True, help="checkpoints (.pt) or run folders (their best.pt) written by train.py")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--index", type=int, help="test-set image to show (default 0)")
     g.add_argument("--digit", type=int, help="use the first test image of this digit")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         for w in a.weights:
             model, ckpt = load_checkpoint(w)
             image, label, index = pick_test_image(ckpt, a.data_dir, a.index, a.digit)
-            paths = feature_visualization(model, image, a.out, name=Path(w).stem)
+            paths = feature_visualization(model, image, a.out, name=weights_name(w))
             print(f"{w}: test image #{index} (label {label}) -> " + ", ".join(paths))
             if layers := conv_layers(model):
                 o = filter_orientations(layers["first_conv"].weight)

@@ -469,9 +469,27 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     return path
 
 
+def checkpoint(model: nn.Module, record: dict, normalization: dict, epoch: float, metrics: dict, **extra) -> dict:
+    """A checkpoint dict: the weights, the run's record (its TrainConfig as a dict, plus facts such as
+    world_size) and the normalization it was trained with; load_checkpoint rebuilds the net."""
+    return {"model": record["model"], "model_config": dict(record["model_config"]), "state_dict": model.state_dict(),
+            "train_config": dict(record), "metrics": dict(metrics), "normalization": normalization, "epoch": epoch, **extra}
+
+
+RUN_CHECKPOINT = "best.pt"  # a run folder's validation-best checkpoint: what a run folder means as --weights
+
+
+def weights_name(path: str | os.PathLike) -> str:
+    """How a checkpoint is named in figures and tables: a run folder by its name, a file by its stem."""
+    return Path(path).name if Path(path).is_dir() else Path(path).stem
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dict, read with weights_only=True (a pickle that would run code is refused)."""
+    """The checkpoint dict, read with weights_only=True (a pickle that would run code is refused). A run
+    folder (train.py's, holding best.pt) stands for its best.pt."""
     path = Path(path)
+    if path.is_dir() and (path / RUN_CHECKPOINT).is_file():
+        path = path / RUN_CHECKPOINT
     if path.is_dir():
         found = sorted(q.name for q in path.glob("*.pt"))
         raise CheckpointError(f"{path}: is a folder; pass one checkpoint file" + (

@@ -2,7 +2,7 @@
 
     log = RunLog(run_dir / "log.txt"); log("a line")        # printed and appended
     write_history(run_dir / "history.csv", rows)             # one row per epoch (HISTORY_FIELDS)
-    promote(run_dir / "best.pt", cfg, genuine, log)          # -> weights/<model>.pt + its card, if better on val
+    promote(run_dir / "best.pt", cfg, genuine)               # -> weights/<model>.pt + its card, if better on val
 
 Also: device and precision facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name,
 hardware), one atomic-write helper, the process-wide lock that keeps two timing runs apart
@@ -11,9 +11,7 @@ turns `kill` into Ctrl-C. Imports only models.py of ours; train.py, test_model.p
 benchmarks/ import it.
 """
 
-import argparse
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -21,13 +19,12 @@ import platform
 import subprocess
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from models import CheckpointError, count_params, read_checkpoint, save_atomic
+from models import CheckpointError, read_checkpoint, save_atomic
 
 # -----------------------------------------------------------------------------
 # Files
@@ -65,76 +62,6 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-# -----------------------------------------------------------------------------
-# A run's settings on the command line: a flag per field of its config dataclass, and back.
-
-
-def field_type(f: dataclasses.Field) -> type:
-    """int for `int | None`, etc."""
-    args = [a for a in typing.get_args(f.type) if a is not type(None)]
-    return args[0] if args else f.type
-
-
-def flag(f: dataclasses.Field) -> str:
-    return "--" + f.name.replace("_", "-")
-
-
-def yes_no(text: str) -> bool:
-    answers = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
-    if text.lower() not in answers:
-        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
-    return answers[text.lower()]
-
-
-def none_if_empty(text: str) -> str | None:
-    return text or None
-
-
-def flag_text(v) -> str:
-    """A value as a flag's argument: floats in their shortest exact form (0.1, 5e-05, 30)."""
-    return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else str(v)
-
-
-def add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
-    """A flag per field of the dataclass `cls`: its default, its metadata's help and argparse options.
-    bool: --x (default False) or --no-x (default True), or --x yes|no (default None); dict: --x JSON;
-    an optional str: '' means None."""
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        kind, default, meta = field_type(f), getattr(defaults, f.name), dict(f.metadata)
-        help = meta.pop("help", "").replace("%", "%%")
-        if kind is bool and default is False:
-            p.add_argument(flag(f), action="store_true", help=help)
-        elif kind is bool and default is True:
-            p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=f"turn off: {help}")
-        elif kind is bool:
-            p.add_argument(flag(f), type=yes_no, metavar="{yes,no}", default=default, help=help)
-        elif kind is dict:
-            p.add_argument(flag(f), type=json.loads, default=default, metavar="JSON", help=help)
-        else:
-            parse = none_if_empty if kind is str and f.type is not str else kind
-            p.add_argument(flag(f), type=parse, default=default, help=help, **meta)
-
-
-def dataclass_argv(obj) -> list[str]:
-    """The flags of add_dataclass_flags that make `obj` again: one per field that differs from its default."""
-    defaults, argv = type(obj)(), []
-    for f in dataclasses.fields(obj):
-        value, default = getattr(obj, f.name), getattr(defaults, f.name)
-        if value == default:
-            continue
-        kind = field_type(f)
-        if kind is bool and default in (False, True):
-            argv.append(flag(f) if default is False else f"--no-{f.name.replace('_', '-')}")
-        elif kind is bool:
-            argv += [flag(f), "yes" if value else "no"]
-        elif kind is dict:
-            argv += [flag(f), json.dumps(value)]
-        else:
-            argv += [flag(f), "" if value is None else flag_text(value)]
-    return argv
 
 
 # -----------------------------------------------------------------------------
@@ -313,20 +240,6 @@ def distributed(device: str) -> Dist:
 # The run folder: log.txt, history.csv, curves.png, checkpoints
 
 
-def confusion(target: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
-    """(K, K) counts, rows = true class, columns = predicted."""
-    return torch.bincount(target * k + pred, minlength=k * k).view(k, k).cpu()
-
-
-def macro_f1(conf: torch.Tensor) -> float:
-    """Unweighted mean of per-class F1 over the classes that occur (as sklearn's f1_score(average='macro'))."""
-    tp = conf.diag().double()
-    support, predicted = conf.sum(1).double(), conf.sum(0).double()
-    present = (support + predicted) > 0
-    f1 = torch.where(present, 2 * tp / (support + predicted).clamp(min=1), torch.zeros_like(tp))
-    return float(f1[present].mean()) if present.any() else 0.0
-
-
 class RunLog:
     """Prints a line and appends it to log.txt."""
 
@@ -421,77 +334,6 @@ def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, title
     return out_png
 
 
-def checkpoint(model, record: dict, normalization: dict, epoch: float, metrics: dict, **extra) -> dict:
-    """A checkpoint dict: the weights, the run's record (its TrainConfig as a dict, plus facts such as
-    world_size) and the normalization it was trained with; models.load_checkpoint rebuilds the net."""
-    return {"model": record["model"], "model_config": dict(record["model_config"]), "state_dict": model.state_dict(),
-            "train_config": dict(record), "metrics": dict(metrics), "normalization": normalization, "epoch": epoch, **extra}
-
-
-def save_last(run, epoch_acc) -> None:
-    """A train.Run's last.pt (everything to continue it exactly), written by rank 0; under torchrun
-    every rank must call it (their RNG states are gathered). epoch_acc: the epoch's running metrics."""
-    rng_ranks = run.dist.gather(torch.get_rng_state()) if run.dist.world > 1 else None
-    if not run.dist.main:
-        return
-    ckpt = checkpoint(run.scored(), run.record, run.data.normalization, run.step / run.steps_per_epoch, run.best,
-                      optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(),
-                      rng_cpu=torch.get_rng_state(), step=run.step, history=run.history, best=run.best,
-                      epoch_acc=epoch_acc, seconds=run.seconds())
-    if rng_ranks is not None:
-        ckpt["rng_cpu_ranks"] = rng_ranks
-    if run.ema is not None:  # the raw weights and the average's own state, to continue both exactly
-        ckpt["raw_state_dict"] = run.model.state_dict()
-        ckpt["ema_state"] = run.ema.state_dict()
-    if run.cfg.device.startswith("cuda"):
-        ckpt["rng_cuda"] = torch.cuda.get_rng_state()
-    save_atomic(ckpt, run.run_dir / "last.pt")
-
-
-def epoch_acc_on(acc: dict | None, dev: torch.device) -> dict | None:
-    """The epoch's running sums from a last.pt (loaded onto the CPU) moved onto the run's device, where
-    train_epoch adds to them; the confusion matrix stays on the CPU, where train_epoch keeps it. (A CUDA
-    run resumed with its sums on the CPU failed at its first step: seen on an H200.)"""
-    return {k: v.to("cpu" if k == "conf" else dev) if torch.is_tensor(v) else v for k, v in acc.items()} if acc else acc
-
-
-def restore_last(run, saved: dict) -> None:
-    """Continue a train.Run from its last.pt: weights, optimizer, schedule, scaler, RNG, history and
-    the epoch's running metrics."""
-    run.model.load_state_dict(saved["raw_state_dict"] if run.ema is not None else saved["state_dict"])
-    if run.ema is not None:
-        run.ema.load_state_dict(saved["ema_state"])
-    run.opt.load_state_dict(saved["optimizer"])
-    run.sched.load_state_dict(saved["scheduler"])
-    run.scaler.load_state_dict(saved["scaler"])
-    torch.set_rng_state(saved["rng_cpu_ranks"][run.dist.rank] if run.dist.world > 1 else saved["rng_cpu"])
-    if "rng_cuda" in saved and run.cfg.device.startswith("cuda"):
-        torch.cuda.set_rng_state(saved["rng_cuda"])
-    run.step, run.history, run.best = saved["step"], saved["history"], saved["best"]
-    run.acc = epoch_acc_on(saved["epoch_acc"], run.dev)
-    run.elapsed_before = saved["seconds"]
-    run.log(f"resumed {run.run_dir} at step {run.step}/{run.total_steps}")
-
-
-def log_header(run) -> None:
-    """A train.Run's first lines: model, optimizer, budget, device, data; then the epoch table's header."""
-    cfg, dist, n = run.cfg, run.dist, len(run.tensors[0])
-    run.log(f"{cfg.model}: {count_params(run.model):,} params | {cfg.optimizer} lr {cfg.lr:g} "
-            f"{cfg.schedule} | {cfg.epochs:g} epochs x {run.steps_per_epoch} steps of {run.bs} | {cfg.device} {cfg.precision}"
-            f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if run.aug else 'off'} | seed {cfg.seed} | {n:,} train images"
-            + (f" | {dist.world} processes ({dist.backend}{', sync BN' if cfg.sync_bn else ''}), {run.bs // dist.world} images each per step"
-               if dist.world > 1 else ""))
-    if cfg.refit:
-        run.log("refit: training on train + validation; the val columns are in-sample and the last epoch is kept (never promoted)")
-    run.log(f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
-
-
-def log_epoch(log: RunLog, row: dict) -> None:
-    """One row of the epoch table that log_header heads."""
-    log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
-        f"{row['val_loss']:>8.4f} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
-
-
 def progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -499,33 +341,31 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def promote(best_path: Path, cfg, genuine: bool, log: RunLog) -> None:
-    """Copy best.pt to weights/<model>.pt only if it beats the file there on validation accuracy."""
+def promote(best_path: Path, cfg, genuine: bool) -> str:
+    """Copy best.pt to weights/<model>.pt only if it beats the file there on validation accuracy.
+    Returns what became of that file and why, e.g. "kept: its val acc 0.9968 >= this run's 0.9950"."""
     if not cfg.weights_dir:
-        return
+        return "weights/ left alone (--weights-dir '')"
     if not genuine or cfg.limit_train:
-        log(f"weights: not promoted ({'data is not the genuine release' if not genuine else '--limit-train run'})")
-        return
+        return f"kept: {'data that is not the genuine MNIST release' if not genuine else 'a --limit-train run'} never replaces it"
     prefix = "" if cfg.dataset == "mnist" else f"{cfg.dataset}-"
     target = Path(cfg.weights_dir) / f"{prefix}{cfg.model}.pt"
     new = read_checkpoint(best_path)
+    said = f"written (val acc {new['metrics']['val_acc']:.4f})"
     if target.exists():
         try:
             old = read_checkpoint(target)
         except CheckpointError as e:
-            log(f"weights: {target} kept, unreadable ({e}); remove it to let this run replace it")
-            return
+            return f"kept: unreadable ({e}); remove it to let this run replace it"
         if old.get("train_config", {}).get("refit"):  # its validation score is in-sample: nothing compares with it
-            log(f"weights: {target} kept (a refit on all training images, shipped by the study; remove it to let runs replace it)")
-            return
+            return ("kept: it was trained on all 60,000 training images, validation included, so no validation score "
+                    "compares with this run's; remove it to let runs replace it")
         old_acc = float(old["metrics"].get("val_acc", -1))
         if new["metrics"]["val_acc"] <= old_acc:
-            log(f"weights: {target} kept (val acc {old_acc:.4f} >= this run's {new['metrics']['val_acc']:.4f})")
-            return
-        log(f"weights: {target} updated (val acc {old_acc:.4f} -> {new['metrics']['val_acc']:.4f})")
-    else:
-        log(f"weights: {target} written (val acc {new['metrics']['val_acc']:.4f})")
+            return f"kept: its val acc {old_acc:.4f} >= this run's {new['metrics']['val_acc']:.4f}"
+        said = f"replaced: this run's val acc {new['metrics']['val_acc']:.4f} beats its {old_acc:.4f}"
     ship(best_path, target, environment(cfg.device))
+    return said
 
 
 def sha256(path: Path) -> str:

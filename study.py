@@ -43,7 +43,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     LRS, SEEDS, LR_EPOCHS, ADAM_MODELS, STEM_EPOCHS, OPTIM_MODELS, ADADELTA_LR, REG_EPOCHS, FINAL_EPOCHS,
     FINAL_SEEDS, ATTEMPTS, SMOKE_EPOCHS, REG_VARIANTS, AUGMENTATIONS, CAPACITIES, PATIENCE, Settings, Cell,
     make_cell, result_path, load_result, train_config, cell_record, Waiting, best_lr, lr_grid_cells, stem_cells,
-    lr_find_path, lr_rows, round_lr, data_lr, lr_cells, optim_cells, reg_cells, mean_val, best_variant,
+    lr_find_path, lr_rows, finder_rows, GRID_ONLY_ROWS, FINAL_OPTIMIZERS, round_lr, data_lr, lr_cells, optim_cells, reg_cells, mean_val, best_variant,
     chosen_augmentation, chosen_width, best_optimizer, FAIR_LRS, FAIR_OPTIMIZERS, FAIR_TUNE_SEED, FAIR_SEEDS,
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
@@ -181,7 +181,7 @@ def measured_seconds_per_epoch(s: Settings, model: str, model_config: dict, elas
 
 def quick_throughput(model: str, model_config: dict, steps: int = 3, batch: int = 128) -> float:
     """Training images per second over a few of train.py's steps on random data (bf16 where the CPU has it, as training runs)."""
-    cfg = TrainConfig(model=model, model_config=model_config, device="cpu", lr=0.01).resolved()
+    cfg = TrainConfig(model=model, model_config=model_config, device="cpu", optimizer="sgd", lr=0.01).resolved()
     torch.manual_seed(0)
     net = build_model(model, **cfg.model_config)
     if cfg.channels_last:
@@ -292,7 +292,7 @@ def stage_data(s: Settings) -> None:
 
 def stage_lr_find(s: Settings) -> None:
     out = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
-    for m, opt in lr_rows(s):
+    for m, opt in finder_rows(s):
         key = f"{m}-{opt}"
         if key in out:
             continue

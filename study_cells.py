@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import recipes
 from data import load_data
 from models import STUDY_MODELS
 from train import TrainConfig
@@ -29,41 +30,21 @@ ROOT = Path(__file__).resolve().parent
 LRS = (0.1, 0.01, 0.001, 0.0001)  # the homework's LR grid
 SEEDS = (0, 1, 2)
 LR_EPOCHS = {"dnn": 10, "convnet": 5, "fastresnet": 5, "resnet": 2}  # every cell of a row: same budget
-ADAM_MODELS = ("dnn", "convnet", "fastresnet")  # the Adam rows: the cheap models
+ADAM_MODELS = ("dnn", "convnet", "fastresnet", "resnet")  # the LR table's Adam rows
+# Rows with the homework's grid only: no LR range test's suggestion and no LR the grid points to (for
+# ResNet-18, ~4.5 min a cell on 2 CPU cores, the row that checks train.py's default recipe).
+GRID_ONLY_ROWS = (("resnet", "adam"),)
+# The optimizers whose LR-table rows a ResNet's final recipe is chosen from (the DNN and the ConvNet take
+# theirs from the optimizer comparison): ResNet-18's final recipe was chosen from its SGD row.
+FINAL_OPTIMIZERS = {"resnet": ("sgd",), "fastresnet": ("sgd", "adam")}
 STEM_EPOCHS = 1  # ResNet-18 stems compared at equal epochs
 OPTIM_MODELS = ("convnet", "dnn")
 ADADELTA_LR = 1.0  # pytorch/examples' choice (with StepLR 0.7); it is not in the LR grid
 REG_EPOCHS = 12  # long enough for an unregularized ConvNet to overfit
-FINAL_EPOCHS = {"dnn": 60, "convnet": 30, "fastresnet": 30, "resnet": 10}
-# ResNet-18: 22-26 min a seed on 2 CPU cores; a third seed (issue #11) makes its mean and std
-# comparable with the other models'.
-FINAL_SEEDS = {"dnn": SEEDS, "convnet": SEEDS, "fastresnet": SEEDS, "resnet": (0, 1, 2)}
-# Further attempts at the accuracy targets (issue #11): changes to a model's final recipe (TrainConfig
-# fields, "epochs"), trained in the final stage beside it with its seeds ("seeds": fewer, where
-# costly). A model ships its validation-best final run, attempt or not (ship_finals), and
-# train.BEST_RECIPES is that run's recipe (best_recipe).
-ATTEMPTS = {
-    # Ciresan et al. (2010) trained MLPs with elastic fields smoother than Simard's sigma 4; at sigma 4
-    # the ConvNet's training accuracy stalled (regularization stage, report.md). sigma 6 moves pixels by
-    # ~1 px rms instead of ~1.4, on top of the affine warp.
-    "dnn": {"elastic6": {"elastic": 34.0, "elastic_sigma": 6.0},
-            # The DNN is cheap (~3 s an epoch): 2.5x the final schedule, the same one-cycle shape.
-            "e150": {"epochs": 150},
-            # Both: elastic6 lifted the mean test accuracy (+5 images) but not validation (-2), e150 the
-            # other way round (+3 val, -1 test); Ciresan et al.'s MLPs had both, distortions and a long run.
-            "elastic6-e150": {"elastic": 34.0, "elastic_sigma": 6.0, "epochs": 150}},
-    # Validate and ship an exponential moving average of the weights (decay 0.999 per step: a
-    # ~1,000-step, ~2-epoch horizon), which sits nearer the centre of the minimum than the last iterate.
-    "convnet": {"ema": {"ema": 0.999},
-                # Elastic distortion, the augmentation Simard et al. (2003) found mattered most for CNNs on
-                # MNIST; it lost in the regularization stage at sigma 4, where it held the ConvNet's training
-                # accuracy low in 12 epochs (report.md). The smoother sigma 6 field, on top of the affine warp, over
-                # the final stage's 30 epochs.
-                "elastic6": {"elastic": 34.0, "elastic_sigma": 6.0}},
-    # ResNet-18's validation-best epoch was the 9th or 10th of 10 on every seed: still improving at the
-    # end. 1.5x the schedule costs ~36 min a seed on 2 CPU cores, so it runs two seeds, not three.
-    "resnet": {"e15": {"epochs": 15, "seeds": (0, 1)}},
-}
+# The final stage's budgets, seeds, attempts and the recipe stage's candidates: recipes.py.
+FINAL_EPOCHS = {m: r["epochs"] for m, r in recipes.FINAL.items()}
+FINAL_SEEDS = {m: recipes.FINAL_SEEDS for m in recipes.FINAL}
+ATTEMPTS = recipes.ATTEMPTS
 SMOKE_EPOCHS = 0.005  # --smoke: ~2 steps per cell
 
 # Over- and underfitting: the ConvNet with one regularizer removed at a time, all removed,
@@ -211,6 +192,11 @@ def lr_rows(s: Settings) -> list[tuple[str, str]]:
     return [(m, "sgd") for m in s.models] + [(m, "adam") for m in ADAM_MODELS if m in s.models]
 
 
+def finder_rows(s: Settings) -> list[tuple[str, str]]:
+    """The LR table's rows that also run the LR range test's suggestion and the LR the grid points to."""
+    return [row for row in lr_rows(s) if row not in GRID_ONLY_ROWS]
+
+
 def round_lr(lr: float) -> float:
     """One significant digit: 0.0347 -> 0.03, as a person would try it."""
     return float(f"{lr:.0e}")
@@ -237,7 +223,7 @@ def data_lr(s: Settings, model: str, optimizer: str) -> float | None:
 def lr_cells(s: Settings) -> list:
     cells = [c for m, opt in lr_rows(s) for c in lr_grid_cells(s, m, opt)]
     found = json.loads(lr_find_path(s).read_text()) if lr_find_path(s).exists() else {}
-    for m, opt in lr_rows(s):
+    for m, opt in finder_rows(s):
         key = f"{m}-{opt}"
         if key not in found:
             cells.append(Waiting("lr_find", f"{m} {opt} at the LR finder's suggestion", m, LR_EPOCHS[m]))
@@ -247,7 +233,7 @@ def lr_cells(s: Settings) -> list:
             c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
             c.tags["kind"] = "lr_find"
             cells.append(c)
-    for m, opt in lr_rows(s):  # then one more per row, where the grid's own results point
+    for m, opt in finder_rows(s):  # then one more per row, where the grid's own results point
         lr = data_lr(s, m, opt)
         if lr is None:
             cells.append(Waiting("lr", f"{m} {opt} at the LR the grid points to", m, LR_EPOCHS[m]))
@@ -444,7 +430,7 @@ def final_choice(s: Settings, model: str) -> dict | None:
             return None
         opt, lr = best
     else:
-        options = [(opt, best_lr(s, model, opt)) for opt in (("sgd", "adam") if model in ADAM_MODELS else ("sgd",))]
+        options = [(opt, best_lr(s, model, opt)) for opt in FINAL_OPTIMIZERS.get(model, ("sgd",))]
         if any(lr is None for _, lr in options):
             return None
         scored = [(load_result(s, make_cell(s, model, opt, lr, LR_EPOCHS[model]).name)["best"]["val_acc"], opt, lr)
@@ -559,29 +545,7 @@ RECIPE_MODELS = ("convnet", "dnn", "resnet")  # in this order: the cheapest way 
 # their runs exist (same split, 2-3 seeds each), so they compete with their validation accuracy.
 # These were designed after the final stage's test scores were seen (the report says so); the
 # choice among them is made on validation alone.
-RECIPE_CANDIDATES = {
-    # The ConvNet one stage deeper: a residual block after the stem and after each conv-pool stage
-    # (models.ConvNet's `blocks`), like the 7-9 layer residual CNNs with the best fixed-schedule
-    # MNIST results; ~2.4x the cost of an epoch, so half the epochs.
-    # The final recipe for twice its epochs: its refits' test mean sits 4 test images under the target,
-    # and the schedule is what the 2-core budget cut first (the one-cycle decay stretched, nothing else changed).
-    "convnet": {"res1-e15": {"model_config": {"width": 64, "blocks": 1}, "epochs": 15},
-                "res1-elastic6-e15": {"model_config": {"width": 64, "blocks": 1}, "epochs": 15,
-                                      "elastic": 34.0, "elastic_sigma": 6.0},
-                "e60": {"epochs": 60},
-                # Run on a lent GPU (an H200), where these cost minutes, not CPU hours: the residual ConvNet
-                # at the final schedule and at e60's, which res1-e15 (half the epochs) could not judge.
-                "res1-e30": {"model_config": {"width": 64, "blocks": 1}, "epochs": 30},
-                "res1-e60": {"model_config": {"width": 64, "blocks": 1}, "epochs": 60}},
-    # ResNet-18's e15 refits still gained in their last epochs (their curves): twice its schedule.
-    "resnet": {"e30": {"epochs": 30}},
-    # The DNN: elastic6-e150 for twice as long, and with one hidden layer more (Ciresan et al.'s 99.65% MLP
-    # had five, trained far longer); 1024 wide keeps the file ~11 MB. Batch 512 at twice the LR (a heuristic:
-    # the linear scaling rule is SGD's) halves the steps, which bound a GPU's time for so small a net.
-    "dnn": {"elastic6-e300": {"elastic": 34.0, "elastic_sigma": 6.0, "epochs": 300, "batch_size": 512, "lr": 0.002},
-            "deep3-elastic6-e300": {"model_config": {"hidden": [1024, 1024, 1024]}, "elastic": 34.0, "elastic_sigma": 6.0,
-                                    "epochs": 300, "batch_size": 512, "lr": 0.002}},
-}
+RECIPE_CANDIDATES = recipes.CANDIDATES
 # Refits whose file is gone (made on another machine; runs/ is not committed), trained again: {name: times}.
 # The k-th rerun is "<name>-again" (k = 1) or "<name>-again<k>", same settings and seed; the first run's
 # test score stays the seed's score (no second draw for the mean); each rerun is scored once too, counted,

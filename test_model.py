@@ -1,6 +1,7 @@
 """Score a checkpoint (or several, and their ensemble) on the official 10,000 MNIST test images.
 
     python test_model.py --weights weights/resnet.pt
+    python test_model.py --weights runs/resnet-lr0.001-s0       # a run folder: its best.pt, and its own curves
     python test_model.py --weights weights/*.pt --out figures/      # + ensemble row, ROC, confusion, mistakes
     python test_model.py --weights weights/convnet.pt --json
 
@@ -19,8 +20,26 @@ import numpy as np
 import torch
 
 from data import DataError, load_raw, normalize
-from models import CheckpointError, load_checkpoint
+from models import CheckpointError, load_checkpoint, weights_name
 from runs import pyplot, resolve_device
+
+# -----------------------------------------------------------------------------
+# Metrics on tensors, cheap enough for every training epoch (train.py); the test set's full metrics are sklearn's (metrics()).
+
+
+def confusion(target: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, K) counts, rows = true class, columns = predicted."""
+    return torch.bincount(target * k + pred, minlength=k * k).view(k, k).cpu()
+
+
+def macro_f1(conf: torch.Tensor) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur (as sklearn's f1_score(average='macro'))."""
+    tp = conf.diag().double()
+    support, predicted = conf.sum(1).double(), conf.sum(0).double()
+    present = (support + predicted) > 0
+    f1 = torch.where(present, 2 * tp / (support + predicted).clamp(min=1), torch.zeros_like(tp))
+    return float(f1[present].mean()) if present.any() else 0.0
+
 
 # The ROC figure's zoom (study_report's Step 6 caption reads these): true positive rate from ROC_YMIN up,
 # false positive rate on a symlog axis, linear below ROC_LINTHRESH.
@@ -98,6 +117,21 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, class_names=None) -> dict:
     }
 
 
+def run_record(weights) -> dict | None:
+    """For a run folder (train.py's): its own history.csv, curves.png and best epoch, as recorded by the run;
+    None for a checkpoint file."""
+    run = Path(weights)
+    if not (run.is_dir() and (run / "history.csv").is_file()):
+        return None
+    import csv
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    best = max(history, key=lambda h: float(h["val_acc"])) if history else {}
+    return {"history": str(run / "history.csv"), "curves": str(run / "curves.png") if (run / "curves.png").exists() else None,
+            "epochs": len(history), "best_epoch": float(best["epoch"]) if best else None,
+            "val_acc": float(best["val_acc"]) if best else None}
+
+
 def load_test_set(ckpt: dict, data_dir=None) -> tuple[torch.Tensor, np.ndarray, tuple]:
     """The official test images, normalized as the checkpoint's model was trained: (N,1,28,28), (N,)."""
     from data import DATASETS
@@ -125,8 +159,13 @@ def test_model(weights, data_dir=None, device="auto", out_dir=None, tta: bool = 
         result["tta"] = {"shifts": [list(t) for t in TTA_SHIFTS], "accuracy": float(accuracy_score(y, p_tta.argmax(1))),
                          "f1_macro": float(f1_score(y, p_tta.argmax(1), average="macro"))}
         result["_proba_tta"] = p_tta
+    if run := run_record(weights):
+        result["run"] = run
     if out_dir:
-        result["figures"] = save_figures(y, proba, x, Path(out_dir), Path(weights).stem, class_names, result)
+        result["figures"] = save_figures(y, proba, x, Path(out_dir), weights_name(weights), class_names, result)
+        if run and run["curves"]:  # the run's own training curves beside the test figures
+            import shutil
+            result["figures"].append(shutil.copyfile(run["curves"], Path(out_dir) / f"{weights_name(weights)}_curves.png"))
     result["_proba"] = proba  # kept for ensembles; dropped before printing
     return result
 
@@ -134,7 +173,7 @@ def test_model(weights, data_dir=None, device="auto", out_dir=None, tta: bool = 
 def ensemble(results: list[dict], y: np.ndarray, class_names, x=None, out_dir=None) -> dict:
     """The averaged softmax of several models, scored like one model."""
     proba = np.mean([r["_proba"] for r in results], axis=0)
-    result = {"weights": "+".join(Path(r["weights"]).stem for r in results), "model": "ensemble", **metrics(y, proba, class_names)}
+    result = {"weights": "+".join(weights_name(r["weights"]) for r in results), "model": "ensemble", **metrics(y, proba, class_names)}
     if all("_proba_tta" in r for r in results):
         from sklearn.metrics import accuracy_score, f1_score
         p_tta = np.mean([r["_proba_tta"] for r in results], axis=0)
@@ -230,7 +269,7 @@ def auc_gap_figure(results: list[dict], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, r in enumerate(results):
         gaps = np.array([1.0 - r["auc_per_class"][c] for c in names])
-        label = Path(r["weights"]).stem if r.get("model") != "ensemble" else "ensemble (mean softmax)"
+        label = weights_name(r["weights"]) if r.get("model") != "ensemble" else "ensemble (mean softmax)"
         line, = ax.plot(range(len(names)), np.where(gaps > 0, gaps, np.nan), "o-", lw=1, ms=5,
                         label=f"{label}: macro {1.0 - r['auc_ovr_macro']:.2e}", zorder=3)
         zero = np.nonzero(gaps <= 0)[0]
@@ -323,6 +362,10 @@ def _print(r: dict) -> None:
     print(f"accuracy {r['accuracy']:.4f} | F1 macro {r['f1_macro']:.4f}, weighted {r['f1_weighted']:.4f} | "
           f"ROC-AUC OvR macro {fmt_auc(r['auc_ovr_macro'])}, micro {fmt_auc(r['auc_micro'])} | n={r['n']}"
           + (f" | {r['inference_seconds']:.2f}s inference" if "inference_seconds" in r else ""))
+    if "run" in r:
+        run = r["run"]
+        print(f"training: {run['epochs']} epochs, best on validation epoch {run['best_epoch']:g} ({run['val_acc']:.4f}); "
+              f"history {run['history']}" + (f", curves {run['curves']}" if run["curves"] else ""))
     if "tta" in r:
         print(f"with test-time augmentation ({len(r['tta']['shifts'])} shifts, reported apart): accuracy {r['tta']['accuracy']:.4f} | "
               f"F1 macro {r['tta']['f1_macro']:.4f}")
@@ -330,7 +373,7 @@ def _print(r: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Evaluate checkpoints on the official MNIST test set (10,000 images).")
-    p.add_argument("--weights", nargs="+", required=True, help="one or more .pt files; several also give the ensemble (mean softmax)")
+    p.add_argument("--weights", nargs="+", required=True, help="one or more .pt files or train.py run folders (their best.pt); several also give the ensemble (mean softmax)")
     p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="save <name>_roc.png, <name>_confusion_matrix.png, <name>_mistakes.png and <name>_metrics.json here "
@@ -352,7 +395,7 @@ def main(argv=None) -> int:
         r.pop("_proba")
         r.pop("_proba_tta", None)
         if a.out:
-            Path(a.out, f"{Path(r['weights']).stem if r['model'] != 'ensemble' else 'ensemble'}_metrics.json").write_text(
+            Path(a.out, f"{weights_name(r['weights']) if r['model'] != 'ensemble' else 'ensemble'}_metrics.json").write_text(
                 json.dumps({k: v for k, v in r.items() if k != "report_text"}, indent=2))
     if a.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "report_text"} for r in results] if len(results) > 1

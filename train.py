@@ -1,23 +1,24 @@
-"""One training loop for every model of models.py.
+"""One training loop for every model of models.py, and a loop over models x learning rates x seeds.
 
-    python train.py --model convnet                      # its default recipe (seconds)
-    python train.py --model resnet --lr 0.001            # one run -> runs/resnet-lr0.001-s0/
-    python train.py --model convnet --recipe best        # the study's final recipe: what weights/ ships
-    python train.py --model convnet --lr-find            # LR range test
-    python train.py --resume runs/convnet-lr0.2-s0       # continue a stopped run
-    python train.py --config runs/convnet-lr0.1-s0/config.json --seed 1   # a run's settings again
+    python train.py --model resnet --lr 0.001                      # one run -> runs/resnet-lr0.001-s0/
+    python train.py --model dnn convnet resnet --lr 0.1 0.01 0.001 0.0001   # every pair; a summary table
+    python train.py --model all                                    # every studied model at its default recipe
+    python train.py --recipe convnet-best                          # any recipe of recipes.py (--list-recipes)
+    python train.py --model convnet --lr-find                      # LR range test
+    python train.py --resume runs/convnet-lr0.1-s0                 # continue a stopped run
 
-The flow: CLI flags (generated from TrainConfig's fields) -> one TrainConfig (every setting,
-defaults filled per model) -> train(config) -> run folder (config.json, history.csv, best.pt,
-last.pt, curves.png, log.txt; runs.py writes them) -> weights/<model>.pt when the run beats
-what is there on validation accuracy. A grid of models x LRs is the study's LR stage
-(`python study.py --only lr`), not this script's.
+Settings are resolved in one place (settings()): the flags typed, over --recipe's, over --config's,
+over the model's default recipe (recipes.py), over TrainConfig's defaults. One TrainConfig per run
+-> train(config) -> its run folder (config.json, history.csv, best.pt, last.pt, curves.png, log.txt,
+result.json) -> weights/<model>.pt when the run beats the file there on validation accuracy. Run
+again, a finished run is skipped and a stopped one continues.
 
 Speed: the whole dataset in one tensor on the device, batches sliced and augmented with tensor ops,
 bf16 autocast + channels_last on CPUs with bf16 instructions, AMP on CUDA (benchmarks/speed.py).
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -30,12 +31,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import recipes
 from data import Augment, Data, DataError, augment, batches, load_data
-from models import MODELS, RESNET_STEMS, CheckpointError, build_model, complete_config, read_checkpoint, save_atomic
-from runs import (Dist, RunLog, add_dataclass_flags, checkpoint, confusion, dataclass_argv, distributed, eager, environment,
-                  flag_text, log_epoch, log_header, macro_f1, open_run_dir, plot_curves, plot_lr_find, progress_bar, promote, resolve_device, resolve_precision, restore_last, save_last, skip_dynamo_import,
-                  stop_on_signals, write_history)
+from models import (MODELS, RESNET_STEMS, STUDY_MODELS, CheckpointError, build_model, checkpoint, complete_config, count_params,
+                    read_checkpoint, save_atomic)
+from runs import (RunLog, distributed, eager, environment, open_run_dir,
+                  plot_curves, plot_lr_find, progress_bar, promote, pyplot, resolve_device, resolve_precision, same_settings,
+                  skip_dynamo_import, stop_on_signals, write_history)
+from test_model import confusion, macro_f1
 
+ROOT = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
 # torch.optim's optimizers without the torch._dynamo import (runs.eager: ~1.4 s less start-up).
@@ -43,54 +48,36 @@ skip_dynamo_import()
 OPTIMIZERS = {"sgd": eager(torch.optim.SGD), "adam": eager(torch.optim.Adam), "adamw": eager(torch.optim.AdamW),
               "adadelta": eager(torch.optim.Adadelta)}
 
+# The recipes live in recipes.py; these names are kept for the report's readers.
+RECIPES, FALLBACK = recipes.DEFAULTS, recipes.BASE
+BEST_RECIPES = {m: {k: v for k, v in recipes.recipe(f"{m}-best").items() if k != "model"} for m in recipes.FINAL}
+
 # -----------------------------------------------------------------------------
 # Configuration: one object per run, stored in config.json and in every checkpoint.
 
-# Per-model recipes: what a flag left unset means for each model, chosen by measurement on the 2-core
-# CPU (one-cycle SGD-Nesterov trained every BN network fastest; smoothing and shifts cost nothing per
-# step). Evidence: README "Speed", benchmarks/results/, results/cells/, and these lines' git history.
-RECIPES = {
-    "dnn": dict(optimizer="sgd", lr=0.1, epochs=10),  # the cheap baseline, not tuned beyond one run
-    "convnet": dict(optimizer="sgd", lr=0.1, epochs=1, batch_size=128),  # batch 128: more steps in one epoch paid off
-    "resnet": dict(optimizer="sgd", lr=0.1, epochs=2),  # not tuned: minutes an epoch on 2 cores; lr 0.1 beat 0.3 short
-    "fastresnet": dict(optimizer="sgd", lr=0.1, epochs=3, batch_size=128),  # ConvNet's recipe, longer
-    # The speed benchmark's: EMA and a mild affine warp reached both targets earliest (benchmarks/results/trials.jsonl).
-    "quicknet": dict(optimizer="sgd", lr=0.2, epochs=5, batch_size=128, ema=0.99, rotate=5.0, scale=0.05),
-}
-FALLBACK = dict(optimizer="sgd", lr=0.1, epochs=1.0, batch_size=256, ema=0.0, rotate=0.0, scale=0.0)  # models without a recipe (the reference nets)
-
-# The study's final recipes, `--recipe best`: the settings `python study.py` chose on the validation
-# split for its final runs; they train the shipped weights (minutes to an hour on 2 CPU cores). A test
-# checks that they equal the study's choice from the committed results (study.best_recipe). Evidence:
-# report.md, Step 5; report-appendix.md, "Accuracy targets and the runs made for them"; results/cells/*-final-*.json.
-AFFINE = dict(rotate=10.0, scale=0.1)  # with the recipe's +-2 px shifts
-BEST_RECIPES: dict[str, dict] = {
-    "dnn": dict(optimizer="adam", lr=0.001, epochs=150, **AFFINE),  # the final stage's e150 attempt won on validation
-    "convnet": dict(optimizer="adamw", lr=0.01, epochs=30, **AFFINE, elastic=34.0, elastic_sigma=6.0, model_config={"width": 64}),
-    "resnet": dict(optimizer="sgd", lr=0.1, epochs=10, **AFFINE),  # ties with the e15 attempt go to this recipe
-    "fastresnet": dict(optimizer="sgd", lr=0.1, epochs=30, **AFFINE),
-}
-
 
 def setting(default=None, help: str = "", **cli):
-    """A TrainConfig field: its default, its --help text and argparse options (choices, nargs, flag)."""
+    """A TrainConfig field: its default, its --help text and argparse options (choices)."""
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
 
 
+RECIPE = "the model's recipe"  # what a None default means
+
+
 @dataclass
 class TrainConfig:
     """Every setting of one run. `python train.py --help` lists a flag per field (made from this class)."""
-    model: str = setting("convnet", f"one of {', '.join(MODELS)}")
+    model: str = setting("convnet", f"one or more of {', '.join(MODELS)}, or all ({', '.join(STUDY_MODELS)})")
     model_config: dict = setting({}, "build_model's keyword arguments as JSON, e.g. '{\"width\": 16}' "
                                      "(or --width, --dropout, --stem)")
     dataset: str = setting("mnist", choices=["mnist", "fashion-mnist"])
     data_dir: str | None = setting(None, "folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
-    lr: float | None = setting(None, "peak learning rate (default: the model's recipe)")
-    epochs: float | None = setting(None, "epochs, fractions allowed: 0.5 = half an epoch (default: the model's recipe)")
-    batch_size: int | None = setting(None, "the global batch (default: the model's recipe, 256 or 128)")
-    optimizer: str | None = setting(None, "default: the model's recipe (sgd = Nesterov momentum)",
+    lr: float | None = setting(None, f"peak learning rate; several: one run each (default: {RECIPE})")
+    epochs: float | None = setting(None, f"epochs, fractions allowed: 0.5 = half an epoch (default: {RECIPE})")
+    batch_size: int | None = setting(None, f"the global batch (default: {RECIPE}, 256 or 128)")
+    optimizer: str | None = setting(None, f"sgd = Nesterov momentum (default: {RECIPE})",
                                     choices=["sgd", "adam", "adamw", "adadelta"])
     momentum: float = setting(0.9, "SGD's momentum (Nesterov when > 0)")
     schedule: str = setting("onecycle", "onecycle = linear warmup, then linear decay to 0; step = x gamma each epoch",
@@ -101,14 +88,14 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "of the optimised cross-entropy (validation loss is plain CE)")
     augment: bool = setting(True, "random shifts (and rotation, scale, elastic distortion) of training images")
     translate: float = setting(2.0, "max random shift in pixels")
-    rotate: float | None = setting(None, "max random rotation in degrees (default: the recipe's, 0 except QuickNet's)")
-    scale: float | None = setting(None, "max random relative scale change, 0.1 = +-10% (default: the recipe's)")
+    rotate: float | None = setting(None, f"max random rotation in degrees (default: {RECIPE}, 0 except QuickNet's)")
+    scale: float | None = setting(None, f"max random relative scale change, 0.1 = +-10% (default: {RECIPE})")
     elastic: float = setting(0.0, "elastic distortion strength alpha in pixels (0 = off; Simard et al. used 34)")
     elastic_sigma: float = setting(4.0, "smoothness of the elastic displacement field in pixels")
-    patience: int | None = setting(None, "early stopping: stop after this many epochs without a better val accuracy")
+    patience: int | None = setting(None, "early stopping: stop after this many epochs without a better val accuracy (default: off)")
     ema: float | None = setting(None, "validate and save an exponential moving average of the weights with this decay "
-                                      "per step (e.g. 0.999; 0 = off; default: the recipe's, off except QuickNet's)")
-    seed: int = setting(0)
+                                      f"per step, e.g. 0.999; 0 = off (default: {RECIPE}, off except QuickNet's)")
+    seed: int = setting(0, "several: one run each")
     deterministic: bool = setting(False, "deterministic algorithms only (bitwise-repeatable on CPU)")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = setting("auto", "auto: bf16 on CPUs with bf16 instructions and on CUDA, else fp32",
@@ -119,21 +106,20 @@ class TrainConfig:
     # a recipe and epoch count chosen on validation before. Nothing is left to choose on: the last
     # epoch is kept, the "val" columns are in-sample, and the run is never promoted into weights/.
     refit: bool = setting(False, "train on train + validation for exactly --epochs; keeps the last epoch, never promoted")
-    # Off for runs that choose between recipes (study stage "recipes"): they are judged on validation
-    # only, so the test set is not looked at for them at all (issue #25).
+    # Off for runs that choose between recipes: judged on validation only, they never look at the test set.
     score_test: bool = setting(True, "score the validation-best checkpoint on the test set at the end")
     out: str = setting("runs", "folder for run folders")
-    run_name: str | None = setting(None, "name of the run folder under --out (default <model>-lr<lr>-s<seed>)")
+    run_name: str | None = setting(None, "name of the run folder under --out (default: <model>-lr<lr>-s<seed>)")
     weights_dir: str | None = setting("weights", "where a run that beats the stored model on validation accuracy "
                                                  "is copied ('' = never)")
     eval_batch_size: int = setting(1000, "images per forward pass when evaluating")
     sync_bn: bool = setting(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)")
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every None filled from the model's recipe, so the run is fully described."""
+        """A copy with every None filled from the model's default recipe, so the run is fully described."""
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        recipe = {**FALLBACK, **RECIPES.get(self.model, {})}
+        recipe = recipes.default(self.model)
         cfg = dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
         # Every constructor argument written out (e.g. ResNet's stem): the run never depends on a default.
         cfg.model_config = complete_config(cfg.model, cfg.model_config)
@@ -151,38 +137,6 @@ CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def run_name(cfg: TrainConfig) -> str:
     prefix = "" if cfg.dataset == "mnist" else f"{cfg.dataset}-"
     return f"{prefix}{cfg.model}-lr{cfg.lr:g}-s{cfg.seed}"
-
-
-# -----------------------------------------------------------------------------
-# The command line, generated from TrainConfig: a flag per field, and the reverse (config -> argv).
-
-MODEL_CONFIG_FLAGS = {  # shortcuts into model_config
-    "width": dict(type=int, help="model width (convnet, quicknet, resnet, fastresnet): model_config's width"),
-    "dropout": dict(type=float, help="dropout rate (dnn, convnet, quicknet, fastresnet): model_config's dropout"),
-    "stem": dict(choices=RESNET_STEMS, help="ResNet-18's stem (default 3x3s2; see models.RESNET_STEMS)")}
-
-
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its default and help; --width/--dropout/--stem into model_config."""
-    add_dataclass_flags(p, TrainConfig)
-    for name, options in MODEL_CONFIG_FLAGS.items():
-        p.add_argument(f"--{name}", **options)
-
-
-def config_from_namespace(a: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    shortcuts = {k: getattr(a, k) for k in MODEL_CONFIG_FLAGS if getattr(a, k, None) is not None}
-    cfg.model_config = {**cfg.model_config, **shortcuts}
-    return cfg
-
-
-def config_argv(cfg: TrainConfig) -> list[str]:
-    """The flags that make `cfg` again (every field that differs from its default): config -> argv,
-    the reverse of parse_args + config_from_args. model_config's width, dropout, stem use their shortcuts."""
-    mc = cfg.model_config
-    short = [x for k in MODEL_CONFIG_FLAGS if mc.get(k) is not None for x in (f"--{k}", flag_text(mc[k]))]
-    rest = {k: v for k, v in mc.items() if k not in MODEL_CONFIG_FLAGS or v is None}
-    return short + dataclass_argv(dataclasses.replace(cfg, model_config=rest))
 
 
 def autocast(cfg: TrainConfig):
@@ -314,7 +268,7 @@ def run_length(cfg: TrainConfig, n: int) -> tuple[int, int, int]:
     return bs, steps_per_epoch, max(1, round(cfg.epochs * steps_per_epoch))
 
 
-def build_net(cfg: TrainConfig, dist: Dist, dev: torch.device):
+def build_net(cfg: TrainConfig, dist, dev: torch.device):
     """(model, net, optimizer, ema): net is what the step calls (the model, or its DDP wrapper, which
     averages gradients); ema, with --ema, the moving average of the weights (BN statistics included)
     that is validated, chosen and saved: late in training it sits nearer the centre of the minimum
@@ -341,58 +295,54 @@ def build_net(cfg: TrainConfig, dist: Dist, dev: torch.device):
     return model, net, opt, ema
 
 
-@dataclass
-class Run:
-    """One training run's moving parts (start_run builds them); train() drives it epoch by epoch."""
-    cfg: TrainConfig
-    record: dict  # config.json: the config and the run's facts (world_size, backend)
-    dist: Dist
-    dev: torch.device
-    run_dir: Path
-    log: RunLog
-    data: Data
-    tensors: tuple  # x_train (N, 1, 28, 28), y_train (N,), x_val, y_val, on dev
-    model: nn.Module
-    net: nn.Module
-    ema: object
-    opt: torch.optim.Optimizer
-    sched: object
-    scaler: torch.amp.GradScaler
-    aug: Augment | None
-    aug_seed: int
-    bs: int
-    steps_per_epoch: int
-    total_steps: int
-    t_start: float
-    step: int = 0
-    history: list = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"val_acc": -1.0})
-    acc: dict | None = None  # running train metrics of the epoch in progress (kept in last.pt)
-    t_epoch: float = 0.0
-    elapsed_before: float = 0.0
-    first_step_unix: float | None = None  # wall clock at the end of this process's first step (speed.py)
-
-    def scored(self) -> nn.Module:
-        """The weights that are evaluated and saved: with --ema, the average."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def seconds(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.t_start
+def train_tensors(cfg: TrainConfig, data: Data, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train (N, 1, 28, 28), y_train (N,), x_val, y_val) on the device: the first --limit-train
+    training images; with --refit the validation images join the training images."""
+    x_train, y_train = data.x_train, data.y_train
+    if cfg.limit_train:
+        x_train, y_train = x_train[:cfg.limit_train], y_train[:cfg.limit_train]
+    if cfg.refit:  # (55,000 + 5,000, 1, 28, 28)
+        x_train, y_train = torch.cat([x_train, data.x_val]), torch.cat([y_train, data.y_val])
+    return x_train.to(dev), y_train.to(dev), data.x_val.to(dev), data.y_val.to(dev)
 
 
-def start_run(config: TrainConfig, data: Data | None, quiet: bool, resume: bool) -> Run:
-    """Resolve the config, join torchrun if any, open the run folder, load the data onto the device,
-    build model, optimizer, schedule and augmentation; continue last.pt when resuming."""
+def new_sums(dev: torch.device) -> dict:
+    """An epoch's running training sums: loss and plain CE (times images), confusion counts, seconds before a resume."""
+    zero = torch.zeros((), device=dev)
+    return {"loss": zero.clone(), "ce": zero.clone(), "conf": torch.zeros(10, 10, dtype=torch.long), "t": 0.0}
+
+
+def sums_on(sums: dict | None, dev: torch.device) -> dict | None:
+    """A last.pt's running sums (loaded onto the CPU) moved onto the run's device, where the loop adds
+    to them; the confusion matrix stays on the CPU, where the loop keeps it."""
+    return {k: v.to("cpu" if k == "conf" else dev) if torch.is_tensor(v) else v for k, v in sums.items()} if sums else sums
+
+
+def epoch_row(step: int, steps_per_epoch: int, lr: float, sums: dict, val: dict, seconds: float, dist) -> dict:
+    """The epoch's history row: its running training metrics summed over every rank, and the validation metrics."""
+    conf = dist.all_sum(sums["conf"])  # (K, K): the epoch's training predictions of every rank
+    seen = int(conf.sum())
+    train_loss = float(dist.all_sum(sums["loss"])) / seen
+    if not math.isfinite(train_loss):
+        raise Diverged
+    return {"epoch": round(step / steps_per_epoch, 4), "step": step, "lr": lr, "train_loss": train_loss,
+            "train_acc": float(conf.diag().sum()) / seen, "train_f1": macro_f1(conf), "val_loss": val["loss"],
+            "val_acc": val["acc"], "val_f1": val["f1"], "seconds": seconds, "train_ce": float(dist.all_sum(sums["ce"])) / seen}
+
+
+def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bool = False, resume: bool = False) -> dict:
+    """Train one model; returns {"status", "run_dir", "config", "history", "best", "test", "seconds", ...}.
+
+    status: finished, stopped_early (cfg.patience) or diverged (the loss is not finite). resume: continue
+    the run folder's last.pt when it holds a run of this same config. `on_step(step, model)` runs after
+    every optimizer step (speed.py evaluates there). ValueError: settings that cannot train; DataError."""
     cfg = config.resolved()
     dist = distributed(cfg.device)
     if cfg.batch_size % dist.world:
         raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world} processes")
     record = {**dataclasses.asdict(cfg), "world_size": dist.world, "backend": dist.backend}
     run_dir = Path(cfg.out) / cfg.run_name
-    # A setting missing from an older last.pt meant its default there (the recipe-resolved ones: FALLBACK's).
-    old = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING},
-           "world_size": 1, "backend": None, **FALLBACK}
-    saved = open_run_dir(run_dir, record, dist, resume, old)
+    saved = open_run_dir(run_dir, record, dist, resume, OLD_DEFAULTS)
     log = RunLog(run_dir / "log.txt" if dist.main else None, quiet or not dist.main)
     if dist.main:
         (run_dir / "config.json").write_text(json.dumps({**record, "environment": environment(cfg.device)}, indent=2))
@@ -402,166 +352,201 @@ def start_run(config: TrainConfig, data: Data | None, quiet: bool, resume: bool)
     t_start = time.perf_counter()
     data = data or load_data(cfg.dataset, cfg.data_dir)
     dev = torch.device("cuda", dist.local_rank) if dist.backend == "nccl" else torch.device(cfg.device)
-    x_train, y_train = data.x_train, data.y_train
-    if cfg.limit_train:
-        x_train, y_train = x_train[:cfg.limit_train], y_train[:cfg.limit_train]
-    if cfg.refit:  # (55,000 + 5,000, 1, 28, 28): the validation images become training images
-        x_train, y_train = torch.cat([x_train, data.x_val]), torch.cat([y_train, data.y_val])
-    tensors = (x_train.to(dev), y_train.to(dev), data.x_val.to(dev), data.y_val.to(dev))
+    x_train, y_train, x_val, y_val = train_tensors(cfg, data, dev)
     model, net, opt, ema = build_net(cfg, dist, dev)
+    scored = ema.module if ema is not None else model  # what is validated and saved: with --ema, the average
     bs, steps_per_epoch, total_steps = run_length(cfg, len(x_train))
     if bs // dist.world < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError(f"{cfg.model} has BatchNorm, which needs at least 2 images per batch and process; this run has "
-                         f"{bs // dist.world}: raise --batch-size (and --limit-train) to {2 * dist.world} or more")  # not mid-run
+                         f"{bs // dist.world}: raise --batch-size (and --limit-train) to {2 * dist.world} or more")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, steps_per_epoch, cfg))
-    run = Run(cfg, record, dist, dev, run_dir, log, data, tensors, model, net, ema, opt, sched,
-              torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16"),
-              Augment(cfg.translate, cfg.rotate, cfg.scale, cfg.elastic, cfg.elastic_sigma) if cfg.augment else None,
-              cfg.seed if dist.world == 1 else cfg.seed * 1000 + dist.rank,  # each rank warps its own samples
-              bs, steps_per_epoch, total_steps, t_start)
+    scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")
+    aug = Augment(cfg.translate, cfg.rotate, cfg.scale, cfg.elastic, cfg.elastic_sigma) if cfg.augment else None
+    aug_seed = cfg.seed if dist.world == 1 else cfg.seed * 1000 + dist.rank  # each rank warps its own samples
+    step, history, best, sums, seconds_before = 0, [], {"val_acc": -1.0}, None, 0.0
     if saved is not None:
-        restore_last(run, saved)
-    log_header(run)
-    return run
+        step, history, best, sums, seconds_before = restore_last(saved, model, ema, opt, sched, scaler, dist, dev)
+        log(f"resumed {run_dir} at step {step}/{total_steps}")
+    log_header(log, cfg, model, dist, len(x_train), bs, steps_per_epoch)
+    seconds = lambda: seconds_before + time.perf_counter() - t_start  # noqa: E731
 
+    def save_last(sums):  # everything to continue exactly: weights, optimizer, schedule, RNG, history, the epoch's sums
+        state = dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(), step=step,
+                     history=history, best=best, epoch_acc=sums, seconds=seconds())
+        write_last(run_dir / "last.pt", checkpoint(scored, record, data.normalization, step / steps_per_epoch, best, **state),
+                   model, ema, cfg, dist)
 
-def train_epoch(run: Run, on_step, show_bar: bool) -> None:
-    """Optimizer steps from run.step to the end of its epoch (or of the run), summing the running
-    train metrics into run.acc. `on_step(step, weights)` is called after each step."""
-    cfg, dist, (x_train, y_train, _, _) = run.cfg, run.dist, run.tensors
-    epoch = run.step // run.steps_per_epoch
-    epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
-    order = epoch_order(len(x_train), cfg.seed, epoch).to(run.dev)
-    zero = torch.zeros((), device=run.dev)
-    run.acc = run.acc or {"loss": zero.clone(), "ce": zero.clone(), "conf": torch.zeros(10, 10, dtype=torch.long), "t": 0.0}
-    run.acc.setdefault("ce", torch.full((), math.nan, device=run.dev))  # a last.pt from before train_ce: unknown
-    run.t_epoch = time.perf_counter()
-    n_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
-    bar = progress_bar(epoch_end - run.step, f"epoch {epoch + 1}/{n_epochs}", show_bar)
-    while run.step < epoch_end:
-        i = run.step - epoch * run.steps_per_epoch
-        idx = order[i * run.bs:(i + 1) * run.bs][dist.rank::dist.world]  # this rank's share of the global batch
-        x, y = x_train[idx], y_train[idx]  # (B, 1, 28, 28), (B,); B = batch / processes
-        if run.aug:
-            x = augment(x, run.aug, step_generator(run.aug_seed, run.step), run.data.background)
-        loss, logits = train_step(run.net, run.opt, x, y, cfg, run.scaler)
-        run.sched.step()
-        if run.ema is not None:
-            run.ema.update_parameters(run.model)
-        run.step += 1
-        run.first_step_unix = run.first_step_unix or time.time()
-        run.acc["loss"] += loss.detach() * len(y)
-        run.acc["ce"] += cross_entropy(logits.detach(), y) * len(y)  # unsmoothed, as val_loss: curves compare like with like
-        run.acc["conf"] += confusion(y, logits.detach().argmax(1), 10)
-        if on_step:
-            on_step(run.step, run.scored())  # with --ema, the average: what would be validated and shipped
-        if bar and (run.step % 10 == 0 or run.step == epoch_end):
-            seen = int(run.acc["conf"].sum())
-            bar.update(10 if run.step % 10 == 0 else run.step % 10)
-            bar.set_postfix(loss=f"{float(run.acc['loss']) / seen:.4f}", acc=f"{float(run.acc['conf'].diag().sum()) / seen:.4f}",
-                            img_s=f"{run.bs * bar.n / (time.perf_counter() - run.t_epoch):.0f}")
-        if run.step % 50 == 0 and dist.all_sum(torch.tensor(float(not math.isfinite(float(loss.detach()))))) > 0:
-            raise Diverged  # on every rank at once: one rank alone would leave the others waiting
-    if bar:
-        bar.close()
-
-
-def end_epoch(run: Run) -> dict:
-    """The epoch's history row: its running train metrics over every rank and the validation metrics."""
-    conf = run.dist.all_sum(run.acc["conf"])  # (K, K): the epoch's training predictions of every rank
-    seen = int(conf.sum())
-    train_loss = float(run.dist.all_sum(run.acc["loss"])) / seen
-    if not math.isfinite(train_loss):
-        raise Diverged
-    # Rank 0's model is the one that is saved, so rank 0 measures it and tells the others:
-    # without --sync-bn the ranks' BN running statistics differ slightly.
-    x_val, y_val = run.tensors[2:]
-    val = run.dist.broadcast(evaluate(run.scored(), x_val, y_val, run.cfg) if run.dist.main else None)
-    row = {"epoch": round(run.step / run.steps_per_epoch, 4), "step": run.step, "lr": run.opt.param_groups[0]["lr"],
-           "train_loss": train_loss, "train_acc": float(conf.diag().sum()) / seen,
-           "train_f1": macro_f1(conf), "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
-           "seconds": run.acc["t"] + time.perf_counter() - run.t_epoch,
-           "train_ce": float(run.dist.all_sum(run.acc["ce"])) / seen}
-    run.history.append(row)
-    run.acc = None
-    log_epoch(run.log, row)
-    return row
-
-
-def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bool = False, resume: bool = False) -> dict:
-    """Train one model; returns {"status", "run_dir", "config", "history", "best", "test", "seconds", ...}.
-
-    status: finished, stopped_early (cfg.patience) or diverged (the loss is not finite). resume: continue
-    the run folder's last.pt when it holds a run of this same config. `on_step(step, model)` runs after
-    every optimizer step (speed.py evaluates there). ValueError: settings that cannot train; DataError."""
-    run = start_run(config, data, quiet, resume)
-    cfg, status, show_bar = run.cfg, "finished", not quiet and run.dist.main and sys.stderr.isatty()
-    run.model.train()
+    status, first_step_unix, show_bar = "finished", None, not quiet and dist.main and sys.stderr.isatty()
+    model.train()
     try:
-        while run.step < run.total_steps:
-            train_epoch(run, on_step, show_bar)
-            row = end_epoch(run)
-            if row["val_acc"] > run.best["val_acc"] or cfg.refit:
-                run.best = {"val_acc": row["val_acc"], "val_f1": row["val_f1"], "val_loss": row["val_loss"], "epoch": row["epoch"]}
-                if run.dist.main:
-                    save_atomic(checkpoint(run.scored(), run.record, run.data.normalization, row["epoch"], run.best),
-                                run.run_dir / "best.pt")
-            if run.dist.main:
-                write_history(run.run_dir / "history.csv", run.history)
-            save_last(run, None)
-            since_best = sum(1 for h in run.history if h["epoch"] > run.best["epoch"])
-            if cfg.patience is not None and since_best >= cfg.patience and run.step < run.total_steps:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+            order = epoch_order(len(x_train), cfg.seed, epoch).to(dev)
+            sums = sums or new_sums(dev)
+            sums.setdefault("ce", torch.full((), math.nan, device=dev))  # a last.pt from before train_ce: unknown
+            t_epoch = time.perf_counter()
+            bar = progress_bar(epoch_end - step, f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}", show_bar)
+            while step < epoch_end:  # the step
+                i = step - epoch * steps_per_epoch
+                idx = order[i * bs:(i + 1) * bs][dist.rank::dist.world]  # this rank's share of the global batch
+                x, y = x_train[idx], y_train[idx]  # (B, 1, 28, 28), (B,); B = batch / processes
+                if aug:
+                    x = augment(x, aug, step_generator(aug_seed, step), data.background)
+                loss, logits = train_step(net, opt, x, y, cfg, scaler)
+                sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                step += 1
+                first_step_unix = first_step_unix or time.time()
+                sums["loss"] += loss.detach() * len(y)
+                sums["ce"] += cross_entropy(logits.detach(), y) * len(y)  # unsmoothed, as val_loss: curves compare like with like
+                sums["conf"] += confusion(y, logits.detach().argmax(1), 10)
+                if on_step:
+                    on_step(step, scored)
+                if bar:
+                    show_progress(bar, step, epoch_end, sums, bs, t_epoch)
+                if step % 50 == 0 and dist.all_sum(torch.tensor(float(not math.isfinite(float(loss.detach()))))) > 0:
+                    raise Diverged  # on every rank at once: one rank alone would leave the others waiting
+            if bar:
+                bar.close()
+            # Rank 0's model is the one saved, so rank 0 validates it and tells the others (BN statistics differ per rank).
+            val = dist.broadcast(evaluate(scored, x_val, y_val, cfg) if dist.main else None)
+            row = epoch_row(step, steps_per_epoch, opt.param_groups[0]["lr"], sums, val,
+                            sums["t"] + time.perf_counter() - t_epoch, dist)
+            history.append(row)
+            sums = None
+            log_epoch(log, row)
+            if row["val_acc"] > best["val_acc"] or cfg.refit:
+                best = {"val_acc": row["val_acc"], "val_f1": row["val_f1"], "val_loss": row["val_loss"], "epoch": row["epoch"]}
+                if dist.main:
+                    save_atomic(checkpoint(scored, record, data.normalization, row["epoch"], best), run_dir / "best.pt")
+            if dist.main:
+                write_history(run_dir / "history.csv", history)
+            save_last(None)
+            since_best = sum(1 for h in history if h["epoch"] > best["epoch"])
+            if cfg.patience is not None and since_best >= cfg.patience and step < total_steps:
                 status = "stopped_early"
-                run.log(f"early stop: no better val accuracy for {cfg.patience} epochs")
+                log(f"early stop: no better val accuracy for {cfg.patience} epochs")
                 break
     except Diverged:
         status = "diverged"
-        run.log(f"diverged at step {run.step}: the loss is not finite (lr {cfg.lr:g} is too high for {cfg.model})")
+        log(f"diverged at step {step}: the loss is not finite (lr {cfg.lr:g} is too high for {cfg.model})")
     except KeyboardInterrupt:
-        if run.dist.world > 1:  # the ranks stopped at different steps: keep the last epoch's last.pt, saved by all
-            run.log(f"\ninterrupted; continue from the last finished epoch with: torchrun ... train.py --resume {run.run_dir}")
+        if dist.world > 1:  # the ranks stopped at different steps: keep the last epoch's last.pt, saved by all
+            log(f"\ninterrupted; continue from the last finished epoch with: torchrun ... train.py --resume {run_dir}")
             raise
-        if run.acc is not None:
-            run.acc["t"] += time.perf_counter() - run.t_epoch
-        save_last(run, run.acc)
-        plot_curves(run.history, run.run_dir / "curves.png", f"{cfg.run_name} (interrupted)")
-        run.log(f"\ninterrupted at step {run.step}/{run.total_steps}; continue with: python train.py --resume {run.run_dir}")
+        if sums is not None:
+            sums["t"] += time.perf_counter() - t_epoch
+        save_last(sums)
+        plot_curves(history, run_dir / "curves.png", f"{cfg.run_name} (interrupted)")
+        log(f"\ninterrupted at step {step}/{total_steps}; continue with: python train.py --resume {run_dir}")
         raise
-    return finish(run, status)
+    result = {"status": status, "run_dir": str(run_dir), "config": record, "history": history, "best": best, "test": None,
+              "seconds": seconds(), "environment": environment(cfg.device), "first_step_unix": first_step_unix}
+    return finish(result, cfg, scored, model, data, dev, dist, log)
 
 
-def finish(run: Run, status: str) -> dict:
-    """Curves, the test score of the validation-best checkpoint, weights/ and result.json; the result dict."""
-    cfg, dist = run.cfg, run.dist
-    seconds = run.seconds()
-    result = {"status": status, "run_dir": str(run.run_dir), "config": run.record, "history": run.history,
-              "best": run.best, "test": None, "seconds": seconds, "environment": environment(cfg.device),
-              "first_step_unix": run.first_step_unix}
+def finish(result: dict, cfg: TrainConfig, scored: nn.Module, model: nn.Module, data: Data, dev, dist, log: RunLog) -> dict:
+    """Curves, the test score of the validation-best checkpoint, weights/, result.json and what to do next."""
+    run_dir = Path(result["run_dir"])
     if dist.world > 1:
         # DDP keeps the parameters equal on every rank; check it rather than trust it.
-        sums = dist.gather(float(sum(p.detach().double().sum() for p in run.model.parameters())))
+        sums = dist.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
         result["ranks_in_sync"] = all(x == sums[0] for x in sums)
         if not result["ranks_in_sync"]:
-            run.log(f"warning: the {dist.world} processes ended with different weights (sums {sums})")
+            log(f"warning: the {dist.world} processes ended with different weights (sums {sums})")
     if not dist.main:
         return result
-    plot_curves(run.history, run.run_dir / "curves.png", cfg.run_name)
-    best_path = run.run_dir / "best.pt"
-    if status != "diverged" and best_path.exists():
-        tested = ""
+    plot_curves(result["history"], run_dir / "curves.png", cfg.run_name)
+    best_path, best = run_dir / "best.pt", result["best"]
+    if result["status"] != "diverged" and best_path.exists():
+        tested = " | test not scored"
         if cfg.score_test:  # only the checkpoint chosen on validation is ever scored on the test set
             best_ckpt = read_checkpoint(best_path)
-            run.scored().load_state_dict(best_ckpt["state_dict"])
-            test = evaluate(run.scored(), run.data.x_test.to(run.dev), run.data.y_test.to(run.dev), cfg)
+            scored.load_state_dict(best_ckpt["state_dict"])
+            test = evaluate(scored, data.x_test.to(dev), data.y_test.to(dev), cfg)
             result["test"] = {"acc": test["acc"], "f1": test["f1"], "loss": test["loss"]}
             best_ckpt["metrics"].update(test_acc=test["acc"], test_f1=test["f1"])
             save_atomic(best_ckpt, best_path)
             tested = f" | test acc {test['acc']:.4f}, macro-F1 {test['f1']:.4f}"
-        run.log(f"best epoch {run.best['epoch']:g}: val acc {run.best['val_acc']:.4f}{tested or ' | test not scored'} | {seconds:.1f}s")
-        if not cfg.refit:  # a refit has no validation accuracy to compare: it is shipped by hand, labelled
-            promote(best_path, cfg, run.data.genuine, run.log)
-    (run.run_dir / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        log(f"best epoch {best['epoch']:g}: val acc {best['val_acc']:.4f}{tested} | {result['seconds']:.1f}s")
+        # a refit has no validation accuracy to compare: never promoted
+        result["weights"] = "kept: a refit is never compared on validation" if cfg.refit else promote(best_path, cfg, data.genuine)
+        log(next_steps(run_dir, cfg, result["weights"]))
+    (run_dir / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return result
+
+
+def next_steps(run_dir: Path, cfg: TrainConfig, weights: str | None) -> str:
+    """What to run next on this run's checkpoint, and what became of weights/<model>.pt."""
+    lines = [f"checkpoint: {run_dir / 'best.pt'}",
+             f"  python test_model.py --weights {run_dir}",
+             f"  python feature_visualization.py --weights {run_dir}"]
+    if weights:
+        lines.append(f"{cfg.weights_dir}/{cfg.model}.pt {weights}" if cfg.weights_dir else weights)
+    return "\n".join(lines)
+
+
+OLD_DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING},
+                "world_size": 1, "backend": None, **recipes.BASE}  # a setting missing from an older last.pt meant this
+
+
+def write_last(path: Path, ckpt: dict, model: nn.Module, ema, cfg: TrainConfig, dist) -> None:
+    """last.pt, by rank 0; under torchrun every rank calls it (their RNG states are gathered)."""
+    rng_ranks = dist.gather(torch.get_rng_state()) if dist.world > 1 else None
+    if not dist.main:
+        return
+    ckpt["rng_cpu"] = torch.get_rng_state()
+    if rng_ranks is not None:
+        ckpt["rng_cpu_ranks"] = rng_ranks
+    if ema is not None:  # the raw weights and the average's own state, to continue both exactly
+        ckpt["raw_state_dict"] = model.state_dict()
+        ckpt["ema_state"] = ema.state_dict()
+    if cfg.device.startswith("cuda"):
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state()
+    save_atomic(ckpt, path)
+
+
+def restore_last(saved: dict, model, ema, opt, sched, scaler, dist, dev) -> tuple:
+    """Continue from a last.pt: weights, optimizer, schedule, scaler and RNG restored in place; returns
+    (step, history, best, the epoch's running sums, seconds spent before)."""
+    model.load_state_dict(saved["raw_state_dict"] if ema is not None else saved["state_dict"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema_state"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["rng_cpu_ranks"][dist.rank] if dist.world > 1 else saved["rng_cpu"])
+    if "rng_cuda" in saved and dev.type == "cuda":
+        torch.cuda.set_rng_state(saved["rng_cuda"])
+    return saved["step"], saved["history"], saved["best"], sums_on(saved["epoch_acc"], dev), saved["seconds"]
+
+
+def log_header(log: RunLog, cfg: TrainConfig, model: nn.Module, dist, n: int, bs: int, steps_per_epoch: int) -> None:
+    """A run's first lines: model, optimizer, budget, device, data; then the epoch table's header."""
+    log(f"{cfg.model}: {count_params(model):,} params | {cfg.optimizer} lr {cfg.lr:g} "
+        f"{cfg.schedule} | {cfg.epochs:g} epochs x {steps_per_epoch} steps of {bs} | {cfg.device} {cfg.precision}"
+        f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if cfg.augment else 'off'} | seed {cfg.seed} | {n:,} train images"
+        + (f" | {dist.world} processes ({dist.backend}{', sync BN' if cfg.sync_bn else ''}), {bs // dist.world} images each per step"
+           if dist.world > 1 else ""))
+    if cfg.refit:
+        log("refit: training on train + validation; the val columns are in-sample and the last epoch is kept (never promoted)")
+    log(f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
+
+
+def log_epoch(log: RunLog, row: dict) -> None:
+    """One row of the epoch table that log_header heads."""
+    log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
+        f"{row['val_loss']:>8.4f} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
+
+
+def show_progress(bar, step: int, epoch_end: int, sums: dict, bs: int, t_epoch: float) -> None:
+    if step % 10 == 0 or step == epoch_end:
+        seen = int(sums["conf"].sum())
+        bar.update(10 if step % 10 == 0 else step % 10)
+        bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", acc=f"{float(sums['conf'].diag().sum()) / seen:.4f}",
+                        img_s=f"{bs * bar.n / (time.perf_counter() - t_epoch):.0f}")
 
 
 # -----------------------------------------------------------------------------
@@ -607,66 +592,284 @@ def lr_find(config: TrainConfig, data: Data | None = None, start: float = 1e-5, 
 
 
 # -----------------------------------------------------------------------------
-# Command line
+# Before a run: what the LR table measured for this model, optimizer and LR
+
+LR_TABLE = ROOT / "results" / "lr_table.csv"
+WORSE_BY = 0.005  # validation accuracy this far under the row's best (25 of 5,000 images): worth a word
+
+
+def lr_advice(cfg: TrainConfig, table: Path = LR_TABLE) -> str | None:
+    """One line when the study's LR table (results/lr_table.csv: each model and optimizer over the homework's
+    LRs, seed 0, validation) found this LR to diverge or to train clearly worse than the row's best; None otherwise."""
+    if not table.exists():
+        return None
+    with open(table) as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == cfg.model and r["optimizer"] == cfg.optimizer and r["kind"] == "grid"]
+    acc = {float(r["lr"]): (float(r["val_acc"]) if r["status"] != "diverged" else -1.0) for r in rows}
+    if cfg.lr not in acc or len(acc) < 2:
+        return None
+    best = max(acc, key=lambda lr: (acc[lr], lr))
+    epochs = f"{float(rows[0]['epochs']):g}"
+    if acc[cfg.lr] < 0:
+        said = "diverged"
+    elif acc[best] - acc[cfg.lr] > WORSE_BY:
+        said = f"{'underfit' if cfg.lr < best else 'trained worse'} ({100 * acc[cfg.lr]:.2f}% validation)"
+    else:
+        return None
+    return (f"note: the LR table (results/lr_table.csv, {epochs} epochs) found {cfg.model} with {cfg.optimizer} at lr {cfg.lr:g} "
+            f"{said}; lr {best:g} did better ({100 * acc[best]:.2f}%)")
+
+
+# -----------------------------------------------------------------------------
+# Many runs: every model x LR x seed through train(), skipping finished runs, then one table
+
+
+SUMMARY_FIELDS = ["model", "optimizer", "lr", "seed", "epochs", "status", "val_acc", "test_acc", "test_f1", "seconds", "checkpoint"]
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The result.json of a run of these same settings that finished (or diverged) in its folder, else None."""
+    r = cfg.resolved()
+    run_dir = Path(r.out) / r.run_name
+    if not (run_dir / "result.json").exists():
+        return None
+    result = json.loads((run_dir / "result.json").read_text())
+    record = json.loads(json.dumps({**dataclasses.asdict(r), "world_size": 1, "backend": None}))  # as result.json holds it
+    return result if same_settings(result["config"], record, OLD_DEFAULTS) else None
+
+
+def summary_row(r: dict) -> dict:
+    c, test = r["config"], r.get("test") or {}
+    best = Path(r["run_dir"]) / "best.pt"
+    return {"model": c["model"], "optimizer": c["optimizer"], "lr": c["lr"], "seed": c["seed"], "epochs": c["epochs"],
+            "status": r["status"], "val_acc": r["best"].get("val_acc") if r["best"].get("val_acc", -1) >= 0 else None,
+            "test_acc": test.get("acc"), "test_f1": test.get("f1"), "seconds": round(r["seconds"], 1),
+            "checkpoint": str(best) if best.exists() and r["status"] != "diverged" else None}
+
+
+def write_summary(rows: list[dict], out: Path) -> tuple[Path, Path]:
+    """summary.csv (SUMMARY_FIELDS) and summary.png (validation and test accuracy against the LR, a line per
+    model and optimizer) in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, key, title in zip(axes, ("val_acc", "test_acc"), ("validation", "test")):
+        for m, opt in dict.fromkeys((r["model"], r["optimizer"]) for r in rows):
+            pts = sorted((r["lr"], r[key]) for r in rows if (r["model"], r["optimizer"]) == (m, opt) and r[key] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"{m} ({opt})")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(f"{title} accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "summary.png", dpi=90)
+    plt.close(fig)
+    return out / "summary.csv", out / "summary.png"
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = [f"{'model':<11} {'optimizer':<9} {'lr':>7} {'seed':>4} {'val acc':>8} {'test acc':>8} {'test F1':>8} {'time':>8}  checkpoint"]
+    pct = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
+    f1 = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+    for r in rows:
+        lines.append(f"{r['model']:<11} {r['optimizer']:<9} {r['lr']:>7g} {r['seed']:>4} {pct(r['val_acc']):>8} {pct(r['test_acc']):>8} "
+                     f"{f1(r['test_f1']):>8} {r['seconds']:>7.0f}s  "
+                     f"{r['checkpoint'] or r['status']}")
+    return "\n".join(lines)
+
+
+def train_all(configs: list[TrainConfig], restart: bool = False) -> list[dict]:
+    """Every config through train(), one run folder each: a finished run of the same settings is skipped
+    (unless restart), a stopped one continues from its last.pt. Returns each run's result."""
+    results = []
+    for i, cfg in enumerate(configs):
+        r = cfg.resolved()
+        if len(configs) > 1:
+            print(f"\n=== run {i + 1}/{len(configs)}: {r.model}, {r.optimizer} lr {r.lr:g}, seed {r.seed}", flush=True)
+        done = None if restart else finished_run(cfg)
+        if done:
+            print(f"{done['run_dir']}: finished before ({done['status']}); skipped (--restart trains it again)", flush=True)
+            results.append(done)
+            continue
+        if advice := lr_advice(r):
+            print(advice, flush=True)
+        results.append(train(cfg, resume=not restart))
+    return results
+
+
+# -----------------------------------------------------------------------------
+# The command line: a flag per TrainConfig field (typed flags only reach the namespace), and the reverse.
+
+MODEL_CONFIG_FLAGS = {  # shortcuts into model_config
+    "width": dict(type=int, help="model width (convnet, quicknet, resnet, fastresnet): model_config's width"),
+    "dropout": dict(type=float, help="dropout rate (dnn, convnet, quicknet, fastresnet): model_config's dropout"),
+    "stem": dict(choices=RESNET_STEMS, help="ResNet-18's stem (default: 3x3s2; see models.RESNET_STEMS)")}
+SEVERAL = {"model", "lr", "seed"}  # flags that take several values: one run per combination
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """int for `int | None`, etc."""
+    import typing
+    args = [a for a in typing.get_args(f.type) if a is not type(None)]
+    return args[0] if args else f.type
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def yes_no(text: str) -> bool:
+    answers = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    if text.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return answers[text.lower()]
+
+
+def none_if_empty(text: str) -> str | None:
+    return text or None
+
+
+def flag_text(v) -> str:
+    """A value as a flag's argument: floats in their shortest exact form (0.1, 5e-05, 30)."""
+    return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else str(v)
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its default said once in its help; bool: --x or --no-x, or --x yes|no;
+    dict: --x JSON; an optional str: '' means None. Untyped flags stay out of the namespace (SUPPRESS)."""
+    for f in dataclasses.fields(TrainConfig):
+        kind, default, meta = field_type(f), f.default if f.default is not dataclasses.MISSING else {}, dict(f.metadata)
+        help = meta.pop("help", "").replace("%", "%%")
+        if default not in (None, {}, False, True) and "default:" not in help:
+            help += f" (default: {flag_text(default)})"
+        opts = dict(default=argparse.SUPPRESS, help=help)
+        if kind is bool and default is False:
+            p.add_argument(flag(f.name), action="store_true", **opts)
+        elif kind is bool and default is True:
+            p.add_argument(flag(f"no_{f.name}"), dest=f.name, action="store_false", **{**opts, "help": f"turn off: {help}"})
+        elif kind is bool:
+            p.add_argument(flag(f.name), type=yes_no, metavar="{yes,no}", **opts)
+        elif kind is dict:
+            p.add_argument(flag(f.name), type=json.loads, metavar="JSON", **opts)
+        else:
+            parse = none_if_empty if kind is str and f.type is not str else kind
+            p.add_argument(flag(f.name), type=parse, nargs="+" if f.name in SEVERAL else None, **opts, **meta)
+    for name, options in MODEL_CONFIG_FLAGS.items():
+        p.add_argument(flag(name), default=argparse.SUPPRESS, **options)
+
+
+def config_argv(cfg: TrainConfig) -> list[str]:
+    """The flags that make `cfg` again (every field that differs from its default): config -> argv, the
+    reverse of configs_from_args. model_config's width, dropout, stem use their shortcuts."""
+    mc = cfg.model_config
+    argv = [x for k in MODEL_CONFIG_FLAGS if mc.get(k) is not None for x in (flag(k), flag_text(mc[k]))]
+    rest = {k: v for k, v in mc.items() if k not in MODEL_CONFIG_FLAGS or v is None}
+    defaults = TrainConfig()
+    for f in dataclasses.fields(cfg):
+        value = rest if f.name == "model_config" else getattr(cfg, f.name)
+        default = getattr(defaults, f.name)
+        if value == default:
+            continue
+        kind = field_type(f)
+        if kind is bool and default in (False, True):
+            argv.append(flag(f.name) if default is False else flag(f"no_{f.name}"))
+        elif kind is bool:
+            argv += [flag(f.name), "yes" if value else "no"]
+        elif kind is dict:
+            argv += [flag(f.name), json.dumps(value)]
+        else:
+            argv += [flag(f.name), "" if value is None else flag_text(value)]
+    return argv
 
 
 DIVERGED_EXIT = 3  # `python train.py`'s exit status when the loss stopped being finite
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a model of models.py on MNIST (or run an LR range test). Every "
-                                            "TrainConfig field is a flag; unset ones come from the model's recipe.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train models of models.py on MNIST: every combination of --model, --lr and "
+                                            "--seed, one run folder each. Unset settings come from the model's recipe "
+                                            "(recipes.py).")
     add_config_flags(p)
+    p.add_argument("--recipe", help="a recipe of recipes.py (--list-recipes), e.g. convnet-best; with --model: best, final "
+                                    "or a candidate's name for each model; flags typed override it")
+    p.add_argument("--list-recipes", action="store_true", help="print every recipe of recipes.py and exit")
     p.add_argument("--config", metavar="JSON", help="start from the settings in a run's config.json (or a weights card); "
-                                                    "flags given override them")
-    p.add_argument("--recipe", choices=["default", "best"], default="default",
-                   help="best: the study's validation-chosen final recipe (train.BEST_RECIPES; long); flags given override it")
+                                                    "flags typed and --recipe override them")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--restart", action="store_true", help="train finished and stopped runs again from the start")
     p.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training and plot it")
-    a = p.parse_args(argv)
-    # Which flags were typed (a flag equal to its default still counts): parse again with no defaults.
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    a.explicit = set(vars(p.parse_args(argv)))
-    return a
+    return p.parse_args(argv)
 
 
-def fill_untyped(a: argparse.Namespace, settings: dict) -> None:
-    """Set each of `settings` (TrainConfig fields) in `a` unless its flag was typed; model_config's
-    width, dropout and stem count as their own flags."""
-    for key, value in settings.items():
-        if key == "model_config":
-            if "model_config" not in a.explicit:
-                a.model_config = {**a.model_config, **{k: v for k, v in value.items() if k not in MODEL_CONFIG_FLAGS}}
-            for k in MODEL_CONFIG_FLAGS:
-                if k in value and k not in a.explicit:
-                    setattr(a, k, value[k])
-        elif key not in a.explicit:
-            setattr(a, key, value)
+def named_recipe(name: str, model: str | None) -> dict:
+    """recipes.recipe(name), or with a model the model's own: `best` -> `<model>-best`, `default` -> `<model>`."""
+    if model and name not in recipes.registry():
+        name = model if name == "default" else f"{model}-{name}"
+    try:
+        r = recipes.recipe(name)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if model and r["model"] != model:
+        raise ValueError(f"recipe {name!r} trains {r['model']}, not {model}; drop --model or choose {model}'s recipe")
+    return r
+
+
+def settings(typed: dict, config_file: str | None = None, recipe: str | None = None) -> list[TrainConfig]:
+    """Every run's TrainConfig, resolved in this one place: the flags typed (`typed`: TrainConfig fields and
+    the model_config shortcuts; model, lr and seed as lists), over --recipe's settings, over --config's, over
+    the defaults (a setting left None is the model's default recipe's, filled by TrainConfig.resolved)."""
+    stored = {}
+    if config_file:
+        try:
+            stored = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config {config_file}: not a readable JSON file ({e}); give a run folder's config.json")
+        stored = stored.get("train_config", stored)  # a weights card holds it under train_config
+        stored = {k: v for k, v in stored.items() if k in CONFIG_FIELDS - {"run_name"}}  # the name follows the settings
+    typed = dict(typed)
+    models = typed.pop("model", None) or [None]
+    models = [m for x in models for m in (STUDY_MODELS if x == "all" else [x])]
+    lrs, seeds = typed.pop("lr", None) or [None], typed.pop("seed", None) or [None]
+    shortcuts = {k: typed.pop(k) for k in MODEL_CONFIG_FLAGS if k in typed}
+    out = []
+    for m in models:
+        base = {**stored, **(named_recipe(recipe, m) if recipe else {})}
+        for lr in lrs:
+            for seed in seeds:
+                fields = {**base, **typed, **{k: v for k, v in (("model", m), ("lr", lr), ("seed", seed)) if v is not None}}
+                fields["model_config"] = {**base.get("model_config", {}), **typed.get("model_config", {}), **shortcuts}
+                out.append(TrainConfig(**fields))
+    return out
+
+
+def configs_from_args(a: argparse.Namespace) -> list[TrainConfig]:
+    typed = {k: v for k, v in vars(a).items() if k in CONFIG_FIELDS or k in MODEL_CONFIG_FLAGS}
+    return settings(typed, a.config, a.recipe)
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    """The run's TrainConfig: the flags typed, over --recipe best's settings, over --config's, over the defaults."""
-    if a.config:
-        try:
-            stored = json.loads(Path(a.config).read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--config {a.config}: not a readable JSON file ({e}); give a run folder's config.json")
-        stored = stored.get("train_config", stored)  # a weights card holds it under train_config
-        fill_untyped(a, {k: v for k, v in stored.items() if k in CONFIG_FIELDS - {"run_name"}})  # the name follows the settings
-    if a.recipe == "best":
-        if a.model not in BEST_RECIPES:
-            raise ValueError(f"no best recipe for {a.model} yet (train.BEST_RECIPES has {', '.join(BEST_RECIPES) or 'none'}); "
-                             "drop --recipe best to use its default recipe")
-        fill_untyped(a, BEST_RECIPES[a.model])
-    return config_from_namespace(a)
+    """The one TrainConfig of a command that names one run (ValueError when it names several)."""
+    configs = configs_from_args(a)
+    if len(configs) != 1:
+        raise ValueError(f"these flags name {len(configs)} runs, not one")
+    return configs[0]
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
     stop_on_signals()  # `kill` and a background job's SIGINT stop a run like Ctrl-C: last.pt is saved
     try:
+        if a.list_recipes:
+            for name, r in recipes.registry().items():
+                print(f"{name:<28} {' '.join(config_argv(TrainConfig(**r)))}")
+            return 0
         if a.resume:
             run = Path(a.resume)
             if not (run / "last.pt").exists():
@@ -674,16 +877,19 @@ def main(argv=None) -> int:
             stored = {k: v for k, v in read_checkpoint(run / "last.pt")["train_config"].items() if k in CONFIG_FIELDS}
             cfg = dataclasses.replace(TrainConfig(**stored), out=str(run.parent), run_name=run.name)
             return DIVERGED_EXIT if train(cfg, resume=True)["status"] == "diverged" else 0
-        if a.model == "all":
-            sys.exit("error: train.py trains one model; every model over a grid of LRs is the study's LR stage: "
-                     "python study.py --only lr")
-        cfg = config_from_args(a)
+        configs = configs_from_args(a)
         if a.lr_find:
-            r = lr_find(cfg, out_png=str(Path(cfg.out) / f"lr_find-{cfg.model}.png"))
-            print(f"{cfg.model}: suggested lr {r['suggested_lr']:.3g} (steepest loss descent); loss lowest at "
-                  f"{r['min_loss_lr']:.3g}; plot {r['png']}")
+            for cfg in configs:
+                r = lr_find(cfg, out_png=str(Path(cfg.out) / f"lr_find-{cfg.model}.png"))
+                print(f"{cfg.model}: suggested lr {r['suggested_lr']:.3g} (steepest loss descent); loss lowest at "
+                      f"{r['min_loss_lr']:.3g}; plot {r['png']}")
             return 0
-        if train(cfg)["status"] == "diverged":
+        results = train_all(configs, a.restart)
+        if len(results) > 1:
+            rows = [summary_row(r) for r in results]
+            csv_path, png = write_summary(rows, Path(configs[0].out))
+            print(f"\n{summary_table(rows)}\n\nsummary: {csv_path}, {png}")
+        if any(r["status"] == "diverged" for r in results):
             return DIVERGED_EXIT  # the log says where; the study records the run as diverged
     except (DataError, CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")

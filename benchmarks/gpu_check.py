@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     flops = speed.conv_linear_flops(build_model("resnet", **rn_config))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
     tflops = matmul_tflops(device, dtype, 1024 if dry else 8192, 0.3 if dry else 3.0)
-    rn = train.TrainConfig(model="resnet", model_config=rn_config, device=device, lr=0.1)
+    rn = train.TrainConfig(model="resnet", model_config=rn_config, device=device, optimizer="sgd", lr=0.1)
     img_s = train_throughput(rn, 64 if dry else 256, 2 if dry else 100)
     epoch_s, ceiling_s = 55_000 / img_s, 55_000 * 3 * flops / (tflops * 1e12)
     out.update(matmul_tflops=tflops, matmul_dtype=str(dtype).replace("torch.", ""), resnet18_model_config=rn_config,
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     # 4. The LR table's ResNet-18 row on this device: one epoch per cell, SGD-Nesterov, one-cycle.
     grid = {}
     for lr in GRID_LRS:
-        cfg = train.TrainConfig(model="resnet", model_config=rn_config, lr=lr, seed=0, run_name=f"resnet-lr{lr:g}",
+        cfg = train.TrainConfig(model="resnet", model_config=rn_config, optimizer="sgd", lr=lr, seed=0, run_name=f"resnet-lr{lr:g}",
                                 **{**common, "epochs": 0.05 if dry else 1})
         r = train.train(cfg, quiet=True)
         grid[f"{lr:g}"] = {"status": r["status"], "val_acc": r["best"].get("val_acc") if r["best"] else None,

@@ -1,5 +1,10 @@
 """Shared fixtures: a small synthetic MNIST in the real IDX format and torchvision's layout
-(so unit tests run anywhere, offline), and the real MNIST from $DATA_DIR for integration tests."""
+(so unit tests run anywhere, offline), and the real MNIST from $DATA_DIR for integration tests.
+
+Two tiers: `python -m pytest -m "not slow"` runs the quick tests (synthetic data, seconds each);
+`python -m pytest` runs them all, as CI does. A test is slow when it needs one of SLOW_FIXTURES (the real
+MNIST, a trained model, the smoke study, a running server) or sits in SLOW_MODULES (a browser, load);
+other long tests carry @pytest.mark.slow themselves."""
 
 import os
 import struct
@@ -13,6 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+
+
+SLOW_FIXTURES = {"real_data", "real_data_dir", "trained_convnet", "smoke_root", "server", "test_digits"}
+SLOW_MODULES = {"test_serve_page", "test_serve_load"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def in_ci() -> bool:

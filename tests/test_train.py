@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 import models
+from models import complete_config
+import recipes
 import runs
 import train
 from conftest import ROOT
@@ -82,18 +85,28 @@ def test_recipe_fills_only_unset_fields():
     assert cfg.run_name == "convnet-lr0.01-s0"
 
 
-def test_best_recipe_fills_what_no_flag_gave(monkeypatch):
-    monkeypatch.setattr(train, "BEST_RECIPES", {"convnet": dict(optimizer="adamw", lr=0.01, epochs=30, elastic=34.0,
-                                                                model_config={"width": 64})})
+def test_a_named_recipe_fills_what_no_flag_gave():
     a = train.parse_args(["--model", "convnet", "--recipe", "best", "--epochs", "1", "--rotate", "0"])
     cfg = train.config_from_args(a).resolved()
     assert (cfg.optimizer, cfg.lr, cfg.elastic, cfg.model_config["width"]) == ("adamw", 0.01, 34.0, 64)
     assert (cfg.epochs, cfg.rotate) == (1, 0.0)  # typed flags win, even one equal to its default
-    a = train.parse_args(["--model", "convnet", "--recipe", "best", "--lr", "0.002", "--width", "16"])
+    a = train.parse_args(["--recipe", "convnet-best", "--lr", "0.002", "--width", "16"])
     cfg = train.config_from_args(a).resolved()
-    assert (cfg.lr, cfg.model_config["width"], cfg.epochs) == (0.002, 16, 30)
-    with pytest.raises(ValueError, match="no best recipe for dnn"):
-        train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "best"]))
+    assert (cfg.model, cfg.lr, cfg.model_config["width"], cfg.epochs) == ("convnet", 0.002, 16, 30)
+    with pytest.raises(ValueError, match="no recipe 'quicknet-best'"):
+        train.config_from_args(train.parse_args(["--model", "quicknet", "--recipe", "best"]))
+    with pytest.raises(ValueError, match="trains resnet, not dnn"):
+        train.config_from_args(train.parse_args(["--model", "dnn", "--recipe", "resnet-e30"]))
+
+
+def test_flags_over_config_over_recipe_over_the_models_default(tmp_path):
+    stored = dataclasses.asdict(train.TrainConfig(model="convnet", lr=0.003, label_smoothing=0.0, epochs=7).resolved())
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    cfg = train.config_from_args(train.parse_args(["--config", str(tmp_path / "config.json"), "--recipe", "convnet-final",
+                                                   "--epochs", "2"])).resolved()
+    assert (cfg.epochs, cfg.lr, cfg.label_smoothing, cfg.optimizer) == (2, 0.01, 0.0, "adamw")  # flag, recipe, config
+    cfg = train.config_from_args(train.parse_args(["--model", "resnet"])).resolved()
+    assert (cfg.optimizer, cfg.lr) == (recipes.DEFAULTS["resnet"]["optimizer"], recipes.DEFAULTS["resnet"]["lr"])
 
 
 @pytest.mark.parametrize("name,kwargs", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(lr=0.01)),
@@ -214,18 +227,17 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     best = tmp_path / "runs" / r["config"]["run_name"] / "best.pt"
     cfg = tiny(tmp_path).resolved()
     target = tmp_path / "weights" / "convnet.pt"
-    log = runs.RunLog(None, quiet=True)
-    runs.promote(best, cfg, genuine=True, log=log)
+    assert runs.promote(best, cfg, genuine=True).startswith("written")
     assert target.exists()
     stored = torch.load(target, weights_only=True)
     stored["metrics"]["val_acc"] = 1.0  # pretend the shipped weights are perfect
     models.save_atomic(stored, target)
     before = target.read_bytes()
-    runs.promote(best, cfg, genuine=True, log=log)
+    assert runs.promote(best, cfg, genuine=True).startswith("kept: its val acc 1.0000 >= this run's")
     assert target.read_bytes() == before  # a worse run leaves them alone
     stored["metrics"]["val_acc"] = 0.0
     models.save_atomic(stored, target)
-    runs.promote(best, cfg, genuine=True, log=log)
+    assert runs.promote(best, cfg, genuine=True).startswith("replaced")
     assert torch.load(target, weights_only=True)["metrics"]["val_acc"] == r["best"]["val_acc"]
     card = json.loads(target.with_suffix(".json").read_text())  # provenance written beside the weights
     assert card["metrics"]["val_acc"] == r["best"]["val_acc"] and len(card["history"]) == 1 and card["train_config"]["lr"] == 0.05
@@ -233,12 +245,21 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     stored["train_config"]["refit"] = True
     models.save_atomic(stored, target)
     before = target.read_bytes()
-    runs.promote(best, cfg, genuine=True, log=log)
+    assert "no validation score compares" in runs.promote(best, cfg, genuine=True)
     assert target.read_bytes() == before
     # a limited run never replaces shipped weights, however good
     target.unlink()
-    runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True, log=log)
+    assert "--limit-train run never replaces it" in runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True)
     assert not target.exists()
+
+
+def test_a_run_ends_by_saying_what_to_run_next_and_what_became_of_the_weights(tmp_path, synthetic_data, capsys):
+    r = train.train(tiny(tmp_path), synthetic_data)
+    out, run = capsys.readouterr().out, tmp_path / "runs" / "convnet-lr0.05-s0"
+    assert f"checkpoint: {run / 'best.pt'}" in out
+    assert f"python test_model.py --weights {run}\n" in out and f"python feature_visualization.py --weights {run}\n" in out
+    assert f"{tmp_path / 'weights'}/convnet.pt kept: data that is not the genuine MNIST release never replaces it" in out
+    assert r["weights"].startswith("kept")
 
 
 def test_refit_trains_on_train_plus_val_keeps_the_last_epoch_and_is_never_promoted(tmp_path, synthetic_data, monkeypatch):
@@ -330,7 +351,7 @@ def test_torchrun_two_processes_gloo_one_run_dir_same_weights(real_data_dir, tmp
 
 
 def test_batch_must_split_evenly_and_sync_bn_needs_cuda(tmp_path, synthetic_data, monkeypatch):
-    monkeypatch.setattr(train, "distributed", lambda device: train.Dist(rank=0, world=3, backend="gloo"))
+    monkeypatch.setattr(train, "distributed", lambda device: runs.Dist(rank=0, world=3, backend="gloo"))
     with pytest.raises(ValueError, match="must divide by the 3 processes"):
         train.train(tiny(tmp_path, batch_size=64), synthetic_data, quiet=True)
 
@@ -406,9 +427,77 @@ def test_config_file_gives_a_runs_settings_and_flags_override_them(tmp_path):
         train.config_from_args(train.parse_args(["--config", str(tmp_path / "missing.json")]))
 
 
-def test_train_py_trains_one_model_and_points_grids_at_the_study():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "all"], capture_output=True, text=True)
-    assert r.returncode != 0 and "python study.py --only lr" in r.stderr and "Traceback" not in r.stderr
+def test_train_py_loops_over_models_and_lrs_then_skips_what_is_done(tmp_path, synthetic_root, capsys):
+    argv = ["--model", "dnn", "convnet", "--lr", "0.1", "0.01", "--epochs", "0.05", "--limit-train", "3000", "--device", "cpu",
+            "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", str(tmp_path / "weights")]
+    assert train.main(argv) == 0
+    names = {f"{m}-lr{lr}-s0" for m in ("dnn", "convnet") for lr in ("0.1", "0.01")}
+    assert {p.name for p in tmp_path.iterdir() if p.is_dir()} == names
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["model"], float(r["lr"])) for r in rows] == [("dnn", 0.1), ("dnn", 0.01), ("convnet", 0.1), ("convnet", 0.01)]
+    assert all(r["status"] == "finished" and float(r["test_acc"]) > 0 and r["checkpoint"].endswith("best.pt") for r in rows)
+    assert (tmp_path / "summary.png").is_file() and "test acc" in capsys.readouterr().out
+    before = {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in names}
+    assert train.main(argv) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+    assert {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in names} == before
+    assert list(csv.DictReader(open(tmp_path / "summary.csv"))) == rows
+
+
+def test_a_stopped_run_of_a_loop_continues_where_it_stopped(tmp_path, synthetic_root, synthetic_data):
+    cfg = tiny(tmp_path, epochs=2, data_dir=str(synthetic_root))
+
+    def ctrl_c(step, model):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, synthetic_data, on_step=ctrl_c, quiet=True)
+    r = train.train_all([cfg])[0]
+    log = (tmp_path / "runs" / "convnet-lr0.05-s0" / "log.txt").read_text()
+    assert "at step 5/" in log and r["status"] == "finished" and len(r["history"]) == 2
+
+
+def test_model_all_is_every_studied_model():
+    cfgs = train.configs_from_args(train.parse_args(["--model", "all", "--lr", "0.1", "0.01", "--seed", "0", "1"]))
+    assert [(c.model, c.lr, c.seed) for c in cfgs] == [(m, lr, s) for m in models.STUDY_MODELS for lr in (0.1, 0.01) for s in (0, 1)]
+
+
+def test_help_gives_each_default_once():
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(r.stdout.split())
+    assert "(default: None)" not in text and "==SUPPRESS==" not in text
+    for flag in text.split(" --")[1:]:
+        assert flag.count("default:") <= 1, flag
+    assert "(default: 0.9)" in text and "(default: the model's recipe)" in text
+
+
+def test_the_lr_table_speaks_before_a_combination_it_found_worse(tmp_path):
+    table = tmp_path / "lr_table.csv"
+    rows = [("resnet", "sgd", lr, "finished", acc) for lr, acc in ((0.1, 0.9914), (0.01, 0.9806), (0.001, 0.923), (0.0001, 0.4632))]
+    rows += [("dnn", "sgd", 0.1, "diverged", ""), ("dnn", "sgd", 0.01, "finished", 0.98)]
+    table.write_text("model,optimizer,lr,kind,epochs,status,val_acc\n" + "".join(f"{m},{o},{lr},grid,2,{st},{a}\n" for m, o, lr, st, a in rows))
+    cfg = lambda **kw: train.TrainConfig(**kw).resolved()  # noqa: E731
+    said = train.lr_advice(cfg(model="resnet", optimizer="sgd", lr=0.001), table)
+    assert said == ("note: the LR table (results/lr_table.csv, 2 epochs) found resnet with sgd at lr 0.001 underfit "
+                    "(92.30% validation); lr 0.1 did better (99.14%)")
+    assert "diverged; lr 0.01 did better" in train.lr_advice(cfg(model="dnn", optimizer="sgd", lr=0.1), table)
+    assert train.lr_advice(cfg(model="resnet", optimizer="sgd", lr=0.1), table) is None  # the best
+    assert train.lr_advice(cfg(model="resnet", optimizer="adam", lr=0.001), table) is None  # no row
+    assert train.lr_advice(cfg(model="resnet", optimizer="sgd", lr=0.003), table) is None  # not in the grid
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if r["model"] == "resnet" else n
+                                  for n, r in recipes.registry().items()])  # full-width ResNet-18: seconds a run
+def test_every_recipe_trains_a_few_steps(name, tmp_path, synthetic_data):
+    """Each registered recipe, as `python train.py --recipe NAME` resolves it, for two steps of 32 images."""
+    cfg = train.config_from_args(train.parse_args(["--recipe", name, "--epochs", "1", "--limit-train", "64", "--batch-size", "32",
+                                                   "--device", "cpu", "--out", str(tmp_path), "--weights-dir", ""]))
+    r = train.train(cfg, synthetic_data, quiet=True)
+    assert r["status"] == "finished" and r["history"][-1]["step"] == 2 and math.isfinite(r["history"][-1]["train_loss"])
+    assert {k: v for k, v in r["config"].items() if k in recipes.recipe(name) and k not in ("epochs", "batch_size")} == \
+        {k: (complete_config(r["config"]["model"], v) if k == "model_config" else v) for k, v in recipes.recipe(name).items()
+         if k not in ("epochs", "batch_size")}
 
 
 def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_path, synthetic_root, synthetic_data):
@@ -440,11 +529,10 @@ def test_history_records_the_unsmoothed_train_ce_beside_the_optimised_loss(tmp_p
 
 
 def test_resumed_epoch_sums_go_to_the_runs_device():
-    """last.pt is loaded onto the CPU; a CUDA run's running sums must go back to its device (on an
-    H200 a resumed run failed at its first step without this). The meta device stands in for CUDA."""
-    from runs import epoch_acc_on
+    """last.pt is loaded onto the CPU; a CUDA run's running sums must go back to its device (a resumed
+    CUDA run fails at its first step without this). The meta device stands in for CUDA."""
     saved = {"loss": torch.tensor(3.0), "ce": torch.tensor(2.0), "conf": torch.ones(10, 10, dtype=torch.long), "t": 1.5}
-    acc = epoch_acc_on(saved, torch.device("meta"))
+    acc = train.sums_on(saved, torch.device("meta"))
     assert acc["loss"].device.type == acc["ce"].device.type == "meta"
     assert acc["conf"].device.type == "cpu" and acc["conf"].sum() == 100 and acc["t"] == 1.5
-    assert epoch_acc_on(None, torch.device("meta")) is None and epoch_acc_on({}, torch.device("meta")) == {}
+    assert train.sums_on(None, torch.device("meta")) is None and train.sums_on({}, torch.device("meta")) == {}
