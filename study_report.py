@@ -108,8 +108,8 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def readme(text: str, root: Path = ROOT) -> str:
-    """README's text with its generated blocks filled: the models, the ConvNet's calibration and the
-    users'-images table (benchmarks/results/user_images.md, copied)."""
+    """A page's text with its generated blocks filled: the models' results (README), the ConvNet's
+    calibration and the users'-images table (benchmarks/results/user_images.md, copied; docs/your-images.md)."""
     s, env = Study(root), environment()
     ctx = context(s)
     calibration = root / "results" / "calibration" / "convnet.json"
@@ -121,15 +121,16 @@ def readme(text: str, root: Path = ROOT) -> str:
 
 
 def update_readme(root: Path = ROOT) -> bool:
-    """Fill README.md's generated blocks in place; False when it has none."""
+    """Fill the generated blocks of README.md and docs/*.md in place; False when README has none."""
     path = root / "README.md"
     if not path.exists():
         return False
-    text = path.read_text()
-    new = readme(text, root)
-    if new != text:
-        write(path, new)
-    return "<!-- study:models " in text
+    for doc in [path, *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        new = readme(text, root)
+        if new != text:
+            write(doc, new)
+    return "<!-- study:models " in path.read_text()
 
 
 def main(argv=None) -> int:

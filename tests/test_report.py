@@ -125,7 +125,8 @@ def test_report_code_imports_no_training_code():
 
 
 def test_regenerating_writes_the_committed_bytes(tmp_path):
-    """The report, appendix, cards and README blocks rendered afresh into a copy equal the files here."""
+    """The report, appendix, cards and the generated blocks of README and docs/ rendered afresh into a copy
+    equal the files here."""
     for d in ("results", "figures", "screenshots", "benchmarks"):
         (tmp_path / d).symlink_to(ROOT / d)  # read only: the writer writes none of these
     (tmp_path / "weights").mkdir()
@@ -133,9 +134,10 @@ def test_regenerating_writes_the_committed_bytes(tmp_path):
         if p.suffix != ".md":
             (tmp_path / "weights" / p.name).symlink_to(p)
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
     study_report.write_report(tmp_path)
     study_report.update_readme(tmp_path)
-    for name in (*DOCS, "README.md"):
+    for name in (*DOCS, "README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))):
         assert (tmp_path / name).read_text() == (ROOT / name).read_text(), name
 
 
