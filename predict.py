@@ -85,6 +85,7 @@ ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elon
 # reading another digit is a rival when its 1 - probability is within TURN_MARGIN times the best turn's;
 # an accepted upright reading gives way only to a turn TURN_OVERRIDE times surer.
 SIDEWAYS, TURN_SURE, TURN_MARGIN, TURN_OVERRIDE = 1.25, 0.999, 10.0, 300.0
+TURN_STRONG = 0.9995  # an upright digit's reading under TURN_SURE gives way when both sideways turns read one this surely
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -499,11 +500,11 @@ def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: 
 
 def needs_turns(answer: dict, marks: Marks) -> bool:
     """Whether the quarter turns are worth reading: a picture (not a thumbnail) whose upright
-    reading is unsure, or whose one digit is wider than tall (Marks.wide). An upright digit of
-    a digit's shape costs nothing more (its turns read other digits too surely to tell)."""
+    reading is unsure or under TURN_SURE, or whose one digit is wider than tall (Marks.wide). A
+    digit read at TURN_SURE or more costs nothing more."""
     if marks.thumb or answer["status"] == "no_digit":
         return False
-    return answer["status"] == "unsure" or (answer["status"] == "ok" and marks.wide)
+    return answer["status"] == "unsure" or (answer["status"] == "ok" and (marks.wide or answer["probability"] < TURN_SURE))
 
 
 def _said(a: dict):
@@ -512,7 +513,10 @@ def _said(a: dict):
 
 def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks: Marks) -> tuple[dict, list[np.ndarray]]:
     """The reading of a picture with no EXIF orientation over its four quarter turns -> (answer,
-    crops). `upright` and `marks` are the reading as given. A turn is read instead, with `turned`
+    crops). `upright` and `marks` are the reading as given. An accepted upright reading of a digit
+    that is not lying wide stands unless both sideways turns (90 and 270) are read at TURN_STRONG
+    or more: then the picture is sideways, and the turn is read when both say the same digit
+    (unsure, reason "orientation", when they do not: a 6 and a 9). Otherwise a turn is read instead, with `turned`
     the degrees (counter-clockwise) the picture was turned, when it singles itself out: its answer
     is accepted at TURN_SURE or more (and does not leave one digit lying on its side), the
     opposite turn reads the same (a digit on its side is read once upright and once upside down,
@@ -529,6 +533,15 @@ def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks
     sure = {d: a for d, (a, m) in readings.items() if a["status"] in ("ok", "several_digits") and (d == 0 or not m.wide)}
     if not sure:
         return upright, marks.crops
+    if 0 in sure and not marks.wide:  # read upright, and shaped like an upright digit
+        side = [sure.get(90), sure.get(270)]
+        if not all(a is not None and a["probability"] >= TURN_STRONG for a in side):
+            return upright, marks.crops
+        if _said(side[0]) != _said(side[1]):  # a 6 and a 9 on its side
+            return ({**upright, "status": "unsure", "digit": None, "number": None, "reason": "orientation",
+                     "turns": {d: _said(a) for d, a in sure.items()}}, marks.crops)
+        deg = 90 if side[0]["probability"] >= side[1]["probability"] else 270
+        return {**sure[deg], "turned": deg}, readings[deg][1].crops
     deg = max(sure, key=lambda d: sure[d]["probability"])
     best = sure[deg]
     if deg == 0:
