@@ -22,7 +22,7 @@ Both are chosen on data the model was not trained on and the test split never se
   threshold is the highest that keeps MIN_ACCEPT of validation half B "ok" together with p,
   and its regularization C (REJECTOR_CS) the one whose thresholds then refuse the most of
   the unseen non-digits of seed 2.
-A refit (trained on train + validation, e.g. a recipe of issue #25) leaves no such data. With
+A refit (trained on train + validation, e.g. a recipe stage's refit) leaves no such data. With
 `--twin`, a checkpoint of the same recipe and seed trained with the validation split held out,
 the temperature and the probability threshold are the twin's, fitted held out as above (the
 refit's confidence is taken to follow its twin's: same settings, 5,000 more images); the rejector,

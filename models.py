@@ -131,7 +131,7 @@ class ConvNet(nn.Module):
     blocks > 0 makes it deeper without changing a shape: that many residual BasicBlocks (two
     3x3 conv-BN, identity shortcut) after the stem, after layer1 and after layer2, at 14x14,
     7x7 and 3x3. blocks=1 is 9 conv layers, like the small residual CNNs behind the best
-    fixed-schedule MNIST results (issue #25; ../shared/BENCHMARKS.md); blocks=0 is the net
+    fixed-schedule MNIST results (../shared/BENCHMARKS.md); blocks=0 is the net
     above, with the same state-dict keys as before the option existed.
     """
 

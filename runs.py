@@ -6,7 +6,7 @@
 
 Also: device and precision facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name,
 hardware), one atomic-write helper, the process-wide lock that keeps two timing runs apart
-(exclusive), claim files that let several workers share one grid, and the signal handling that
+(exclusive), and the signal handling that
 turns `kill` into Ctrl-C. Imports only models.py of ours; train.py, test_model.py, study.py and
 benchmarks/ import it.
 """
@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -407,40 +406,6 @@ def exclusive(name: str = "benchmark", path: Path | None = None):
         raise SystemExit(f"{name}: another benchmark or study is running (lock {path}); wait for it: "
                          f"runs side by side on 2 cores make both slow and their timings meaningless")
     return f  # keep a reference: the lock lives as long as the file stays open
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_file(path: Path) -> bool:
-    """Claim a unit of work by creating `path` exclusively (O_CREAT | O_EXCL): True if this process
-    may do it. Workers sharing a folder (one per machine, or per GPU) never do the same work twice;
-    a claim whose owner is a dead process on this machine is taken over (its run resumes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, ValueError):
-                return False  # being written right now by its claimant
-            if other.get("host") == me["host"] and other.get("pid") != me["pid"] and not pid_alive(other.get("pid", -1)):
-                path.unlink(missing_ok=True)  # stale: its worker died
-                continue
-            return other.get("pid") == me["pid"] and other.get("host") == me["host"]
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
 
 
 def stop_on_signals() -> None:

@@ -23,22 +23,27 @@ from committed files only, so `--report-only` on a fresh clone reproduces it.
 """
 
 import argparse
+import io
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from runs import claim_file, exclusive, hardware, plot_curves, sha256, ship, stop_on_signals, write_json, write_text_atomic
+from runs import (exclusive, hardware, plot_curves, resolve_device, sha256, ship, stop_on_signals, write_bytes_atomic,
+                  write_json, write_text_atomic)
 from study_cells import (  # the cells and the choices; re-exported: tests and study_report read study.X
     LRS, SEEDS, LR_EPOCHS, ADAM_MODELS, STEM_EPOCHS, OPTIM_MODELS, ADADELTA_LR, REG_EPOCHS, FINAL_EPOCHS,
     FINAL_SEEDS, ATTEMPTS, SMOKE_EPOCHS, REG_VARIANTS, AUGMENTATIONS, CAPACITIES, PATIENCE, Settings, Cell,
@@ -50,7 +55,6 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
     recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cells, rel,
 )
-from study_recipes import RECIPE_NOT_SHIPPED, made_from, recipe_source, twin_file, write_final_recipes  # issue #25 (re-exported)
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
 ROOT = Path(__file__).resolve().parent
@@ -60,6 +64,40 @@ ROOT = Path(__file__).resolve().parent
 # (one machine each, or one GPU each). A worker claims a cell by creating
 # results/claims/<cell>.json exclusively before training it, so no cell is ever run twice,
 # even by workers whose shards overlap; the claim goes when the result is written.
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_file(path: Path) -> bool:
+    """Claim a unit of work by creating `path` exclusively (O_CREAT | O_EXCL): True if this process
+    may do it. Workers sharing a folder (one per machine, or per GPU) never do the same work twice;
+    a claim whose owner is a dead process on this machine is taken over (its run resumes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return False  # being written right now by its claimant
+            if other.get("host") == me["host"] and other.get("pid") != me["pid"] and not pid_alive(other.get("pid", -1)):
+                path.unlink(missing_ok=True)  # stale: its worker died
+                continue
+            return other.get("pid") == me["pid"] and other.get("host") == me["host"]
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
 
 
 def claim(s: Settings, cell: Cell) -> bool:
@@ -366,7 +404,7 @@ def keep_ensemble_member(s: Settings, target: Path, run_name: str | None) -> Non
 
 
 def ship_models(s: Settings) -> list[Path]:
-    """weights/<model>.pt := seed 0 of the model's issue-#25 recipe once its refits are done
+    """weights/<model>.pt := seed 0 of the model's chosen recipe (recipe stage) once its refits are done
     (recipe_source), else its final run with the best validation accuracy (shipped_final; ties: the
     lower seed). Files already shipped stay; the files from before the study are replaced, so the
     shipped weights are exactly what `python study.py` reproduces. Returns the files written (they
@@ -445,7 +483,7 @@ def ship_refits(s: Settings) -> list[Path]:
     return shipped
 
 
-# Ensembles of final runs (issue #11), one chosen on validation. Beyond the shipped files, the
+# Ensembles of final runs, one chosen on validation. Beyond the shipped files, the
 # chosen set's members are copied to weights/ensemble/. Only the shipped DNN and ResNet-18 take
 # part: their other runs would add 7 and 43 MB each for the weakest and the costliest member.
 ENSEMBLE_DIR = "weights/ensemble"
@@ -572,6 +610,261 @@ def stage_evaluate(s: Settings) -> None:
     prev = json.loads(path.read_text()) if path.exists() else {}
     earlier = prev.get("earlier", []) + ([{k: prev.get(k) for k in ("commands", "hardware")}] if prev.get("commands") else [])
     write_json(path, {"commands": commands, "hardware": hardware(), "earlier": earlier})
+
+
+# -----------------------------------------------------------------------------
+# The recipe stage's record, results/final_recipes.json: each model's candidate recipes on validation,
+# the chosen recipe's refits on test (per seed, with its file's sha256), the fixed ensemble, and
+# where each weights/<model>.pt comes from against the rule "seed 0 of the recipe". Written after
+# each cell of the recipe stage and after shipping (stage evaluate).
+
+# {(model, recipe): why} not shipped: decided after e60's refits were scored and its seed 0 failed the
+# handed 8x8 thumbnails of tests/test_user_images.py (benchmarks/results/user_images_recipes.md).
+RECIPE_NOT_SHIPPED = {("convnet", "e60"): "fails the 8×8-thumbnail bar of `tests/test_user_images.py` (the handed user "
+                                          "images), which the final-run file passes"}
+
+
+def recipes_ensemble_test(s: Settings, members: list[dict], probs: list, before: dict | None) -> dict:
+    """{"members": [{"checkpoint", "sha256"}], "test_acc", "scored_from"}: the accuracy of the members'
+    mean softmax (probs: each member's member_probs, (10,000, 10)) on the test set, scored once; a
+    record `before` with the same members (checkpoint, sha256) and a score is returned instead."""
+    if before and before.get("members") == members and before.get("test_acc") is not None:
+        return before
+    y = s.mnist().y_test.numpy()
+    return {"members": members, "test_acc": float((np.mean(probs, axis=0).argmax(1) == y).mean()),
+            "scored_from": "results/member_probs"}
+
+
+def member_probs(s: Settings, member: dict) -> tuple[np.ndarray | None, dict | None]:
+    """(test-set softmax (10,000, 10) fp32 of test_model.predict_proba, its pass record {"cell",
+    "sha256", "source", "recorded_at"}) of an ensemble member {"cell", "checkpoint", "sha256"}: read from
+    results/member_probs/<cell>.npz when recorded for that sha256; else computed and recorded from
+    the member's file if it is here, or from a shipped file under weights/ whose card's made_from
+    names that sha256 (calibrate.py adds fields to the file, never changes its weights); else
+    (None, None). Recorded so that the ensemble can be scored after runs/ is gone (it is not
+    committed). Each record is one pass over the test set, logged in passes.jsonl beside it
+    (member_passes); no accuracy is computed here."""
+    sha = member.get("sha256")
+    if not sha:
+        return None, None
+    path = s.results / "member_probs" / f"{member['cell']}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["sha256"]) == sha:  # the pass that made it (recorded_at: none in the first record)
+                when = {"recorded_at": str(z["recorded_at"])} if "recorded_at" in z.files else {}
+                return z["probs"], {"cell": member["cell"], "sha256": sha, "source": str(z["source"]), **when}
+    src = s.root / member["checkpoint"] if member.get("checkpoint") else None
+    if not (src and src.exists() and sha256(src) == sha):
+        cards = sorted((s.root / "weights").rglob("*.json"))
+        src = next((c.with_suffix(".pt") for c in cards if c.with_suffix(".pt").exists()
+                    and (json.loads(c.read_text()).get("made_from") or {}).get("sha256") == sha), None)
+    if src is None:
+        return None, None
+    from models import load_checkpoint
+    from test_model import predict_proba
+    model, _ = load_checkpoint(src, resolve_device("auto"))
+    probs = predict_proba(model, s.mnist().x_test)
+    done = {"cell": member["cell"], "sha256": sha, "source": rel(s, src),
+            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, probs=probs, **{k: v for k, v in done.items() if k != "cell"})
+    write_bytes_atomic(path, buf.getvalue())
+    with open(path.parent / "passes.jsonl", "a") as f:  # append-only: a pass stays counted whoever rewrites the record
+        f.write(json.dumps(done) + "\n")
+    return probs, done
+
+
+def member_passes(s: Settings) -> list[dict]:
+    """Every test-set pass member_probs made ({"cell", "sha256", "source", "recorded_at"}), in order:
+    results/member_probs/passes.jsonl, appended to by each pass and never rewritten."""
+    log = s.results / "member_probs" / "passes.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def run_file(s: Settings, name: str) -> Path | None:
+    """A cell's checkpoint here (runs/study/cells or runs/study/final), None if not (runs/ is not committed)."""
+    return next((p for p in (s.runs / "cells" / name / "best.pt", s.runs / "final" / name / "best.pt") if p.exists()), None)
+
+
+def file_record(s: Settings, name: str, made: dict) -> dict:
+    """{"checkpoint", "sha256"} of cell `name`'s file: measured here when the file is on this
+    machine, else as recorded when it was made (`made`: {cell: earlier record}), else None."""
+    ckpt = run_file(s, name)
+    if ckpt:
+        return {"checkpoint": rel(s, ckpt), "sha256": sha256(ckpt)}
+    return {"checkpoint": made.get(name, {}).get("checkpoint"), "sha256": made.get(name, {}).get("sha256")}
+
+
+def recipe_entry(s: Settings, m: str, made: dict) -> dict:
+    """final_recipes.json's entry for model m: its candidates' validation evidence, test scores seen
+    and cost, the chosen recipe (full TrainConfig, seed aside), each finished seed's test accuracy
+    and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its latest rerun under "again",
+    earlier reruns under "reruns", "rerun_pending": the next rerun's cell while one is still to run),
+    mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
+    choice = recipe_choice(s, m)
+    (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
+    runs = {k: [r for c in cells if isinstance(c, Cell) and (r := load_result(s, c.name))]
+            for k, cells in candidate_cells(s, m).items()}
+    entry = {"candidate": choice and choice["candidate"], "val": val, "planned": planned,
+             "val_mean": {k: statistics.mean(v) for k, v in val.items() if v},
+             # at each run's last epoch, which a refit keeps: a check that the best epoch did not flatter one candidate
+             "val_last_mean": {k: statistics.mean(v) for k, v in val_last.items() if v},
+             # the test scores of the candidates' own runs (final stage, 55,000 images), seen before this choice;
+             # screening runs have none
+             "test_seen": {k: [r["test"]["acc"] for r in rs if r.get("test")] for k, rs in runs.items()},
+             "minutes": {k: statistics.mean(r["seconds"] for r in rs) / 60 for k, rs in runs.items() if rs},
+             "hardware": {k: sorted({r["hardware"] for r in rs}) for k, rs in runs.items()}, "seeds": []}
+    refits = recipe_refit_cells(s, m, choice) if choice else []
+    if refits:  # the recipe as planned; the first finished refit's full config replaces it
+        entry["recipe"] = {k: v for k, v in asdict(train_config(s, refits[0])).items() if k not in ("seed", "run_name", "out", "data_dir")}
+    for c in refits:
+        r = load_result(s, c.name)
+        if r is None or not r.get("test"):
+            continue
+        entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
+        seed = {"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"], "seconds": r["seconds"],
+                "hardware": r["hardware"], **file_record(s, c.name, made)}
+        reruns = [{"cell": a.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"], "hardware": ra["hardware"],
+                   **file_record(s, a.name, made)}
+                  for a in again_cells(c) if (ra := load_result(s, a.name)) and ra.get("test")]  # diverged: no file worth using
+        if reruns:  # the latest rerun's file is the seed's file; earlier reruns (their files lost too) stay listed
+            seed["again"] = reruns[-1]
+            if len(reruns) > 1:
+                seed["reruns"] = reruns[:-1]
+        if pending := [a.name for a in again_cells(c) if load_result(s, a.name) is None]:
+            seed["rerun_pending"] = pending[0]  # its file is to come: no ensemble is scored with the one before
+        entry["seeds"].append(seed)
+    accs = [x["test_acc"] for x in entry["seeds"]]
+    entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
+    if entry["done"]:
+        entry.update(test_mean=statistics.mean(accs), test_std=statistics.stdev(accs) if len(accs) > 1 else 0.0)
+    return entry
+
+
+def earlier_recipes(prev: dict, candidate: str | None) -> list[dict]:
+    """Earlier chosen recipes with refits (prev: the model's entry as recorded before), kept when
+    validation later prefers another: their test scores were seen. The current one left out."""
+    out = {x["candidate"]: x for x in prev.get("earlier", [])}
+    if prev.get("candidate") and prev.get("seeds"):
+        seeds = [{k: v for k, v in x.items() if k != "rerun_pending"} for x in prev["seeds"]]  # no longer to run
+        out[prev["candidate"]] = {**{k: prev.get(k) for k in ("candidate", "recipe", "done", "test_mean", "test_std")}, "seeds": seeds}
+    return [x for k, x in out.items() if k != candidate]
+
+
+def recipe_source(s: Settings, m: str) -> dict | None:
+    """The recipe stage's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
+    test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done,
+    unless RECIPE_NOT_SHIPPED names the recipe. Returns {"name", "checkpoint", "sha256", "candidate"}
+    from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
+    path = s.results / "final_recipes.json"
+    d = json.loads(path.read_text()) if path.exists() else {}
+    e = d.get("models", {}).get(m)
+    if not e or not e.get("done") or (m, e["candidate"]) in RECIPE_NOT_SHIPPED:
+        return None
+    seed = next(x for x in e["seeds"] if x["seed"] == d["seeds"][0])
+    src = seed.get("again") or seed
+    return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
+
+
+def made_from(card: Path, src: dict) -> None:
+    """Record in a shipped recipe file's card the seed checkpoint it was copied from and its sha256
+    (results/final_recipes.json's): calibrate.py changes the shipped bytes, not the weights."""
+    meta = json.loads(card.read_text())
+    if meta.get("made_from") != (want := {"cell": src["name"], "checkpoint": src["checkpoint"], "sha256": src["sha256"]}):
+        write_json(card, {**meta, "made_from": want}, indent=2, newline=False)
+
+
+def twin_file(s: Settings, m: str) -> Path | None:
+    """The held-out twin of weights/<m>.pt when that file is seed 0 of m's recipe (recipe_source): the
+    chosen candidate's own seed-0 run, with the same settings but the validation split held out
+    (calibrate.py --twin); None when there is none, or its file is not on this machine or not
+    finished (no result.json beside it: a run in progress has a best.pt already)."""
+    src = recipe_source(s, m) if m in RECIPE_MODELS else None
+    cells = candidate_cells(s, m).get(src["candidate"], []) if src else []
+    seed0 = [c for c in cells if isinstance(c, Cell) and c.tags["seed"] == s.seeds(RECIPE_SEEDS)[0]]
+    best = run_file(s, seed0[0].name) if seed0 else None
+    return best if best and (best.parent / "result.json").exists() else None
+
+
+def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
+    """Where weights/<m>.pt comes from against the recipe stage's rule (seed 0 of the recipe): {"file",
+    "sha256" (the shipped bytes: calibration included), "run", "made_from" (the card's: the seed
+    checkpoint and its sha256), "seed_0", and where it is not seed 0 of a finished recipe, "why_not"
+    and "decided_after_test"}; None when nothing is shipped."""
+    path = s.root / "weights" / f"{m}.pt"
+    card = s.root / "weights" / f"{m}.json"
+    if not (path.exists() and card.exists()):
+        return None
+    meta = json.loads(card.read_text())
+    seed0 = next((x.get("again") or x for x in entry["seeds"] if x["seed"] == s.seeds(RECIPE_SEEDS)[0]), None)
+    made = meta.get("made_from")
+    out = {"file": rel(s, path), "sha256": sha256(path), "run": meta["train_config"].get("run_name"),
+           "made_from": made, "seed_0": bool(seed0 and made and made["sha256"] == seed0["sha256"])}
+    if entry.get("done") and not out["seed_0"]:
+        out["why_not"] = RECIPE_NOT_SHIPPED.get((m, entry["candidate"]), "not shipped yet (python study.py --only evaluate)")
+        out["decided_after_test"] = (m, entry["candidate"]) in RECIPE_NOT_SHIPPED  # its refits' scores were seen
+    return out
+
+
+def write_final_recipes(s: Settings, score: bool = True) -> Path:
+    """results/final_recipes.json: per model of RECIPE_MODELS its recipe_entry and earlier_recipes;
+    the RECIPE_ENSEMBLE's members (each seed's file: its latest rerun's for a seed in RECIPE_AGAIN)
+    and test accuracy, scored once, from the members' recorded softmax (member_probs), when every
+    member has one and no rerun is pending; a member's softmax is recorded once its model's seeds
+    are done, when its file is here and no rerun of it is pending. The record of an ensemble scored
+    before is kept while its members are the same (checkpoint, sha256). Every ensemble ever scored
+    stays in "ensembles_scored", every recorded softmax in "member_passes" (member_passes' log; the
+    count of test-set use reads both); "ensemble_waits_for": the
+    members still without one; per model, "shipped": shipped_record. score=False (after shipping):
+    never scores the ensemble (members' softmax is still recorded, and counted); a record whose
+    members changed is dropped. Accuracies are fractions."""
+    path = s.results / "final_recipes.json"
+    before = json.loads(path.read_text()) if path.exists() else {}
+    seeds = [x for e in before.get("models", {}).values() for x in e.get("seeds", [])]
+    made = {y["cell"]: y for x in seeds for y in (x, *x.get("reruns", []), x.get("again")) if y}  # cell -> its record
+    out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
+           "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
+                   "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
+    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256", "rerun_pending"}
+    for m in (m for m in RECIPE_MODELS if m in s.models):
+        if final_choice(s, m) is None:
+            continue
+        out["models"][m] = entry = recipe_entry(s, m, made)
+        entry["earlier"] = earlier_recipes(before.get("models", {}).get(m, {}), entry["candidate"])
+        entry["shipped"] = shipped_record(s, m, entry)
+        if m in RECIPE_ENSEMBLE and entry["done"]:
+            members += [{**{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")},
+                         "rerun_pending": x.get("rerun_pending")} for x in entry["seeds"]]
+    # each member's softmax recorded as soon as its model's seeds are done and its file is here (not for a
+    # file whose rerun is pending): every record is one test-set pass, logged by member_probs
+    got = [(None, None) if x["rerun_pending"] else member_probs(s, x) for x in members]
+    passes = member_passes(s)
+    scored = list(before.get("ensembles_scored", []))
+    if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
+        old, record = before.get("ensemble") or {}, [{k: x[k] for k in ("checkpoint", "sha256")} for x in members]
+        probs, pending = [p for p, _ in got], any(x["rerun_pending"] for x in members)  # pending: members to change
+        if all(p is not None for p in probs) and (score or old.get("members") == record):
+            seen = next((e for e in reversed(scored) if e["members"] == record), old)  # never a second scoring
+            out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, seen)}
+        elif old.get("members") == record and not pending:
+            out["ensemble"] = old  # scored on the machine that had the files
+        if not out["ensemble"] and (waits := [x["rerun_pending"] or x["cell"] for x, p in zip(members, probs) if p is None]):
+            out["ensemble_waits_for"] = waits  # the rerun to finish, or the file whose softmax is to be recorded
+    # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
+    # a test evaluation once made is never dropped from the count.
+    if out["ensemble"] and out["ensemble"] not in scored:
+        scored.append(out["ensemble"])
+    out["ensembles_scored"], out["member_passes"] = scored, passes
+    if scored or passes:  # read by the report's count of test-set use (report_facts.test_use)
+        files = [e for e in scored if "scored_from" not in e]  # scored by passing each member's file (before member_probs)
+        k = len(scored) - len(files)
+        out["why"] = (f"model passes: {sum(len(e['members']) for e in files)} for {len(files)} recipe ensemble{'s' * (len(files) != 1)} "
+                      f"scored from their files, {len(passes)} recording a member's test-set softmax (results/member_probs/)"
+                      + (f", from which {k} {'was' if k == 1 else 'were'} scored" if k else "") + "; each ensemble scored once by study.py --only recipes")
+        out["commands"] = [{"command": "python study.py, stages recipes and evaluate (members' softmax, the ensemble's mean)",
+                            "models_scored": sum(len(e["members"]) for e in files) + len(passes)}]
+    write_json(path, out)
+    return path
 
 
 # -----------------------------------------------------------------------------
@@ -715,7 +1008,7 @@ STAGES = {
                             cells=reg_cells, train=run_cell),
     "final": Stage("each model with the validation-chosen settings, longer; ships weights/", cells=final_cells,
                    train=lambda s, c: run_final(s, c)),
-    "recipes": Stage("issue #25: candidate recipes compared on validation, the chosen one refit on 60,000 images, 3 seeds",
+    "recipes": Stage("candidate recipes compared on validation, the chosen one refit on 60,000 images, 3 seeds",
                      cells=recipes_cells, train=run_cell, each=lambda s: write_final_recipes(s),
                      after=lambda s: write_final_recipes(s)),
     "evaluate": Stage("Step 6: test_model.py per model and the ensemble, feature maps, training curves",

@@ -317,7 +317,7 @@ def best_optimizer(s: Settings, model: str) -> tuple[str, float] | None:
 
 
 # -----------------------------------------------------------------------------
-# A fair optimizer comparison (issue #22), for the report only. The optim stage above chose the
+# A fair optimizer comparison, for the report only. The optim stage above chose the
 # final recipes and stays as it ran: there AdamW took Adam's LR and Adadelta a fixed 1.0, and the
 # seed-0 runs were the tuning runs. Here every optimizer gets its own LR from one common grid,
 # chosen on validation at the tuning seed, and is then compared at that LR over other seeds.
@@ -477,7 +477,7 @@ def best_recipe(s: Settings, model: str) -> dict | None:
     return recipe
 
 
-# Refits (issue #11, labelled as such): the shipped run's recipe and epochs trained on all 60,000
+# Refits (labelled as such): the shipped run's recipe and epochs trained on all 60,000
 # training images (train + validation). No validation is left to choose with, so a refit never
 # becomes weights/<model>.pt: it is kept as weights/<model>-refit.pt. The ConvNet only (the
 # cheap model nearest its target), one seed: the 2-core CPU's budget this round.
@@ -532,7 +532,7 @@ def final_cells(s: Settings) -> list:
 
 
 # -----------------------------------------------------------------------------
-# Stage "recipes" (issue #25): accuracy by recipe, not by lucky seed. Each model's candidate
+# Stage "recipes": accuracy by recipe, not by lucky seed. Each model's candidate
 # recipes are compared on validation only; the one with the best mean validation accuracy is
 # then refit on all 60,000 training images for its fixed number of epochs (no checkpoint
 # picking: the last epoch is the model) with RECIPE_SEEDS, and each seed is scored once on test.
@@ -550,7 +550,7 @@ RECIPE_CANDIDATES = recipes.CANDIDATES
 # The k-th rerun is "<name>-again" (k = 1) or "<name>-again<k>", same settings and seed; the first run's
 # test score stays the seed's score (no second draw for the mean); each rerun is scored once too, counted,
 # shown beside it. A member's test-set softmax is now recorded while its file is here
-# (study_recipes.member_probs), so a file lost after that no longer costs a rerun.
+# (study.member_probs), so a file lost after that no longer costs a rerun.
 RECIPE_AGAIN = {"convnet-refit-affine-wide-adamw-lr0.01-e30-s0": 1,
                 # the current ensemble's members: the ConvNet's e60 files were lost with an earlier machine
                 # and their first reruns with the next; ResNet-18's e30 seeds 1 and 2 stayed on the lent

@@ -10,7 +10,7 @@ points, 3 seeds, median); (3) a ResNet-18 (full width, default stem) training ep
 measured throughput against the GPU's ceiling, 55,000 x 3 x forward FLOPs / the bf16 matmul
 rate measured now; (4) the LR table's ResNet-18 row, LR {0.1, 0.01, 0.001, 0.0001} at one
 epoch per cell, validation and test accuracy of each. The JSON, `speed-<gpu>.json`, is meant to
-be committed to benchmarks/results/ with the GPU's name in it. Targets on an H100 (issue #14):
+be committed to benchmarks/results/ with the GPU's name in it. Targets on an H100:
 99.0% in <= 1 s, a ResNet-18 epoch in <= 3 s.
 """
 

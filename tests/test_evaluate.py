@@ -66,7 +66,7 @@ def test_ensemble_averages_probabilities():
 
 
 # -----------------------------------------------------------------------------
-# ROC curves and their AUCs (issue #22): checked against scikit-learn on synthetic scores
+# ROC curves and their AUCs: checked against scikit-learn on synthetic scores
 
 
 def synthetic_scores(seed: int, n: int = 3000, k: int = 10, decimals: int | None = 1):

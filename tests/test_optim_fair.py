@@ -1,4 +1,4 @@
-"""study.py's fair optimizer comparison (stage optim_fair, issue #22): the cells it defines and the
+"""study.py's fair optimizer comparison (stage optim_fair): the cells it defines and the
 table it returns, on fake results in a temporary root (no training)."""
 
 import math
@@ -74,7 +74,7 @@ def test_cells_are_shared_by_name_with_the_lr_and_optim_stages(tmp_path):
 
 
 def test_the_stage_is_registered_after_optim_and_leaves_the_optim_stage_alone(tmp_path):
-    stages = list(study.STAGES)  # an ordered dict of Stage since issue #21
+    stages = list(study.STAGES)  # an ordered dict of Stage
     assert stages.index("optim_fair") == stages.index("optim") + 1
     assert study.STAGES["optim_fair"].help
     s = study.Settings(root=tmp_path)

@@ -13,7 +13,6 @@ import pytest
 
 import study
 import study_cells
-import study_recipes
 import runs
 import study_report
 import train
@@ -83,7 +82,7 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
         shipped = study.shipped_final(s, m)
         assert study.load_result(s, shipped.name)["best"]["val_acc"] == max(r["best"]["val_acc"] for r in runs)
         card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
-        if m not in study.RECIPE_MODELS:  # those ship their issue-#25 recipe (the next test)
+        if m not in study.RECIPE_MODELS:  # those ship their chosen recipe (the next test)
             assert card["train_config"]["run_name"] == shipped.name and card["calibration"]["in_sample"] is False
 
 
@@ -437,11 +436,11 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
     assert len(calls) == len(rec["member_passes"]) - len(first["member_passes"]) == 2  # each rerun's file, once
     assert rec["commands"][0]["models_scored"] == len(rec["member_passes"])  # every smoke ensemble scored from records
     member = {"cell": x["again"]["cell"], **rec["ensemble"]["members"][0]}
-    recorded, done = study_recipes.member_probs(s, member)
+    recorded, done = study.member_probs(s, member)
     model, _ = load_checkpoint(smoke_root / member["checkpoint"])
     assert np.array_equal(recorded, predict(model, s.mnist().x_test)) and recorded.dtype == np.float32
     assert done == rec["member_passes"][-1] and done["source"] == member["checkpoint"]
-    assert study_recipes.member_probs(s, {**member, "sha256": None}) == (None, None)
+    assert study.member_probs(s, {**member, "sha256": None}) == (None, None)
     study.write_json(path, {k: v for k, v in rec.items() if k != "member_passes"})  # an older writer dropped the list
     study.write_final_recipes(s, score=False)
     assert json.loads(path.read_text()) == rec and len(calls) == 2  # read back from the records, no pass made
@@ -460,7 +459,7 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
     rec = json.loads(path.read_text())
     x = rec["models"]["convnet"]["seeds"][0]
     member = {"cell": x.get("again", x)["cell"], **rec["ensemble"]["members"][0]}
-    recorded, _ = study_recipes.member_probs(s, member)
+    recorded, _ = study.member_probs(s, member)
     calls, predict = [], test_model.predict_proba
     monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
     file_copy = smoke_root / "runs-file-copy.pt"
@@ -491,13 +490,13 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
         assert again_rec["member_passes"][:-1] == rec["member_passes"] and source.startswith("weights/")
         assert read_json(smoke_root / Path(source).with_suffix(".json"))["made_from"]["sha256"] == member["sha256"]
         assert again_rec["ensemble"] == rec["ensemble"] and len(calls) == 1
-        assert np.array_equal(study_recipes.member_probs(s, member)[0], recorded)
+        assert np.array_equal(study.member_probs(s, member)[0], recorded)
         shipped.unlink()
         for card in named:  # no shipped copy of the file left either
             card.rename(card.with_name(card.name + ".away"))
         with open(record, "wb") as f:  # a record of another file of that name is not this member's
             np.savez_compressed(f, probs=recorded, sha256="another file", source="runs/x.pt")
-        assert study_recipes.member_probs(s, member) == (None, None)
+        assert study.member_probs(s, member) == (None, None)
         study.write_json(path, {**rec, "ensemble": None, "ensembles_scored": others})
         study.write_final_recipes(s)
         waiting = json.loads(path.read_text())
@@ -511,7 +510,7 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
         shipped.with_suffix(".json").unlink(missing_ok=True)
         file_copy.unlink(missing_ok=True)
         study.write_json(path, rec)
-        study_recipes.member_probs(s, member)  # recorded again from the file, for the tests after this one
+        study.member_probs(s, member)  # recorded again from the file, for the tests after this one
 
 
 def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another():
@@ -519,12 +518,12 @@ def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another
     validation does not drop them (they were seen); a choice that comes back is current, not earlier."""
     seeds = [{"seed": 0, "test_acc": 0.997}]
     prev = {"candidate": "final", "recipe": {"epochs": 30}, "seeds": seeds, "done": True, "test_mean": 0.997, "test_std": 0.0}
-    assert study_recipes.earlier_recipes(prev, "e60") == [{**prev}]
-    assert study_recipes.earlier_recipes(prev, "final") == []
-    later = {"candidate": "e60", "seeds": [], "earlier": study_recipes.earlier_recipes(prev, "e60")}
-    assert study_recipes.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
-    assert study_recipes.earlier_recipes(later, "final") == []
-    assert study_recipes.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
+    assert study.earlier_recipes(prev, "e60") == [{**prev}]
+    assert study.earlier_recipes(prev, "final") == []
+    later = {"candidate": "e60", "seeds": [], "earlier": study.earlier_recipes(prev, "e60")}
+    assert study.earlier_recipes(later, None) == [{**prev}]  # while a new candidate screens
+    assert study.earlier_recipes(later, "final") == []
+    assert study.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
 
 
 def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluations_stay_counted(tmp_path):
@@ -554,7 +553,7 @@ def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluat
 
 
 def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhere_stops_shipping(tmp_path):
-    """Issue #25's rule: weights/<model>.pt is seed 0 of the chosen recipe (its rerun's file where the
+    """The recipe stage's rule: weights/<model>.pt is seed 0 of the chosen recipe (its rerun's file where the
     seed was trained again), only once every seed is done; a file not on this machine is an error."""
     s = study.Settings(root=tmp_path)
     path = tmp_path / "results" / "final_recipes.json"
@@ -588,19 +587,19 @@ def test_shipped_record_says_whether_the_file_is_seed_0_and_why_not(tmp_path):
     (tmp_path / "weights").mkdir()
     m, cand = next(iter(study.RECIPE_NOT_SHIPPED))
     entry = {"candidate": "c1", "done": True, "seeds": [{"seed": 0, "cell": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0"}]}
-    assert study_recipes.shipped_record(s, m, entry) is None  # nothing shipped
+    assert study.shipped_record(s, m, entry) is None  # nothing shipped
     (tmp_path / "weights" / f"{m}.pt").write_bytes(b"calibrated weights")
     card = {"train_config": {"run_name": "c-s0"}, "made_from": {"cell": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0"}}
     (tmp_path / "weights" / f"{m}.json").write_text(json.dumps(card))
-    r = study_recipes.shipped_record(s, m, entry)
+    r = study.shipped_record(s, m, entry)
     assert r["seed_0"] is True and "why_not" not in r and r["made_from"]["sha256"] == "h0"
     assert r["sha256"] == runs.sha256(tmp_path / "weights" / f"{m}.pt") and r["file"] == f"weights/{m}.pt"
     (tmp_path / "weights" / f"{m}.json").write_text(json.dumps({"train_config": {"run_name": "final-s2"}}))
-    r = study_recipes.shipped_record(s, m, entry)
+    r = study.shipped_record(s, m, entry)
     assert (r["seed_0"], r["decided_after_test"], r["run"]) == (False, False, "final-s2") and "--only evaluate" in r["why_not"]
-    r = study_recipes.shipped_record(s, m, {**entry, "candidate": cand})
+    r = study.shipped_record(s, m, {**entry, "candidate": cand})
     assert r["decided_after_test"] is True and r["why_not"] == study.RECIPE_NOT_SHIPPED[(m, cand)]
-    assert "why_not" not in study_recipes.shipped_record(s, m, {**entry, "done": False})  # seeds to do: no verdict yet
+    assert "why_not" not in study.shipped_record(s, m, {**entry, "done": False})  # seeds to do: no verdict yet
 
 
 def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_path):
@@ -624,19 +623,19 @@ def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_pa
 
 
 def test_twin_file_is_the_chosen_candidates_finished_seed_0_run(tmp_path, monkeypatch):
-    """study_recipes.twin_file: the held-out twin of a shipped recipe file is its chosen candidate's
+    """study.twin_file: the held-out twin of a shipped recipe file is its chosen candidate's
     seed-0 run, only once that run has finished (a run in progress already has a best.pt)."""
     s = study.Settings(root=tmp_path)
     cells = [study.Cell(f"cand-s{k}", "dnn", 3, {}, {"seed": k}) for k in (1, 0)]
-    monkeypatch.setattr(study_recipes, "recipe_source", lambda s, m: {"candidate": "c1"})
-    monkeypatch.setattr(study_recipes, "candidate_cells", lambda s, m: {"c1": cells, "c2": []})
-    assert study_recipes.twin_file(s, "dnn") is None  # its file is not on this machine
+    monkeypatch.setattr(study, "recipe_source", lambda s, m: {"candidate": "c1"})
+    monkeypatch.setattr(study, "candidate_cells", lambda s, m: {"c1": cells, "c2": []})
+    assert study.twin_file(s, "dnn") is None  # its file is not on this machine
     run = tmp_path / "runs" / "study" / "final" / "cand-s0"
     run.mkdir(parents=True)
     (run / "best.pt").write_bytes(b"epoch 1 of 15")
-    assert study_recipes.twin_file(s, "dnn") is None  # still training
+    assert study.twin_file(s, "dnn") is None  # still training
     (run / "result.json").write_text("{}")
-    assert study_recipes.twin_file(s, "dnn") == run / "best.pt"
-    assert study_recipes.twin_file(s, "fastresnet") is None  # no issue-#25 recipe
-    monkeypatch.setattr(study_recipes, "recipe_source", lambda s, m: None)  # no recipe file shipped
-    assert study_recipes.twin_file(s, "dnn") is None
+    assert study.twin_file(s, "dnn") == run / "best.pt"
+    assert study.twin_file(s, "fastresnet") is None  # no recipe stage
+    monkeypatch.setattr(study, "recipe_source", lambda s, m: None)  # no recipe file shipped
+    assert study.twin_file(s, "dnn") is None
