@@ -619,3 +619,137 @@ def test_cli_runs_from_any_folder_and_bad_options_are_one_line(tmp_path, monkeyp
         with pytest.raises(SystemExit) as e:
             predict.main([str(path), "--weights", weights])
         assert e.value.code == f"error: {words}"
+
+
+# -----------------------------------------------------------------------------
+# Forms: printed structure set aside, numbers as written, pictures turned without EXIF
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def written(text: str, size=(600, 400), at=(300, 200), px=120, draw=None) -> Image.Image:
+    """`text` in black on a white page (DejaVu Sans), with `draw(ImageDraw)` adding printed structure first."""
+    img = Image.new("L", size, 245)
+    d = ImageDraw.Draw(img)
+    if draw:
+        draw(d)
+    d.text(at, text, fill=20, font=ImageFont.truetype(FONT, px), anchor="mm")
+    return img
+
+
+def digit_masks(img: Image.Image) -> list[np.ndarray]:
+    return ink.find_digits(ink.ink_map(predict.working_grey(img)))
+
+
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+@pytest.mark.parametrize("structure", ["box", "loose_box", "circle", "underline", "thick_underline", "comb"])
+def test_printed_structure_around_a_digit_is_set_aside(structure):
+    """The digit alone is framed: its mask is the same with the structure as without it."""
+    shapes = {"box": lambda d: d.rectangle([240, 120, 360, 280], outline=40, width=2),
+              "loose_box": lambda d: d.rectangle([150, 60, 450, 340], outline=90, width=4),
+              "circle": lambda d: d.ellipse([200, 90, 400, 310], outline=30, width=7),
+              "underline": lambda d: d.line([230, 285, 370, 287], fill=30, width=3),
+              "thick_underline": lambda d: d.line([230, 290, 370, 290], fill=30, width=14),
+              "comb": lambda d: (d.line([220, 285, 380, 285], fill=40, width=2), d.line([220, 245, 220, 285], fill=40, width=2),
+                                 d.line([380, 245, 380, 285], fill=40, width=2))}
+    for text in "47":
+        alone, framed = digit_masks(written(text)), digit_masks(written(text, draw=shapes[structure]))
+        assert len(framed) == 1 and box_of(framed[0]) == box_of(alone[0]), (text, structure)
+
+
+def test_a_row_of_boxes_reads_left_to_right_and_an_empty_box_is_no_digit():
+    def row(d):
+        d.rectangle([100, 100, 400, 300], outline=40, width=2)
+        d.line([200, 100, 200, 300], fill=40, width=2)
+        d.line([300, 100, 300, 300], fill=40, width=2)
+    img = Image.new("L", (500, 400), 245)
+    row(ImageDraw.Draw(img))
+    for k, ch in enumerate("358"):
+        ImageDraw.Draw(img).text((150 + 100 * k, 200), ch, fill=20, font=ImageFont.truetype(FONT, 110), anchor="mm")
+    masks = digit_masks(img)
+    assert len(masks) == 3 and [box_of(m)[2] for m in masks] == sorted(box_of(m)[2] for m in masks)
+    assert all(box_of(m)[3] - box_of(m)[2] < 90 for m in masks)  # each digit alone, no box side with it
+    empty = Image.new("L", (400, 400), 245)
+    ImageDraw.Draw(empty).rectangle([120, 100, 280, 300], outline=40, width=3)
+    assert digit_masks(empty) == []
+
+
+def test_a_digit_alone_keeps_every_stroke():
+    """A 0 (a closed loop with nothing in it), a 1 with a foot, a 2 with its base: not structure."""
+    for text in "0127":
+        img = written(text, px=160)
+        strong = ink.hysteresis(ink.ink_map(predict.working_grey(img)), 0.3)
+        assert np.array_equal(ink.remove_structure(strong), strong), text
+
+
+@pytest.mark.parametrize("text,layout", [("3.5", "d.d"), ("3,5", "d,d"), ("-7", "-d"), ("12", "dd"), ("7", "d")])
+def test_signs_between_digits_are_found_in_their_place(text, layout):
+    marks = predict.prepare_marks(predict.working_grey(written(text, size=(700, 300), at=(350, 150))))
+    assert marks.layout == layout and len(marks.crops) == layout.count("d")
+
+
+def test_a_dot_or_bar_out_of_place_is_a_mark_the_reader_cannot_place():
+    img = written("7", size=(700, 300), at=(330, 150))
+    ImageDraw.Draw(img).ellipse([420, 80, 436, 96], fill=20)  # a dot up beside the 7: no decimal point
+    assert predict.prepare_marks(predict.working_grey(img)).layout in ("d?", "?d")
+
+
+def test_numbers_are_written_with_their_signs_and_an_unplaced_mark_is_unsure():
+    ckpt = {"normalization": {"mean": 0.1, "std": 0.3}, "calibration": {"temperature": 1.0, "threshold": 0.5}}
+    logits = torch.full((2, 10), -5.0)
+    logits[0, 3], logits[1, 5] = 10.0, 10.0
+    for layout, number in (("d.d", "3.5"), ("d,d", "3,5"), ("dd", "35")):
+        a = predict.decide(logits, ckpt, layout=layout)
+        assert a["status"] == "several_digits" and a["number"] == number and [d["digit"] for d in a["digits"]] == [3, 5]
+        assert a["probability"] == pytest.approx(a["digits"][0]["probability"] * a["digits"][1]["probability"])
+    a = predict.decide(logits[1:], ckpt, layout="-d")
+    assert a["status"] == "several_digits" and a["number"] == "-5" and a["digit"] is None and len(a["digits"]) == 1
+    a = predict.decide(logits, ckpt, layout="d?d")
+    assert a["status"] == "unsure" and a["reason"] == "mark" and a["number"] is None and a["digit"] is None
+    doubtful = logits.clone()
+    doubtful[1] = 0.0  # the second digit not confident: no number at all
+    a = predict.decide(doubtful, ckpt, layout="d.d")
+    assert a["status"] == "unsure" and a["number"] is None
+    assert predict.decide(logits[:1], ckpt, layout="d")["digit"] == 3  # a digit alone: as before
+
+
+@pytest.fixture(scope="module")
+def convnet():
+    return models.load_checkpoint(ROOT / "weights" / "convnet.pt")
+
+
+def photo_of(text: str, turn: int) -> Image.Image:
+    """A handwriting-like digit (DejaVu Sans Oblique) on a 300x400 page, turned by `turn` quarter turns, no EXIF."""
+    img = Image.new("L", (300, 400), 240)
+    ImageDraw.Draw(img).text((150, 200), text, fill=25, font=ImageFont.truetype(FONT.replace(".ttf", "-Oblique.ttf"), 150),
+                             anchor="mm")
+    return img.rotate(90 * turn, expand=True)
+
+
+def test_a_sideways_picture_is_read_turned_and_says_so(convnet):
+    model, ckpt = convnet
+    for text in "85":
+        for turn in (1, 3):
+            a, crops = predict.classify(photo_of(text, turn), model, ckpt)
+            assert a["status"] == "ok" and a["digit"] == int(text) and len(crops) == 1
+            assert a["turned"] == 90 * (4 - turn) or (text == "8" and a["turned"] in (90, 270))  # an 8 reads either way up
+
+
+def test_a_six_or_nine_on_its_side_is_never_read_as_the_other(convnet):
+    model, ckpt = convnet
+    for text in "69":
+        for turn in (1, 3):
+            a, _ = predict.classify(photo_of(text, turn), model, ckpt)
+            assert a["status"] == "unsure" or a["digit"] == int(text), (text, turn, a)
+
+
+def test_an_upright_digit_read_surely_is_not_turned(convnet, monkeypatch):
+    model, ckpt = convnet
+    calls = []
+    monkeypatch.setattr(predict, "read_turned", lambda *a: calls.append(a))
+    a, _ = predict.classify(photo_of("4", 0), model, ckpt)
+    assert a["status"] == "ok" and a["digit"] == 4 and "turned" not in a and not calls

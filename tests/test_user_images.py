@@ -1,6 +1,7 @@
-"""Issue #23's acceptance on ../shared/user-images (335 files, labels.csv): the whole folder
-through `predict.py --json` with the shipped weights/convnet.pt, in one call. The folder is
-required: missing, it is a failure, never a skip (as the real-MNIST tests)."""
+"""The acceptance on ../shared/user-images (335 files, labels.csv) and ../shared/forms (digits on
+forms, numbers with signs, sideways photos): each folder through `predict.py --json` with the
+shipped weights/convnet.pt, in one call. The folders are required: missing, it is a failure,
+never a skip (as the real-MNIST tests)."""
 
 import csv
 import json
@@ -106,6 +107,59 @@ def test_per_condition_accuracy(answers):
     assert not short, f"conditions under their bar: {short}"
 
 
+# ../shared/forms: digits on forms (boxes, comb fields, circles, underlines), numbers written with
+# signs, photos turned sideways without EXIF. A number counts only when `number` is the label as written.
+
+FORMS = Path(os.environ.get("FORMS", ROOT.parent / "shared" / "forms"))
+TURNED = {"rot90"}  # right, or unsure: never a confident wrong digit
+
+
+@pytest.fixture(scope="module")
+def form_answers():
+    labels = FORMS / "labels.csv"
+    if not labels.is_file():
+        pytest.fail(f"the forms test needs {labels}; set FORMS to the folder", pytrace=False)
+    rows = list(csv.DictReader(labels.open()))
+    out = subprocess.run([sys.executable, str(ROOT / "predict.py"), *[str(FORMS / r["file"]) for r in rows],
+                          "--weights", str(ROOT / "weights" / "convnet.pt"), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert "Traceback" not in out.stderr and out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert [g["file"] for g in got] == [str(FORMS / r["file"]) for r in rows]
+    return rows, got
+
+
+def form_right(row, answer) -> bool:
+    label = row["label"]
+    if label == "none":
+        return answer["status"] in ("no_digit", "unsure") and answer["digit"] is None and answer["number"] is None
+    if not label.isdigit() or len(label) > 1:  # a number as written: "3.5", "-7", "120"
+        return answer["status"] == "several_digits" and answer["number"] == label
+    if row["condition"] in TURNED and answer["status"] == "unsure":
+        return True
+    return answer["status"] == "ok" and str(answer["digit"]) == label and answer["number"] is None
+
+
+def test_form_conditions_are_read_or_refused(form_answers):
+    rows, got = form_answers
+    by = defaultdict(list)
+    for r, g in zip(rows, got):
+        by[r["condition"]].append(form_right(r, g))
+    assert set(by) >= {"box_tight", "comb", "circle_clear", "under_gap", "decimal", "negative", "rot90"}
+    short = {c: f"{sum(v)}/{len(v)}" for c, v in by.items() if sum(v) < 0.95 * len(v)}
+    assert not short, f"form conditions under 95%: {short}"
+
+
+def test_form_numbers_keep_their_digits_left_to_right(form_answers):
+    rows, got = form_answers
+    for r, g in zip(rows, got):
+        if g["status"] == "several_digits":
+            assert g["number"].replace(".", "").replace(",", "").lstrip("-") == "".join(str(d["digit"]) for d in g["digits"])
+            assert all(0 <= d["probability"] <= 1 for d in g["digits"])
+        if g.get("turned") is not None:  # a turned answer says by how much
+            assert g["turned"] in (90, 180, 270) and g["status"] == "ok"
+
+
 # benchmarks/user_images.py: its generators and scoring (cheap, on synthetic digits)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -124,8 +178,12 @@ def test_every_benchmark_condition_builds_readable_files():
         assert len(files) == 1
         data, expected = files[0]
         img = predict.read_image(data, name)
-        assert expected == "none" if kind == "none" else expected.isdigit()
-        assert len(expected) == {"two_digits": 2, "three_digits": 3}.get(name, 1) or kind == "none"
+        if kind == "number":  # written with its sign
+            assert expected == {"decimal_point": f"{expected[0]}.{expected[2:]}", "decimal_comma": f"{expected[0]},{expected[2:]}",
+                                "negative": f"-{expected[1:]}"}[name] and expected.replace(".", "").replace(",", "").lstrip("-").isdigit()
+        else:
+            assert expected == "none" if kind == "none" else expected.isdigit()
+            assert len(expected) == {"two_digits": 2, "three_digits": 3, "box_row": 3}.get(name, 1) or kind == "none"
         if name == "bit16":
             assert img.mode.startswith("I")
         if name == "exif_rotated":
@@ -133,6 +191,10 @@ def test_every_benchmark_condition_builds_readable_files():
             import io
             assert Image.open(io.BytesIO(data)).getexif().get(0x0112) in (3, 6, 8)
         assert isinstance(predict.prepare(img), list)
+        if kind == "turned":  # stored turned, with no EXIF tag to undo it
+            from PIL import Image
+            import io
+            assert 0x0112 not in Image.open(io.BytesIO(data)).getexif()
     assert np.array_equal(user_images.build("shadow", 1, x, y)[0][0], user_images.build("shadow", 1, x, y)[0][0])
 
 
@@ -145,6 +207,10 @@ def test_benchmark_scoring():
     assert user_images.score({"status": "unsure", "digit": None, "number": None}, "7") == (False, True)
     assert user_images.score({"status": "unsure", "digit": None, "number": None}, "none") == (True, True)
     assert user_images.score({"status": "several_digits", "digit": None, "number": "37"}, "37") == (True, False)
+    assert user_images.score({"status": "several_digits", "digit": None, "number": "3.5"}, "3.5") == (True, False)
+    assert user_images.score({"status": "several_digits", "digit": None, "number": "35"}, "3.5") == (False, False)
+    assert user_images.score({"status": "several_digits", "digit": None, "number": "-7"}, "-7") == (True, False)
+    assert user_images.score(ok7, "-7") == (False, False)
     assert user_images.score(ok7, "none") == (False, False)
 
 
