@@ -1,14 +1,14 @@
-"""The run folder and the machine: what every training run writes and what it runs on.
+"""The run folder, and the machine it runs on.
 
     log = RunLog(run_dir / "log.txt"); log("a line")        # printed and appended
     write_history(run_dir / "history.csv", rows)             # one row per epoch (HISTORY_FIELDS)
+    plot_curves(rows, run_dir / "curves.png", title)         # train vs validation loss, accuracy, F1
     promote(run_dir / "best.pt", cfg, genuine)               # -> weights/<model>.pt + its card, if better on val
 
-Also: device and precision facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name,
-hardware), one atomic-write helper, the process-wide lock that keeps two timing runs apart
-(exclusive), and the signal handling that
-turns `kill` into Ctrl-C. Imports only models.py of ours; train.py, test_model.py, study.py and
-benchmarks/ import it.
+Also: opening a run folder (a stopped run of the same settings continues), atomic writes, the
+machine's facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name, hardware, environment),
+joining a torchrun job (distributed), the process-wide lock that keeps two timing runs apart
+(exclusive), and the signal handling that turns `kill` into Ctrl-C. Imports only models.py of ours.
 """
 
 import csv
@@ -114,42 +114,6 @@ def hardware(device: str = "cpu", precision: str = "") -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} ({precision})"
     return f"{cpu_name()} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
-
-
-# torch.optim without torch._dynamo: importing the compiler takes ~1.4 s, half of
-# `python train.py`'s start-up, and plain (eager) training never uses it. torch.optim
-# imports it twice over: each step() runs in a wrapper that imports it to insert compiler
-# graph breaks, and four Optimizer methods are wrapped in torch._disable_dynamo, whose
-# first call imports it to mark them "never compile". tests/test_train.py checks that a
-# run imports no torch._dynamo and that these optimizers take exactly torch.optim's steps.
-
-
-def skip_dynamo_import() -> None:
-    """Mark the four wrapped Optimizer methods the way torch/_compile.py caches its own
-    result after the import: the method itself. Outside torch.compile nothing changes;
-    a torch whose wrapper looks different is left alone (then it just costs the import)."""
-    if "torch._dynamo" in sys.modules:
-        return
-    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
-        method = getattr(torch.optim.Optimizer, name, None)
-        inner = getattr(method, "__wrapped__", None)
-        if inner is not None and method.__code__.co_filename.endswith("_compile.py"):
-            setattr(inner, "__dynamo_disable", inner)
-
-
-def eager(cls: type) -> type:
-    """torch.optim's `cls` with its step() called directly under no_grad: the same update
-    (torch's own code), minus the wrapper that imports torch._dynamo for graph breaks."""
-    raw_step = getattr(cls.step, "__wrapped__", None)
-    if raw_step is None:  # another torch: keep its step as it is
-        return cls
-
-    def step(self, closure=None):
-        with torch.no_grad():
-            return raw_step(self, closure)
-
-    return type(cls.__name__, (cls,), {"step": step, "__doc__": cls.__doc__})
-
 
 
 def code_version() -> str:

@@ -35,15 +35,49 @@ import recipes
 from data import Augment, Data, DataError, augment, batches, load_data
 from models import (MODELS, RESNET_STEMS, STUDY_MODELS, CheckpointError, build_model, checkpoint, complete_config, count_params,
                     read_checkpoint, save_atomic)
-from runs import (RunLog, distributed, eager, environment, open_run_dir,
+from runs import (RunLog, distributed, environment, open_run_dir,
                   plot_curves, plot_lr_find, progress_bar, promote, pyplot, resolve_device, resolve_precision, same_settings,
-                  skip_dynamo_import, stop_on_signals, write_history)
+                  stop_on_signals, write_history)
 from test_model import confusion, macro_f1
 
 ROOT = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
-# torch.optim's optimizers without the torch._dynamo import (runs.eager: ~1.4 s less start-up).
+# torch.optim without torch._dynamo: importing the compiler takes ~1.4 s, half of
+# `python train.py`'s start-up, and plain (eager) training never uses it. torch.optim
+# imports it twice over: each step() runs in a wrapper that imports it to insert compiler
+# graph breaks, and four Optimizer methods are wrapped in torch._disable_dynamo, whose
+# first call imports it to mark them "never compile". tests/test_train.py checks that a
+# run imports no torch._dynamo and that these optimizers take exactly torch.optim's steps.
+
+
+def skip_dynamo_import() -> None:
+    """Mark the four wrapped Optimizer methods the way torch/_compile.py caches its own
+    result after the import: the method itself. Outside torch.compile nothing changes;
+    a torch whose wrapper looks different is left alone (then it just costs the import)."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        method = getattr(torch.optim.Optimizer, name, None)
+        inner = getattr(method, "__wrapped__", None)
+        if inner is not None and method.__code__.co_filename.endswith("_compile.py"):
+            setattr(inner, "__dynamo_disable", inner)
+
+
+def eager(cls: type) -> type:
+    """torch.optim's `cls` with its step() called directly under no_grad: the same update
+    (torch's own code), minus the wrapper that imports torch._dynamo for graph breaks."""
+    raw_step = getattr(cls.step, "__wrapped__", None)
+    if raw_step is None:  # another torch: keep its step as it is
+        return cls
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            return raw_step(self, closure)
+
+    return type(cls.__name__, (cls,), {"step": step, "__doc__": cls.__doc__})
+
+
 skip_dynamo_import()
 OPTIMIZERS = {"sgd": eager(torch.optim.SGD), "adam": eager(torch.optim.Adam), "adamw": eager(torch.optim.AdamW),
               "adadelta": eager(torch.optim.Adadelta)}

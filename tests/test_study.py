@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import recipes
 import study
 import study_cells
 import runs
@@ -280,6 +281,14 @@ def test_best_recipes_are_the_studys_final_choice_from_the_committed_results():
     s = study.Settings()
     for m in study.STUDY_MODELS:
         assert train.BEST_RECIPES.get(m) == study.best_recipe(s, m), m
+
+
+def test_the_registrys_final_recipes_are_the_studys_choices_from_the_committed_results():
+    """recipes.FINAL (python train.py --recipe <model>-final) must be what the study's final stage chose on validation."""
+    s = study.Settings()
+    for m, final in recipes.FINAL.items():
+        choice = study.final_choice(s, m)
+        assert {"optimizer": choice["optimizer"], "lr": choice["lr"], "epochs": choice["epochs"], **choice["overrides"]} == final, m
 
 
 def test_the_final_command_carries_every_setting_of_its_cell(tmp_path):
