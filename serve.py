@@ -57,6 +57,8 @@ from models import STUDY_MODELS, CheckpointError, conv_layers, count_params, loa
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
 DEFAULT_MODEL = "convnet"  # the page's first choice: the best model on validation (report.md, Step 5)
+EXTRA_MODELS = ("quicknet",)  # served beside the study's models when weights/<name>.pt exists; not in the ensemble
+LABELS = {"dnn": "DNN", "convnet": "ConvNet", "resnet": "ResNet-18", "fastresnet": "FastResNet", "quicknet": "QuickNet"}
 # Bytes per request body: a phone photo as the camera wrote it (a 12-48 MP JPEG is 3-12 MB) fits,
 # so `curl --data-binary @IMG_1234.jpg` works; the page shrinks uploads to 1,600 px first anyway.
 MAX_BODY = 16 * 1024 * 1024
@@ -222,6 +224,21 @@ class Models:
         return list(self.models) + (["ensemble"] if len(self.models) > 1 else [])
 
     @property
+    def members(self) -> list[str]:
+        """The ensemble's models: the study's models among those served (the report's ensemble),
+        or every served model when fewer than two of them are."""
+        study = [n for n, (_, ckpt) in self.models.items() if ckpt["model"] in STUDY_MODELS]
+        return study if len(study) > 1 else list(self.models)
+
+    def label(self, name: str) -> str:
+        """A served model's readable name ("ResNet-18"): its kind's, with the file's stem when that differs."""
+        if name == "ensemble":
+            return "ensemble"
+        kind = self.models[name][1]["model"]
+        readable = LABELS.get(kind, kind)
+        return readable if name == kind else f"{readable} ({name})"
+
+    @property
     def default(self) -> str:
         """The ConvNet when it is served (the study's best model on validation: report.md, Step 5),
         else the model with the best validation accuracy in its checkpoint (a refit's is in-sample,
@@ -242,10 +259,13 @@ class Models:
         out = []
         for name, (model, ckpt) in self.models.items():
             m = ckpt.get("metrics", {})
-            out.append({"name": name, "model": ckpt["model"], "params": count_params(model),
-                        "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"), "default": name == self.default})
+            out.append({"name": name, "label": self.label(name), "model": ckpt["model"], "params": count_params(model),
+                        "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"), "default": name == self.default,
+                        "convolutions": bool(conv_layers(model))})
         if len(self.models) > 1:
-            out.append({"name": "ensemble", "model": "mean softmax of " + ", ".join(self.models), "default": False})
+            out.append({"name": "ensemble", "label": "ensemble", "model": "mean softmax of " + ", ".join(self.members),
+                        "members": [self.label(n) for n in self.members], "default": False,
+                        "convolutions": any(o["convolutions"] for o in out if o["name"] in self.members)})
         return out
 
     def check(self, name: str | None) -> str:
@@ -276,7 +296,7 @@ class Models:
         by side as a PNG data URL (28 x 28n), the first CNN's feature maps of the first digit, ms."""
         t0 = time.perf_counter()
         crops = predict.prepare(load_image(image))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
-        members = list(self.models) if name == "ensemble" else [name]
+        members = self.members if name == "ensemble" else [name]
         outs, features = [], None  # outs: (logits (n, 10), penultimate features (n, F) or None, ckpt) per member
         if crops:
             with self.lock:
@@ -288,7 +308,7 @@ class Models:
                     logits, feats = predict.forward(crops, model, ckpt, layers, maps)
                     outs.append((logits, feats, ckpt))
                     if "first_conv" in maps:
-                        features = {"from": member,
+                        features = {"from": member, "label": self.label(member),
                                     **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
                                        for key, label in (("first_conv", "conv1"), ("second_conv", "conv2"))}}
         # predict.py's decision: one model -> predict.decide with its features (the rejector applies);
@@ -729,7 +749,7 @@ def screenshots(weights: list[str], out_dir: Path = ROOT / "screenshots") -> lis
 
 
 def default_weights() -> list[str]:
-    return [str(p) for m in STUDY_MODELS if (p := ROOT / "weights" / f"{m}.pt").exists()]
+    return [str(p) for m in (*STUDY_MODELS, *EXTRA_MODELS) if (p := ROOT / "weights" / f"{m}.pt").exists()]
 
 
 def main(argv=None) -> int:

@@ -55,6 +55,11 @@ def text(page, selector):
     return page.locator(selector).text_content()
 
 
+def busy(page) -> str:
+    """What the answer strip says is in progress ("reading your drawing...", a retry), or ""."""
+    return page.locator("#answer").get_attribute("data-busy") or ""
+
+
 def visible_text(page) -> str:
     return page.evaluate("document.body.innerText")
 
@@ -89,7 +94,7 @@ def test_the_page_says_what_it_is_and_keeps_technical_details_behind_a_toggle(pa
     assert "% test" not in words and "conv1" not in words and "x14x14" not in words  # no jargon up front
     assert "%" not in page.locator("#model").inner_text()  # the menu names models only
     page.click("#details summary")
-    assert "right on MNIST's 10,000 test digits" in visible_text(page)
+    assert "right of MNIST's 10,000 test digits" in visible_text(page)
     assert page.locator("#model-table tbody tr").count() == 3
 
 
@@ -121,25 +126,42 @@ def test_clear_during_a_request_leaves_no_answer(page):
             pass
     page.wait_for_timeout(1500)
     assert text(page, "#digit") == "?" and text(page, "#confidence") == "draw a digit in the box"
-    assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0 and text(page, "#busy") == ""
+    assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0 and busy(page) == ""
 
 
-def test_a_slow_answer_shows_reading(page):
-    draw(page, SEVEN)
-    final_guess(page, "7")
+def test_a_slow_answer_shows_reading_once_under_the_last_answer_dimmed(page):
     held = []
     page.route("**/predict*", lambda route: held.append(route))
-    shown_after = page.evaluate("""async () => { const t0 = performance.now(); send(canvasPGM(), true);
-        while ($("busy").textContent !== "reading...") await sleep(5); return performance.now() - t0; }""")
-    assert 140 <= shown_after < 1000, shown_after  # not at once: a fast answer would only flicker
+    draw(page, SEVEN)  # the first drawing: nothing to keep, the strip says it once
+    page.wait_for_function("document.querySelector('#answer').dataset.busy === 'reading your drawing...'", timeout=2_000)
+    assert text(page, "#confidence") == "reading your drawing..." and visible_text(page).count("reading") == 1
+    assert "draw a digit" not in visible_text(page)
     page.unroute("**/predict*")
     for route in held:
         try:
             route.continue_()
         except Exception:
             pass
-    page.wait_for_function("!document.querySelector('#busy').textContent && document.querySelector('#digit').textContent === '7'",
+    final_guess(page, "7")
+    answer = text(page, "#confidence")
+    held.clear()
+    page.route("**/predict*", lambda route: held.append(route))
+    shown_after = page.evaluate("""async () => { const t0 = performance.now(); send(canvasPGM(), true);
+        while ($("answer").dataset.busy !== "reading your drawing...") await sleep(5); return performance.now() - t0; }""")
+    assert 140 <= shown_after < 1000, shown_after  # not at once: a fast answer would only flicker
+    # the last answer stays, dimmed, with one line saying what is going on
+    assert text(page, "#confidence") == answer and text(page, "#sub") == "reading your drawing..."
+    assert page.locator("#answer.stale").count() == 1 and visible_text(page).count("reading") == 1
+    assert float(page.evaluate("getComputedStyle(document.querySelector('#confidence')).opacity")) < 0.6
+    page.unroute("**/predict*")
+    for route in held:
+        try:
+            route.continue_()
+        except Exception:
+            pass
+    page.wait_for_function("!document.querySelector('#answer').dataset.busy && document.querySelector('#digit').textContent === '7'",
                            timeout=15_000)
+    assert page.locator("#answer.stale").count() == 0
 
 
 def test_a_503_is_retried_once_after_retry_after(page):
@@ -156,9 +178,9 @@ def test_a_503_is_retried_once_after_retry_after(page):
             route.continue_()
     page.route("**/predict*", busy_once)
     page.evaluate("() => { document.querySelector('#digit').textContent = '?'; send(canvasPGM(), false); }")
-    page.wait_for_function("document.querySelector('#busy').textContent.includes('trying again in 1 s')", timeout=5_000)
+    page.wait_for_function("document.querySelector('#answer').dataset.busy.includes('trying again in 1 s')", timeout=5_000)
     final_guess(page, "7")
-    assert len(calls) == 2 and text(page, "#busy") == "" and page.locator("#confidence").get_attribute("class") == ""
+    assert len(calls) == 2 and busy(page) == "" and page.locator("#confidence").get_attribute("class") == ""
     page.unroute("**/predict*")
     calls.clear()
     page.route("**/predict*", lambda route: (calls.append(1), route.fulfill(
@@ -166,27 +188,30 @@ def test_a_503_is_retried_once_after_retry_after(page):
     page.evaluate("() => { send(canvasPGM(), false); }")
     page.wait_for_function("document.querySelector('#confidence').className === 'error'", timeout=10_000)
     assert len(calls) == 2  # one retry, then the words
-    assert text(page, "#confidence") == "The server is busy right now. Please try again in a moment."
+    assert text(page, "#confidence") == "The server is busy: try again in a moment"
 
 
 def test_model_switch_after_an_upload_reruns_it_and_the_dnn_shows_no_empty_panels(page, test_digits, tmp_path):
     path = tmp_path / "seven.png"
     path.write_bytes(encode(test_digits[0][7], "PNG"))
     page.set_input_files("#upload", str(path))
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=15_000)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('ConvNet answered')", timeout=15_000)
     assert text(page, "#digit") == "7" and page.locator("#layers").is_visible()
     sent = predict_requests(page)
     page.select_option("#model", "dnn")
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('dnn:')", timeout=15_000)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('DNN answered')", timeout=15_000)
     assert len(sent) == 1 and "model=dnn" in sent[0].url and text(page, "#digit") == "7"
-    assert page.locator("#layers").is_hidden() and "no convolution layers" in text(page, "#layer-shapes")
+    assert text(page, "#confidence").startswith("DNN: a 7 (")  # which model answered
+    # where the maps would be, a sentence says why there are none
+    assert page.locator("#layers").is_visible() and page.locator("#maps").is_hidden()
+    assert text(page, "#layers-note") == "DNN has no convolution layers, so there are no feature maps to show."
 
 
 def test_an_upload_is_shown_in_the_box_with_its_name(page, test_digits, tmp_path):
     path = tmp_path / "my seven.png"
     path.write_bytes(encode(test_digits[0][7], "PNG"))
     page.set_input_files("#upload", str(path))
-    final = "document.querySelector('#status').textContent.startsWith('convnet:')"
+    final = "document.querySelector('#status').textContent.startsWith('ConvNet answered')"
     page.wait_for_function(final, timeout=15_000)
     assert page.locator("#preview").is_visible() and text(page, "#upload-name") == "my seven.png"
     assert page.evaluate("document.querySelector('#preview').naturalWidth") == 140
@@ -204,7 +229,7 @@ def test_an_image_can_be_dropped_or_pasted(page, test_digits, how):
         if (how === "drop") document.querySelector("#pad").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
         else document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
     }""", [data, how])
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=15_000)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('ConvNet answered')", timeout=15_000)
     assert text(page, "#digit") == "4" and text(page, "#upload-name") == "four.png" and page.locator("#preview").is_visible()
 
 
@@ -217,7 +242,7 @@ def test_a_big_photo_is_shrunk_in_the_browser_before_it_is_sent(page, tmp_path):
     page.evaluate("""() => { const f = window.fetch;  // keep what the page sends (Playwright does not show Blob bodies)
                                 window.fetch = (url, opts) => { if (opts && opts.body) window.__sent = opts.body; return f(url, opts); }; }""")
     page.set_input_files("#upload", str(path))
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('convnet:')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('ConvNet answered')", timeout=30_000)
     size = page.evaluate("createImageBitmap(window.__sent).then(b => [b.width, b.height, window.__sent.size])")
     assert size[:2] == [1600, 1200] and size[2] < 2 * 1024 * 1024 and text(page, "#digit") == "7", size
 
@@ -236,8 +261,8 @@ def test_a_failed_upload_says_so_once_in_plain_words_and_the_layout_holds(page, 
     page.set_input_files("#upload", str(path))
     page.wait_for_function("document.querySelector('#confidence').className === 'error'", timeout=15_000)
     words = text(page, "#confidence")
-    assert words == "That file is not an image this page can read. Try a PNG or JPEG photo."
-    assert visible_text(page).count("not an image") == 1  # said once (the server's own line is in the details)
+    assert words == "Not an image: try a JPEG or PNG"
+    assert visible_text(page).lower().count("not an image") == 1  # said once (the server's own line is in the details)
     assert "Pillow" not in visible_text(page) and "request body" not in visible_text(page)
     assert page.locator("#seen").is_hidden() and page.locator(".bar.top").count() == 0
     assert empty == answered == boxes(page)  # empty, answered and error states: the same layout
@@ -263,7 +288,7 @@ def test_a_tiny_drawing_is_asked_to_be_drawn_bigger(page):
     draw(page, tiny)
     page.wait_for_timeout(400)
     assert box and sent == [] and text(page, "#digit") == "?"
-    assert text(page, "#confidence").startswith("too small to read: draw the digit bigger")
+    assert text(page, "#confidence") == "Draw it bigger: fill most of the box"
 
 
 def test_refusals_are_shown_in_words_without_a_confident_bar(page):
@@ -272,18 +297,21 @@ def test_refusals_are_shown_in_words_without_a_confident_bar(page):
     draw(page, SEVEN)
     final_guess(page, "7")
     j = page.evaluate("fetch('/predict', {method: 'POST', body: canvasPGM()}).then(r => r.json())")
-    for status, words in (("unsure", "not sure: it does not look like a handwritten digit"),
-                          ("no_digit", "no digit found"), ("several_digits", "the number 37")):
-        answer = {**j, "status": status, "digit": None, "reason": "digit_score" if status == "unsure" else None,
+    # two refusals, told apart in plain words: between two digits, or like no digit at all
+    for status, reason, words, why in (("unsure", "digit_score", "ConvNet: not sure", "it does not look like a handwritten digit"),
+                                       ("unsure", "probability", "ConvNet: not sure", "it could be a 4 or a 9"),
+                                       ("no_digit", None, "ConvNet: no digit found", "draw one, large, in the box"),
+                                       ("several_digits", None, "ConvNet: the number 37", "2 digits, read one at a time")):
+        answer = {**j, "status": status, "digit": None, "reason": reason, "topk": [[4, 0.55], [9, 0.44], [7, 0.01]],
                   "number": "37" if status == "several_digits" else None,
                   "digits": [{**j, "digit": 3}, {**j, "digit": 7}] if status == "several_digits" else []}
         page.evaluate(f"show({json.dumps(answer)})")
-        assert text(page, "#confidence").startswith(words), status
-        if status == "unsure":  # the closest digit's score is no confidence: no highlighted bar, and it says so
+        assert (text(page, "#confidence"), text(page, "#sub")) == (words, why), status
+        if status == "unsure":  # the closest digit's score is no confidence: no highlighted bar, no numbers, and it says so
             assert page.locator(".bar.top").count() == 0 and page.locator("#bars.refused").count() == 1
-            assert "not a confidence" in text(page, "#bars-note") and "%" not in text(page, "#confidence")
-            assert text(page, "#bars-title") == "Each digit's score (no answer)"
-    for digit, words in ((8, "an 8 ("), (7, "a 7 (")):
+            assert "not a confidence" in text(page, "#bars-note") and "%" not in text(page, "#answer")
+            assert "%" not in text(page, "#bars") and text(page, "#bars-title") == "Each digit's score (no answer)"
+    for digit, words in ((8, "ConvNet: an 8 ("), (7, "ConvNet: a 7 (")):
         page.evaluate(f"show({json.dumps({**j, 'digit': digit})})")
         assert text(page, "#confidence").startswith(words)
 
@@ -303,7 +331,7 @@ def test_two_digits_side_by_side_are_read_as_a_number_and_labelled(page):
     right = [[(x * 0.5 + 135, y) for x, y in points] for points in SEVEN]
     draw(page, left + right)
     page.wait_for_function("window.__penUp === null && document.querySelector('#digit').textContent === '37'", timeout=15_000)
-    assert text(page, "#confidence") == "the number 37: 2 digits, read one at a time"
+    assert text(page, "#confidence") == "ConvNet: the number 37" and text(page, "#sub") == "2 digits, read one at a time"
     assert "2 digits" in text(page, "#seen-title") and "first digit (a 3)" in text(page, "#bars-title")
     assert "(the first digit)" in text(page, "#layers-title")
     assert page.evaluate("document.querySelector('#seen').naturalWidth") == 56
@@ -365,7 +393,7 @@ def test_the_answer_is_in_view_while_and_after_drawing(chromium, server, screen)
         held = []
         page.route("**/predict*", lambda route: held.append(route))
         (touch_draw if phone else draw)(page, THREE)
-        page.wait_for_function("document.querySelector('#busy').textContent === 'reading...'", timeout=2_000)
+        page.wait_for_function("document.querySelector('#answer').dataset.busy === 'reading your drawing...'", timeout=2_000)
         answer = page.locator("#answer").bounding_box()  # while the answer is on its way
         assert 0 <= answer["y"] and answer["y"] + answer["height"] <= height and answer["x"] + answer["width"] <= width + 0.5
         page.unroute("**/predict*")
