@@ -23,6 +23,8 @@ RECIPE_KEYS = ("model", "model_config", "lr", "epochs", "batch_size", "optimizer
                "label_smoothing", "augment", "translate", "rotate", "scale", "elastic", "elastic_sigma", "ema")
 # Flags of a recorded command that say where a run wrote, not how it trained: left out of the commands shown.
 WHERE_FLAGS = ("--out", "--run-name", "--weights-dir")
+# The image pipeline's settings for people's photos that were set on the robustness benchmark's images (made from test digits).
+PIPELINE_SET_ON_TEST = ("predict.UPSAMPLE", "predict.dot_apart")
 F1_SHOWN = 0.001  # the LR table shows macro F1 beside accuracy where they differ by more than a tenth of a point
 
 
@@ -118,7 +120,14 @@ def architecture(card: dict) -> dict:
             merged[-1] = (merged[-1][0] + "-" + text, True)
         else:
             merged.append((text, plain))
-    return {"params": count_params(model), "madds": madds[0], "layers": [t for t, _ in merged]}
+    maps = [r.rsplit(" ", 1)[1] for r in rows if " " in r and r.rsplit(" ", 1)[1].count("x") == 2]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][:2]
+    field = None
+    if len(convs) == 2:  # the input window one unit of the first and of the second conv layer sees
+        k1, s1, k2 = convs[0].kernel_size[0], convs[0].stride[0], convs[1].kernel_size[0]
+        field = {"first": k1, "second": k1 + (k2 - 1) * s1, "inputs": convs[1].in_channels}
+    return {"params": count_params(model), "madds": madds[0], "layers": [t for t, _ in merged],
+            "maps": [m.split("x", 1)[1] for m in maps], "field": field}
 
 
 class Study:
@@ -168,6 +177,33 @@ class Study:
     def shipped_run(self, m: str) -> dict | None:
         card = self.cards[m]
         return self.runs.get((card.get("made_from") or {}).get("cell") or card["train_config"].get("run_name"))
+
+    def shipped_file(self, m: str) -> dict:
+        """What made weights/<m>.pt: its run's name, seed, epochs, training images (all | train), the
+        recipe or final-stage variant it belongs to, and whether it is a seed of the model's chosen recipe."""
+        c, run = self.cards[m]["train_config"], self.shipped_run(m)
+        tags = run["tags"] if run else {}
+        return {"run": c.get("run_name"), "seed": c["seed"], "epochs": c["epochs"], "images": "all" if c.get("refit") else "train",
+                "label": tags.get("candidate") or tags.get("attempt") or ("final" if tags.get("kind") == "final" else None),
+                "kind": tags.get("kind"), "recipe_seed": self.file_is_recipe_seed(m)}
+
+    def candidates(self, m: str) -> int:
+        """How many full-length recipes of model m were compared on validation: the recipe stage's candidates,
+        else the final stage's variants."""
+        e = (self.recipes.get("models") or {}).get(m)
+        if e and e.get("val"):
+            return len(e["val"])
+        return len({r["tags"].get("attempt") for r in self.runs.values() if r["tags"].get("kind") == "final"
+                    and r["tags"]["model"] == m and not r["config"].get("refit")})
+
+    def again(self) -> dict:
+        """{run name: (the run it trains again, which training of it: 2, 3, ...)} for the runs that repeat
+        an earlier run's settings and seed."""
+        firsts = {}
+        for name, r in sorted(self.runs.items()):
+            if r["tags"].get("again"):
+                firsts.setdefault(r["tags"]["again"], []).append(name)
+        return {n: (first, k + 2) for first, names in firsts.items() for k, n in enumerate(sorted(names, key=len))}
 
     # -- Step 2 ----------------------------------------------------------------------------------
     def file_is_recipe_seed(self, m: str) -> bool:
@@ -249,8 +285,10 @@ class Study:
         if not g:
             return []
         rows = []
-        for m, opt in [(m, "sgd") for m in self.models] + [(m, "adam") for m in g.get("adam_models", []) if m in self.models]:
+        for m, opt in [(m, o) for o in ("sgd", "adam") for m in self.models]:
             at = [self.baseline(m, opt, lr, g["epochs"][m], g["seed"]) for lr in g["lrs"]]
+            if not any(at):
+                continue
             vals = [self.val(r) for r in at]
             best = max((v for v in vals if v is not None), default=None)
             extra = sorted((r["tags"]["lr"], self.val(r)) for r in self.runs.values()
@@ -266,8 +304,9 @@ class Study:
                          "suggested": float(f"{found['suggested_lr']:.0e}") if found else None})
             best_lr = next((c["lr"] for c in rows[-1]["grid"] if c["acc"] is not None and c["acc"] == best), None)
             rows[-1]["below"] = bool(found and best_lr and rows[-1]["suggested"] < best_lr)
-            rows[-1]["past"] = any(x["lr"] > best_lr and x["acc"] is not None and x["acc"] >= best
-                                   for x in rows[-1]["extra"]) if best_lr else False
+            # an LR off the grid did as well (the same count of validation images right) or better
+            rows[-1]["off_grid"] = any(x["acc"] is not None and round(x["acc"] / self.one_val) >= round(best / self.one_val)
+                                       for x in rows[-1]["extra"]) if best is not None else False
         return rows
 
     def best_model(self) -> dict | None:
@@ -290,7 +329,7 @@ class Study:
                 continue
             xeon = [r["seconds"] / r["epochs"] for r in self.runs.values() if r["tags"].get("kind") == "final"
                     and r["tags"]["model"] == m and not r["config"].get("refit") and r.get("hardware") == self.final_machine()]
-            rows[m] = {"model": m, "val": mean_std(v), "test": self.seed_scores(m), "config": config,
+            rows[m] = {"model": m, "val": mean_std(v), "test": self.seed_scores(m), "config": config, "candidates": self.candidates(m),
                        "recipe": e.get("candidate") if e else None, "epoch_minutes": statistics.mean(xeon) / 60 if xeon else None}
         if not rows:
             return None
@@ -363,8 +402,12 @@ class Study:
                 recipes.append({"model": m, "chosen": e["candidate"], "after": seen})
         kept = [{"model": m, "recipe": e.get("candidate")} for m, e in (self.recipes.get("models") or {}).items()
                 if (e.get("shipped") or {}).get("decided_after_test")]
-        return {"variants": {m: sorted(v) for m, v in variants.items()}, "recipes": recipes, "kept": kept,
-                "ensemble_changed": len(self.recipes.get("ensembles_scored") or []) > 1, "trials": bool(self.trials)}
+        out = {"variants": {m: sorted(v) for m, v in variants.items()}, "recipes": recipes, "kept": kept,
+               "ensemble_changed": len(self.recipes.get("ensembles_scored") or []) > 1, "trials": bool(self.trials),
+               "pipeline": list(PIPELINE_SET_ON_TEST)}
+        out["count"] = (len(out["variants"]) + len(recipes) + len(kept) + out["ensemble_changed"] + out["trials"]
+                        + bool(out["pipeline"]))
+        return out
 
     def user_images(self, m: str, worst: int = 3) -> dict | None:
         """benchmarks/user_images.py's digits this model reads least often and the non-digits it refuses least."""

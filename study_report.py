@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from report_facts import NAMES, OPT_NAMES, ROOT, Study, clean_command, read_json
+from report_facts import NAMES, OPT_NAMES, ROOT, Study, clean_command, compare, read_json
 from report_figures import draw_figures, render_screenshots
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -65,8 +65,38 @@ def context(s: Study) -> dict:
             "cards": s.cards, "ensembles": s.ensembles, "recipes": s.recipes, "machine": s.final_machine(),
             "exists": lambda p: (s.root / p).exists(), "appendix": APPENDIX, "digit": DIGIT,
             "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
-            "params": {r["model"]: r["params"] for r in accuracy},
+            "params": {r["model"]: r["params"] for r in accuracy}, "files": files(s), "augmentations": augmentations(s),
+            "smooth_cmp": smoothing_ablation(s), "resnet_tail": next(([m for m in r["maps"] if m != "1x1"][-2:]
+                                                                      for r in accuracy if r["model"] == "resnet"), []),
             "madds": {r["model"]: r["madds"] for r in accuracy}}
+
+
+def files(s: Study) -> dict:
+    """Per shipped file, what made it (Study.shipped_file) and whether it is one of the seeds that Step 2's
+    mean is over: a seed of the chosen recipe, or of the runs the mean comes from where there is no recipe stage."""
+    out = {}
+    for m in s.shipped:
+        f = s.shipped_file(m)
+        f["of_recipe"] = f["recipe_seed"] or m not in (s.recipes.get("models") or {})
+        out[m] = f
+    return out
+
+
+def augmentations(s: Study) -> list[dict]:
+    """The final recipes' training augmentations, models with the same one together: [{"models", "config"}]."""
+    keys = ("augment", "translate", "rotate", "scale", "elastic", "elastic_sigma")
+    groups = {}
+    for r in (s.best_model() or {}).get("rows", []):
+        groups.setdefault(tuple(r["config"].get(k) for k in keys), {"models": [], "config": r["config"]})["models"].append(r["model"])
+    return list(groups.values())
+
+
+def smoothing_ablation(s: Study) -> dict | None:
+    """The regularization study's variant without label smoothing against its baseline (report_facts.compare)."""
+    reg = {v["variant"]: v for v in s.regularization()}
+    if not {"baseline", "no-smoothing"} <= set(reg):
+        return None
+    return compare({k: reg[k]["val"] for k in ("baseline", "no-smoothing")}, s.one_val, s.tie_k)["no-smoothing"]
 
 
 def smoothing(s: Study) -> dict:
