@@ -127,6 +127,37 @@ def test_data_url_ensemble_and_dnn(server, test_digits):
     assert [m["name"] for m in models] == ["convnet", "dnn", "ensemble"]
 
 
+def test_models_have_readable_names_quicknet_is_served_and_the_ensemble_is_the_study_models():
+    w = {n: str(ROOT / "weights" / f"{n}.pt") for n in ("convnet", "quicknet", "dnn", "convnet-refit")}
+    assert w["quicknet"] in serve.default_weights()  # shipped, so offered
+    served = serve.Models([w["convnet"], w["quicknet"], w["dnn"]])
+    assert served.names == ["convnet", "quicknet", "dnn", "ensemble"] and served.members == ["convnet", "dnn"]
+    described = {m["name"]: m for m in served.describe()}
+    assert [described[n]["label"] for n in served.names] == ["ConvNet", "QuickNet", "DNN", "ensemble"]
+    assert described["ensemble"]["members"] == ["ConvNet", "DNN"] and described["ensemble"]["model"] == "mean softmax of convnet, dnn"
+    assert described["dnn"]["convolutions"] is False and described["quicknet"]["convolutions"] is True
+    body = letter("7", "DejaVuSans.ttf")
+    mean = np.mean([served.predict(body, n)["probabilities"] for n in ("convnet", "dnn")], axis=0)
+    assert np.allclose(served.predict(body, "ensemble")["probabilities"], mean, atol=1e-5)  # QuickNet is not in it
+    assert serve.Models([w["convnet-refit"]]).label("convnet-refit") == "ConvNet (convnet-refit)"  # the file named too
+
+
+def test_a_drawn_seven_reaching_the_crops_edge_is_whole(server):
+    """A top-heavy 7, framed as MNIST's (centre of mass at the centre), reaches the 28x28's bottom row:
+    its 20-px box is shifted down, never cut (the crop the API returns is the one predict.prepare makes)."""
+    from PIL import ImageDraw
+    img = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(img).line([(80, 70), (200, 70), (120, 230)], fill=255, width=20, joint="curve")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    status, _, j = request(server, "POST", "/predict?model=convnet", buf.getvalue())
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(j["image"].split(",", 1)[1]))), np.float32) / 255
+    crop = predict.prepare(predict.read_image(buf.getvalue()))[0]
+    assert status == 200 and j["digit"] == 7 and np.abs(seen - crop).max() <= 1 / 255 + 1e-6
+    rows = np.nonzero((seen > 0.2).any(1))[0]
+    assert rows[-1] >= 26 and rows[-1] - rows[0] + 1 >= 19, rows  # at the bottom edge, and the whole 20-px box
+
+
 @pytest.mark.parametrize("method, path, body, status", [
     ("POST", "/predict", b"\x00\x01 this is not an image", 415),
     ("POST", "/predict", b"", 400),

@@ -3,8 +3,10 @@ the time from pen-up to the final guess, late answers dropped (Clear during a re
 switch after an upload, uploads shown in the box (button, drop, paste), errors said once in plain
 words, refusals without a confident-looking bar, "reading..." and one retry after a 503, several
 digits, tiny drawings, one pointer at a time, and the answer in view on phones (portrait and
-landscape) and on a desktop. Nothing here writes into the tree (the screenshots are
-`python serve.py --screenshots`)."""
+landscape) and on a desktop; what a stranger reads (percentages that are no certainty, messages
+never cut, the link to the scores on a phone, which model answered, Details in plain words, a
+drawing that stays put), and a 1 written with an upstroke. Nothing here writes into the tree (the
+screenshots are `python serve.py --screenshots`)."""
 
 import base64
 import json
@@ -409,3 +411,199 @@ def test_the_answer_is_in_view_while_and_after_drawing(chromium, server, screen)
         assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
     finally:
         context.close()
+
+
+# -----------------------------------------------------------------------------
+# What a stranger reads, on a phone and on a desktop
+
+TWO_SCREENS = ["phone 375x667", "desktop 1280x800"]
+
+
+@pytest.fixture(params=TWO_SCREENS)
+def screen_page(request, chromium, server):
+    width, height = SCREENS[request.param]
+    context, page = open_page(chromium, server, width, height, phone=width < 1000)
+    yield page, width, height
+    context.close()
+
+
+def drawn(page, strokes, digit):
+    """Strokes drawn (touch on a phone, the mouse on a desktop), then the final answer awaited."""
+    (touch_draw if page.viewport_size["width"] < 1000 else draw)(page, strokes)
+    final_guess(page, digit)
+
+
+def seen_pixels(page) -> list:
+    """The 28 x 28n image the model saw, as the page shows it: rows of grey values 0..255."""
+    return page.evaluate("""() => { const img = document.querySelector('#seen'), c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data, rows = [];
+        for (let y = 0; y < c.height; y++) { const row = []; for (let x = 0; x < c.width; x++) row.push(d[4 * (y * c.width + x)]); rows.push(row); }
+        return rows; }""")
+
+
+def test_percentages_never_read_as_certainty_and_sure_is_explained_by_the_answer(screen_page):
+    page, _, _ = screen_page
+    drawn(page, SEVEN, "7")
+    words = text(page, "#confidence")
+    assert words.startswith("ConvNet: a 7 (") and words.endswith(" sure)") and "100" not in words and "." not in words, words
+    assert text(page, "#sub") == "“sure”: how often such answers are right" and page.locator("#sub").is_visible()
+    bars = [t for t in page.locator("#bars .p").all_text_contents()]
+    assert ">99%" in bars and not any("100" in t or "." in t for t in bars), bars
+
+
+MESSAGES = [  # every kind of message the strip shows, made by the page's own functions; the longest model name
+    *[f"resetResult(plainError({status}, {{error: 'the file is empty'}}), 'error')" for status in (400, 408, 413, 415, 500, 503)],
+    "resetResult('The server did not answer: is it still running?', 'error')",
+    "resetResult('The answer was cut short: try again', 'error')",
+    "resetResult('Could not reach the server: reload the page', 'error')",
+    "predictCanvas(true)",  # the tiny drawing the test draws first: "Draw it bigger"
+    *[f"show({{...J, model: 'ensemble', status: 'unsure', digit: null, reason: '{r}'}})"
+      for r in ("probability", "digit_score", "shape", "mark", "orientation")],
+    "show({...J, model: 'ensemble', status: 'unsure', digit: null, reason: 'probability', digits: [{...J, status: 'ok'}, {...J, status: 'unsure'}]})",
+    "show({...J, model: 'ensemble', status: 'no_digit', digit: null})",
+    "show({...J, model: 'ensemble', status: 'several_digits', number: '2026', digits: [J, J, J, J]})",
+    "show({...J, model: 'ensemble', digit: 8, probability: 0.87})",
+    "show({...J, model: 'ensemble'}); setBusy('the server is busy; trying again in 5 s...')",
+    "resetResult('', ''); setBusy(`reading ${shortName('IMG_20261206_153012_a_very_long_name_indeed.jpeg')}...`)",
+]
+
+
+def test_every_message_fits_the_answer_strip_and_the_canvas_stays_put(screen_page):
+    page, _, _ = screen_page
+    draw(page, [[(120 + x * 0.25, 120 + y * 0.3) for x, y in points] for points in SEVEN])  # too small to read
+    pad = page.locator("#pad").bounding_box()
+    j = page.evaluate("fetch('/predict', {method: 'POST', body: canvasPGM()}).then(r => r.json())")
+    page.evaluate(f"window.J = {json.dumps({**j, 'topk': [[4, 0.55], [9, 0.44], [7, 0.01]]})}")
+    for snippet in MESSAGES:
+        page.evaluate(snippet)
+        cut = page.evaluate("""() => { const r = document.querySelector('#answer').getBoundingClientRect();
+            return [...document.querySelectorAll('#answer > *, #words > *')].filter(e => e.getClientRects().length)
+                .filter(e => { const b = e.getBoundingClientRect(); return b.top < r.top || b.bottom > r.bottom + 0.5 || b.right > r.right + 0.5; })
+                .map(e => e.id + ': ' + e.textContent); }""")
+        assert cut == [], (snippet, cut, text(page, "#answer"))
+        assert page.locator("#pad").bounding_box() == pad, snippet
+
+
+def test_on_a_phone_a_link_in_the_strip_leads_to_the_scores(screen_page):
+    page, width, height = screen_page
+    drawn(page, SEVEN, "7")
+    more = page.locator("#more")
+    if width >= 1000:  # the scores are beside the drawing
+        assert more.is_hidden() and page.locator("#bars").bounding_box()["y"] < height
+        return
+    assert more.is_visible() and text(page, "#more") == "scores and details ↓"
+    strip, link = page.locator("#answer").bounding_box(), more.bounding_box()
+    assert strip["y"] <= link["y"] and link["y"] + link["height"] <= strip["y"] + strip["height"]
+    assert page.locator("#bars").bounding_box()["y"] > height  # below the fold until asked for
+    more.click()
+    page.wait_for_function(f"(() => {{ const b = document.querySelector('#bars').getBoundingClientRect(); "
+                           f"return b.top >= 0 && b.top < {height} / 2; }})()", timeout=5_000)
+
+
+def test_model_names_are_readable_and_the_strip_says_which_model_answered(screen_page):
+    page, _, _ = screen_page
+    assert page.locator("#model option").all_text_contents() == ["ConvNet", "DNN", "ensemble of the two"]
+    drawn(page, SEVEN, "7")
+    assert text(page, "#confidence").startswith("ConvNet: a 7 (")
+    page.select_option("#model", "ensemble")
+    page.wait_for_function("document.querySelector('#confidence').textContent.startsWith('Ensemble: a 7 (')", timeout=15_000)
+    assert text(page, "#layers-title") == "What the first layers of ConvNet see (one of the two models in the ensemble)"
+    page.select_option("#model", "dnn")
+    page.wait_for_function("document.querySelector('#confidence').textContent.startsWith('DNN: a 7 (')", timeout=15_000)
+    assert text(page, "#layers-note") == "DNN has no convolution layers, so there are no feature maps to show."
+
+
+def test_details_are_in_plain_words_and_the_phone_header_is_short(screen_page):
+    page, width, _ = screen_page
+    head = page.locator("#head p")
+    assert head.bounding_box()["height"] <= 3.2 * float(page.evaluate("parseFloat(getComputedStyle(document.querySelector('#head p')).lineHeight)"))
+    drawn(page, SEVEN, "7")
+    page.click("#details summary")
+    details = text(page, "#details")
+    for jargon in ("kind", "calibrated", "threshold", "second check", "conv1", "x14x14", "mean softmax"):
+        assert jargon not in details, jargon
+    assert page.locator("#model-table th").all_text_contents() == ["model", "parameters", "right of MNIST's 10,000 test digits"]
+    import re
+    assert re.fullmatch(r"ConvNet answered in \d+ ms on the server\.", text(page, "#status")), text(page, "#status")
+    rows = [r.split("\t") for r in page.locator("#model-table tbody").inner_text().splitlines()]
+    assert rows[0][0] == "ConvNet (the default)" and re.fullmatch(r"\d,\d{3}", rows[0][2].strip()), rows
+    assert "first convolution layer makes 64 maps of 14x14 pixels" in text(page, "#layer-shapes")
+
+
+def test_opening_details_does_not_move_the_drawing(chromium, server):
+    context, page = open_page(chromium, server, *SCREENS["desktop 1280x800"])
+    try:
+        drawn(page, SEVEN, "7")
+        before = [page.locator(s).bounding_box() for s in ("#answer", "#pad", "#controls")]
+        page.click("#details summary")
+        assert page.locator("#model-table").is_visible()
+        assert [page.locator(s).bounding_box() for s in ("#answer", "#pad", "#controls")] == before
+    finally:
+        context.close()
+
+
+def test_an_upload_says_reading_its_name_once(screen_page, test_digits, tmp_path):
+    page, _, _ = screen_page
+    held = []
+    page.route("**/predict*", lambda route: held.append(route))
+    path = tmp_path / "photo.png"
+    path.write_bytes(encode(test_digits[0][7], "PNG"))
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function("document.querySelector('#answer').dataset.busy === 'reading photo.png...'", timeout=5_000)
+    page.wait_for_timeout(400)  # past the 150 ms after which a request says "reading"
+    assert held and text(page, "#confidence") == "reading photo.png..." and visible_text(page).count("reading") == 1
+    page.unroute("**/predict*")
+    for route in held:
+        try:
+            route.continue_()
+        except Exception:
+            pass
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('ConvNet answered')", timeout=15_000)
+    assert busy(page) == "" and "reading" not in visible_text(page)
+
+
+def test_what_the_model_saw_is_shown_whole_in_a_frame(screen_page):
+    page, _, _ = screen_page
+    drawn(page, SEVEN, "7")
+    rows = seen_pixels(page)
+    inked = [y for y, row in enumerate(rows) if max(row) > 60]
+    assert len(rows) == 28 and inked[-1] - inked[0] + 1 >= 19, inked  # the framed 20-px box, nothing lost at the edge
+    shown = page.evaluate("""() => { const img = document.querySelector('#seen'), s = getComputedStyle(img);
+        return [img.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight),
+                img.clientHeight - parseFloat(s.paddingTop) - parseFloat(s.paddingBottom), parseFloat(s.paddingBottom)]; }""")
+    assert shown[:2] == [84, 84] and shown[2] >= 4, shown  # all 28 rows at 3 px each, on a mat: an edge is seen as the edge
+
+
+def test_the_model_label_and_its_menu_share_a_line(screen_page):
+    page, _, _ = screen_page
+    label, menu = page.locator("label[for=model]").bounding_box(), page.locator("#model").bounding_box()
+    assert abs((label["y"] + label["height"] / 2) - (menu["y"] + menu["height"] / 2)) < 4 and label["x"] < menu["x"]
+    page.select_option("#model", "ensemble")  # the longest name
+    label, menu = page.locator("label[for=model]").bounding_box(), page.locator("#model").bounding_box()
+    assert abs((label["y"] + label["height"] / 2) - (menu["y"] + menu["height"] / 2)) < 4
+
+
+# A "1" drawn as many people write it: a short upstroke into the top of the stem, no base (canvas px of 280)
+FLAG_ONE = [[(98, 84), (154, 42), (154, 238)]]
+
+
+def test_a_one_with_an_upstroke_is_never_a_confident_other_digit(screen_page):
+    page, _, _ = screen_page
+    draw(page, FLAG_ONE) if page.viewport_size["width"] >= 1000 else touch_draw(page, FLAG_ONE)
+    page.wait_for_function("window.__penUp === null && document.querySelector('#status').textContent !== ''", timeout=15_000)
+    assert text(page, "#digit") in ("1", "?"), text(page, "#confidence")
+
+
+@pytest.mark.xfail(strict=True, reason="ink._remove_lines takes the 1's stem (a vertical run of 216 px: over half the 280-px "
+                                       "drawing, and more than twice the 55 px of the rest of the ink) for a ruled line and "
+                                       "drops it, so the model sees the upstroke alone, scaled up to a slab")
+@pytest.mark.parametrize("model", ["convnet", "dnn"])
+def test_a_one_with_an_upstroke_is_seen_and_read_as_a_one(page, model):
+    page.select_option("#model", model)
+    draw(page, FLAG_ONE)
+    page.wait_for_function("window.__penUp === null && document.querySelector('#status').textContent !== ''", timeout=15_000)
+    rows = seen_pixels(page)
+    inked = [y for y, row in enumerate(rows) if max(row) > 60]
+    assert inked[-1] - inked[0] + 1 >= 18, inked  # the stem is in what the model saw
+    assert text(page, "#digit") == "1", text(page, "#confidence")
