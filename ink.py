@@ -27,6 +27,12 @@ SHEET_OFF_INK, SHEET_OFF_PIXELS = 0.5, 0.0005  # strokes off the sheet: this muc
 # of its filled area and hold FRAME_INSIDE of another piece, which spans FRAME_CONTENT of its height;
 # an empty one is a rectangle (FRAME_RECT of its box filled) of thin lines (FRAME_THIN of that).
 FRAME_HOLE, FRAME_INSIDE, FRAME_CONTENT, FRAME_RECT, FRAME_THIN = 0.3, 0.8, 0.25, 0.9, 0.35
+# A box a digit touches (one component with it): straight runs over BOX_SIDE of its width and height
+# within BOX_EDGE of each of its four sides.
+BOX_SIDE, BOX_EDGE = 0.8, 0.12
+# A circle a digit touches: its filled outline at least RING_SOLID convex; its outer band, as wide as
+# it stays RING_INKED inked, at most RING_MAX of the circle's size.
+RING_SOLID, RING_INKED, RING_MAX, RING_DEEP = 0.9, 0.9, 0.1, 3  # the digit: ink RING_DEEP band widths inside
 # An underline or a comb bracket: a horizontal run over RULE_SPAN of its width, ticks RULE_TICK of its
 # height, together RULE_COVER of it; or a line RULE_ELONGATION times longer than thick within RULE_ANGLE
 # degrees; with ink of at least RULE_OTHER of the largest piece ending above the run (RULE_TOUCH of its
@@ -251,10 +257,71 @@ def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.n
     return False
 
 
+def _box_sides(piece: np.ndarray) -> np.ndarray | None:
+    """The straight sides of a box that a digit's strokes touch, in `piece` (h, w) bool, one
+    component: a horizontal run over BOX_SIDE of its width along its top and along its bottom
+    (within BOX_EDGE of its height) and a vertical run over BOX_SIDE of its height along its left
+    and right. The sides' pixels (h, w) bool when there is ink inside them too, else None."""
+    h, w = piece.shape
+    if min(h, w) < 3 * RULE_MIN:
+        return None
+    across, down = _straight(piece, 1, BOX_SIDE * w), _straight(piece, 0, BOX_SIDE * h)
+    rows, cols = np.nonzero(across.any(1))[0], np.nonzero(down.any(0))[0]
+    edge_h, edge_w = BOX_EDGE * h, BOX_EDGE * w
+    if not (rows.size and cols.size and rows[0] < edge_h and rows[-1] >= h - edge_h and cols[0] < edge_w and cols[-1] >= w - edge_w):
+        return None
+    # The sides lie along the edges, across the top and bottom, down the left and right: a digit's
+    # long stroke inside, or its end near one edge, is no side
+    top_bottom, left_right = np.zeros_like(piece), np.zeros_like(piece)
+    top_bottom[:int(edge_h) + 1], top_bottom[h - int(edge_h) - 1:] = 1, 1
+    left_right[:, :int(edge_w) + 1], left_right[:, w - int(edge_w) - 1:] = 1, 1
+    sides = (across & top_bottom) | (down & left_right)
+    inside = piece & ~sides
+    inside[:int(edge_h) + 1], inside[h - int(edge_h) - 1:], inside[:, :int(edge_w) + 1], inside[:, w - int(edge_w) - 1:] = 0, 0, 0, 0
+    if inside.sum() < FRAME_INSIDE * 0.1 * piece.sum():
+        return None
+    return sides
+
+
+def _ring(piece: np.ndarray) -> np.ndarray | None:
+    """A circle drawn around a digit that touches it, in `piece` (h, w) bool, one component: its
+    filled outline is convex (solidity at least RING_SOLID), its outer band is inked all round
+    (RING_INKED) over some width (the ring's, at most RING_MAX of its size), and inside the band there is ink of its own, at least FRAME_CONTENT of the height: a digit.
+    A 0 alone has nothing inside its band; the loops of a 6, 8 or 9 are not convex or hold only
+    a crossing. The band's pixels (h, w) bool, else None."""
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops
+
+    h, w = piece.shape
+    if min(h, w) < 6 * RULE_MIN:
+        return None
+    filled = ndi.binary_fill_holes(piece)
+    if filled.sum() < (1 + FRAME_HOLE) * piece.sum() or regionprops(filled.astype(np.uint8))[0].solidity < RING_SOLID:
+        return None
+    # The band's width: erode the filled outline while the band stays inked all round (the ring's width)
+    inner_area, k = filled, 0
+    while k < RING_MAX * min(h, w):
+        eroded = ndi.binary_erosion(inner_area, border_value=0)
+        if piece[filled & ~eroded].mean() < RING_INKED:
+            break
+        inner_area, k = eroded, k + 1
+    if k == 0:
+        return None
+    inner_area = ndi.binary_erosion(inner_area, border_value=0)  # and one pixel more, the ring's soft edge
+    band = filled & ~inner_area
+    # Ink well inside the band (RING_DEEP times its width): a digit, not a stroke of uneven width
+    inside = piece & ndi.binary_erosion(filled, iterations=RING_DEEP * (k + 1), border_value=0)
+    rows = np.nonzero(inside.any(1))[0]
+    if rows.size == 0 or rows[-1] - rows[0] + 1 < FRAME_CONTENT * h:
+        return None
+    return band & piece
+
+
 def remove_structure(strong: np.ndarray) -> np.ndarray:
     """(H, W) bool ink mask -> the mask without printed structure around the digits: frames
-    that enclose other ink (boxes, rows of boxes, circles; _frame), empty thin rectangles, and
-    underlines and comb-field brackets with ink standing on them (_rule_under). Each is one
+    that enclose other ink (boxes, rows of boxes, circles; _frame), empty thin rectangles,
+    underlines and comb-field brackets with ink standing on them (_rule_under), and the sides of a
+    box or circle that the digit touches (_box_sides, _ring). Each is one
     connected component told apart by its geometry; a digit alone is left as it is."""
     from scipy import ndimage as ndi
 
@@ -270,6 +337,12 @@ def remove_structure(strong: np.ndarray) -> np.ndarray:
             continue
         if _frame(piece, (labels[sl] > 0) & ~piece) or (n > 1 and _rule_under(piece, sl[0].start, sl[1].start, boxes, sizes, i)):
             out[sl] &= ~piece
+            continue
+        sides = _box_sides(piece)
+        if sides is None:
+            sides = _ring(piece)
+        if sides is not None:  # a box or circle the digit touches: its sides go, the digit stays
+            out[sl] &= ~ndi.binary_dilation(sides, iterations=1) | ~piece
     return out
 
 

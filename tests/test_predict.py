@@ -753,3 +753,22 @@ def test_an_upright_digit_read_surely_is_not_turned(convnet, monkeypatch):
     monkeypatch.setattr(predict, "read_turned", lambda *a: calls.append(a))
     a, _ = predict.classify(photo_of("4", 0), model, ckpt)
     assert a["status"] == "ok" and a["digit"] == 4 and "turned" not in a and not calls
+
+
+@pytest.mark.parametrize("shape", ["box", "circle"])
+def test_a_box_or_circle_the_digit_touches_is_set_aside(shape):
+    """The box's sides or the circle's band go (a stroke running along a side, a 7's bar on the top line, goes with it)."""
+    for text in "43":
+        t, b, l, r = box_of(digit_masks(written(text))[0])
+        if shape == "box":
+            def draw(d):
+                d.rectangle([l - 1, t - 1, r + 1, b + 1], outline=40, width=3)
+        else:
+            def draw(d):
+                cx, half = (l + r) / 2, (b - t) * 0.6
+                d.ellipse([cx - half, t - 0.05 * (b - t), cx + half, b + 0.05 * (b - t)], outline=40, width=4)
+        masks = digit_masks(written(text, draw=draw))
+        assert len(masks) == 1
+        t2, b2, l2, r2 = box_of(masks[0])  # inside the box or circle, and most of the digit
+        assert t2 >= t - 2 and b2 <= b + 2 and l2 >= l - 2 and r2 <= r + 2, (text, shape)
+        assert b2 - t2 >= 0.8 * (b - t) and r2 - l2 >= 0.8 * (r - l), (text, shape)
