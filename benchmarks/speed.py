@@ -39,7 +39,7 @@ from data import Augment, augment, load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
 # Our fastest recipe, for both targets: train.py's QuickNet recipe as it is (5 epochs, peak
-# LR 0.2, batch 128; see train.RECIPES and the trials behind it in results/trials.jsonl).
+# LR 0.2, batch 128; see recipes.DEFAULTS and the trials behind it in results/trials.jsonl).
 # The study's ConvNet with train.py's default recipe (1 epoch) is timed beside it.
 OURS = train.TrainConfig(model="quicknet")
 STUDY_CONVNET = train.TrainConfig(model="convnet")

@@ -6,7 +6,7 @@
 Each run trains to the end (no early stop), evaluates the test set every 1/8 epoch as
 benchmarks/speed.py does, and appends one JSON line to benchmarks/results/trials.jsonl:
 the full config, the seed, the times to each target, the accuracy curve and the final
-accuracy. This is the record behind the recipes chosen in speed.py and train.RECIPES:
+accuracy. This is the record behind the recipes chosen in speed.py and recipes.DEFAULTS:
 a choice made from these trials says which lines it rests on. The test set is only
 used here to measure *speed to a test accuracy*, the quantity the benchmark defines;
 models shipped in weights/ are still selected on the validation split.
