@@ -1,6 +1,6 @@
 """Draw a digit in the browser and watch the trained models guess it, live.
 
-    python serve.py                                        # every shipped study model in weights/
+    python serve.py                                        # the study's models and QuickNet, from weights/
     python serve.py --weights weights/convnet.pt weights/resnet.pt --port 8000
     curl --data-binary @digit.png 'http://127.0.0.1:8000/predict?model=convnet'
 
@@ -754,7 +754,7 @@ def default_weights() -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Serve a page to draw digits on, and POST /predict, from trained checkpoints.")
-    p.add_argument("--weights", nargs="+", help="checkpoints to serve (default: every weights/<study model>.pt that exists)")
+    p.add_argument("--weights", nargs="+", help="checkpoints to serve (default: weights/<model>.pt of each study model and QuickNet that exists)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 for your network)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--quiet", action="store_true", help="do not log each request")
