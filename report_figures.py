@@ -4,6 +4,7 @@ terminal screenshots (screenshots/*.png from results/logs/*.txt, `--screenshots`
     figures/curves_<model>.png          loss, accuracy and F1, training and validation, per epoch
     figures/features_<model>_layer<k>.png  what the first and second layers learned, with colour scales
     figures/study_lr.png, study_optimizers.png, study_regularization.png
+    figures/models_roc_1-auc.png        1 - ROC-AUC per digit, every shipped model and the ensemble
 
 The curves come from the runs' recorded histories (weights/<model>.json, results/cells/*.json); the
 features from weights/<model>.pt and one MNIST test digit (DATA_DIR). Figures are committed; the
@@ -47,45 +48,55 @@ def curves(s: Study, m: str) -> str | None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     held_out = src["kind"] != "train_only"
     loss, acc, f1 = axes
-    loss.plot(ep, [x["train_loss"] for x in h], label=f"training (label smoothing {src['config'].get('label_smoothing', 0):g})")
-    if all("train_ce" in x for x in h):
-        loss.plot(ep, [x["train_ce"] for x in h], label="training (plain cross-entropy)")
+    eps = src["config"].get("label_smoothing", 0)
+    if all("train_ce" in x for x in h):  # the plain cross-entropy of the training batches: validation's quantity
+        loss.plot(ep, [x["train_ce"] for x in h], label="training (augmented batches)")
+    else:
+        loss.plot(ep, [x["train_loss"] for x in h], label=f"training: label-smoothed loss (ε {eps:g}), not validation's quantity")
     if held_out:
-        loss.plot(ep, [x["val_loss"] for x in h], label="validation (plain cross-entropy)")
+        loss.plot(ep, [x["val_loss"] for x in h], label="validation")
     loss.set_yscale("log")
-    for ax, key, title in ((acc, "acc", "accuracy %"), (f1, "f1", "macro F1 %")):
-        ys = [100 * x[f"train_{key}"] for x in h] + ([100 * x[f"val_{key}"] for x in h] if held_out else [])
-        ax.plot(ep, [100 * x[f"train_{key}"] for x in h], label="training (augmented batches, running mean)")
+    for ax, key, title in ((acc, "acc", "error % = 100 - accuracy (log)"), (f1, "f1", "100 - macro F1 % (log)")):
+        floor = 1e-2  # an epoch with no error at all is drawn at the axis' floor
+        ax.plot(ep, [max(100 * (1 - x[f"train_{key}"]), floor) for x in h], label="training (augmented batches, running mean)")
         if held_out:
-            ax.plot(ep, [100 * x[f"val_{key}"] for x in h], label="validation")
-        low = sorted(ys)[len(ys) // 20]  # the first epochs' low values would squash the rest
-        ax.set_ylim(max(low - 0.3, 0), 100.05)
+            ax.plot(ep, [max(100 * (1 - x[f"val_{key}"]), floor) for x in h], label="validation")
+        ax.set_yscale("log")
         ax.set_title(title)
-    loss.set_title("loss")
-    for ax in axes:
+    loss.set_title("loss: cross-entropy (log)")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    for ax in axes:  # log axes labelled 0.1, 0.2, 0.5, 1, 2, 5 ... in plain numbers
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     c = src["config"]
     what = {"own": "the run that made this file (validation split held out)",
-            "twin": f"seed {src.get('seed')} of the same recipe with the validation split held out (the file itself trained on all training images)",
+            "twin": "the same recipe with the validation split held out (the file itself trained on all training images)",
             "train_only": "training only: this run trained on all training images, no validation split"}[src["kind"]]
-    fig.suptitle(f"{NAMES.get(m, m)}, {OPT_NAMES.get(c['optimizer'], c['optimizer'])} lr {c['lr']:g}, {c['epochs']:g} epochs: {what}",
+    fig.suptitle(f"{NAMES.get(m, m)}, {OPT_NAMES.get(c['optimizer'], c['optimizer'])} lr {c['lr']:g}, {c['epochs']:g} epochs, seed {c['seed']}: {what}",
                  fontsize=9)
     return save(fig, s.root / "figures" / f"curves_{m}.png")
 
 
-def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symmetric: bool = False):
-    """Draw images (N, H, W) in a sub-grid of fig on one shared colour scale, with its colour bar."""
+def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symmetric: bool = False, width: float = 1.0,
+           titles=None):
+    """Draw images (N, H, W) in a sub-grid of fig on one shared colour scale, with its colour bar; width: the
+    fraction of the grid's width the panels take (the rest left blank, so few columns keep square panels)."""
     import numpy as np
     ims = [np.asarray(i, dtype=float) for i in images]
     v = max(abs(i).max() for i in ims) or 1.0
     lo, hi = (-v, v) if symmetric else (min(i.min() for i in ims), max(i.max() for i in ims))
     rows = math.ceil((len(ims) + (first is not None)) / cols)
-    sub = grid.subgridspec(rows, cols, wspace=0.05, hspace=0.05)
+    sub = grid.subgridspec(rows, cols + (width < 1), wspace=0.05, hspace=0.05,
+                           width_ratios=[1] * cols + ([cols * (1 - width) / width] if width < 1 else []))
     shown = None
+    axes = []
     for k in range(rows * cols):
         ax = fig.add_subplot(sub[k // cols, k % cols])
+        axes.append(ax)
         ax.axis("off")
         i = k - (first is not None)
         if first is not None and k == 0:
@@ -93,12 +104,15 @@ def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symm
             ax.set_title("input", fontsize=7)
         elif 0 <= i < len(ims):
             shown = ax.imshow(ims[i], cmap=cmap, vmin=lo, vmax=hi)
-    fig.colorbar(shown, ax=fig.axes[-rows * cols:], shrink=0.8, label=label)
+            if titles:
+                ax.set_title(titles[i], fontsize=6, pad=2)
+    fig.colorbar(shown, ax=axes, shrink=0.8, label=label)
 
 
-def features(s: Study, m: str, digit: int = 7, n_maps: int = 32) -> list[str]:
+def features(s: Study, m: str, digit: int = 7, n_maps: int = 32, n_kernels: int = 8) -> list[str]:
     """figures/features_<m>_layer1.png and _layer2.png: each layer's filters (shared colour scale, 0 at
-    the centre) and the maps they make of the first test image of `digit` (before BN and ReLU)."""
+    the centre; the second layer's as n_kernels filters' kernels on their n_kernels strongest input channels,
+    by the kernel's L2 norm) and the maps the layer makes of the first test image of `digit` (before BN and ReLU)."""
     import torch
 
     from data import load_raw, normalize
@@ -126,15 +140,22 @@ def features(s: Study, m: str, digit: int = 7, n_maps: int = 32) -> list[str]:
     out = []
     for n, key in enumerate(("first_conv", "second_conv"), start=1):
         w = layers[key].weight.detach().float()  # (out, in, k, k)
-        filt = w[:, 0] if w.shape[1] == 1 else w[:n_maps].mean(1)  # the second layer: mean over its inputs
         fmap = maps[key][:n_maps]
-        h1, h2 = math.ceil(len(filt) / 16) / 16, math.ceil((len(fmap) + 1) / 11) / 11  # rows x panel height
+        if w.shape[1] == 1:  # one input channel: the filters themselves
+            filt, cols, what, titles = w[:, 0], 16, f"{len(w)} of {w.shape[0]} filters ({w.shape[2]}x{w.shape[3]})", None
+        else:  # many: a few filters, each as its kernels on its strongest input channels (rows: filters)
+            k = torch.linalg.vector_norm(w[:n_kernels], dim=(2, 3)).argsort(dim=1, descending=True)[:, :n_kernels]  # (filters, k)
+            filt = torch.stack([w[i, k[i]] for i in range(len(k))]).flatten(0, 1)  # (filters * k, kh, kw)
+            cols, what = n_kernels, (f"{len(k)} of {w.shape[0]} {w.shape[2]}x{w.shape[3]} filters (rows), each on its {n_kernels} strongest of "
+                                     f"{w.shape[1]} input channels (f: filter, in: input channel)")
+            titles = [f"f{i} in{int(c)}" for i in range(len(k)) for c in k[i]]
+        h1, h2 = math.ceil(len(filt) / cols) / 16, math.ceil((len(fmap) + 1) / 11) / 11  # rows x panel height
         fig = plt.figure(figsize=(11, 11 * (h1 + h2) + 1))
         g = fig.add_gridspec(2, 1, height_ratios=[h1, h2])
-        panels(fig, g[0], filt, "RdBu_r", "weight" if n == 1 else "weight (mean over input channels)", 16, symmetric=True)
+        panels(fig, g[0], filt, "RdBu_r", "weight", cols, symmetric=True, width=cols / 16, titles=titles)
         panels(fig, g[1], fmap, "viridis", "activation", 11, first=x[0, 0])
-        fig.suptitle(f"{NAMES[m]}, layer {n}: {len(filt)} of {w.shape[0]} filters ({w.shape[2]}x{w.shape[3]}) and {len(fmap)} of "
-                     f"their maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})")
+        fig.suptitle(f"{NAMES[m]}, layer {n}: {what}, and {len(fmap)} of "
+                     f"the layer's maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})")
         out.append(save(fig, s.root / "figures" / f"features_{m}_layer{n}.png"))
     return out
 
@@ -186,23 +207,55 @@ def study_regularization(s: Study) -> str | None:
                              sharex=True, sharey=True, squeeze=False)
     for ax, v in zip(axes.flat, variants):
         n = min(len(r["history"]) for r in v["records"])
-        for key, style, label in (("train_acc", "--", "training (augmented batches)"), ("val_acc", "-", "validation")):
+        batches = "augmented batches" if v["records"][0]["config"].get("augment") else "no augmentation"
+        for key, style, label in (("train_acc", "--", f"training ({batches})"), ("val_acc", "-", "validation")):
             mean = [statistics.mean(r["history"][i][key] for r in v["records"]) for i in range(n)]
             ax.plot(range(1, n + 1), [max(100 * (1 - a), 1e-3) for a in mean], style, label=label)
         ax.set_yscale("log")
         ax.set_title(v["variant"], fontsize=9)
         ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(variants):]:
         ax.axis("off")
-    axes[0][0].legend(fontsize=7)
+    c = variants[0]["records"][0]["config"]
+    fig.suptitle(f"{NAMES[c['model']]} at width {c['model_config']['width']}, {OPT_NAMES[c['optimizer']]} lr {c['lr']:g}, "
+                 f"{c['epochs']:g} epochs: training and validation error per variant, mean over seeds")
     fig.supxlabel("epoch")
     fig.supylabel("error % (log)")
     return save(fig, s.root / "figures" / "study_regularization.png")
 
 
+def auc_gaps(s: Study) -> str | None:
+    """figures/models_roc_1-auc.png: 1 - ROC-AUC per digit (one-vs-rest) on a log axis, one series per
+    shipped model and the ensemble whose test metrics are recorded (figures/<model>_metrics.json). A digit
+    with AUC exactly 1 is drawn hollow at the axis' floor, half the smallest gap N test images allow."""
+    scored = [m for m in (*s.models, "quicknet", "ensemble") if (s.metrics.get(m) or {}).get("auc_per_class")]
+    if not scored:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    digits = list(s.metrics[scored[0]]["auc_per_class"])
+    floor = 0.5 / (s.metrics[scored[0]]["n"] ** 2 / 4)  # one wrongly ordered pair of at most N^2/4, halved
+    for m in scored:
+        met = s.metrics[m]
+        gaps = [1 - met["auc_per_class"][d] for d in digits]
+        name = NAMES[m] if m != "ensemble" else "ensemble of " + ", ".join(NAMES.get(w, w) for w in met["weights"].split("+"))
+        line, = ax.plot(range(len(digits)), [g if g > 0 else math.nan for g in gaps], "o-", lw=1, ms=5,
+                        label=f"{name}: macro {1 - met['auc_ovr_macro']:.1e}")
+        zero = [i for i, g in enumerate(gaps) if g <= 0]
+        if zero:
+            ax.plot(zero, [floor] * len(zero), "o", mfc="none", color=line.get_color(), ms=7)
+    ax.set(yscale="log", xlabel="digit (one-vs-rest)", ylabel="1 - AUC (log)",
+           title="1 - ROC-AUC per digit on the test set: the fraction of (digit, other) pairs ranked wrongly")
+    ax.set_xticks(range(len(digits)), digits)
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, s.root / "figures" / "models_roc_1-auc.png")
+
+
 def draw_figures(root: Path = ROOT) -> list[str]:
     s = Study(root)
-    out = [study_lr(s), study_optimizers(s), study_regularization(s)] + [curves(s, m) for m in s.shipped]
+    out = [study_lr(s), study_optimizers(s), study_regularization(s), auc_gaps(s)] + [curves(s, m) for m in s.shipped]
     from data import DataError
     for m in s.shipped:
         try:
