@@ -469,8 +469,16 @@ MESSAGES = [  # every kind of message the strip shows, made by the page's own fu
 ]
 
 
-def test_every_message_fits_the_answer_strip_and_the_canvas_stays_put(screen_page):
-    page, _, _ = screen_page
+@pytest.mark.parametrize("screen", ["phone 375x667", "phone landscape 667x375", "desktop 1280x800"])
+def test_every_message_fits_the_answer_strip_and_the_canvas_stays_put(chromium, server, screen):
+    context, page = open_page(chromium, server, *SCREENS[screen], phone=SCREENS[screen][0] < 1000)
+    try:
+        every_message_fits(page)
+    finally:
+        context.close()
+
+
+def every_message_fits(page):
     draw(page, [[(120 + x * 0.25, 120 + y * 0.3) for x, y in points] for points in SEVEN])  # too small to read
     pad = page.locator("#pad").bounding_box()
     j = page.evaluate("fetch('/predict', {method: 'POST', body: canvasPGM()}).then(r => r.json())")
