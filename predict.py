@@ -80,12 +80,12 @@ STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 # strength it has where it falls on one: thicken grows strokes from this share of the core up.
 STROKE_GROW_FROM = 0.4
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
-# A picture with no EXIF orientation may be sideways: its quarter turns are read (read_turned) when one
-# digit's ink is SIDEWAYS wider than tall, or its upright reading is unsure; a turn is read at TURN_SURE; a turn
-# reading another digit is a rival when its 1 - probability is within TURN_MARGIN times the best turn's;
-# an accepted upright reading gives way only to a turn TURN_OVERRIDE times surer.
-SIDEWAYS, TURN_SURE, TURN_MARGIN, TURN_OVERRIDE = 1.25, 0.999, 10.0, 300.0
-TURN_STRONG = 0.9995  # an upright digit's reading under TURN_SURE gives way when both sideways turns read one this surely
+# A picture with no EXIF orientation may be sideways: its quarter turns are read (read_turned) when its
+# one mark is SIDEWAYS wider than tall, or its upright reading is unsure or under TURN_SURE. A turn is
+# read at TURN_STRONG or more; a turn reading another digit is a rival when its 1 - probability is within
+# TURN_MARGIN times the best turn's; an accepted upright reading gives way only to a turn TURN_OVERRIDE
+# times surer, or (shaped like an upright digit) to both sideways turns at TURN_STRONG.
+SIDEWAYS, TURN_SURE, TURN_STRONG, TURN_MARGIN, TURN_OVERRIDE = 1.25, 0.999, 0.9995, 10.0, 300.0
 STATUSES = ("ok", "no_digit", "unsure", "several_digits")
 
 
@@ -499,11 +499,11 @@ def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: 
 
 
 def needs_turns(answer: dict, marks: Marks) -> bool:
-    """Whether the quarter turns are worth reading: a picture (not a thumbnail) whose upright
-    reading is unsure or under TURN_SURE, or whose one digit is wider than tall (Marks.wide). A
+    """Whether the quarter turns are worth reading: a picture (not a thumbnail) of one mark whose
+    upright reading is unsure or under TURN_SURE, or which is wider than tall (Marks.wide). A
     digit read at TURN_SURE or more costs nothing more."""
-    if marks.thumb or answer["status"] == "no_digit":
-        return False
+    if marks.thumb or answer["status"] == "no_digit" or len(marks.layout) != 1:
+        return False  # a thumbnail, a blank, or a row of marks read upright (a sideways row stands as one mark)
     return answer["status"] == "unsure" or (answer["status"] == "ok" and (marks.wide or answer["probability"] < TURN_SURE))
 
 
@@ -518,7 +518,7 @@ def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks
     or more: then the picture is sideways, and the turn is read when both say the same digit
     (unsure, reason "orientation", when they do not: a 6 and a 9). Otherwise a turn is read instead, with `turned`
     the degrees (counter-clockwise) the picture was turned, when it singles itself out: its answer
-    is accepted at TURN_SURE or more (and does not leave one digit lying on its side), the
+    is accepted at TURN_STRONG or more (and does not leave one digit lying on its side), the
     opposite turn reads the same (a digit on its side is read once upright and once upside down,
     and only 0, 1, 8 and a few 5s read the same both ways; a letter on its side seldom does), and
     an accepted upright answer is TURN_OVERRIDE times less sure (in 1 - probability). Another
@@ -550,7 +550,7 @@ def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks
     if 0 in sure and 1.0 - upright["probability"] < TURN_OVERRIDE * doubt:
         return upright, marks.crops  # the upright reading stands
     opposite = sure.get((deg + 180) % 360)
-    agree = best["probability"] >= TURN_SURE and opposite is not None and _said(opposite) == _said(best)
+    agree = best["probability"] >= TURN_STRONG and opposite is not None and _said(opposite) == _said(best)
     rival = any(_said(a) != _said(best) and 1.0 - a["probability"] <= TURN_MARGIN * doubt for a in sure.values())
     if not agree or rival:  # no turn singles itself out
         return ({**upright, "status": "unsure", "digit": None, "number": None, "turns": {d: _said(a) for d, a in sure.items()},

@@ -772,3 +772,15 @@ def test_a_box_or_circle_the_digit_touches_is_set_aside(shape):
         t2, b2, l2, r2 = box_of(masks[0])  # inside the box or circle, and most of the digit
         assert t2 >= t - 2 and b2 <= b + 2 and l2 >= l - 2 and r2 <= r + 2, (text, shape)
         assert b2 - t2 >= 0.8 * (b - t) and r2 - l2 >= 0.8 * (r - l), (text, shape)
+
+
+def test_turns_are_tried_only_for_one_doubtful_or_lying_mark_in_a_picture():
+    crop = np.zeros((28, 28), np.float32)
+    unsure, ok = {"status": "unsure", "probability": 0.6}, {"status": "ok", "probability": 0.9999}
+    assert predict.needs_turns(unsure, predict.Marks([crop], "d", False))
+    assert predict.needs_turns({"status": "ok", "probability": 0.99}, predict.Marks([crop], "d", False))
+    assert predict.needs_turns(ok, predict.Marks([crop], "d", True))  # lying wide: perhaps on its side
+    assert not predict.needs_turns(ok, predict.Marks([crop], "d", False))  # a sure upright digit costs nothing more
+    assert not predict.needs_turns(unsure, predict.Marks([crop] * 3, "ddd", False))  # a row read upright
+    assert not predict.needs_turns(unsure, predict.Marks([crop], "d", False, thumb=True))  # a thumbnail is a cell
+    assert not predict.needs_turns({"status": "no_digit"}, predict.Marks([], "", False))
