@@ -632,18 +632,21 @@ def describe(r: dict) -> str:
         return f"{r['file']}: error: {r['error']}"
     if r["status"] == "no_digit":
         return f"{r['file']}: no digit (the image has no ink)"
+    turned = f"; read with the picture turned {r['turned']} degrees counter-clockwise" if r.get("turned") else ""
     if r["status"] == "several_digits":
         each = ", ".join(f"{d['digit']} {d['probability']:.3f}" for d in r["digits"])
-        return f"{r['file']}: the number {r['number']} (probability of each digit: {each})"
+        return f"{r['file']}: the number {r['number']} (probability of each digit: {each}{turned})"
     alts = ", ".join(f"{d} {q:.3f}" for d, q in r["topk"][1:])
     if r["status"] == "unsure":
+        if r.get("reason") in ("mark", "orientation"):
+            return f"{r['file']}: unsure: {UNSURE_WORDS[r['reason']]}"
         if r["digits"]:
             each = ", ".join(f"{d['topk'][0][0] if d.get('topk') else d['digit']} {d['probability']:.3f}"
                              + ("" if d["status"] == "ok" else " refused") for d in r["digits"])
             return f"{r['file']}: unsure: {len(r['digits'])} marks, not all read as digits (each mark's closest digit: {each})"
         return (f"{r['file']}: unsure: {UNSURE_WORDS.get(r.get('reason'), 'not confidently a digit')}; the closest digit "
                 f"is {r['topk'][0][0]}, probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else ""))
-    return f"{r['file']}: {r['digit']} (probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else "") + ")"
+    return f"{r['file']}: {r['digit']} (probability {r['probability']:.3f}" + (f"; next: {alts}" if alts else "") + turned + ")"
 
 
 def positive_int(text: str) -> int:

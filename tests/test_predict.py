@@ -784,3 +784,16 @@ def test_turns_are_tried_only_for_one_doubtful_or_lying_mark_in_a_picture():
     assert not predict.needs_turns(unsure, predict.Marks([crop] * 3, "ddd", False))  # a row read upright
     assert not predict.needs_turns(unsure, predict.Marks([crop], "d", False, thumb=True))  # a thumbnail is a cell
     assert not predict.needs_turns({"status": "no_digit"}, predict.Marks([], "", False))
+
+
+def test_text_output_says_a_number_as_written_a_turn_and_why_it_is_unsure():
+    number = {"file": "a.png", "status": "several_digits", "digit": None, "number": "-3.5", "probability": 0.9,
+              "topk": [], "digits": [{"digit": 3, "probability": 0.95}, {"digit": 5, "probability": 0.95}]}
+    assert predict.describe(number) == "a.png: the number -3.5 (probability of each digit: 3 0.950, 5 0.950)"
+    turned = {"file": "b.jpg", "status": "ok", "digit": 8, "probability": 0.999, "topk": [[8, 0.999]], "number": None,
+              "digits": [], "turned": 90}
+    assert "8 (probability 0.999; read with the picture turned 90 degrees counter-clockwise)" in predict.describe(turned)
+    for reason in ("mark", "orientation"):
+        text = predict.describe({"file": "c.png", "status": "unsure", "digit": None, "reason": reason, "probability": 0.9,
+                                 "topk": [[6, 0.9]], "number": None, "digits": [{"digit": 6, "status": "ok", "probability": 0.9}]})
+        assert text == f"c.png: unsure: {predict.UNSURE_WORDS[reason]}"
