@@ -103,7 +103,7 @@ def architecture(card: dict) -> dict:
         if isinstance(mod, torch.nn.Sequential) and all(not list(c.children()) for c in kids):
             return "-".join(name(c) for c in kids).replace("conv 3x3-", "conv-")
         if isinstance(mod, torch.nn.Sequential) and len(set(kinds)) == 1:
-            return f"{len(kinds)} x {kinds[0]}"
+            return f"{len(kinds)}×{kinds[0]}"
         return "[" + ", ".join(name(c) for c in kids) + "]" if isinstance(mod, torch.nn.Sequential) else type(mod).__name__
 
     def shape(mod, _i, out):
