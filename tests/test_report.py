@@ -2,6 +2,7 @@
 study_report.py from the committed results. Offline, no training; nothing here rewrites a committed file."""
 
 import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -157,3 +158,48 @@ def test_readme_blocks_are_replaced_between_their_markers_only():
     assert study_report.replace_block(text, "study:models", "new") == \
         "intro\n<!-- study:models (generated) -->\nnew\n<!-- /study:models -->\noutro\n"
     assert study_report.replace_block("no markers\n", "study:models", "new") == "no markers\n"
+
+
+def test_off_grid_lrs_count_ties_as_doing_as_well():
+    """FastResNet with SGD ties its grid best at an off-grid LR (the same images right): counted; ResNet-18 with
+    SGD does worse off the grid: not counted."""
+    rows = {(r["model"], r["optimizer"]): r for r in report_facts.Study(ROOT).lr_table()}
+    tie = rows[("fastresnet", "sgd")]
+    assert any(x["acc"] == pytest.approx(tie["best"]) for x in tie["extra"]) and tie["off_grid"]
+    worse = rows[("resnet", "sgd")]
+    assert all(x["acc"] < worse["best"] for x in worse["extra"]) and not worse["off_grid"]
+
+
+def test_the_report_says_which_run_each_shipped_file_is_and_states_test_use_once(report):
+    s = report_facts.Study(ROOT)
+    files = study_report.files(s)
+    step2 = next(t for t in tables(section(report, "## Step 2")) if "test accuracy" in t[0][1])
+    for row in step2[1:]:
+        m = next(k for k, n in report_facts.NAMES.items() if n == row[0])
+        f = files[m]
+        assert row[-1] == f"its seed {f['seed']}" if f["of_recipe"] else (f"seed {f['seed']}" in row[-1] and f"`{f['label']}`" in row[-1])
+    assert report.count("#how-the-numbers-were-obtained") == 1
+    line = next(x for x in report.splitlines() if "#how-the-numbers-were-obtained" in x)
+    assert f"{s.test_use()['total']:,} times" in line and f"{s.after_test()['count']} choices" in line
+
+
+def test_lr_table_gains_a_row_for_each_optimizer_grid_that_is_recorded(tmp_path):
+    """A copy of the results with ResNet-18's Adam grid added (the SGD runs relabelled): the Step 5 table
+    gets a ResNet-18 Adam row; without them it has none."""
+    (tmp_path / "results").mkdir()
+    for p in (ROOT / "results").iterdir():
+        if p.name != "cells":
+            (tmp_path / "results" / p.name).symlink_to(p)
+    shutil.copytree(ROOT / "results" / "cells", tmp_path / "results" / "cells")
+    for d in ("figures", "screenshots", "benchmarks", "weights"):
+        (tmp_path / d).symlink_to(ROOT / d)
+    before = {(r["model"], r["optimizer"]) for r in report_facts.Study(tmp_path).lr_table()}
+    assert ("resnet", "adam") not in before
+    for p in (tmp_path / "results" / "cells").glob("resnet-sgd-lr*-e2-s0.json"):
+        r = json.loads(p.read_text())
+        r["tags"]["optimizer"] = r["config"]["optimizer"] = "adam"
+        (p.parent / p.name.replace("-sgd-", "-adam-")).write_text(json.dumps(r))
+    s = report_facts.Study(tmp_path)
+    text = study_report.environment().get_template("report.md.j2").render(study_report.context(s))
+    lr = next(t for t in tables(section(text, "## Step 5")) if "lr 0.1" in t[0])
+    assert ["ResNet-18", "Adam"] == next(r[:2] for r in lr[1:] if r[:2] == ["ResNet-18", "Adam"])
