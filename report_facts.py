@@ -179,13 +179,14 @@ class Study:
         return self.runs.get((card.get("made_from") or {}).get("cell") or card["train_config"].get("run_name"))
 
     def shipped_file(self, m: str) -> dict:
-        """What made weights/<m>.pt: its run's name, seed, epochs, training images (all | train), the
-        recipe or final-stage variant it belongs to, and whether it is a seed of the model's chosen recipe."""
+        """What made weights/<m>.pt: its run's name, seed, epochs, training images (all | train), the recipe or
+        final-stage variant it belongs to, and of_recipe: whether it is one of the seeds Step 2's mean is over (a
+        seed of the chosen recipe, or, without a recipe stage, of the runs the mean comes from)."""
         c, run = self.cards[m]["train_config"], self.shipped_run(m)
         tags = run["tags"] if run else {}
         return {"run": c.get("run_name"), "seed": c["seed"], "epochs": c["epochs"], "images": "all" if c.get("refit") else "train",
                 "label": tags.get("candidate") or tags.get("attempt") or ("final" if tags.get("kind") == "final" else None),
-                "kind": tags.get("kind"), "recipe_seed": self.file_is_recipe_seed(m)}
+                "kind": tags.get("kind"), "of_recipe": self.file_is_recipe_seed(m) or m not in (self.recipes.get("models") or {})}
 
     def candidates(self, m: str) -> int:
         """How many full-length recipes of model m were compared on validation: the recipe stage's candidates,
@@ -330,6 +331,7 @@ class Study:
             xeon = [r["seconds"] / r["epochs"] for r in self.runs.values() if r["tags"].get("kind") == "final"
                     and r["tags"]["model"] == m and not r["config"].get("refit") and r.get("hardware") == self.final_machine()]
             rows[m] = {"model": m, "val": mean_std(v), "test": self.seed_scores(m), "config": config, "candidates": self.candidates(m),
+                       "augmentation": [config.get(k) for k in ("augment", "translate", "rotate", "scale", "elastic", "elastic_sigma")],
                        "recipe": e.get("candidate") if e else None, "epoch_minutes": statistics.mean(xeon) / 60 if xeon else None}
         if not rows:
             return None

@@ -54,49 +54,25 @@ def context(s: Study) -> dict:
     best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["grid"] if c["acc"] == r["best"]})  # noqa: E731
     optimizers = s.optimizer_table()
     rest = [m for m in s.models if m not in optimizers]
-    curves = {m: s.curve_source(m) for m in s.shipped}
     return {"s": s, "data": s.data, "design": s.design, "accuracy": accuracy, "optimizers": optimizers,
             "sweep_only": {"models": rest, "optimizers": sorted({s.cards[m]["train_config"]["optimizer"] for m in rest})},
             "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(scored, key=lambda c: c["acc"]) if scored else None,
             "best_lrs": best_lrs,
             "best": s.best_model(), "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
-            "after": s.after_test(), "curves": curves,
-            "curve_twins": [m for m in s.models if curves[m]["kind"] == "twin"], "metrics": s.metrics,
+            "after": s.after_test(), "curves": {m: s.curve_source(m) for m in s.shipped}, "metrics": s.metrics,
             "cards": s.cards, "ensembles": s.ensembles, "recipes": s.recipes, "machine": s.final_machine(),
             "exists": lambda p: (s.root / p).exists(), "appendix": APPENDIX, "digit": DIGIT,
             "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
-            "params": {r["model"]: r["params"] for r in accuracy}, "files": files(s), "augmentations": augmentations(s),
+            "params": {r["model"]: r["params"] for r in accuracy}, "files": {m: s.shipped_file(m) for m in s.shipped},
             "smooth_cmp": smoothing_ablation(s), "resnet_tail": next(([m for m in r["maps"] if m != "1x1"][-2:]
                                                                       for r in accuracy if r["model"] == "resnet"), []),
             "madds": {r["model"]: r["madds"] for r in accuracy}}
 
 
-def files(s: Study) -> dict:
-    """Per shipped file, what made it (Study.shipped_file) and whether it is one of the seeds that Step 2's
-    mean is over: a seed of the chosen recipe, or of the runs the mean comes from where there is no recipe stage."""
-    out = {}
-    for m in s.shipped:
-        f = s.shipped_file(m)
-        f["of_recipe"] = f["recipe_seed"] or m not in (s.recipes.get("models") or {})
-        out[m] = f
-    return out
-
-
-def augmentations(s: Study) -> list[dict]:
-    """The final recipes' training augmentations, models with the same one together: [{"models", "config"}]."""
-    keys = ("augment", "translate", "rotate", "scale", "elastic", "elastic_sigma")
-    groups = {}
-    for r in (s.best_model() or {}).get("rows", []):
-        groups.setdefault(tuple(r["config"].get(k) for k in keys), {"models": [], "config": r["config"]})["models"].append(r["model"])
-    return list(groups.values())
-
-
 def smoothing_ablation(s: Study) -> dict | None:
     """The regularization study's variant without label smoothing against its baseline (report_facts.compare)."""
-    reg = {v["variant"]: v for v in s.regularization()}
-    if not {"baseline", "no-smoothing"} <= set(reg):
-        return None
-    return compare({k: reg[k]["val"] for k in ("baseline", "no-smoothing")}, s.one_val, s.tie_k)["no-smoothing"]
+    reg = {v["variant"]: v["val"] for v in s.regularization() if v["variant"] in ("baseline", "no-smoothing")}
+    return compare(reg, s.one_val, s.tie_k)["no-smoothing"] if len(reg) == 2 else None
 
 
 def smoothing(s: Study) -> dict:
