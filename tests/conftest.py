@@ -3,7 +3,7 @@
 
 Two tiers: `python -m pytest -m "not slow"` runs the quick tests (synthetic data, seconds each);
 `python -m pytest` runs them all, as CI does. A test is slow when it needs one of SLOW_FIXTURES (the real
-MNIST, a trained model, the smoke study, a running server) or sits in SLOW_MODULES (a browser, load);
+MNIST, a trained model, the smoke study, a running server, the folders of people's images) or sits in SLOW_MODULES (a browser, load);
 other long tests carry @pytest.mark.slow themselves."""
 
 import os
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 
 
-SLOW_FIXTURES = {"real_data", "real_data_dir", "trained_convnet", "smoke_root", "server", "test_digits"}
+SLOW_FIXTURES = {"real_data", "real_data_dir", "trained_convnet", "smoke_root", "server", "test_digits", "answers", "form_answers"}
 SLOW_MODULES = {"test_serve_page", "test_serve_load"}
 
 
