@@ -172,7 +172,7 @@ def test_off_grid_lrs_count_ties_as_doing_as_well():
 
 def test_the_report_says_which_run_each_shipped_file_is_and_states_test_use_once(report):
     s = report_facts.Study(ROOT)
-    files = study_report.files(s)
+    files = {m: s.shipped_file(m) for m in s.shipped}
     step2 = next(t for t in tables(section(report, "## Step 2")) if "test accuracy" in t[0][1])
     for row in step2[1:]:
         m = next(k for k, n in report_facts.NAMES.items() if n == row[0])
