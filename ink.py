@@ -25,8 +25,10 @@ SHEET_SHARP = 0.5  # a sheet's edge: its grey step within 3 px, at least this sh
 SHEET_OFF_INK, SHEET_OFF_PIXELS = 0.5, 0.0005  # strokes off the sheet: this much darker than around them, this share of the picture
 # Printed structure around the digits (remove_structure). A frame: its holes are at least FRAME_HOLE
 # of its filled area and hold FRAME_INSIDE of another piece, which spans FRAME_CONTENT of its height;
-# an empty one is a rectangle (FRAME_RECT of its box filled) of thin lines (FRAME_THIN of that).
+# an empty one is of thin lines (FRAME_THIN of its filled area), a rectangle (FRAME_RECT of its box
+# filled) or an ellipse drawn true (its outline within ELLIPSE_FIT of its size of the fitted ellipse).
 FRAME_HOLE, FRAME_INSIDE, FRAME_CONTENT, FRAME_RECT, FRAME_THIN = 0.3, 0.8, 0.25, 0.9, 0.35
+ELLIPSE_FIT = 0.01
 # A box a digit touches (one component with it): straight runs over BOX_SIDE of its width and height
 # within BOX_EDGE of each of its four sides.
 BOX_SIDE, BOX_EDGE = 0.8, 0.12
@@ -211,15 +213,37 @@ def _frame(piece: np.ndarray, others: np.ndarray) -> bool:
     if holes.sum() < FRAME_HOLE * filled.sum():
         return False  # the small loops of a 6, 8 or 9
     inside = others & holes
-    if not inside.any():
+    if not inside.any():  # an empty frame: a printed box, or a printed circle (an ellipse drawn true)
         h, w = piece.shape
-        return bool(filled.sum() >= FRAME_RECT * h * w and piece.sum() <= FRAME_THIN * filled.sum())
+        return bool(piece.sum() <= FRAME_THIN * filled.sum() and (filled.sum() >= FRAME_RECT * h * w or _true_ellipse(filled)))
     labels, n = ndi.label(others, structure=np.ones((3, 3), bool))
     held = [i for i in range(1, n + 1) if (inside & (labels == i)).sum() >= FRAME_INSIDE * (labels == i).sum()]
     if not held:
         return False
     rows = np.nonzero(np.isin(labels, held).any(1))[0]
     return bool(rows[-1] - rows[0] + 1 >= FRAME_CONTENT * piece.shape[0])
+
+
+def _true_ellipse(filled: np.ndarray) -> bool:
+    """Whether the outline of `filled` (h, w) bool is an ellipse drawn true, as a printed or
+    stencilled circle is: its boundary points lie within ELLIPSE_FIT of its size of the fitted
+    ellipse (skimage's EllipseModel, least squares), on average. A 0 written by hand wobbles more."""
+    from skimage.measure import EllipseModel, find_contours
+
+    contours = find_contours(np.pad(filled, 1).astype(np.float32), 0.5)
+    if not contours:
+        return False
+    points = max(contours, key=len)[:, ::-1]
+    if len(points) < 20:
+        return False
+    if hasattr(EllipseModel, "from_estimate"):  # scikit-image >= 0.26
+        model = EllipseModel.from_estimate(points)
+    else:
+        model = EllipseModel()
+        model = model if model.estimate(points) else None
+    if not model:
+        return False
+    return float(np.mean(np.abs(model.residuals(points)))) <= ELLIPSE_FIT * max(filled.shape)
 
 
 def _rule_under(piece: np.ndarray, top: int, left: int, boxes: list, sizes: np.ndarray, i: int) -> bool:

@@ -450,6 +450,15 @@ def n_empty_box(_, rng):
     return to_jpeg(photo(_print(paper, printed), rng, noise=2.0))
 
 
+def n_empty_circle(_, rng):
+    """An empty printed circle or ellipse (a choice left unmarked)."""
+    paper, printed = _form(400, 400, rng)
+    rx = int(rng.integers(40, 130))
+    ry = int(rx * rng.uniform(0.8, 1.25))
+    ImageDraw.Draw(printed).ellipse([200 - rx, 200 - ry, 200 + rx, 200 + ry], outline=255, width=int(rng.integers(1, 7)))
+    return to_jpeg(photo(_print(paper, printed), rng, noise=2.0))
+
+
 # Non-digits (the right answer is a refusal).
 def n_blank(_, rng):
     kind = rng.integers(3)
@@ -506,6 +515,7 @@ CONDITIONS = {
     "turned_sideways": (c_turned_sideways, "turned", "a photo stored turned 90 or 270 degrees, no EXIF"),
     "turned_upside_down": (c_turned_upside_down, "turned", "a photo stored turned 180 degrees, no EXIF (6 and 9 swap)"),
     "empty_box": (n_empty_box, "none", "an empty printed box"),
+    "empty_circle": (n_empty_circle, "none", "an empty printed circle or ellipse"),
     "blank": (n_blank, "none", "blank photo, black canvas, transparent canvas"),
     "letters_symbols": (n_letters, "none", "letters and symbols, Liberation fonts"),
     "shapes_scribbles": (n_shapes_scribbles, "none", "shapes and scribbles"),

@@ -661,7 +661,7 @@ def test_printed_structure_around_a_digit_is_set_aside(structure):
         assert len(framed) == 1 and box_of(framed[0]) == box_of(alone[0]), (text, structure)
 
 
-def test_a_row_of_boxes_reads_left_to_right_and_an_empty_box_is_no_digit():
+def test_a_row_of_boxes_reads_left_to_right_and_an_empty_box_or_circle_is_no_digit():
     def row(d):
         d.rectangle([100, 100, 400, 300], outline=40, width=2)
         d.line([200, 100, 200, 300], fill=40, width=2)
@@ -676,6 +676,11 @@ def test_a_row_of_boxes_reads_left_to_right_and_an_empty_box_is_no_digit():
     empty = Image.new("L", (400, 400), 245)
     ImageDraw.Draw(empty).rectangle([120, 100, 280, 300], outline=40, width=3)
     assert digit_masks(empty) == []
+    for rx, ry, width in ((80, 80, 3), (60, 90, 5), (120, 100, 2)):  # an empty printed circle or ellipse: no 0
+        empty = Image.new("L", (400, 400), 245)
+        ImageDraw.Draw(empty).ellipse([200 - rx, 200 - ry, 200 + rx, 200 + ry], outline=40, width=width)
+        assert digit_masks(empty) == [], (rx, ry, width)
+    assert len(digit_masks(written("0", px=200))) == 1  # a 0 is a 0
 
 
 def test_a_digit_alone_keeps_every_stroke():
