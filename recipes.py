@@ -5,12 +5,14 @@
     python train.py --recipe convnet-e60       # a candidate the study compared on validation
     python train.py --list-recipes             # every name below, with its settings
 
-A recipe is a dict of TrainConfig fields (train.py). Three kinds, each keyed by model:
+A recipe is a dict of TrainConfig fields (train.py), keyed by model:
   DEFAULTS    each model's quick default: what a flag left unset means for it (`python train.py --model M`);
   FINAL       the study's final recipe, the settings its final stage chose on the validation split;
   ATTEMPTS    changes to FINAL trained beside it in the final stage ("seeds": fewer seeds where costly);
   CANDIDATES  changes to FINAL compared on validation in the recipe stage;
-  BEST        which of FINAL and its ATTEMPTS won on validation: `<model>-best`, the recipe of weights/<model>.pt's run.
+  BEST        which of FINAL and its ATTEMPTS won on validation in the final stage: `<model>-best`.
+The recipe stage refits its chosen candidate on all 60,000 training images (`--recipe dnn-elastic6-e300
+--refit`); weights/<model>.json names the run and settings each shipped file was made with.
 The study names its cells from these (study_cells.py); a test checks FINAL and BEST against the
 study's choices from the committed results, and trains every recipe here for a few steps.
 Imports nothing of ours.
