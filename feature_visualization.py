@@ -29,25 +29,28 @@ from runs import pyplot
 
 
 def _grid(images, path: Path, title: str, cols: int, cmap="gray", symmetric=False, labels=None, first=None):
-    """images: (N, H, W) tensor; each drawn in its own panel with its own colour scale."""
+    """images: (N, H, W) tensor, drawn on one colour scale (centred on 0 when symmetric) with its colour bar;
+    first: an extra panel drawn before them in grey on its own scale (the input image)."""
     plt = pyplot()
 
-    panels = ([first] if first is not None else []) + list(images)
+    ims = [img.float().numpy() for img in images]
+    v = max(abs(i).max() for i in ims) or 1.0
+    lo, hi = (-v, v) if symmetric else (min(i.min() for i in ims), max(i.max() for i in ims))
+    panels = ([first.float().numpy()] if first is not None else []) + ims
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.2 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1 + 1, rows * 1.2 + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, img) in enumerate(zip(axes.flat, panels)):
-        img = img.float().numpy()
-        if symmetric:  # weights: 0 is grey, positive light, negative dark
-            v = abs(img).max() or 1.0
-            ax.imshow(img, cmap=cmap, vmin=-v, vmax=v)
+        if first is not None and i == 0:
+            ax.imshow(img, cmap="gray")
         else:
-            ax.imshow(img, cmap=cmap)
+            shown = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi)
         if labels is not None and i < len(labels):
             ax.set_title(labels[i], fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="weight" if symmetric else "activation")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
