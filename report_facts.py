@@ -140,7 +140,6 @@ class Study:
         self.design = read_json(res / "study_design.json") or {}
         self.recipes = read_json(res / "final_recipes.json") or {}
         self.lr_find = read_json(res / "lr_find.json") or {}
-        self.ensembles = read_json(res / "ensembles.json") or {}
         self.evaluation = read_json(res / "evaluation.json") or {}
         self.runs = {p.stem: json.loads(p.read_text()) for p in sorted((res / "cells").glob("*.json"))}
         have = sorted(p.stem for p in (root / "weights").glob("*.json") if p.with_suffix(".pt").exists())

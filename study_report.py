@@ -60,8 +60,8 @@ def context(s: Study) -> dict:
             "best_lrs": best_lrs,
             "best": s.best_model(), "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
             "after": s.after_test(), "curves": {m: s.curve_source(m) for m in s.shipped}, "metrics": s.metrics,
-            "cards": s.cards, "ensembles": s.ensembles, "recipes": s.recipes, "machine": s.final_machine(),
-            "exists": lambda p: (s.root / p).exists(), "appendix": APPENDIX, "digit": DIGIT,
+            "cards": s.cards, "recipes": s.recipes, "machine": s.final_machine(),
+            "exists": lambda p: (s.root / p).exists(), "digit": DIGIT,
             "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
             "params": {r["model"]: r["params"] for r in accuracy}, "files": {m: s.shipped_file(m) for m in s.shipped},
             "smooth_cmp": smoothing_ablation(s), "resnet_tail": next(([m for m in r["maps"] if m != "1x1"][-2:]
