@@ -49,6 +49,9 @@ RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RU
 SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.35, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
 SIGN_SHORT = 0.15  # a minus is at least this long
 SIGN_TAIL = 1.4  # a comma's tail: at least this much taller than wide
+# A dot or comma in its place is at least SIGN_MIN_PX both ways; a mark out of place at least SIGN_PEN_ODD
+# of the digits' stroke width (a finer speck is dirt, joined or dropped as before)
+SIGN_PEN_ODD, SIGN_MIN_PX = 0.8, 3
 SIGN_CLEAR = 0.1  # a dot or bar further than this from every digit, and out of place, is a mark the reader cannot place
 
 
@@ -443,10 +446,13 @@ def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.nd
     heaviest = max(sum(sizes[i] for i in g[2]) for g in groups)
     digits = [g for g in groups if height(g) >= 0.5 * tallest and sum(sizes[i] for i in g[2]) >= 0.15 * heaviest]
     signs = []  # (kind, group)
+    pen = _stroke_width(np.isin(labels, [i + 1 for g in digits for i in g[2]])) if len(groups) > len(digits) else 0.0
     for g in groups:
         if g in digits:
             continue
         kind = _sign(g, [boxes[i] for i in g[2]], digits, boxes, tallest)
+        if kind in (".", ",", "?") and not _thick(g, boxes, pen, 0.0 if kind != "?" else SIGN_PEN_ODD):
+            kind = None  # a speck of dirt, finer than the pen's dot: joined or dropped as before
         if kind:
             signs.append((kind, g))
             continue
@@ -458,6 +464,21 @@ def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.nd
     marks = [("digit", g) for g in digits] + signs
     marks.sort(key=lambda m: m[1][0])
     return [(kind, np.isin(labels, [i + 1 for i in g[2]])) for kind, g in marks]
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """The mean stroke width in px of the ink `mask` (H, W) bool: its area over its skeleton's length."""
+    from skimage.morphology import skeletonize
+
+    length = int(skeletonize(mask).sum())
+    return float(mask.sum()) / length if length else 0.0
+
+
+def _thick(g: list, boxes: list, pen: float, share: float) -> bool:
+    """Whether the group g's pieces are drawn with a pen like the digits': its box at least `share`
+    of their stroke width `pen`, and SIGN_MIN_PX, both ways. A speck of dirt is finer than a pen's dot."""
+    y0, y1 = min(boxes[i][0].start for i in g[2]), max(boxes[i][0].stop for i in g[2])
+    return min(y1 - y0, g[1] - g[0]) >= max(share * pen, SIGN_MIN_PX)
 
 
 def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str | None:

@@ -802,3 +802,9 @@ def test_text_output_says_a_number_as_written_a_turn_and_why_it_is_unsure():
         text = predict.describe({"file": "c.png", "status": "unsure", "digit": None, "reason": reason, "probability": 0.9,
                                  "topk": [[6, 0.9]], "number": None, "digits": [{"digit": 6, "status": "ok", "probability": 0.9}]})
         assert text == f"c.png: unsure: {predict.UNSURE_WORDS[reason]}"
+
+
+def test_a_speck_of_dirt_beside_a_digit_is_no_mark():
+    img = written("7", size=(700, 300), at=(330, 150))
+    ImageDraw.Draw(img).rectangle([420, 120, 421, 121], fill=30)  # 2x2 px: finer than the pen
+    assert predict.prepare_marks(predict.working_grey(img)).layout == "d"
