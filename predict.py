@@ -81,7 +81,7 @@ STROKE_MIN, STROKE_TARGET = 0.06, 0.145
 STROKE_GROW_FROM = 0.4
 ONE_CELL_ASPECT = 1.5  # a thumbnail (shorter side < MIN_SIDE) at most this elongated holds one digit
 # A picture with no EXIF orientation may be sideways: its quarter turns are read (read_turned) when its
-# one mark is SIDEWAYS wider than tall, or its upright reading is unsure or under TURN_SURE. A turn is
+# one mark is SIDEWAYS wider than tall, or read as a digit under TURN_SURE. A turn is
 # read at TURN_STRONG or more; a turn reading another digit is a rival when its 1 - probability is within
 # TURN_MARGIN times the best turn's; an accepted upright reading gives way only to a turn TURN_OVERRIDE
 # times surer, or (shaped like an upright digit) to both sideways turns at TURN_STRONG.
@@ -499,12 +499,15 @@ def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: 
 
 
 def needs_turns(answer: dict, marks: Marks) -> bool:
-    """Whether the quarter turns are worth reading: a picture (not a thumbnail) of one mark whose
-    upright reading is unsure or under TURN_SURE, or which is wider than tall (Marks.wide). A
-    digit read at TURN_SURE or more costs nothing more."""
+    """Whether the quarter turns are worth reading: a picture (not a thumbnail) of one mark that
+    is wider than tall (Marks.wide: a digit lying on its side), or read upright as a digit under
+    TURN_SURE. An unsure mark of a digit's shape is not turned (a letter on its side reads as a
+    digit too surely), nor a digit read at TURN_SURE or more."""
     if marks.thumb or answer["status"] == "no_digit" or len(marks.layout) != 1:
         return False  # a thumbnail, a blank, or a row of marks read upright (a sideways row stands as one mark)
-    return answer["status"] == "unsure" or (answer["status"] == "ok" and (marks.wide or answer["probability"] < TURN_SURE))
+    if answer["status"] == "unsure":  # a letter or a shape is unsure too, and often reads as a digit on its side
+        return marks.wide
+    return answer["status"] == "ok" and (marks.wide or answer["probability"] < TURN_SURE)
 
 
 def _said(a: dict):

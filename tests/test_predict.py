@@ -782,7 +782,8 @@ def test_a_box_or_circle_the_digit_touches_is_set_aside(shape):
 def test_turns_are_tried_only_for_one_doubtful_or_lying_mark_in_a_picture():
     crop = np.zeros((28, 28), np.float32)
     unsure, ok = {"status": "unsure", "probability": 0.6}, {"status": "ok", "probability": 0.9999}
-    assert predict.needs_turns(unsure, predict.Marks([crop], "d", False))
+    assert not predict.needs_turns(unsure, predict.Marks([crop], "d", False))  # a letter on its side reads as a digit
+    assert predict.needs_turns(unsure, predict.Marks([crop], "d", True))
     assert predict.needs_turns({"status": "ok", "probability": 0.99}, predict.Marks([crop], "d", False))
     assert predict.needs_turns(ok, predict.Marks([crop], "d", True))  # lying wide: perhaps on its side
     assert not predict.needs_turns(ok, predict.Marks([crop], "d", False))  # a sure upright digit costs nothing more
