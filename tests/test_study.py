@@ -41,7 +41,8 @@ def test_smoke_study_fills_the_lr_table(smoke_root):
                    {(m, "adam", lr) for m in study.ADAM_MODELS for lr in study.LRS}
     assert all(r["status"] in ("finished", "diverged") for r in rows)
     finder = json.loads((smoke_root / "results" / "lr_find.json").read_text())
-    assert set(finder) == {f"{m}-{o}" for m, o in study.lr_rows(study_report.settings(smoke_root))}
+    assert set(finder) == {f"{m}-{o}" for m, o in study.finder_rows(study.Settings(root=smoke_root, smoke=True))}
+    assert ("resnet", "adam") in study.lr_rows(study.Settings()) and "resnet-adam" not in finder  # a grid-only row
 
 
 def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(smoke_root):
