@@ -19,6 +19,12 @@ import study_report
 import train
 
 
+def smoke_settings(root) -> study.Settings:
+    """The Settings a smoke study at `root` ran with (its results/study.json)."""
+    d = json.loads((root / "results" / "study.json").read_text())
+    return study.Settings(root=root, smoke=d["smoke"], models=tuple(d["models"]))
+
+
 @pytest.fixture(scope="module")
 def smoke_root(real_data_dir, tmp_path_factory):
     """`python study.py --smoke` into a temporary root, with its own lock (a real study may be running)."""
@@ -69,7 +75,7 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
 
 
 def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     finals = [c for c in study.final_cells(s) if isinstance(c, study.Cell)]
     assert {c.tags["attempt"] for c in finals} == {"", "refit", *[a for m in study.ATTEMPTS for a in study.ATTEMPTS[m]]}
     refit = next(c for c in finals if c.tags["attempt"] == "refit")
@@ -89,7 +95,7 @@ def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(
 
 
 def test_a_done_recipe_ships_its_seed_0_calibrated_with_its_twin_with_the_command_that_trains_it(smoke_root):
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     rec = json.loads((smoke_root / "results" / "final_recipes.json").read_text())
     for m in study.RECIPE_MODELS:
         seed0 = rec["models"][m]["seeds"][0]
@@ -161,7 +167,7 @@ def test_rerun_trains_nothing_and_plan_shows_everything_done(smoke_root, monkeyp
     def no_training(*a, **k):
         raise AssertionError("a finished cell was trained again")
     monkeypatch.setattr(study, "train", no_training)
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     for stage in ("stem", "lr", "optim", "regularization", "final"):
         cells = study.stage_cells(s, stage)
         assert cells and all(isinstance(c, study.Cell) and study.load_result(s, c.name) for c in cells), stage
@@ -213,12 +219,6 @@ def test_screenshot_renders_long_logs_with_the_command_as_title(tmp_path):
     index = json.loads((tmp_path / "screenshots" / "index.json").read_text())
     assert index[0]["command"] == "python train.py --model dnn"
     assert (tmp_path / "screenshots" / "train-x.png").stat().st_size > 5000
-
-
-def test_early_stopping_rule_on_a_history():
-    h = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.9, 0.95, 0.97, 0.96, 0.965, 0.969, 0.99], start=1)]
-    assert study_report.early_stop(h, 3) == (6, 0.97)
-    assert study_report.early_stop(h, 5) == (7, 0.99)
 
 
 def test_two_shard_workers_fill_one_grid_without_running_a_cell_twice(real_data_dir, tmp_path):
@@ -370,7 +370,7 @@ def test_a_diverged_final_run_is_recorded_as_diverged(tmp_path, synthetic_root):
 
 
 def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recorded(smoke_root):
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     rec = json.loads((smoke_root / "results" / "final_recipes.json").read_text())
     for m in study.RECIPE_MODELS:
         choice = study.recipe_choice(s, m)
@@ -414,7 +414,7 @@ def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smo
     copy of a file) scores it there."""
     import test_model
     from models import load_checkpoint
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
     first = json.loads(path.read_text())
     refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
@@ -463,7 +463,7 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
     another file is not the member's, and the ensemble then waits for it."""
     import test_model
     read_json = lambda p: json.loads(p.read_text())  # noqa: E731
-    s = study_report.settings(smoke_root)
+    s = smoke_settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
     study.write_final_recipes(s)  # as RECIPE_AGAIN is now (a test before may have planned reruns)
     rec = json.loads(path.read_text())
@@ -536,9 +536,9 @@ def test_an_earlier_chosen_recipe_stays_recorded_when_validation_prefers_another
     assert study.earlier_recipes({"candidate": None, "seeds": []}, "final") == []
 
 
-def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluations_stay_counted(tmp_path):
+def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced(tmp_path):
     """keep_ensemble_member: the file of a member of the chosen ensemble moves to weights/ensemble/
-    before weights/<model>.pt is replaced; test_use counts every evaluate run, earlier ones too."""
+    before weights/<model>.pt is replaced."""
     s = study.Settings(root=tmp_path)
     (tmp_path / "weights").mkdir()
     (tmp_path / "results").mkdir()
@@ -552,14 +552,6 @@ def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced_and_evaluat
     kept = tmp_path / "weights" / "ensemble" / "a.pt"
     assert not target.exists() and kept.read_bytes() == b"weights of run a"
     assert json.loads(kept.with_suffix(".json").read_text()) == {"weights": "weights/ensemble/a.pt", "train_config": {"run_name": "a"}}
-    f = study_report.Facts.__new__(study_report.Facts)  # only what test_use reads
-    f.records, f.shipped, f.metrics, f.trials, f.data, f.s = [], [], {}, [], None, s
-    f.evaluation = {"commands": [{"command": "python test_model.py --weights weights/convnet.pt", "models_scored": 1}],
-                    "earlier": [{"commands": [{"command": "python test_model.py --weights weights/a.pt weights/b.pt", "models_scored": 2}]}]}
-    u = study_report.test_use(f)
-    assert (u["scorings"], u["evaluations"]) == (3, 2)
-    f.evaluation["commands"][0]["command"] += " --tta"  # test-time augmentation: a second prediction of the test set
-    assert study_report.test_use(f)["scorings"] == 4
 
 
 def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhere_stops_shipping(tmp_path):
@@ -610,26 +602,6 @@ def test_shipped_record_says_whether_the_file_is_seed_0_and_why_not(tmp_path):
     r = study.shipped_record(s, m, {**entry, "candidate": cand})
     assert r["decided_after_test"] is True and r["why_not"] == study.RECIPE_NOT_SHIPPED[(m, cand)]
     assert "why_not" not in study.shipped_record(s, m, {**entry, "done": False})  # seeds to do: no verdict yet
-
-
-def test_the_report_names_a_shipped_recipe_and_the_readme_its_calibration(tmp_path):
-    """Facts.file_recipe: weights/<m>.pt is a recipe's file only when its run is one of the recipe's seeds
-    (or a seed's rerun); calibration_sentence says when the calibration is in-sample."""
-    (tmp_path / "weights").mkdir()
-    seeds = [{"seed": 0, "cell": "c-s0", "again": {"cell": "c-s0-again"}}, {"seed": 1, "cell": "c-s1"}]
-    study.write_json(tmp_path / "results" / "final_recipes.json", {"seeds": [0, 1], "models": {"convnet": {"seeds": seeds}}})
-    f = study_report.Facts.__new__(study_report.Facts)
-    f.s = study.Settings(root=tmp_path)
-    for run, expected in (("c-s0-again", True), ("c-s1", True), ("convnet-final-s2", False)):
-        f.cards = {"convnet": {"train_config": {"run_name": run}}}
-        assert bool(f.file_recipe("convnet")) is expected
-    import report_cards
-    cal = {"temperature": 0.4, "ece_before": 0.08, "ece_after": 0.002, "val_accepted": 0.995, "val_acc_accepted": 0.999,
-           "non_digit_refused": 0.8, "non_digit_n": 800}
-    study.write_json(tmp_path / "results" / "calibration" / "convnet.json", {**cal, "in_sample": True})
-    assert "in-sample validation digits" in report_cards.calibration_sentence(tmp_path)
-    study.write_json(tmp_path / "results" / "calibration" / "convnet.json", cal)
-    assert "99.50% of held-out validation digits" in report_cards.calibration_sentence(tmp_path)
 
 
 def test_twin_file_is_the_chosen_candidates_finished_seed_0_run(tmp_path, monkeypatch):
