@@ -131,7 +131,7 @@ class ConvNet(nn.Module):
     blocks > 0 makes it deeper without changing a shape: that many residual BasicBlocks (two
     3x3 conv-BN, identity shortcut) after the stem, after layer1 and after layer2, at 14x14,
     7x7 and 3x3. blocks=1 is 9 conv layers, like the small residual CNNs behind the best
-    fixed-schedule MNIST results (../shared/BENCHMARKS.md); blocks=0 is the net
+    fixed-schedule MNIST results; blocks=0 is the net
     above, with the same state-dict keys as before the option existed.
     """
 
@@ -290,11 +290,11 @@ class FastResNet(nn.Module):
         (B,1,28,28) -stem 5x5/2-> (B,w,14,14) -conv,pool-> (B,2w,7,7) -residual-> (B,2w,7,7)
         -conv,pool-> (B,4w,3,3) -residual-> (B,4w,3,3) -flatten, dropout, fc-> (B,10)
 
-    The argument: ResNet-18 spends its 0.56 G multiply-adds per image at 28x28 and 14x14
-    with up to 512 channels, capacity that 28x28 digits cannot use. This net keeps
-    ResNet's ideas (identity shortcuts, BN after every conv, zero-initialized residual
-    branches) but puts the depth where the maps are small: ~13.5 M multiply-adds per
-    image at width 32, 40x fewer, with 7 convolutions on the deepest path. Stem, stage
+    The argument: ResNet-18 spends most of its multiply-adds at 14x14 and above with up
+    to 512 channels, capacity that 28x28 digits cannot use. This net keeps ResNet's ideas
+    (identity shortcuts, BN after every conv, zero-initialized residual branches) but puts
+    the depth where the maps are small, at a fraction of the multiply-adds (`python
+    models.py` prints both), with 7 convolutions on the deepest path. Stem, stage
     order (conv-pool-BN-ReLU) and head (flatten, as position matters in a centred digit)
     are ConvNet's, each measured there. 474,346 parameters at width 32.
     """

@@ -7,7 +7,8 @@
 
 Every metric comes from scikit-learn (classification_report, f1_score, roc_auc_score,
 roc_curve, confusion_matrix) on the model's softmax probabilities. The test set is
-only ever scored here and at the end of a run, never used to choose anything.
+only ever scored here and at the end of a run; the choices made after a test score
+had been seen are listed in the report's appendix, "How the numbers were obtained".
 """
 
 import argparse
@@ -165,7 +166,7 @@ def test_model(weights, data_dir=None, device="auto", out_dir=None, tta: bool = 
         result["figures"] = save_figures(y, proba, x, Path(out_dir), weights_name(weights), class_names, result)
         if run and run["curves"]:  # the run's own training curves beside the test figures
             import shutil
-            result["figures"].append(shutil.copyfile(run["curves"], Path(out_dir) / f"{weights_name(weights)}_curves.png"))
+            result["figures"].append(str(shutil.copyfile(run["curves"], Path(out_dir) / f"{weights_name(weights)}_curves.png")))
     result["_proba"] = proba  # kept for ensembles; dropped before printing
     return result
 

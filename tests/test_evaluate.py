@@ -1,6 +1,7 @@
 """test_model.py, feature_visualization.py and predict.py."""
 
 import pickle
+from pathlib import Path
 import zipfile
 
 import numpy as np
@@ -393,3 +394,18 @@ def test_tta_shifts_pad_with_paper_and_are_reported_apart(trained_convnet, real_
     assert len(r["tta"]["shifts"]) == 5 and 0.9 < r["tta"]["accuracy"] <= 1
     plain = tm.test_model(path, real_data_dir, "cpu")
     assert plain["accuracy"] == r["accuracy"] and "tta" not in plain
+
+
+def test_test_model_scores_a_run_folder_and_saves_its_figures_and_curves(tmp_path, synthetic_root, synthetic_data, capsys):
+    """`python test_model.py --weights RUN_DIR --out DIR --json`: the run's best.pt is scored, its training
+    curves are copied beside the test figures, and the JSON names every figure written."""
+    cfg = train.TrainConfig(model="convnet", model_config={"width": 8}, epochs=1, lr=0.05, batch_size=64, device="cpu",
+                            precision="fp32", out=str(tmp_path / "runs"), weights_dir="")
+    run_dir = train.train(cfg, synthetic_data, quiet=True)["run_dir"]
+    out = tmp_path / "figures"
+    assert tm.main(["--weights", str(run_dir), "--out", str(out), "--data-dir", str(synthetic_root), "--json"]) == 0
+    import json
+    printed = json.loads(capsys.readouterr().out)
+    figures = printed["figures"] if isinstance(printed, dict) else printed[0]["figures"]
+    assert figures and all((tmp_path / f).exists() or Path(f).exists() for f in figures)
+    assert any(str(f).endswith("_curves.png") for f in figures)
