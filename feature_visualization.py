@@ -1,7 +1,8 @@
 """What the first two convolution layers learned: their filters, and the maps they make of one digit.
 
-    python feature_visualization.py --weights weights/convnet.pt --digit 7 --out figures/
-    python feature_visualization.py --weights weights/*.pt --index 0 --out figures/
+    python feature_visualization.py --weights weights/convnet.pt --digit 7      # -> runs/figures/
+    python feature_visualization.py --weights runs/convnet-lr0.1-s0              # a run folder (its best.pt)
+    python feature_visualization.py --weights weights/*.pt --index 0 --out figures/   # the report's figures
 
 For each CNN (any model with `first_conv` / `second_conv`) it writes
     <name>_conv1_filters.png   every first-layer kernel (out, 1, k, k) as a small image
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--index", type=int, help="test-set image to show (default 0)")
     g.add_argument("--digit", type=int, help="use the first test image of this digit")
-    p.add_argument("--out", default="figures", help="output folder")
+    p.add_argument("--out", default="runs/figures", help="output folder (default: runs/figures, git-ignored; the report's figures are in figures/)")
     p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $DATA_DIR, else ./data)")
     a = p.parse_args(argv)
     try:
