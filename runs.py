@@ -309,10 +309,11 @@ def promote(best_path: Path, cfg, genuine: bool) -> str:
     Returns what became of that file and why, e.g. "kept: its val acc 0.9968 >= this run's 0.9950"."""
     if not cfg.weights_dir:
         return "weights/ left alone (--weights-dir '')"
-    if not genuine or cfg.limit_train:
-        return f"kept: {'data that is not the genuine MNIST release' if not genuine else 'a --limit-train run'} never replaces it"
     prefix = "" if cfg.dataset == "mnist" else f"{cfg.dataset}-"
     target = Path(cfg.weights_dir) / f"{prefix}{cfg.model}.pt"
+    if not genuine or cfg.limit_train:
+        why = "data that is not the genuine MNIST release" if not genuine else "a --limit-train run"
+        return f"kept: {why} never replaces it" if target.exists() else f"not written: {why} never writes weights/"
     new = read_checkpoint(best_path)
     said = f"written (val acc {new['metrics']['val_acc']:.4f})"
     if target.exists():

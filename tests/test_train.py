@@ -248,8 +248,10 @@ def test_weights_are_replaced_only_by_a_better_run(tmp_path, synthetic_data):
     assert "no validation score compares" in runs.promote(best, cfg, genuine=True)
     assert target.read_bytes() == before
     # a limited run never replaces shipped weights, however good
-    target.unlink()
     assert "--limit-train run never replaces it" in runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True)
+    assert target.read_bytes() == before
+    target.unlink()
+    assert "--limit-train run never writes weights/" in runs.promote(best, dataclasses.replace(cfg, limit_train=100), genuine=True)
     assert not target.exists()
 
 
@@ -258,8 +260,8 @@ def test_a_run_ends_by_saying_what_to_run_next_and_what_became_of_the_weights(tm
     out, run = capsys.readouterr().out, tmp_path / "runs" / "convnet-lr0.05-s0"
     assert f"checkpoint: {run / 'best.pt'}" in out
     assert f"python test_model.py --weights {run}\n" in out and f"python feature_visualization.py --weights {run}\n" in out
-    assert f"{tmp_path / 'weights'}/convnet.pt kept: data that is not the genuine MNIST release never replaces it" in out
-    assert r["weights"].startswith("kept")
+    assert f"{tmp_path / 'weights'}/convnet.pt not written: data that is not the genuine MNIST release never writes weights/" in out
+    assert r["weights"].startswith("not written")
 
 
 def test_refit_trains_on_train_plus_val_keeps_the_last_epoch_and_is_never_promoted(tmp_path, synthetic_data, monkeypatch):
