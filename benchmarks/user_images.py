@@ -480,7 +480,7 @@ def n_shapes_scribbles(i, rng):
 
 
 CONDITIONS = {
-    # name: (generator, kind, note); kind: "control" (passed before), "digit" (fixed by #23), "several", "none",
+    # name: (generator, kind, note); kind: "control" (the plain cases), "digit" (a kind of picture people send), "several", "none",
     # "form" (printed structure around one digit), "number" (signs written with digits), "turned" (no EXIF)
     "canvas_black": (c_canvas_black, "control", "white digit on a black 280x280 canvas (PNG)"),
     "even_light": (c_even, "control", "phone photo, even light"),
@@ -602,7 +602,7 @@ def run(n: int, models: list[str], seed: int = 0, data_dir=None, heavy: int | No
 
 
 # -----------------------------------------------------------------------------
-# Per recipe (issue #25): does a recipe's accuracy travel to users' kinds of images?
+# Per recipe: does a recipe's accuracy travel to users' kinds of images?
 
 RECIPES_FILE = ROOT / "results" / "final_recipes.json"
 SUMMARY = ("tiny8", "thumbnail_12_16", "small_in_photo", "white_on_clear", "three_digits")  # the hardest rows first

@@ -1,5 +1,5 @@
 """predict.py's decoding, ink finding and answers, on images generated here (offline, no MNIST):
-each kind of user file from issue #23, built by code, with its own variations."""
+each kind of picture people send, built by code, with its own variations."""
 
 import base64
 import io
@@ -294,7 +294,7 @@ def test_a_dot_apart_is_unsure_whatever_the_model_says():
 
 
 def test_dot_apart_rarely_fires_on_mnist_test_digits(real_data_dir):
-    """The shape rule costs at most 0.1% of MNIST's test digits (issue #23: >= 99% accepted)."""
+    """The shape rule costs at most 0.1% of MNIST's test digits (the acceptance target: >= 99% accepted)."""
     import data
     _, _, x_te, _, _ = data.load_raw(data_dir=real_data_dir, download=False)
     fired = sum(predict.dot_apart(c) for x in x_te.numpy() for c in predict.prepare(Image.fromarray(x)))
