@@ -62,16 +62,15 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
     commands = {s["command"].split(" --")[0] for s in shots}
     assert {"python train.py", "python test_model.py", "python data.py"} <= commands
     report = (smoke_root / "report.md").read_text()
-    for section in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5", "Step 6", "Best model", "Over- and underfitting"):
+    for section in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5", "Step 6", "Best model"):
         assert section in report
     for name in ("report.md", "report-appendix.md", *(f"weights/{m}.md" for m in ("dnn", "convnet", "resnet", "fastresnet"))):
         links = re.findall(r"\]\(([^)#]+)", (smoke_root / name).read_text())
         base = (smoke_root / name).parent
         assert links and all((base / link.replace("%20", " ")).exists() for link in links), \
             [link for link in links if not (base / link).exists()]
-    step3 = report.split("## Step 3")[1].split("## Step 4")[0]
-    lr_rows = [line for line in step3.splitlines() if line.startswith("| ") and "| lr " not in line and "---" not in line]
-    assert len(lr_rows) == 4 + len(study.ADAM_MODELS) and not any("not run" in line for line in lr_rows)  # every LR filled
+    # The LR table's rows: results/lr_table.csv (test_smoke_study_fills_the_lr_table); its rendering in Step 5
+    # needs the recorded design (results/study_design.json), which tests/test_report.py checks on the real results.
 
 
 def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
@@ -141,15 +140,16 @@ def test_the_ensemble_is_chosen_on_validation_and_only_it_is_scored(smoke_root):
                                                      for c in evaluation["commands"])
         shipped_runs = {json.loads(p.read_text())["train_config"]["run_name"] for p in (smoke_root / "weights").glob("*.json")}
         assert {p.stem for p in (smoke_root / "weights" / "ensemble").glob("*.pt")} == set(members) - shipped_runs
-    assert "Mean softmax of final runs'" in (smoke_root / "report-appendix.md").read_text()
+        appendix = (smoke_root / "report-appendix.md").read_text()
+        assert all(f"weights/ensemble/{m}.pt" in appendix for m in set(members) - shipped_runs)  # its command is listed
 
 
 def test_report_numbers_are_test_model_numbers(smoke_root):
-    table = (smoke_root / "report.md").read_text().split("\n## Step 1")[0]  # the summary table
+    step2 = (smoke_root / "report.md").read_text().split("## Step 2")[1].split("## Step 3")[0]
     for m, name in (("convnet", "ConvNet"), ("resnet", "ResNet-18")):
         acc = json.loads((smoke_root / "figures" / f"{m}_metrics.json").read_text())["accuracy"]
-        row = next(line for line in table.splitlines() if line.startswith(f"| {name} | "))
-        assert row.split("|")[3].strip() == f"{100 * acc:.2f}"
+        row = [line for line in step2.splitlines() if line.startswith(f"| {name} | ")][-1]  # the accuracy table's row
+        assert row.split("|")[2].strip() == f"{100 * acc:.2f}"
         log = (smoke_root / "results" / "logs" / f"test-{m}.txt").read_text()
         assert f"accuracy {acc:.4f}" in log  # what the user saw in the terminal
 
