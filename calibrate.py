@@ -31,7 +31,7 @@ it is in-sample. The record says which (`in_sample`, `twin`, `fitted_on`); with 
 the twin's (the one that chose the threshold). The twin is its run's validation-best checkpoint
 (the epoch in `twin`), the refit its last epoch.
 The checkpoint gets `calibration = {temperature, threshold, ...}`; weights/<name>.json too.
-Imports data.py, models.py, predict.py and runs.py (for runs.pyplot and runs.sha256) only.
+Imports data.py, models.py, predict.py, plots.py (pyplot) and runs.py (sha256) only.
 """
 
 import argparse
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 import predict
+import plots
 import runs
 from data import load_raw, resolve_data_dir, stratified_split
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
@@ -423,7 +424,7 @@ def plot_tradeoff(results_dir: str | Path, out: str | Path) -> Path:
     """figures/unsure_tradeoff.png from results/calibration/*.json: per checkpoint, the share of
     validation digits accepted against the share of (unseen) non-digits refused, as the
     rejector's threshold moves (at the chosen probability threshold); the chosen point marked."""
-    plt = runs.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for f in sorted(Path(results_dir).glob("*.json")):
         r = json.loads(f.read_text())

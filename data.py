@@ -520,7 +520,7 @@ def describe(name: str = "mnist", data_dir=None, download: bool = True) -> dict:
 def save_sample_grid(name: str, data_dir, path: str | os.PathLike, per_class: int = 10) -> Path:
     """A grid of `per_class` training digits for every class, one row each."""
     import matplotlib
-    matplotlib.use("Agg")  # runs.pyplot() is the one place above floor 1; data.py imports nothing of ours
+    matplotlib.use("Agg")  # plots.pyplot() is the one place above floor 1; data.py imports nothing of ours
     import matplotlib.pyplot as plt
 
     x_tr, y_tr, *_ = load_raw(name, data_dir, download=False)

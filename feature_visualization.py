@@ -26,7 +26,7 @@ import torch
 
 from data import DataError, load_raw, normalize
 from models import CheckpointError, conv_layers, load_checkpoint, weights_name
-from runs import pyplot
+from plots import pyplot
 
 
 def _grid(images, path: Path, title: str, cols: int, cmap="gray", symmetric=False, labels=None, first=None):

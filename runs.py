@@ -1,28 +1,21 @@
-"""The run folder, and the machine it runs on.
+"""The run folder: what one training run writes, and the one place that writes weights/.
 
     log = RunLog(run_dir / "log.txt"); log("a line")        # printed and appended
     write_history(run_dir / "history.csv", rows)             # one row per epoch (HISTORY_FIELDS)
-    plot_curves(rows, run_dir / "curves.png", title)         # train vs validation loss, accuracy, F1
+    saved = open_run_dir(run_dir, record, dist, resume, d)   # a stopped run of the same settings continues
     promote(run_dir / "best.pt", cfg, genuine)               # -> weights/<model>.pt + its card, if better on val
 
-Also: opening a run folder (a stopped run of the same settings continues), atomic writes, the
-machine's facts (resolve_device, resolve_precision, cpu_has_bf16, cpu_name, hardware, environment),
-joining a torchrun job (distributed), the process-wide lock that keeps two timing runs apart
-(exclusive), and the signal handling that turns `kill` into Ctrl-C. Imports only models.py of ours.
+Also the atomic writes every script uses (a reader never sees half a file). Imports models.py and
+machine.py of ours.
 """
 
 import csv
 import json
 import math
 import os
-import platform
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from machine import Dist, environment
 from models import CheckpointError, read_checkpoint, save_atomic
 
 # -----------------------------------------------------------------------------
@@ -55,152 +48,8 @@ def write_json(path: Path, obj, indent: int = 1, newline: bool = True) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent) + ("\n" if newline else ""))
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed), set in one place."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 # -----------------------------------------------------------------------------
-# The machine
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' if available, else 'mps' (Apple), else 'cpu'; any other name as given."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def cpu_has_bf16() -> bool:
-    """bf16 autocast is 2-3x faster on CPUs with native bf16 (AVX512-BF16, AMX) and slower elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it ('AMD EPYC 9R14'); the architecture elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> bf16 on CUDA with bf16 (else fp16) and on CPUs with bf16 instructions, else fp32."""
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return "fp32"
-
-
-def hardware(device: str = "cpu", precision: str = "") -> str:
-    """'AMD EPYC 9R14 (2 threads, bf16)': the CPU model, as /proc/cpuinfo names it; the GPU's name on CUDA."""
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()} ({precision})"
-    return f"{cpu_name()} ({torch.get_num_threads()} threads, {precision or ('bf16' if cpu_has_bf16() else 'fp32')})"
-
-
-def code_version() -> str:
-    """The repository's short commit, '-dirty' with uncommitted changes to tracked files; 'unknown' outside git."""
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if commit.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment(device: str) -> dict:
-    """What a run ran on: torch, python, device, threads, CPU, code version (and the GPU on CUDA)."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device,
-           "threads": torch.get_num_threads(), "cpu": cpu_name(), "code_version": code_version()}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
-
-
-# -----------------------------------------------------------------------------
-# Distributed data parallel: `torchrun --nproc-per-node=N train.py ...` runs N copies of this
-# script; each trains on its 1/N of every global batch and DDP averages the gradients, so the
-# run is the same optimization as one process with the same --batch-size and --lr (the batch
-# size is the *global* batch). Without torchrun (WORLD_SIZE unset) nothing here does anything.
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the only process that prints, writes files and updates weights/."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of t over the ranks (a new tensor on t's device); t itself when alone."""
-        if self.world == 1:
-            return t
-        dev = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
-        out = t.detach().clone().to(dev)
-        torch.distributed.all_reduce(out)
-        return out.to(t.device)
-
-    def broadcast(self, obj):
-        """Rank 0's obj, on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-
-def distributed(device: str) -> Dist:
-    """Join the torchrun job this process belongs to (gloo on CPU, NCCL on CUDA), if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as td
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    if not td.is_initialized():
-        td.init_process_group(backend)
-    return Dist(td.get_rank(), td.get_world_size(), local_rank, backend)
-
-
-# -----------------------------------------------------------------------------
-# The run folder: log.txt, history.csv, curves.png, checkpoints
+# The run folder: log.txt, history.csv, checkpoints; weights/
 
 
 class RunLog:
@@ -231,30 +80,6 @@ def write_history(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """Train vs validation loss, accuracy and macro-F1 per epoch."""
-    if not history:
-        return
-    plt = pyplot()
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    plain = all(math.isfinite(float(h.get("train_ce", math.nan))) for h in history)  # runs from before train_ce: the optimised loss
-    for ax, key, label in zip(axes, ("loss", "acc", "f1"), ("loss (CE)", "accuracy", "macro F1")):
-        train_key = "train_ce" if key == "loss" and plain else f"train_{key}"
-        ax.plot(ep, [float(h[train_key]) for h in history], "o-", label="train (augmented, running)")
-        ax.plot(ep, [h[f"val_{key}"] for h in history], "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def same_settings(stored: dict, record: dict, defaults: dict) -> bool:
     """Whether a last.pt's train_config describes the run `record` describes. A moved run folder is
     still the same run; a setting added after last.pt was written counts as its value in `defaults` there."""
@@ -262,7 +87,7 @@ def same_settings(stored: dict, record: dict, defaults: dict) -> bool:
     return all(stored.get(k, defaults.get(k)) == record.get(k, defaults.get(k)) for k in (set(stored) | set(record)) - where)
 
 
-def open_run_dir(run_dir: Path, record: dict, dist: "Dist", resume: bool, defaults: dict) -> dict | None:
+def open_run_dir(run_dir: Path, record: dict, dist: Dist, resume: bool, defaults: dict) -> dict | None:
     """Make the run folder. Returns its last.pt when `resume` and it holds a run of these same
     settings; otherwise clears the folder's files of an earlier run and returns None."""
     if dist.main:
@@ -278,23 +103,6 @@ def open_run_dir(run_dir: Path, record: dict, dist: "Dist", resume: bool, defaul
         for stale in ("last.pt", "log.txt", "history.csv", "best.pt", "curves.png", "result.json"):
             (run_dir / stale).unlink(missing_ok=True)
     return saved
-
-
-def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, title: str, out_png: str) -> str:
-    """The LR range test's smoothed loss against the LR (log axis), the suggestion marked; returns out_png."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
-    ax.axvline(suggestion, color="r", ls="--", label=f"suggested {suggestion:.2g} (steepest)")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
-    ax.set_title(title)
-    ax.legend()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return out_png
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -349,37 +157,3 @@ def ship(best_path: Path, target: Path, env: dict) -> None:
     card = {"weights": str(target), "model": new["model"], "model_config": new["model_config"], "metrics": new["metrics"],
             "train_config": new["train_config"], "environment": env, "history": history}
     write_json(target.with_suffix(".json"), card, indent=2, newline=False)
-
-
-# -----------------------------------------------------------------------------
-# Locks, claims, signals
-
-
-def exclusive(name: str = "benchmark", path: Path | None = None):
-    """Hold a lock for the whole process: two timing runs (benchmarks/, the study) at once on
-    2 cores make both worthless. Exits with a one-line error when another one holds it."""
-    import fcntl
-    import tempfile
-
-    # MNIST_STUDY_LOCK: another lock file, e.g. for two shard workers of one study on one machine (tests)
-    path = path or Path(os.environ.get("MNIST_STUDY_LOCK") or Path(tempfile.gettempdir()) / "mnist-study-benchmark.lock")
-    f = path.open("w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise SystemExit(f"{name}: another benchmark or study is running (lock {path}); wait for it: "
-                         f"runs side by side on 2 cores make both slow and their timings meaningless")
-    return f  # keep a reference: the lock lives as long as the file stays open
-
-
-def stop_on_signals() -> None:
-    """SIGTERM (a session's end, `kill`) and SIGINT, even in a background job where the shell
-    ignores SIGINT, stop the process like Ctrl-C: a run in progress saves its last.pt first."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)

@@ -42,8 +42,9 @@ import torch
 
 from data import DataError, describe, load_data, save_sample_grid
 from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
-from runs import (exclusive, hardware, plot_curves, resolve_device, sha256, ship, stop_on_signals, write_bytes_atomic,
-                  write_json, write_text_atomic)
+from machine import exclusive, hardware, resolve_device, stop_on_signals
+from plots import plot_curves
+from runs import sha256, ship, write_bytes_atomic, write_json, write_text_atomic
 from study_cells import (  # the cells and the choices; re-exported: tests and study_report read study.X
     LRS, SEEDS, LR_EPOCHS, ADAM_MODELS, STEM_EPOCHS, OPTIM_MODELS, ADADELTA_LR, REG_EPOCHS, FINAL_EPOCHS,
     FINAL_SEEDS, ATTEMPTS, SMOKE_EPOCHS, REG_VARIANTS, AUGMENTATIONS, CAPACITIES, PATIENCE, Settings, Cell,

@@ -22,7 +22,8 @@ import torch
 
 from data import DataError, load_raw, normalize
 from models import CheckpointError, load_checkpoint, weights_name
-from runs import pyplot, resolve_device
+from machine import resolve_device
+from plots import pyplot
 
 # -----------------------------------------------------------------------------
 # Metrics on tensors, cheap enough for every training epoch (train.py); the test set's full metrics are sklearn's (metrics()).

@@ -35,9 +35,9 @@ import recipes
 from data import Augment, Data, DataError, augment, batches, load_data
 from models import (MODELS, RESNET_STEMS, STUDY_MODELS, CheckpointError, build_model, checkpoint, complete_config, count_params,
                     read_checkpoint, save_atomic)
-from runs import (RunLog, distributed, environment, open_run_dir,
-                  plot_curves, plot_lr_find, progress_bar, promote, pyplot, resolve_device, resolve_precision, same_settings,
-                  stop_on_signals, write_history)
+from machine import distributed, environment, resolve_device, resolve_precision, stop_on_signals
+from plots import plot_curves, plot_lr_find, pyplot
+from runs import RunLog, open_run_dir, progress_bar, promote, same_settings, write_history
 from test_model import confusion, macro_f1
 
 ROOT = Path(__file__).resolve().parent

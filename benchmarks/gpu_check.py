@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import speed  # noqa: E402
-import runs  # noqa: E402
+import machine  # noqa: E402
 import train  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     out_dir = Path(a.out or tempfile.mkdtemp(prefix="gpu-check-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     run_root = tempfile.mkdtemp(prefix="gpu-check-runs-")
-    gpu = torch.cuda.get_device_name() if device == "cuda" else f"CPU dry run: {runs.cpu_name()}"
-    precision = runs.resolve_precision("auto", device)
+    gpu = torch.cuda.get_device_name() if device == "cuda" else f"CPU dry run: {machine.cpu_name()}"
+    precision = machine.resolve_precision("auto", device)
     out = {"device": gpu, "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda, "precision": precision,
            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print(f"gpu_check on {gpu} ({precision}), torch {torch.__version__}", flush=True)

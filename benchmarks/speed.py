@@ -32,9 +32,9 @@ import torch  # noqa: E402
 import torchvision.datasets  # noqa: E402,F401  (imports are excluded from the timings; data loading is not)
 import torch.nn as nn  # noqa: E402
 
-import runs  # noqa: E402
+import machine as this_machine  # noqa: E402
 import train  # noqa: E402
-from runs import exclusive  # noqa: E402,F401  (trials.py imports it from here)
+from machine import exclusive  # noqa: E402,F401  (trials.py imports it from here)
 from data import Augment, augment, load_data  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
@@ -261,12 +261,12 @@ def cpu_flags() -> list[str]:
 
 def machine_class() -> str:
     """'bf16' on CPUs with native bf16 (AVX512-BF16 or AMX: Zen 4, Sapphire Rapids), 'fp32' elsewhere (AVX2)."""
-    return "bf16" if runs.cpu_has_bf16() else "fp32"
+    return "bf16" if this_machine.cpu_has_bf16() else "fp32"
 
 
 def machine() -> dict:
-    return {"cpu": runs.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": "cpu", "bf16_instructions": runs.cpu_has_bf16(), "machine_class": machine_class(), "cpu_flags": cpu_flags(),
+    return {"cpu": this_machine.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": "cpu", "bf16_instructions": this_machine.cpu_has_bf16(), "machine_class": machine_class(), "cpu_flags": cpu_flags(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -310,7 +310,7 @@ def measure_throughput(out: dict, q: bool) -> tuple[str, ...]:
     """Training and inference img/s per model, precision and layout; the augmentation's cost. Returns the precisions measured."""
     # Throughput per model, fp32 vs bf16, NCHW vs channels_last. bf16 only where the CPU has
     # bf16 instructions: elsewhere it is emulated, 10-20x slower, and nobody should use it.
-    precisions = ("fp32", "bf16") if runs.cpu_has_bf16() else ("fp32",)
+    precisions = ("fp32", "bf16") if this_machine.cpu_has_bf16() else ("fp32",)
     out["machine_class"] = machine_class()  # results are kept per class: never mix bf16 and fp32 machines
     if "bf16" not in precisions:
         print("bf16: skipped, no bf16 instructions on this CPU (it would be emulated)", flush=True)

@@ -73,3 +73,26 @@ def test_readme_speed_table_has_one_column_per_class_and_says_what_was_not_measu
     assert "3.4 s (target <= 3 s: missed)" in rows["time to 99.0%, median of 3 seeds"]
     assert "13.0 / never / 12.0 s (target: every seed, <= 15 s: missed)" in rows["time to 99.5%, each seed"]
     assert all(line.rstrip(" |").endswith("not measured (no such machine here yet)") for name, line in rows.items() if name != "")
+
+
+def test_defaults_records_merge_by_model_seed_and_machine_and_fill_the_docs_table(tmp_path):
+    """benchmarks/defaults.py: a new run replaces the record of the same (model, seed, machine) only; the
+    table gives each model and machine its mean and lowest test accuracy and slowest wall time."""
+    import defaults
+    rec = lambda seed, acc, machine="cpu A", wall=100.0: {  # noqa: E731
+        "model": "resnet", "seed": seed, "optimizer": "adam", "lr": 0.001, "epochs": 1, "batch_size": 256,
+        "wall_seconds": wall, "train_seconds": wall - 10, "val_acc": acc, "test_acc": acc, "test_f1": acc,
+        "machine": machine, "threads": 2, "code_version": "x", "date": "2026-12-06"}
+    path = tmp_path / "defaults.json"
+    path.write_text(json.dumps({"runs": [rec(0, 0.99), rec(1, 0.98), rec(0, 0.97, "cpu B")]}))
+    merged = defaults.merge([rec(1, 0.992, wall=180.0)], path)
+    assert [(r["seed"], r["test_acc"], r["machine"]) for r in merged] == [(0, 0.99, "cpu A"), (0, 0.97, "cpu B"), (1, 0.992, "cpu A")]
+    rows = defaults.table(merged).splitlines()[2:]
+    assert rows == ["| resnet | adam | 0.001 | 1 | 2 | 99.10, 99.00 | 3.0 min | cpu A |",
+                    "| resnet | adam | 0.001 | 1 | 1 | 97.00, 97.00 | 1.7 min | cpu B |"]
+    doc = tmp_path / "training.md"
+    doc.write_text(f"before\n{defaults.TABLE_BEGIN}\nold\n{defaults.TABLE_END}\nafter\n")
+    path.write_text(json.dumps({"runs": merged}))
+    assert defaults.update_docs(doc, path)
+    assert doc.read_text() == f"before\n{defaults.TABLE_BEGIN}\n{defaults.table(merged)}\n{defaults.TABLE_END}\nafter\n"
+    assert not defaults.update_docs(tmp_path / "missing.md", path)

@@ -15,6 +15,7 @@ import recipes
 import study
 import study_cells
 import runs
+import machine
 import study_report
 import train
 
@@ -31,7 +32,7 @@ def smoke_root(real_data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study-smoke")
     lock = root / "lock"
     saved = study.exclusive
-    study.exclusive = lambda name: runs.exclusive(name, lock)
+    study.exclusive = lambda name: machine.exclusive(name, lock)
     try:
         assert study.main(["--smoke", "--root", str(root), "--data-dir", str(real_data_dir)]) == 0
     finally:
@@ -201,8 +202,8 @@ def test_cell_names_are_made_from_settings_and_shared_between_stages(tmp_path):
 
 def test_a_second_study_is_refused_while_one_runs(tmp_path, monkeypatch):
     lock = tmp_path / "lock"
-    held = runs.exclusive("first", lock)
-    monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, lock))
+    held = machine.exclusive("first", lock)
+    monkeypatch.setattr(study, "exclusive", lambda name: machine.exclusive(name, lock))
     try:
         with pytest.raises(SystemExit, match="another benchmark or study is running"):
             study.main(["--smoke", "--root", str(tmp_path / "s"), "--only", "data"])

@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 import models
 from models import complete_config
 import recipes
+import machine
 import runs
 import train
 from conftest import ROOT
@@ -353,7 +354,7 @@ def test_torchrun_two_processes_gloo_one_run_dir_same_weights(real_data_dir, tmp
 
 
 def test_batch_must_split_evenly_and_sync_bn_needs_cuda(tmp_path, synthetic_data, monkeypatch):
-    monkeypatch.setattr(train, "distributed", lambda device: runs.Dist(rank=0, world=3, backend="gloo"))
+    monkeypatch.setattr(train, "distributed", lambda device: machine.Dist(rank=0, world=3, backend="gloo"))
     with pytest.raises(ValueError, match="must divide by the 3 processes"):
         train.train(tiny(tmp_path, batch_size=64), synthetic_data, quiet=True)
 
