@@ -51,7 +51,7 @@ def _grid(images, path: Path, title: str, cols: int, cmap="gray", symmetric=Fals
             ax.set_title(labels[i], fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="weight" if symmetric else "activation")
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="weight" if symmetric else "conv output (before BN and ReLU)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)

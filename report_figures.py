@@ -19,14 +19,11 @@ import statistics
 import textwrap
 from pathlib import Path
 
+from plots import pyplot
 from report_facts import NAMES, OPT_NAMES, ROOT, Study
 
-
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+DIGIT = 7  # the test digit whose feature maps the report shows
+VALIDATION = "validation (held-out split, end of epoch)"
 
 
 def save(fig, path: Path) -> str:
@@ -37,42 +34,33 @@ def save(fig, path: Path) -> str:
 
 
 def curves(s: Study, m: str) -> str | None:
-    """figures/curves_<m>.png: loss, accuracy and macro F1 per epoch, training and validation, from the
-    run curve_source() names; a run without a validation split is drawn as training only."""
+    """figures/curves_<m>.png: loss, and accuracy and macro F1 as error on a log axis, per epoch, training and
+    validation, from the run curve_source() names; a run without a validation split is drawn as training only."""
     src = s.curve_source(m)
-    h = src["history"]
+    h, c = src["history"], src["config"]
     if not h:
         return None
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     plt = pyplot()
     ep = [x["epoch"] for x in h]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    held_out = src["kind"] != "train_only"
-    loss, acc, f1 = axes
-    eps = src["config"].get("label_smoothing", 0)
-    if all("train_ce" in x for x in h):  # the plain cross-entropy of the training batches: validation's quantity
-        loss.plot(ep, [x["train_ce"] for x in h], label="training (augmented batches)")
-    else:
-        loss.plot(ep, [x["train_loss"] for x in h], label=f"training: label-smoothed loss (ε {eps:g}), not validation's quantity")
-    if held_out:
-        loss.plot(ep, [x["val_loss"] for x in h], label="validation")
-    loss.set_yscale("log")
-    for ax, key, title in ((acc, "acc", "error % = 100 - accuracy (log)"), (f1, "f1", "100 - macro F1 % (log)")):
-        floor = 1e-2  # an epoch with no error at all is drawn at the axis' floor
-        ax.plot(ep, [max(100 * (1 - x[f"train_{key}"]), floor) for x in h], label="training (augmented batches, running mean)")
-        if held_out:
-            ax.plot(ep, [max(100 * (1 - x[f"val_{key}"]), floor) for x in h], label="validation")
-        ax.set_yscale("log")
-        ax.set_title(title)
-    loss.set_title("loss: cross-entropy (log)")
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-    for ax in axes:  # log axes labelled 0.1, 0.2, 0.5, 1, 2, 5 ... in plain numbers
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ce = all("train_ce" in x for x in h)  # the plain cross-entropy of the training batches: validation's quantity
+    err = lambda key: [max(100 * (1 - x[key]), 1e-2) for x in h]  # noqa: E731  (no error at all: drawn at the floor)
+    loss = "loss: cross-entropy (log)" if ce else f"loss (log): training's label-smoothed (ε {c.get('label_smoothing', 0):g}),\nvalidation's plain cross-entropy"
+    shown = ((loss, [x["train_ce" if ce else "train_loss"] for x in h], [x["val_loss"] for x in h]),
+             ("error % = 100 - accuracy (log)", err("train_acc"), err("val_acc")),
+             ("100 - macro F1 % (log)", err("train_f1"), err("val_f1")))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
+    for ax, (title, train, val) in zip(axes, shown):  # the training curve: what the model saw while it trained
+        ax.plot(ep, train, label=f"training: running mean over the epoch's {'augmented ' if c.get('augment') else ''}batches")
+        if src["kind"] != "train_only":
+            ax.plot(ep, val, label=VALIDATION)
+        ax.set(yscale="log", xlabel="epoch")
+        ax.set_title(title, fontsize=10)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled 0.1, 0.2, 0.5, 1, 2, 5 ... in plain numbers
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    c = src["config"]
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=9)
     what = {"own": "the run that made this file (validation split held out)",
             "twin": "the same recipe with the validation split held out (the file itself trained on all training images)",
             "train_only": "training only: this run trained on all training images, no validation split"}[src["kind"]]
@@ -92,24 +80,20 @@ def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symm
     rows = math.ceil((len(ims) + (first is not None)) / cols)
     sub = grid.subgridspec(rows, cols + (width < 1), wspace=0.05, hspace=0.05,
                            width_ratios=[1] * cols + ([cols * (1 - width) / width] if width < 1 else []))
-    shown = None
-    axes = []
-    for k in range(rows * cols):
-        ax = fig.add_subplot(sub[k // cols, k % cols])
-        axes.append(ax)
+    axes = [fig.add_subplot(sub[k // cols, k % cols]) for k in range(rows * cols)]
+    for ax in axes:
         ax.axis("off")
-        i = k - (first is not None)
-        if first is not None and k == 0:
-            ax.imshow(first, cmap="gray")
-            ax.set_title("input", fontsize=7)
-        elif 0 <= i < len(ims):
-            shown = ax.imshow(ims[i], cmap=cmap, vmin=lo, vmax=hi)
-            if titles:
-                ax.set_title(titles[i], fontsize=6, pad=2)
+    if first is not None:  # the input image, in grey on its own scale
+        axes[0].imshow(first, cmap="gray")
+        axes[0].set_title("input", fontsize=7)
+    for i, (ax, im) in enumerate(zip(axes[int(first is not None):], ims)):
+        shown = ax.imshow(im, cmap=cmap, vmin=lo, vmax=hi)
+        if titles:
+            ax.set_title(titles[i], fontsize=6, pad=2)
     fig.colorbar(shown, ax=axes, shrink=0.8, label=label)
 
 
-def features(s: Study, m: str, digit: int = 7, n_maps: int = 32, n_kernels: int = 8) -> list[str]:
+def features(s: Study, m: str, digit: int = DIGIT, n_maps: int = 32, n_kernels: int = 8) -> list[str]:
     """figures/features_<m>_layer1.png and _layer2.png: each layer's filters (shared colour scale, 0 at
     the centre; the second layer's as n_kernels filters' kernels on their n_kernels strongest input channels,
     by the kernel's L2 norm) and the maps the layer makes of the first test image of `digit` (before BN and ReLU)."""
@@ -153,7 +137,7 @@ def features(s: Study, m: str, digit: int = 7, n_maps: int = 32, n_kernels: int 
         fig = plt.figure(figsize=(11, 11 * (h1 + h2) + 1))
         g = fig.add_gridspec(2, 1, height_ratios=[h1, h2])
         panels(fig, g[0], filt, "RdBu_r", "weight", cols, symmetric=True, width=cols / 16, titles=titles)
-        panels(fig, g[1], fmap, "viridis", "activation", 11, first=x[0, 0])
+        panels(fig, g[1], fmap, "viridis", "conv output (before BN and ReLU)", 11, first=x[0, 0])
         fig.suptitle(f"{NAMES[m]}, layer {n}: {what}, and {len(fmap)} of "
                      f"the layer's maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})")
         out.append(save(fig, s.root / "figures" / f"features_{m}_layer{n}.png"))
@@ -202,21 +186,22 @@ def study_regularization(s: Study) -> str | None:
     if not variants:
         return None
     plt = pyplot()
-    cols = 4
-    fig, axes = plt.subplots(math.ceil(len(variants) / cols), cols, figsize=(16, 2.9 * math.ceil(len(variants) / cols)),
-                             sharex=True, sharey=True, squeeze=False)
+    rows = math.ceil(len(variants) / 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(16, 2.9 * rows + 0.8), sharex=True, sharey=True, squeeze=False, layout="constrained")
+    training = "training: running mean over the epoch's batches (augmented, unless the panel's title says not)"
     for ax, v in zip(axes.flat, variants):
         n = min(len(r["history"]) for r in v["records"])
-        batches = "augmented batches" if v["records"][0]["config"].get("augment") else "no augmentation"
-        for key, style, label in (("train_acc", "--", f"training ({batches})"), ("val_acc", "-", "validation")):
+        for key, style, label in (("train_acc", "--", training), ("val_acc", "-", VALIDATION)):
             mean = [statistics.mean(r["history"][i][key] for r in v["records"]) for i in range(n)]
             ax.plot(range(1, n + 1), [max(100 * (1 - a), 1e-3) for a in mean], style, label=label)
         ax.set_yscale("log")
-        ax.set_title(v["variant"], fontsize=9)
+        ax.set_title(v["variant"] + ("" if v["records"][0]["config"].get("augment") else " (training not augmented)"), fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(variants):]:
+    spare = list(axes.flat)[len(variants):]  # the grid's empty panels: the first holds the legend
+    for ax in spare:
         ax.axis("off")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    (spare or [axes[0, 0]])[0].legend(handles, [textwrap.fill(x, 42) for x in labels], loc="center", fontsize=10)
     c = variants[0]["records"][0]["config"]
     fig.suptitle(f"{NAMES[c['model']]} at width {c['model_config']['width']}, {OPT_NAMES[c['optimizer']]} lr {c['lr']:g}, "
                  f"{c['epochs']:g} epochs: training and validation error per variant, mean over seeds")
@@ -243,8 +228,7 @@ def auc_gaps(s: Study) -> str | None:
         line, = ax.plot(range(len(digits)), [g if g > 0 else math.nan for g in gaps], "o-", lw=1, ms=5,
                         label=f"{name}: macro {1 - met['auc_ovr_macro']:.1e}")
         zero = [i for i, g in enumerate(gaps) if g <= 0]
-        if zero:
-            ax.plot(zero, [floor] * len(zero), "o", mfc="none", color=line.get_color(), ms=7)
+        ax.plot(zero, [floor] * len(zero), "o", mfc="none", color=line.get_color(), ms=7)
     ax.set(yscale="log", xlabel="digit (one-vs-rest)", ylabel="1 - AUC (log)",
            title="1 - ROC-AUC per digit on the test set: the fraction of (digit, other) pairs ranked wrongly")
     ax.set_xticks(range(len(digits)), digits)

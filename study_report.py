@@ -16,11 +16,10 @@ from pathlib import Path
 import jinja2
 
 from report_facts import NAMES, OPT_NAMES, ROOT, Study, clean_command, compare, read_json
-from report_figures import draw_figures, render_screenshots
+from report_figures import DIGIT, draw_figures, render_screenshots
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 APPENDIX = "report-appendix.md"
-DIGIT = 7  # the test digit whose feature maps the report shows (report_figures.features draws it)
 BLOCKS = {  # README's generated blocks: marker name -> template
     "study:models": "readme_models.md.j2",
     "calibration:convnet": "readme_calibration.md.j2",
@@ -52,21 +51,20 @@ def context(s: Study) -> dict:
     lr, accuracy = s.lr_table(), s.accuracy_table()
     scored = [dict(c, row=r) for r in lr for c in r["grid"] if c["acc"] is not None]
     best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["grid"] if c["acc"] == r["best"]})  # noqa: E731
-    optimizers = s.optimizer_table()
+    optimizers, best = s.optimizer_table(), s.best_model()
     rest = [m for m in s.models if m not in optimizers]
     return {"s": s, "data": s.data, "design": s.design, "accuracy": accuracy, "optimizers": optimizers,
             "sweep_only": {"models": rest, "optimizers": sorted({s.cards[m]["train_config"]["optimizer"] for m in rest})},
             "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(scored, key=lambda c: c["acc"]) if scored else None,
             "best_lrs": best_lrs,
-            "best": s.best_model(), "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
+            "best": best, "test_cmp": compare({r["model"]: r["test"] for r in best["rows"]}, s.one_test, s.tie_k) if best else {},
+            "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
             "after": s.after_test(), "curves": {m: s.curve_source(m) for m in s.shipped}, "metrics": s.metrics,
             "cards": s.cards, "recipes": s.recipes, "machine": s.final_machine(),
             "exists": lambda p: (s.root / p).exists(), "digit": DIGIT,
             "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
-            "params": {r["model"]: r["params"] for r in accuracy}, "files": {m: s.shipped_file(m) for m in s.shipped},
-            "smooth_cmp": smoothing_ablation(s), "resnet_tail": next(([m for m in r["maps"] if m != "1x1"][-2:]
-                                                                      for r in accuracy if r["model"] == "resnet"), []),
-            "madds": {r["model"]: r["madds"] for r in accuracy}}
+            "arch": {r["model"]: r for r in accuracy}, "files": {m: s.shipped_file(m) for m in s.shipped},
+            "smooth_cmp": smoothing_ablation(s)}
 
 
 def smoothing_ablation(s: Study) -> dict | None:
@@ -113,35 +111,30 @@ def replace_block(text: str, name: str, body: str) -> str:
     return f"{head}{begin}{marker}\n{body.rstrip()}\n{end}{tail}"
 
 
-def readme(text: str, root: Path = ROOT) -> str:
-    """A page's text with its generated blocks filled: the models' results (README), the ConvNet's
-    calibration and the users'-images table (benchmarks/results/user_images.md, copied; docs/your-images.md)."""
-    s, env = Study(root), environment()
-    ctx = context(s)
-    calibration = root / "results" / "calibration" / "convnet.json"
-    for name, template in BLOCKS.items():
-        if name != "calibration:convnet" or calibration.exists():
-            text = replace_block(text, name, env.get_template(template).render(ctx, calibration=read_json(calibration)))
-    table = root / "benchmarks" / "results" / "user_images.md"
-    return replace_block(text, "user_images:table", table.read_text()) if table.exists() else text
-
-
 def update_readme(root: Path = ROOT) -> bool:
-    """Fill the generated blocks of README.md and docs/*.md in place; False when README has none."""
+    """Fill the generated blocks of README.md and docs/*.md in place: the models' results (README), the ConvNet's
+    calibration and the users'-images table (benchmarks/results/user_images.md, copied; docs/your-images.md).
+    False when README has none."""
     path = root / "README.md"
     if not path.exists():
         return False
+    env, ctx = environment(), context(Study(root))
+    calibration = read_json(root / "results" / "calibration" / "convnet.json")
+    bodies = {name: env.get_template(template).render(ctx, calibration=calibration)
+              for name, template in BLOCKS.items() if name != "calibration:convnet" or calibration}
+    if (table := root / "benchmarks" / "results" / "user_images.md").exists():
+        bodies["user_images:table"] = table.read_text()
     for doc in [path, *sorted((root / "docs").glob("*.md"))]:
-        text = doc.read_text()
-        new = readme(text, root)
+        text = new = doc.read_text()
+        for name, body in bodies.items():
+            new = replace_block(new, name, body)
         if new != text:
             write(doc, new)
     return "<!-- study:models " in path.read_text()
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write report.md, the appendix, the model cards and README's generated blocks "
-                                            "from the study's recorded results.")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=str(ROOT), help="the study's root (default: this repository)")
     p.add_argument("--figures", action="store_true", help="also redraw the report's figures (needs DATA_DIR for the features)")
     p.add_argument("--screenshots", action="store_true", help="also render results/logs/*.txt to screenshots/")
