@@ -114,8 +114,9 @@ def _otsu(values: np.ndarray) -> float:
 def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """Drop ruled and grid lines from the mask `strong` (H, W) bool: straight thin horizontal
     or vertical runs at least half the image long that reach more than twice as far as the
-    rest of the ink. Where a line crosses a stroke, the stroke's pixels stay if they are
-    clearly darker than the line."""
+    rest of the ink and run past it at both ends by more than their thickness (a 1's stem ends
+    where its upstroke begins: a stroke, kept). Where a line crosses a stroke, the stroke's
+    pixels stay if they are clearly darker than the line."""
     from scipy import ndimage as ndi
 
     h, w = strong.shape
@@ -138,7 +139,9 @@ def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
     line_level = []
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         lh, lw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        if lw >= 2 * extent_w or lh >= 2 * extent_h:
+        across = (lw >= 2 * extent_w and sl[1].start < cols[0] - lh and sl[1].stop - 1 > cols[-1] + lh) or \
+                 (lh >= 2 * extent_h and sl[0].start < rows[0] - lw and sl[0].stop - 1 > rows[-1] + lw)
+        if across:
             m = labels[sl] == i
             out[sl][m] = False
             line_level.append(np.median(ink[sl][m]))

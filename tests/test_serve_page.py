@@ -603,9 +603,6 @@ def test_a_one_with_an_upstroke_is_never_a_confident_other_digit(screen_page):
     assert text(page, "#digit") in ("1", "?"), text(page, "#confidence")
 
 
-@pytest.mark.xfail(strict=True, reason="ink._remove_lines takes the 1's stem (a vertical run over half the 280-px drawing "
-                                       "and more than twice as tall as the rest of the ink) for a ruled line and drops it, so "
-                                       "the model sees the upstroke alone, scaled up to a slab")
 @pytest.mark.parametrize("model", ["convnet", "dnn"])
 def test_a_one_with_an_upstroke_is_seen_and_read_as_a_one(page, model):
     page.select_option("#model", model)
