@@ -196,21 +196,20 @@ class Study:
         return len({r["tags"].get("attempt") for r in self.runs.values() if r["tags"].get("kind") == "final"
                     and r["tags"]["model"] == m and not r["config"].get("refit")})
 
-    def again(self) -> dict:
-        """{run name: (the run it trains again, which training of it: 2, 3, ...)} for the runs that repeat
-        an earlier run's settings and seed."""
-        firsts = {}
-        for name, r in sorted(self.runs.items()):
-            if r["tags"].get("again"):
-                firsts.setdefault(r["tags"]["again"], []).append(name)
-        return {n: (first, k + 2) for first, names in firsts.items() for k, n in enumerate(sorted(names, key=len))}
+    def later(self) -> dict:
+        """{run name: (the recipe seed's first run, which training of that seed: 2, 3, ...)} for the later
+        trainings with the same settings and seed that results/final_recipes.json lists under a seed's
+        "later" (chosen recipes and earlier ones)."""
+        chosen = [r for e in (self.recipes.get("models") or {}).values() for r in (e, *e.get("earlier", []))]
+        return {y["cell"]: (x["cell"], k + 2) for r in chosen for x in r.get("seeds", [])
+                for k, y in enumerate(x.get("later", []))}
 
     # -- Step 2 ----------------------------------------------------------------------------------
     def file_is_recipe_seed(self, m: str) -> bool:
         """Whether weights/<m>.pt is one of the chosen recipe's seeds (its first run or a later one)."""
         e = (self.recipes.get("models") or {}).get(m) or {}
         run = self.shipped_run(m)
-        names = {y["cell"] for x in e.get("seeds", []) for y in (x, x.get("again"), *x.get("reruns", [])) if y}
+        names = {y["cell"] for x in e.get("seeds", []) for y in (x, *x.get("later", []))}
         return bool(e.get("done") and run and run["name"] in names)
 
     def seed_scores(self, m: str, of_file: bool = False) -> dict | None:

@@ -10,7 +10,7 @@ report.md written from what they recorded.
 A *cell* is one training run (train.train with one TrainConfig; study_cells.py lists them). Its outcome - status,
 validation-best epoch, validation and test metrics, per-epoch history, time, hardware - is
 written atomically to results/cells/<name>.json when it ends; its run folder lives under
-runs/study/ (not committed), where last.pt lets a stopped cell continue. A rerun skips
+runs/study/ (not committed), where last.pt lets a stopped cell continue. Running it again skips
 every cell with a results file and resumes the one in progress, so `kill -9` loses at most
 the epoch in progress. Cells are named by their settings, so two stages that need the same
 run share it. Later stages read earlier ones' results (the LR of the optimizer comparison
@@ -54,7 +54,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     FAIR_NOISE_SE, fair_tuning_cells, fair_lr, optim_fair_cells, optim_fair_table, final_choice, attempt_changes,
     shipped_final, best_recipe, REFITS, REFIT_SEEDS, recipe_cells, refit_cells, final_cells,
     SCREEN_SEEDS, RECIPE_SEEDS, RECIPE_MODELS, RECIPE_CANDIDATES, RECIPE_ENSEMBLE, candidate_cells, recipe_choice,
-    recipe_refit_cells, recipes_cells, candidate_evidence, RECIPE_AGAIN, again_cells, rel,
+    recipe_refit_cells, recipes_cells, candidate_evidence, lr_find_settings, study_design, rel,
 )
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
 
@@ -337,7 +337,7 @@ def stage_lr_find(s: Settings) -> None:
             continue
         cfg = TrainConfig(model=m, model_config=s.model_config(m), optimizer=opt, data_dir=s.data_dir)
         print(f"\n=== lr_find {key}", flush=True)
-        r = lr_find(cfg, s.mnist(), steps=20 if s.smoke else 200, out_png=str(s.root / "figures" / f"lr_find-{key}.png"))
+        r = lr_find(cfg, s.mnist(), **lr_find_settings(s), out_png=str(s.root / "figures" / f"lr_find-{key}.png"))
         out[key] = {"suggested_lr": r["suggested_lr"], "min_loss_lr": r["min_loss_lr"], "steps": len(r["lrs"]),
                     "png": rel(s, Path(r["png"])), "batch_size": cfg.resolved().batch_size}
         print(f"{key}: suggested {r['suggested_lr']:.3g}, loss lowest at {r['min_loss_lr']:.3g}")
@@ -437,7 +437,7 @@ def ship_models(s: Settings) -> list[Path]:
             best = s.runs / "final" / c.name / "best.pt"
             if not best.exists():
                 raise SystemExit(f"study: {rel(s, target)} should be the final run {c.name} (best val {r['best']['val_acc']:.4f}), "
-                                 f"but {rel(s, best)} is gone; rerun it: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
+                                 f"but {rel(s, best)} is gone; run it again: rm {rel(s, result_path(s, c.name))} && python study.py --only final")
             env = json.loads((best.parent / "result.json").read_text()).get("environment", {})
             n_runs = sum(1 for x in recipe_cells(s) if isinstance(x, Cell) and x.model == m)
             how = f"val {r['best']['val_acc']:.4f}, the best of {n_runs} final runs"
@@ -696,12 +696,19 @@ def file_record(s: Settings, name: str, made: dict) -> dict:
     return {"checkpoint": made.get(name, {}).get("checkpoint"), "sha256": made.get(name, {}).get("sha256")}
 
 
+def seed_file(seed: dict) -> dict:
+    """A recipe seed's file ({"cell", "checkpoint", "sha256", ...}): its last later training's, else its own."""
+    return (seed.get("later") or [seed])[-1]
+
+
 def recipe_entry(s: Settings, m: str, made: dict) -> dict:
     """final_recipes.json's entry for model m: its candidates' validation evidence, test scores seen
     and cost, the chosen recipe (full TrainConfig, seed aside), each finished seed's test accuracy
-    and file (file_record; a seed in RECIPE_AGAIN keeps its first score, its latest rerun under "again",
-    earlier reruns under "reruns", "rerun_pending": the next rerun's cell while one is still to run),
-    mean/std once every seed is done. made: {cell: earlier record} for files not on this machine."""
+    and file (file_record), mean/std once every seed is done. A seed keeps its first test score (no
+    second draw for the mean); "later": the later trainings of that seed with the same settings, in
+    order ({"cell", "test_acc", "seconds", "hardware", "checkpoint", "sha256"}), carried over from the
+    seed's earlier record, the last one's file being the seed's (seed_file). made: {cell: its earlier
+    record} (files not on this machine, and the later trainings)."""
     choice = recipe_choice(s, m)
     (val, planned), (val_last, _) = candidate_evidence(s, m), candidate_evidence(s, m, last=True)
     runs = {k: [r for c in cells if isinstance(c, Cell) and (r := load_result(s, c.name))]
@@ -725,15 +732,8 @@ def recipe_entry(s: Settings, m: str, made: dict) -> dict:
         entry["recipe"] = {k: v for k, v in r["config"].items() if k not in ("seed", "run_name", "out", "data_dir")}
         seed = {"seed": c.tags["seed"], "cell": c.name, "test_acc": r["test"]["acc"], "seconds": r["seconds"],
                 "hardware": r["hardware"], **file_record(s, c.name, made)}
-        reruns = [{"cell": a.name, "test_acc": ra["test"]["acc"], "seconds": ra["seconds"], "hardware": ra["hardware"],
-                   **file_record(s, a.name, made)}
-                  for a in again_cells(c) if (ra := load_result(s, a.name)) and ra.get("test")]  # diverged: no file worth using
-        if reruns:  # the latest rerun's file is the seed's file; earlier reruns (their files lost too) stay listed
-            seed["again"] = reruns[-1]
-            if len(reruns) > 1:
-                seed["reruns"] = reruns[:-1]
-        if pending := [a.name for a in again_cells(c) if load_result(s, a.name) is None]:
-            seed["rerun_pending"] = pending[0]  # its file is to come: no ensemble is scored with the one before
+        if later := made.get(c.name, {}).get("later"):
+            seed["later"] = [{**x, **file_record(s, x["cell"], made)} for x in later]
         entry["seeds"].append(seed)
     accs = [x["test_acc"] for x in entry["seeds"]]
     entry["done"] = len(accs) == len(s.seeds(RECIPE_SEEDS))
@@ -747,8 +747,7 @@ def earlier_recipes(prev: dict, candidate: str | None) -> list[dict]:
     validation later prefers another: their test scores were seen. The current one left out."""
     out = {x["candidate"]: x for x in prev.get("earlier", [])}
     if prev.get("candidate") and prev.get("seeds"):
-        seeds = [{k: v for k, v in x.items() if k != "rerun_pending"} for x in prev["seeds"]]  # no longer to run
-        out[prev["candidate"]] = {**{k: prev.get(k) for k in ("candidate", "recipe", "done", "test_mean", "test_std")}, "seeds": seeds}
+        out[prev["candidate"]] = {k: prev.get(k) for k in ("candidate", "recipe", "done", "test_mean", "test_std", "seeds")}
     return [x for k, x in out.items() if k != candidate]
 
 
@@ -756,14 +755,14 @@ def recipe_source(s: Settings, m: str) -> dict | None:
     """The recipe stage's rule ("the shipped weights/<model>.pt is seed 0 of that recipe, decided before any
     test score is seen"): weights/<m>.pt is seed 0 of the model's chosen recipe once every seed is done,
     unless RECIPE_NOT_SHIPPED names the recipe. Returns {"name", "checkpoint", "sha256", "candidate"}
-    from results/final_recipes.json (a seed trained again gives its rerun's file), else None."""
+    from results/final_recipes.json (the seed's file: seed_file), else None."""
     path = s.results / "final_recipes.json"
     d = json.loads(path.read_text()) if path.exists() else {}
     e = d.get("models", {}).get(m)
     if not e or not e.get("done") or (m, e["candidate"]) in RECIPE_NOT_SHIPPED:
         return None
     seed = next(x for x in e["seeds"] if x["seed"] == d["seeds"][0])
-    src = seed.get("again") or seed
+    src = seed_file(seed)
     return {"name": src["cell"], "checkpoint": src["checkpoint"], "sha256": src["sha256"], "candidate": e["candidate"]}
 
 
@@ -797,7 +796,7 @@ def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
     if not (path.exists() and card.exists()):
         return None
     meta = json.loads(card.read_text())
-    seed0 = next((x.get("again") or x for x in entry["seeds"] if x["seed"] == s.seeds(RECIPE_SEEDS)[0]), None)
+    seed0 = next((seed_file(x) for x in entry["seeds"] if x["seed"] == s.seeds(RECIPE_SEEDS)[0]), None)
     made = meta.get("made_from")
     out = {"file": rel(s, path), "sha256": sha256(path), "run": meta["train_config"].get("run_name"),
            "made_from": made, "seed_0": bool(seed0 and made and made["sha256"] == seed0["sha256"])}
@@ -809,10 +808,9 @@ def shipped_record(s: Settings, m: str, entry: dict) -> dict | None:
 
 def write_final_recipes(s: Settings, score: bool = True) -> Path:
     """results/final_recipes.json: per model of RECIPE_MODELS its recipe_entry and earlier_recipes;
-    the RECIPE_ENSEMBLE's members (each seed's file: its latest rerun's for a seed in RECIPE_AGAIN)
-    and test accuracy, scored once, from the members' recorded softmax (member_probs), when every
-    member has one and no rerun is pending; a member's softmax is recorded once its model's seeds
-    are done, when its file is here and no rerun of it is pending. The record of an ensemble scored
+    the RECIPE_ENSEMBLE's members (each seed's file: seed_file) and test accuracy, scored once, from
+    the members' recorded softmax (member_probs), when every member has one; a member's softmax is
+    recorded once its model's seeds are done, when its file is here. The record of an ensemble scored
     before is kept while its members are the same (checkpoint, sha256). Every ensemble ever scored
     stays in "ensembles_scored", every recorded softmax in "member_passes" (member_passes' log; the
     count of test-set use reads both); "ensemble_waits_for": the
@@ -821,12 +819,13 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     members changed is dropped. Accuracies are fractions."""
     path = s.results / "final_recipes.json"
     before = json.loads(path.read_text()) if path.exists() else {}
-    seeds = [x for e in before.get("models", {}).values() for x in e.get("seeds", [])]
-    made = {y["cell"]: y for x in seeds for y in (x, *x.get("reruns", []), x.get("again")) if y}  # cell -> its record
+    chosen = [r for e in before.get("models", {}).values() for r in (e, *e.get("earlier", []))]  # current and earlier
+    seeds = [x for r in chosen for x in r.get("seeds", [])]
+    made = {y["cell"]: y for x in seeds for y in (x, *x.get("later", []))}  # cell -> its record
     out = {"seeds": list(s.seeds(RECIPE_SEEDS)), "screen_seeds": list(s.seeds(SCREEN_SEEDS)), "models": {},
            "rule": "the candidate with the best mean validation accuracy is refit on all 60,000 training images "
                    "for its fixed epochs (the last epoch kept); each seed scored once on test", "ensemble": None}
-    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256", "rerun_pending"}
+    members = []  # the seed files of RECIPE_ENSEMBLE's recipes: {"cell", "checkpoint", "sha256"}
     for m in (m for m in RECIPE_MODELS if m in s.models):
         if final_choice(s, m) is None:
             continue
@@ -834,24 +833,23 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
         entry["earlier"] = earlier_recipes(before.get("models", {}).get(m, {}), entry["candidate"])
         entry["shipped"] = shipped_record(s, m, entry)
         if m in RECIPE_ENSEMBLE and entry["done"]:
-            members += [{**{k: x.get("again", x)[k] for k in ("cell", "checkpoint", "sha256")},
-                         "rerun_pending": x.get("rerun_pending")} for x in entry["seeds"]]
-    # each member's softmax recorded as soon as its model's seeds are done and its file is here (not for a
-    # file whose rerun is pending): every record is one test-set pass, logged by member_probs
-    got = [(None, None) if x["rerun_pending"] else member_probs(s, x) for x in members]
+            members += [{k: seed_file(x)[k] for k in ("cell", "checkpoint", "sha256")} for x in entry["seeds"]]
+    # each member's softmax recorded as soon as its model's seeds are done and its file is here: every
+    # record is one test-set pass, logged by member_probs
+    got = [member_probs(s, x) for x in members]
     passes = member_passes(s)
     scored = list(before.get("ensembles_scored", []))
     if all(out["models"].get(m, {}).get("done") for m in RECIPE_ENSEMBLE):
         old, record = before.get("ensemble") or {}, [{k: x[k] for k in ("checkpoint", "sha256")} for x in members]
-        probs, pending = [p for p, _ in got], any(x["rerun_pending"] for x in members)  # pending: members to change
+        probs = [p for p, _ in got]
         if all(p is not None for p in probs) and (score or old.get("members") == record):
             seen = next((e for e in reversed(scored) if e["members"] == record), old)  # never a second scoring
             out["ensemble"] = {"recipes": list(RECIPE_ENSEMBLE), **recipes_ensemble_test(s, record, probs, seen)}
-        elif old.get("members") == record and not pending:
+        elif old.get("members") == record:
             out["ensemble"] = old  # scored on the machine that had the files
-        if not out["ensemble"] and (waits := [x["rerun_pending"] or x["cell"] for x, p in zip(members, probs) if p is None]):
-            out["ensemble_waits_for"] = waits  # the rerun to finish, or the file whose softmax is to be recorded
-    # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed is rerun):
+        if not out["ensemble"] and (waits := [x["cell"] for x, p in zip(members, probs) if p is None]):
+            out["ensemble_waits_for"] = waits  # the files whose softmax is still to be recorded
+    # Every ensemble ever scored, kept when the recipes change (a new candidate wins, a seed trained again):
     # a test evaluation once made is never dropped from the count.
     if out["ensemble"] and out["ensemble"] not in scored:
         scored.append(out["ensemble"])
@@ -1061,6 +1059,7 @@ def main(argv=None) -> int:
               + (f", worker {shard[0]} of {shard[1]}" if shard else ""), flush=True)
         # What the report needs to name the cells as this run did.
         write_json(s.results / "study.json", {"smoke": s.smoke, "models": list(s.models)})
+        write_json(s.results / "study_design.json", study_design(s))  # the grids and budgets, for the report
         run(s, a.only)
     except (DataError, CheckpointError) as e:
         sys.exit(f"error: {e}")

@@ -8,6 +8,7 @@ recorded results on validation (best LR, optimizer, augmentation, width, final r
 Nothing here trains or writes: study.py runs the cells; study_report.py reads the choices.
 """
 
+import inspect
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import recipes
 from data import load_data
 from models import STUDY_MODELS
-from train import TrainConfig
+from train import TrainConfig, lr_find
 
 ROOT = Path(__file__).resolve().parent
 
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 
 LRS = (0.1, 0.01, 0.001, 0.0001)  # the homework's LR grid
 SEEDS = (0, 1, 2)
+LR_SEED = 0  # the LR table's runs
 LR_EPOCHS = {"dnn": 10, "convnet": 5, "fastresnet": 5, "resnet": 2}  # every cell of a row: same budget
 ADAM_MODELS = ("dnn", "convnet", "fastresnet", "resnet")  # the LR table's Adam rows
 # Rows with the homework's grid only: no LR range test's suggestion and no LR the grid points to (for
@@ -40,7 +42,9 @@ FINAL_OPTIMIZERS = {"resnet": ("sgd",), "fastresnet": ("sgd", "adam")}
 STEM_EPOCHS = 1  # ResNet-18 stems compared at equal epochs
 OPTIM_MODELS = ("convnet", "dnn")
 ADADELTA_LR = 1.0  # pytorch/examples' choice (with StepLR 0.7); it is not in the LR grid
+REG_MODEL = "convnet"
 REG_EPOCHS = 12  # long enough for an unregularized ConvNet to overfit
+SMOKE_LR_FIND_STEPS = 20  # --smoke: the LR range test's steps (train.lr_find's default otherwise)
 # The final stage's budgets, seeds, attempts and the recipe stage's candidates: recipes.py.
 FINAL_EPOCHS = {m: r["epochs"] for m, r in recipes.FINAL.items()}
 FINAL_SEEDS = {m: recipes.FINAL_SEEDS for m in recipes.FINAL}
@@ -173,7 +177,7 @@ def best_lr(s: Settings, model: str, optimizer: str) -> float | None:
 
 
 def lr_grid_cells(s: Settings, model: str, optimizer: str) -> list[Cell]:
-    return [make_cell(s, model, optimizer, lr, LR_EPOCHS[model]) for lr in LRS]
+    return [make_cell(s, model, optimizer, lr, LR_EPOCHS[model], LR_SEED) for lr in LRS]
 
 
 def stem_cells(s: Settings) -> list[Cell]:
@@ -230,7 +234,7 @@ def lr_cells(s: Settings) -> list:
             continue
         lr = round_lr(found[key]["suggested_lr"])
         if lr not in LRS:  # otherwise the grid already has it
-            c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
+            c = make_cell(s, m, opt, lr, LR_EPOCHS[m], LR_SEED)
             c.tags["kind"] = "lr_find"
             cells.append(c)
     for m, opt in finder_rows(s):  # then one more per row, where the grid's own results point
@@ -238,7 +242,7 @@ def lr_cells(s: Settings) -> list:
         if lr is None:
             cells.append(Waiting("lr", f"{m} {opt} at the LR the grid points to", m, LR_EPOCHS[m]))
             continue
-        c = make_cell(s, m, opt, lr, LR_EPOCHS[m])
+        c = make_cell(s, m, opt, lr, LR_EPOCHS[m], LR_SEED)
         c.tags["kind"] = c.tags.get("kind", "data")
         if not any(x.name == c.name for x in cells if isinstance(x, Cell)):
             cells.append(c)
@@ -260,12 +264,12 @@ def optim_cells(s: Settings) -> list:
 
 
 def reg_cells(s: Settings) -> list:
-    if "convnet" not in s.models:
+    if REG_MODEL not in s.models:
         return []
-    lr = best_lr(s, "convnet", "sgd")
+    lr = best_lr(s, REG_MODEL, "sgd")
     if lr is None:
-        return [Waiting("lr", f"convnet {v}, seeds {list(s.seeds())}", "convnet", REG_EPOCHS, len(s.seeds())) for v in REG_VARIANTS]
-    return [make_cell(s, "convnet", "sgd", lr, REG_EPOCHS, seed, variant=v if v != "baseline" else "reg", **dict(o))
+        return [Waiting("lr", f"{REG_MODEL} {v}, seeds {list(s.seeds())}", REG_MODEL, REG_EPOCHS, len(s.seeds())) for v in REG_VARIANTS]
+    return [make_cell(s, REG_MODEL, "sgd", lr, REG_EPOCHS, seed, variant=v if v != "baseline" else "reg", **dict(o))
             for v, o in REG_VARIANTS.items() for seed in s.seeds()]
 
 
@@ -546,17 +550,6 @@ RECIPE_MODELS = ("convnet", "dnn", "resnet")  # in this order: the cheapest way 
 # These were designed after the final stage's test scores were seen (the report says so); the
 # choice among them is made on validation alone.
 RECIPE_CANDIDATES = recipes.CANDIDATES
-# Refits whose file is gone (made on another machine; runs/ is not committed), trained again: {name: times}.
-# The k-th rerun is "<name>-again" (k = 1) or "<name>-again<k>", same settings and seed; the first run's
-# test score stays the seed's score (no second draw for the mean); each rerun is scored once too, counted,
-# shown beside it. A member's test-set softmax is now recorded while its file is here
-# (study.member_probs), so a file lost after that no longer costs a rerun.
-RECIPE_AGAIN = {"convnet-refit-affine-wide-adamw-lr0.01-e30-s0": 1,
-                # the current ensemble's members: the ConvNet's e60 files were lost with an earlier machine
-                # and their first reruns with the next; ResNet-18's e30 seeds 1 and 2 stayed on the lent
-                # H200 (results/logs/gpu-h200/)
-                **{f"convnet-recipe-e60-adamw-lr0.01-e60-s{i}": 2 for i in (0, 1, 2)},
-                **{f"resnet-recipe-e30-sgd-lr0.1-e30-s{i}": 1 for i in (1, 2)}}
 # The ensemble, fixed before any of these recipes' test scores: every seed of the ConvNet's and
 # ResNet-18's recipes, softmax averaged (the DNN, ~0.3 points behind, is left out).
 RECIPE_ENSEMBLE = ("convnet", "resnet")
@@ -629,12 +622,6 @@ def recipe_refit_cells(s: Settings, model: str, choice: dict) -> list[Cell]:
     return out
 
 
-def again_cells(cell: Cell) -> list[Cell]:
-    """The reruns of a refit in RECIPE_AGAIN, in order ("-again", "-again2", ...; same settings), else []."""
-    return [Cell(f"{cell.name}-again{k if k > 1 else ''}", cell.model, cell.epochs, dict(cell.overrides),
-                 {**cell.tags, "again": cell.name}) for k in range(1, RECIPE_AGAIN.get(cell.name, 0) + 1)]
-
-
 def recipes_cells(s: Settings) -> list:
     """Stage recipes: per model of RECIPE_MODELS, the new candidates' screening runs, then (once
     every candidate has its validation results) the chosen recipe's refits."""
@@ -649,11 +636,43 @@ def recipes_cells(s: Settings) -> list:
                                                       f"{list(s.seeds(RECIPE_SEEDS))}", m, s.epochs(FINAL_EPOCHS[m]),
                                                       len(s.seeds(RECIPE_SEEDS))))
             continue
-        refits = recipe_refit_cells(s, m, choice)
-        out += refits + [a for c in refits for a in again_cells(c)]
+        out += recipe_refit_cells(s, m, choice)
     return out
 
 
 def rel(s: Settings, path: Path) -> str:
     return os.path.relpath(path, s.root)
 
+
+
+# -----------------------------------------------------------------------------
+# The study's design as data: results/study_design.json, written by study.py when a study starts, read
+# by the report instead of this code.
+
+
+def lr_find_settings(s: Settings) -> dict:
+    """train.lr_find's LR range {"start", "end", "steps"}: its defaults, SMOKE_LR_FIND_STEPS steps under --smoke."""
+    p = inspect.signature(lr_find).parameters
+    return {"start": p["start"].default, "end": p["end"].default,
+            "steps": SMOKE_LR_FIND_STEPS if s.smoke else p["steps"].default}
+
+
+def study_design(s: Settings) -> dict:
+    """The grids, budgets and seeds this study's cells are made with (its Settings: --smoke budgets and
+    seeds where it is a smoke study): the LR grid, the LR range test, the two optimizer comparisons,
+    the regularization variants and the final stage's epochs. Models in LR_EPOCHS' order."""
+    return {
+        "about": "The study's design as data: the LR grid and its budgets, the optimizer comparisons, the regularization "
+                 "variants and the LR range test's settings (study_cells.py and train.lr_find when the study ran). "
+                 "The report reads it instead of the training code.",
+        "lr_grid": {"lrs": list(LRS), "epochs": {m: s.epochs(e) for m, e in LR_EPOCHS.items()}, "seed": LR_SEED,
+                    "adam_models": list(ADAM_MODELS)},
+        "lr_range_test": {**lr_find_settings(s), "suggestion": "the LR of the steepest descent of the smoothed training "
+                                                               "loss, rounded to one significant digit"},
+        "optimizers": {"models": list(OPTIM_MODELS), "seeds": list(s.seeds()), "adadelta_lr": ADADELTA_LR},
+        "fair_optimizers": {"lrs": list(FAIR_LRS), "optimizers": list(FAIR_OPTIMIZERS), "tune_seed": FAIR_TUNE_SEED,
+                            "seeds": list(s.seeds(FAIR_SEEDS)), "tie_standard_errors": FAIR_NOISE_SE},
+        "regularization": {"model": REG_MODEL, "epochs": s.epochs(REG_EPOCHS), "seeds": list(s.seeds()),
+                           "variants": REG_VARIANTS, "augmentations": list(AUGMENTATIONS), "capacities": list(CAPACITIES)},
+        "final_epochs": {m: s.epochs(FINAL_EPOCHS[m]) for m in LR_EPOCHS},
+    }

@@ -618,7 +618,8 @@ def top_guess(crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict) -> st
 def recipe_checkpoints(path: Path | None = None) -> dict[str, dict]:
     """The files to score: {label: {"model", "seed" (None for the shipped file), "path", "sha256"}}.
     Every seed of results/final_recipes.json (path; default RECIPES_FILE) whose file is on this
-    machine with the sha256 recorded there (a seed rerun under RECIPE_AGAIN: the rerun's file);
+    machine with the sha256 recorded there (a seed trained again with the same settings: its last
+    "later" training's file);
     a seed whose file is missing or differs is left out with a printed line (runs/ is not
     committed). Then weights/<model>.pt of those models, for comparison.
     Errors (SystemExit): the record is missing; no file at all to score."""
@@ -629,7 +630,7 @@ def recipe_checkpoints(path: Path | None = None) -> dict[str, dict]:
     out = {}
     for m, e in rec["models"].items():
         for x in e["seeds"]:
-            f = x.get("again", x)
+            f = (x.get("later") or [x])[-1]
             p = ROOT / f["checkpoint"] if f.get("checkpoint") else None
             if p is None or not p.exists():
                 print(f"{m} recipe seed {x['seed']}: its file is not on this machine ({f.get('checkpoint')}); left out")

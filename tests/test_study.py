@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import recipes
+import report_facts
 import study
 import study_cells
 import runs
@@ -70,8 +71,38 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
         base = (smoke_root / name).parent
         assert links and all((base / link.replace("%20", " ")).exists() for link in links), \
             [link for link in links if not (base / link).exists()]
-    # The LR table's rows: results/lr_table.csv (test_smoke_study_fills_the_lr_table); its rendering in Step 5
-    # needs the recorded design (results/study_design.json), which tests/test_report.py checks on the real results.
+    # Step 5's LR table, rendered from the design the smoke study recorded (results/study_design.json) and its
+    # runs: a row per (model, optimizer) of the plan at the smoke budget, each grid LR's validation accuracy
+    # from results/lr_table.csv.
+    s = smoke_settings(smoke_root)
+    design = json.loads((smoke_root / "results" / "study_design.json").read_text())
+    assert design == study.study_design(s) and design["lr_grid"]["epochs"]["convnet"] == study.SMOKE_EPOCHS
+    step5 = report.split("## Step 5")[1].split("## Step 6")[0]
+    table = next(t for t in markdown_tables(step5) if "lr 0.1" in t[0])
+    assert table[0][3:7] == [f"lr {lr:g}" for lr in design["lr_grid"]["lrs"]]
+    with open(smoke_root / "results" / "lr_table.csv") as f:
+        val = {(r["model"], r["optimizer"], float(r["lr"])): r for r in csv.DictReader(f) if r["kind"] == "grid"}
+    names, opts = report_facts.NAMES, report_facts.OPT_NAMES
+    assert sorted((r[0], r[1]) for r in table[1:]) == sorted((names[m], opts[o]) for m, o in study.lr_rows(s))
+    for row in table[1:]:
+        m, o = next((m, o) for m, o in study.lr_rows(s) if (names[m], opts[o]) == (row[0], row[1]))
+        assert row[2] == f"{study.SMOKE_EPOCHS:g}"
+        for lr, shown in zip(design["lr_grid"]["lrs"], row[3:7]):
+            r = val[(m, o, lr)]
+            assert shown.split(" ")[0].strip("*") == ("diverged" if r["status"] == "diverged" else study_report.pct(float(r["val_acc"])))
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in text: rows of cells, the separator row left out."""
+    out, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            out.append(rows)
+            rows = []
+    return out
 
 
 def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
@@ -101,7 +132,7 @@ def test_a_done_recipe_ships_its_seed_0_calibrated_with_its_twin_with_the_comman
         seed0 = rec["models"][m]["seeds"][0]
         card = json.loads((smoke_root / "weights" / f"{m}.json").read_text())
         name = card["train_config"]["run_name"]
-        assert name in (seed0["cell"], seed0.get("again", {}).get("cell")) and card["train_config"]["refit"]
+        assert name == study.seed_file(seed0)["cell"] and card["train_config"]["refit"]
         assert card["calibration"]["in_sample"] is True and "in-sample" in card["calibration"]["fitted_on"]
         # its temperature and threshold from its held-out twin: the chosen candidate's own seed-0 run
         twin = study.candidate_cells(s, m)[rec["models"][m]["candidate"]][0]
@@ -164,7 +195,7 @@ def test_report_only_rewrites_the_same_report(smoke_root):
     assert {n: (smoke_root / n).read_text() for n in names} == before
 
 
-def test_rerun_trains_nothing_and_plan_shows_everything_done(smoke_root, monkeypatch, capsys):
+def test_running_again_trains_nothing_and_plan_shows_everything_done(smoke_root, monkeypatch, capsys):
     def no_training(*a, **k):
         raise AssertionError("a finished cell was trained again")
     monkeypatch.setattr(study, "train", no_training)
@@ -396,65 +427,59 @@ def test_recipes_are_chosen_on_validation_refit_on_all_training_images_and_recor
     assert (smoke_root / "results" / "final_recipes.json").read_text() == before
 
 
-def test_reruns_are_named_in_order_with_the_same_settings(monkeypatch):
-    """again_cells: RECIPE_AGAIN's count of reruns, "-again" then "-again2", each the refit's settings and seed."""
-    refit = study.Cell("convnet-recipe-x-s1", "convnet", 60, {"seed": 1, "refit": True}, {"seed": 1})
-    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})
-    again = study.again_cells(refit)
-    assert [a.name for a in again] == [f"{refit.name}-again", f"{refit.name}-again2"]
-    assert all(a.overrides == refit.overrides and a.epochs == 60 and a.tags == {"seed": 1, "again": refit.name} for a in again)
-    assert study.again_cells(study.Cell("other", "convnet", 1, {})) == []
-
-
-def test_a_refit_without_its_file_is_trained_again_and_its_first_score_stays(smoke_root, real_data_dir, monkeypatch):
-    """RECIPE_AGAIN: a refit whose file is gone is trained again ("-again", then "-again2"); the seed keeps its
-    first test score (no second draw for the mean), the latest rerun's file becomes its checkpoint and an
-    ensemble member; while a rerun is pending no ensemble is scored and the record names what it waits for.
-    Every recorded member softmax is one counted test-set pass. On a machine without runs/ the record keeps
-    the sha256 measured where the files were, and the ensemble; the members' recorded softmax (or a shipped
-    copy of a file) scores it there."""
+def test_a_seed_trained_again_keeps_its_first_score_and_its_last_file_is_the_seeds(smoke_root, real_data_dir, monkeypatch):
+    """final_recipes.json's "later" (data: later trainings of a recipe seed with the same settings and seed, in
+    order) is carried over by write_final_recipes; the seed keeps its first test score (no second draw for the
+    mean); the last later training's file (measured here when it is on this machine, else as recorded) is the
+    seed's file: an ensemble member, its softmax recorded once (one counted test-set pass) and its ensemble
+    scored once, no longer the shipped seed 0. The appendix's every-run table names each by its seed's run."""
     import test_model
     from models import load_checkpoint
     s = smoke_settings(smoke_root)
+    s.data_dir = str(real_data_dir)
     path = smoke_root / "results" / "final_recipes.json"
     first = json.loads(path.read_text())
-    refit = study.recipe_refit_cells(s, "convnet", study.recipe_choice(s, "convnet"))[0]
-    monkeypatch.setattr(study, "exclusive", lambda name: runs.exclusive(name, smoke_root / "lock"))
+    x0 = first["models"]["convnet"]["seeds"][0]
+    other = study.run_file(s, study.candidate_cells(s, "convnet")[first["models"]["convnet"]["candidate"]][0].name)
+    assert other and study.sha256(other) != x0["sha256"]  # another ConvNet file stands in for a later training's
+    names = [f"{x0['cell']}-2", f"{x0['cell']}-3"]
+    here = s.runs / "cells" / names[1] / "best.pt"
+    later = [{"cell": names[0], "test_acc": 0.5, "seconds": 1.0, "hardware": "elsewhere",
+              "checkpoint": f"runs/study/cells/{names[0]}/best.pt", "sha256": "0" * 64},  # made on another machine
+             {"cell": names[1], "test_acc": 0.25, "seconds": 2.0, "hardware": "here", "checkpoint": None, "sha256": None}]
     calls, predict = [], test_model.predict_proba
     monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
-    argv = ["--smoke", "--root", str(smoke_root), "--data-dir", str(real_data_dir), "--only", "recipes"]
-    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 1})
-    assert study.main(argv) == 0
-    monkeypatch.setattr(study_cells, "RECIPE_AGAIN", {refit.name: 2})  # one more rerun planned: pending
-    study.write_final_recipes(s)
-    mid = json.loads(path.read_text())
-    assert mid["models"]["convnet"]["seeds"][0]["rerun_pending"] == f"{refit.name}-again2"
-    assert mid["ensemble_waits_for"] == [f"{refit.name}-again2"] and mid["ensemble"] is None
-    assert len(mid["ensembles_scored"]) == 2  # scored with "-again", before "-again2" was planned
-    assert study.main(argv) == 0
-    rec = json.loads(path.read_text())
-    x = rec["models"]["convnet"]["seeds"][0]
-    again = study.load_result(s, f"{refit.name}-again2")
-    assert again["test"] and again["config"]["refit"] and again["config"]["seed"] == x["seed"]
-    assert x["test_acc"] == first["models"]["convnet"]["seeds"][0]["test_acc"] == rec["models"]["convnet"]["test_mean"]
-    assert x["checkpoint"] == first["models"]["convnet"]["seeds"][0]["checkpoint"]  # the first run's own file record
-    assert x["again"]["test_acc"] == again["test"]["acc"] and x["again"]["cell"] == f"{refit.name}-again2"
-    assert [y["cell"] for y in x["reruns"]] == [f"{refit.name}-again"] and "rerun_pending" not in x
-    assert x["again"]["checkpoint"].endswith(f"{refit.name}-again2/best.pt")
-    assert x["again"]["sha256"] == study.sha256(smoke_root / x["again"]["checkpoint"]) != x["sha256"]
-    assert rec["ensemble"]["members"][0] == {k: x["again"][k] for k in ("checkpoint", "sha256")}  # the rerun's file joins
-    assert rec["ensembles_scored"] == [*mid["ensembles_scored"], rec["ensemble"]] and "ensemble_waits_for" not in rec
-    assert len(calls) == len(rec["member_passes"]) - len(first["member_passes"]) == 2  # each rerun's file, once
-    assert rec["commands"][0]["models_scored"] == len(rec["member_passes"])  # every smoke ensemble scored from records
-    member = {"cell": x["again"]["cell"], **rec["ensemble"]["members"][0]}
-    recorded, done = study.member_probs(s, member)
-    model, _ = load_checkpoint(smoke_root / member["checkpoint"])
-    assert np.array_equal(recorded, predict(model, s.mnist().x_test)) and recorded.dtype == np.float32
-    assert done == rec["member_passes"][-1] and done["source"] == member["checkpoint"]
-    assert study.member_probs(s, {**member, "sha256": None}) == (None, None)
-    study.write_json(path, {k: v for k, v in rec.items() if k != "member_passes"})  # an older writer dropped the list
-    study.write_final_recipes(s, score=False)
-    assert json.loads(path.read_text()) == rec and len(calls) == 2  # read back from the records, no pass made
+    try:
+        here.parent.mkdir(parents=True)
+        shutil.copyfile(other, here)
+        rec = json.loads(path.read_text())
+        rec["models"]["convnet"]["seeds"][0]["later"] = later
+        study.write_json(path, rec)
+        study.write_final_recipes(s)
+        now = json.loads(path.read_text())
+        x, e = now["models"]["convnet"]["seeds"][0], now["models"]["convnet"]
+        assert x["test_acc"] == x0["test_acc"] and e["test_mean"] == first["models"]["convnet"]["test_mean"]
+        assert x["later"] == [later[0], {**later[1], "checkpoint": study.rel(s, here), "sha256": study.sha256(here)}]
+        assert study.seed_file(x) == x["later"][1] and not e["shipped"]["seed_0"]  # weights/convnet.pt: the first file
+        assert now["ensemble"]["members"][0] == {k: x["later"][1][k] for k in ("checkpoint", "sha256")}
+        assert now["ensembles_scored"] == [*first["ensembles_scored"], now["ensemble"]] and "ensemble_waits_for" not in now
+        assert len(calls) == len(now["member_passes"]) - len(first["member_passes"]) == 1  # the new file's, once
+        assert now["commands"][0]["models_scored"] == len(now["member_passes"])  # every smoke ensemble scored from records
+        study.write_final_recipes(s)  # the same members: never scored twice, no pass made
+        assert json.loads(path.read_text()) == now and len(calls) == 1
+        member = {"cell": names[1], **now["ensemble"]["members"][0]}
+        recorded, done = study.member_probs(s, member)
+        model, _ = load_checkpoint(here)
+        assert np.array_equal(recorded, predict(model, s.mnist().x_test)) and recorded.dtype == np.float32
+        assert done == now["member_passes"][-1] and done["source"] == member["checkpoint"]
+        assert study.member_probs(s, {**member, "sha256": None}) == (None, None)
+        study.write_json(path, {k: v for k, v in now.items() if k != "member_passes"})  # an older writer dropped the list
+        study.write_final_recipes(s, score=False)
+        assert json.loads(path.read_text()) == now and len(calls) == 1  # read back from the records, no pass made
+        assert report_facts.Study(smoke_root).later() == {names[0]: (x0["cell"], 2), names[1]: (x0["cell"], 3)}
+    finally:
+        shutil.rmtree(here.parent, ignore_errors=True)
+        study.write_json(path, first)
 
 
 def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smoke_root, monkeypatch):
@@ -466,10 +491,10 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
     read_json = lambda p: json.loads(p.read_text())  # noqa: E731
     s = smoke_settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
-    study.write_final_recipes(s)  # as RECIPE_AGAIN is now (a test before may have planned reruns)
+    study.write_final_recipes(s)  # as the recorded results are now (a test before may have changed the record)
     rec = json.loads(path.read_text())
     x = rec["models"]["convnet"]["seeds"][0]
-    member = {"cell": x.get("again", x)["cell"], **rec["ensemble"]["members"][0]}
+    member = {"cell": study.seed_file(x)["cell"], **rec["ensemble"]["members"][0]}
     recorded, _ = study.member_probs(s, member)
     calls, predict = [], test_model.predict_proba
     monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
@@ -556,8 +581,8 @@ def test_a_shipped_ensemble_member_is_kept_when_its_file_is_replaced(tmp_path):
 
 
 def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhere_stops_shipping(tmp_path):
-    """The recipe stage's rule: weights/<model>.pt is seed 0 of the chosen recipe (its rerun's file where the
-    seed was trained again), only once every seed is done; a file not on this machine is an error."""
+    """The recipe stage's rule: weights/<model>.pt is seed 0 of the chosen recipe (its last later training's
+    file where the seed was trained again), only once every seed is done; a file not on this machine is an error."""
     s = study.Settings(root=tmp_path)
     path = tmp_path / "results" / "final_recipes.json"
     assert study.recipe_source(s, "convnet") is None  # nothing recorded
@@ -568,16 +593,17 @@ def test_recipe_source_is_seed_0_once_every_seed_is_done_and_a_file_made_elsewhe
     rec["models"]["convnet"].update(done=True, seeds=seeds)
     study.write_json(path, rec)
     assert study.recipe_source(s, "convnet") == {"name": "c-s0", "checkpoint": "runs/c-s0.pt", "sha256": "h0", "candidate": "c1"}
-    seeds[0]["again"] = {"cell": "c-s0-again", "checkpoint": None, "sha256": "ha", "test_acc": 0.98}  # made on another machine
+    seeds[0]["later"] = [{"cell": "c-s0-2", "checkpoint": "runs/c-s0-2.pt", "sha256": "hb", "test_acc": 0.97},
+                         {"cell": "c-s0-3", "checkpoint": None, "sha256": "hc", "test_acc": 0.98}]  # made on another machine
     study.write_json(path, rec)
-    assert study.recipe_source(s, "convnet")["name"] == "c-s0-again"
+    assert study.recipe_source(s, "convnet") == {"name": "c-s0-3", "checkpoint": None, "sha256": "hc", "candidate": "c1"}
     for m, candidate in study.RECIPE_NOT_SHIPPED:  # the exception: its final run stays the file
         rec["models"][m] = {**rec["models"]["convnet"], "candidate": candidate}
         study.write_json(path, rec)
         assert study.recipe_source(s, m) is None
     rec["models"]["convnet"]["candidate"] = "e60x"
     study.write_json(path, rec)
-    with pytest.raises(SystemExit, match="c-s0-again .* is not on this machine"):
+    with pytest.raises(SystemExit, match="c-s0-3 .* is not on this machine"):
         study.ship_models(s)
     assert not (tmp_path / "weights" / "convnet.pt").exists()
 

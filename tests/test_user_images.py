@@ -225,7 +225,7 @@ def test_benchmark_mnist_only_prints_the_check_and_writes_nothing(real_data_dir,
 
 
 def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_table(real_data_dir, monkeypatch, tmp_path, capsys):
-    """--recipes: the seed files final_recipes.json names (a rerun's file where a seed has one), only
+    """--recipes: the seed files final_recipes.json names (the last "later" training's where a seed has one), only
     when the file here has the recorded sha256, then the shipped file; top guess per digit condition
     (never the none kinds: a refit has no rejector)."""
     import hashlib
@@ -233,8 +233,9 @@ def test_benchmark_per_recipe_reads_every_recorded_seed_file_and_writes_its_tabl
     from conftest import ROOT
     sha = lambda p: hashlib.sha256((ROOT / p).read_bytes()).hexdigest()  # noqa: E731
     rec = {"models": {"convnet": {"seeds": [
-        {"seed": 0, "checkpoint": None, "sha256": None,  # first run lost, rerun here
-         "again": {"checkpoint": "weights/quicknet.pt", "sha256": sha("weights/quicknet.pt")}},
+        {"seed": 0, "checkpoint": "weights/dnn.pt", "sha256": sha("weights/dnn.pt"),  # trained again twice, the last here
+         "later": [{"checkpoint": "runs/not-on-this-machine.pt", "sha256": "0" * 64},
+                   {"checkpoint": "weights/quicknet.pt", "sha256": sha("weights/quicknet.pt")}]},
         {"seed": 1, "checkpoint": "weights/convnet.pt", "sha256": sha("weights/convnet.pt")},
         {"seed": 2, "checkpoint": "runs/not-on-this-machine.pt", "sha256": "0" * 64},
         {"seed": 3, "checkpoint": "weights/dnn.pt", "sha256": "f" * 64}]}}}  # another file than recorded
