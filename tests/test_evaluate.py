@@ -256,9 +256,16 @@ def test_malicious_pickle_is_refused_not_run(tmp_path):
 # Feature visualization
 
 
-@pytest.mark.parametrize("name", models.list_models())
+def narrow(name: str) -> dict:
+    """The smallest configuration of each model that keeps its layers: every figure panel is a matplotlib axes,
+    so full widths make hundreds; the reference recipes' fixed-width nets draw them all (slow tier)."""
+    config = models.complete_config(name)
+    return {"width": 2} if "width" in config else {"hidden": (16,)} if "hidden" in config else {}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if not narrow(n) else n for n in models.list_models()])
 def test_feature_visualization_writes_files_for_every_model(name, tmp_path):
-    model = models.build_model(name).eval()
+    model = models.build_model(name, **narrow(name)).eval()
     image = torch.randn(1, 28, 28)
     paths = fv.feature_visualization(model, image, tmp_path, name=name)
     if name == "dnn":

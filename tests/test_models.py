@@ -188,7 +188,9 @@ def test_summary_lists_layers_and_total():
     assert f"total params: {DOCUMENTED_PARAMS['convnet']:,}" in text
 
 
-def test_models_cli_prints_every_summary():
-    r = subprocess.run([sys.executable, str(ROOT / "models.py")], capture_output=True, text=True, check=True)
+def test_models_cli_prints_every_summary(capsys):
+    import runpy
+    runpy.run_path(str(ROOT / "models.py"), run_name="__main__")  # `python models.py`, in this process
+    out = capsys.readouterr().out
     for name, n in DOCUMENTED_PARAMS.items():
-        assert f"== {name}:" in r.stdout and f"{n:,} parameters" in r.stdout
+        assert f"== {name}:" in out and f"{n:,} parameters" in out

@@ -262,6 +262,25 @@ def rendered(ch: str, font: str, size: int = 150) -> list[np.ndarray]:
     return predict.prepare(img)
 
 
+REGULAR_FACES = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "LiberationSans-Regular.ttf", "LiberationSerif-Regular.ttf")
+
+
+def test_dot_apart_refuses_dotted_characters_in_regular_faces_and_never_their_digits():
+    """The four regular faces of Debian's DejaVu and Liberation: every dotted character caught, no digit
+    (the whole families, extra-light and bold included, are the slow test below)."""
+    import calibrate
+    fonts = [str(f) for f in calibrate.fonts("DejaVu") + calibrate.fonts("Liberation") if f.name in REGULAR_FACES]
+    assert len(fonts) == len(REGULAR_FACES), "Debian's DejaVu and Liberation fonts are needed (fonts-dejavu-core, fonts-liberation)"
+    for font in fonts:
+        for ch in "?ij\u00bf!":
+            crops = rendered(ch, font)
+            assert len(crops) == 1 and predict.dot_apart(crops[0]), (ch, font)
+        for digit in "0123456789":
+            crops = rendered(digit, font)
+            assert len(crops) == 1 and not predict.dot_apart(crops[0]), (digit, font)
+
+
+@pytest.mark.slow  # 37 fonts x 15 characters, each through prepare
 def test_dot_apart_refuses_dotted_characters_in_debian_fonts():
     import calibrate
     fonts = [str(f) for f in calibrate.fonts("DejaVu") + calibrate.fonts("Liberation")]

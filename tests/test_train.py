@@ -26,6 +26,12 @@ def tiny(tmp_path, **kw) -> train.TrainConfig:
     return train.TrainConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module")
+def train_help() -> str:
+    """What `python train.py --help` prints (one process for the module's tests of it)."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True).stdout
+
+
 # -----------------------------------------------------------------------------
 # Objective, metrics, schedule
 
@@ -296,12 +302,12 @@ def test_lr_find_suggests_a_sane_lr(tmp_path, synthetic_data):
     assert len(r["lrs"]) == len(r["losses"]) > 10
 
 
-def test_cli_help_and_bad_model():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True)
+def test_cli_help_and_bad_model(train_help):
     for flag in ("--model", "--lr", "--epochs", "--resume", "--limit-train", "--lr-find", "--precision", "--deterministic"):
-        assert flag in r.stdout
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "vgg"], capture_output=True, text=True)
-    assert r.returncode != 0 and "unknown model 'vgg'" in r.stderr and "Traceback" not in r.stderr
+        assert flag in train_help
+    with pytest.raises(SystemExit) as e:  # in this process: `python train.py` prints the message and exits 1
+        train.main(["--model", "vgg"])
+    assert str(e.value.code).startswith("error: unknown model 'vgg'") and "\n" not in str(e.value.code)
 
 
 # -----------------------------------------------------------------------------
@@ -394,11 +400,10 @@ def test_resume_accepts_a_last_pt_from_before_a_new_setting_existed(tmp_path, sy
 # TrainConfig is the one description: flags are made from its fields, and back
 
 
-def test_help_lists_a_flag_for_every_train_config_field():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True)
+def test_help_lists_a_flag_for_every_train_config_field(train_help):
     for f in dataclasses.fields(train.TrainConfig):
         name = f.name.replace("_", "-")
-        assert f"--{name}" in r.stdout or f"--no-{name}" in r.stdout, f.name
+        assert f"--{name}" in train_help or f"--no-{name}" in train_help, f.name
 
 
 def test_every_field_round_trips_config_to_flags_to_config():
@@ -466,9 +471,8 @@ def test_model_all_is_every_studied_model():
     assert [(c.model, c.lr, c.seed) for c in cfgs] == [(m, lr, s) for m in models.STUDY_MODELS for lr in (0.1, 0.01) for s in (0, 1)]
 
 
-def test_help_gives_each_default_once():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True)
-    text = " ".join(r.stdout.split())
+def test_help_gives_each_default_once(train_help):
+    text = " ".join(train_help.split())
     assert "(default: None)" not in text and "==SUPPRESS==" not in text
     for flag in text.split(" --")[1:]:
         assert flag.count("default:") <= 1, flag
@@ -492,25 +496,30 @@ def test_the_lr_table_speaks_before_a_combination_it_found_worse(tmp_path):
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if r["model"] == "resnet" else n
                                   for n, r in recipes.registry().items()])  # full-width ResNet-18: seconds a run
-def test_every_recipe_trains_a_few_steps(name, tmp_path, synthetic_data):
-    """Each registered recipe, as `python train.py --recipe NAME` resolves it, for two steps of 32 images."""
+def test_every_recipe_trains_a_few_steps(name, tmp_path, synthetic_data, monkeypatch):
+    """Each registered recipe, as `python train.py --recipe NAME` resolves it, for two steps of 32 images.
+    Its curves are asked for, not drawn: drawing them is most of a two-step run, and
+    test_one_epoch_learns_and_leaves_its_files checks the figure."""
+    drawn = []
+    monkeypatch.setattr(train, "plot_curves", lambda history, path, title: drawn.append((len(history), path.name)))
     cfg = train.config_from_args(train.parse_args(["--recipe", name, "--epochs", "1", "--limit-train", "64", "--batch-size", "32",
                                                    "--device", "cpu", "--out", str(tmp_path), "--weights-dir", ""]))
     r = train.train(cfg, synthetic_data, quiet=True)
     assert r["status"] == "finished" and r["history"][-1]["step"] == 2 and math.isfinite(r["history"][-1]["train_loss"])
+    assert drawn == [(1, "curves.png")]
     assert {k: v for k, v in r["config"].items() if k in recipes.recipe(name) and k not in ("epochs", "batch_size")} == \
         {k: (complete_config(r["config"]["model"], v) if k == "model_config" else v) for k, v in recipes.recipe(name).items()
          if k not in ("epochs", "batch_size")}
 
 
-def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_path, synthetic_root, synthetic_data):
+def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_path, synthetic_root, synthetic_data, capsys):
     with pytest.raises(ValueError, match="needs at least 2 images per batch"):
         train.train(tiny(tmp_path, batch_size=1), synthetic_data, quiet=True)
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "convnet", "--batch-size", "1", "--data-dir",
-                        str(synthetic_root), "--out", str(tmp_path / "cli"), "--weights-dir", ""], capture_output=True, text=True)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: convnet has BatchNorm, which needs at least 2 images")
-    assert "epoch" not in r.stdout.split("\n", 1)[-1]  # refused before the first step: no epoch row
+    with pytest.raises(SystemExit) as e:  # in this process: `python train.py` prints the message and exits 1
+        train.main(["--model", "convnet", "--batch-size", "1", "--data-dir", str(synthetic_root), "--out", str(tmp_path / "cli"),
+                    "--weights-dir", ""])
+    assert str(e.value.code).startswith("error: convnet has BatchNorm, which needs at least 2 images") and "\n" not in str(e.value.code)
+    assert "epoch" not in capsys.readouterr().out.split("\n", 1)[-1]  # refused before the first step: no epoch row
 
 
 def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
