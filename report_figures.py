@@ -69,34 +69,33 @@ def curves(s: Study, m: str) -> str | None:
     return save(fig, s.root / "figures" / f"curves_{m}.png")
 
 
-def panels(fig, grid, images, cmap: str, label: str, cols: int, first=None, symmetric: bool = False, width: float = 1.0,
-           titles=None):
-    """Draw images (N, H, W) in a sub-grid of fig on one shared colour scale, with its colour bar; width: the
-    fraction of the grid's width the panels take (the rest left blank, so few columns keep square panels)."""
+def panels(fig, top: float, images, cmap: str, label: str, cols: int, cell: float, first=None, symmetric: bool = False,
+           titles=None) -> float:
+    """Draw images (N, H, W) as square tiles `cell` inches wide, cols to a row, from `top` inches below the top of fig,
+    on one shared colour scale with its colour bar at the right; first: the input image, in grey on its own scale.
+    Returns the inches the rows take. save() crops the figure to what is drawn."""
     import numpy as np
     ims = [np.asarray(i, dtype=float) for i in images]
     v = max(abs(i).max() for i in ims) or 1.0
     lo, hi = (-v, v) if symmetric else (min(i.min() for i in ims), max(i.max() for i in ims))
-    rows = math.ceil((len(ims) + (first is not None)) / cols)
-    sub = grid.subgridspec(rows, cols + (width < 1), wspace=0.05, hspace=0.05,
-                           width_ratios=[1] * cols + ([cols * (1 - width) / width] if width < 1 else []))
-    axes = [fig.add_subplot(sub[k // cols, k % cols]) for k in range(rows * cols)]
-    for ax in axes:
+    (w, h), dx, dy = fig.get_size_inches(), cell * 1.08, cell * (1.3 if titles else 1.08)
+    tiles, skip = ([first] if first is not None else []) + ims, int(first is not None)
+    for k, im in enumerate(tiles):
+        ax = fig.add_axes(((k % cols) * dx / w, (h - top - (k // cols) * dy - cell) / h, cell / w, cell / h))
         ax.axis("off")
-    if first is not None:  # the input image, in grey on its own scale
-        axes[0].imshow(first, cmap="gray")
-        axes[0].set_title("input", fontsize=7)
-    for i, (ax, im) in enumerate(zip(axes[int(first is not None):], ims)):
-        shown = ax.imshow(im, cmap=cmap, vmin=lo, vmax=hi)
-        if titles:
-            ax.set_title(titles[i], fontsize=6, pad=2)
-    fig.colorbar(shown, ax=axes, shrink=0.8, label=label)
+        if k < skip or titles:
+            ax.set_title("input" if k < skip else titles[k - skip], fontsize=6, pad=2)
+        shown = ax.imshow(im, cmap="gray", aspect="equal") if k < skip else ax.imshow(im, cmap=cmap, vmin=lo, vmax=hi, aspect="equal")
+    height = math.ceil(len(tiles) / cols) * dy
+    fig.colorbar(shown, cax=fig.add_axes(((cols * dx + 0.1) / w, (h - top - height + dy - cell) / h, 0.15 / w, (height - dy + cell) / h)),
+                 label=label)
+    return height
 
 
-def features(s: Study, m: str, digit: int = DIGIT, n_maps: int = 32, n_kernels: int = 8) -> list[str]:
-    """figures/features_<m>_layer1.png and _layer2.png: each layer's filters (shared colour scale, 0 at
-    the centre; the second layer's as n_kernels filters' kernels on their n_kernels strongest input channels,
-    by the kernel's L2 norm) and the maps the layer makes of the first test image of `digit` (before BN and ReLU)."""
+def features(s: Study, m: str, digit: int = DIGIT, n_maps: int = 31, n_filters: int = 16, n_kernels: int = 8) -> list[str]:
+    """figures/features_<m>_layer1.png and _layer2.png: each layer's filters (shared colour scale, 0 at the centre; the
+    second layer's as n_filters filters' kernels on their n_kernels strongest input channels, by L2 norm) and n_maps of
+    the layer's maps of the first test image of `digit` (before BN and ReLU), all as square tiles."""
     import torch
 
     from data import load_raw, normalize
@@ -105,9 +104,9 @@ def features(s: Study, m: str, digit: int = DIGIT, n_maps: int = 32, n_kernels: 
     plt = pyplot()
     layers = conv_layers(model)
     if not layers:  # the DNN: its first layer's weight rows, as 28x28 images
-        w = model.first_linear.weight.detach().float()[:n_maps].reshape(-1, 28, 28)
-        fig = plt.figure(figsize=(10, 5.5))
-        panels(fig, fig.add_gridspec(1, 1)[0], w, "RdBu_r", "weight", 8, symmetric=True)
+        w = model.first_linear.weight.detach().float()[:n_maps + 1].reshape(-1, 28, 28)
+        fig = plt.figure(figsize=(8 * 1.08 + 0.6, 5))
+        panels(fig, 0.5, w, "RdBu_r", "weight", 8, 1.0, symmetric=True)
         fig.suptitle(f"{NAMES[m]}, first layer: {len(w)} of its {model.first_linear.out_features} units' weights over the image")
         return [save(fig, s.root / "figures" / f"features_{m}_layer1.png")]
     _, _, x_te, y_te, _ = load_raw("mnist", os.environ.get("DATA_DIR"), download=False, parts=("test",))
@@ -121,25 +120,23 @@ def features(s: Study, m: str, digit: int = DIGIT, n_maps: int = 32, n_kernels: 
         model.eval()(x)
     for hk in hooks:
         hk.remove()
-    out = []
+    out, cols, cell = [], 16, 0.55
     for n, key in enumerate(("first_conv", "second_conv"), start=1):
         w = layers[key].weight.detach().float()  # (out, in, k, k)
         fmap = maps[key][:n_maps]
         if w.shape[1] == 1:  # one input channel: the filters themselves
-            filt, cols, what, titles = w[:, 0], 16, f"{len(w)} of {w.shape[0]} filters ({w.shape[2]}x{w.shape[3]})", None
-        else:  # many: a few filters, each as its kernels on its strongest input channels (rows: filters)
-            k = torch.linalg.vector_norm(w[:n_kernels], dim=(2, 3)).argsort(dim=1, descending=True)[:, :n_kernels]  # (filters, k)
+            filt, what, titles = w[:, 0], f"{len(w)} of {w.shape[0]} filters ({w.shape[2]}x{w.shape[3]})", None
+        else:  # many: some filters, each as its kernels on its strongest input channels (f: filter, in: input channel)
+            k = torch.linalg.vector_norm(w[:n_filters], dim=(2, 3)).argsort(dim=1, descending=True)[:, :n_kernels]  # (filters, k)
             filt = torch.stack([w[i, k[i]] for i in range(len(k))]).flatten(0, 1)  # (filters * k, kh, kw)
-            cols, what = n_kernels, (f"{len(k)} of {w.shape[0]} {w.shape[2]}x{w.shape[3]} filters (rows), each on its {n_kernels} strongest of "
-                                     f"{w.shape[1]} input channels (f: filter, in: input channel)")
+            what = (f"{len(k)} of {w.shape[0]} {w.shape[2]}x{w.shape[3]} filters, each on its {n_kernels} strongest of "
+                    f"{w.shape[1]} input channels (f: filter, in: input channel)")
             titles = [f"f{i} in{int(c)}" for i in range(len(k)) for c in k[i]]
-        h1, h2 = math.ceil(len(filt) / cols) / 16, math.ceil((len(fmap) + 1) / 11) / 11  # rows x panel height
-        fig = plt.figure(figsize=(11, 11 * (h1 + h2) + 1))
-        g = fig.add_gridspec(2, 1, height_ratios=[h1, h2])
-        panels(fig, g[0], filt, "RdBu_r", "weight", cols, symmetric=True, width=cols / 16, titles=titles)
-        panels(fig, g[1], fmap, "viridis", "conv output (before BN and ReLU)", 11, first=x[0, 0])
-        fig.suptitle(f"{NAMES[m]}, layer {n}: {what}, and {len(fmap)} of "
-                     f"the layer's maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})")
+        fig, title = plt.figure(figsize=(cols * cell * 1.08 + 1.2, 12)), textwrap.fill(
+            f"{NAMES[m]}, layer {n}: {what}; below, {len(fmap)} of the layer's maps of a test {digit} ({fmap.shape[1]}x{fmap.shape[2]})", 120)
+        fig.suptitle(title, fontsize=9, y=1 - 0.1 / 12)
+        h1 = panels(fig, top := 0.45 + 0.15 * title.count("\n"), filt, "RdBu_r", "weight", cols, cell, symmetric=True, titles=titles)
+        panels(fig, top + h1 + 0.3, fmap, "viridis", "conv output\n(before BN and ReLU)", cols, cell, first=x[0, 0])
         out.append(save(fig, s.root / "figures" / f"features_{m}_layer{n}.png"))
     return out
 

@@ -10,6 +10,7 @@ Nothing imports this module: study.py runs it by path as its last stage.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -49,22 +50,35 @@ def environment() -> jinja2.Environment:
 def context(s: Study) -> dict:
     """Everything the templates print, computed once."""
     lr, accuracy = s.lr_table(), s.accuracy_table()
-    scored = [dict(c, row=r) for r in lr for c in r["grid"] if c["acc"] is not None]
     best_lrs = lambda opt: sorted({c["lr"] for r in lr if r["optimizer"] == opt for c in r["grid"] if c["acc"] == r["best"]})  # noqa: E731
     optimizers, best = s.optimizer_table(), s.best_model()
     rest = [m for m in s.models if m not in optimizers]
     return {"s": s, "data": s.data, "design": s.design, "accuracy": accuracy, "optimizers": optimizers,
             "sweep_only": {"models": rest, "optimizers": sorted({s.cards[m]["train_config"]["optimizer"] for m in rest})},
-            "spread_max": s.seed_spread(), "lr": lr, "lr_worst": min(scored, key=lambda c: c["acc"]) if scored else None,
-            "best_lrs": best_lrs,
+            "spread_max": s.seed_spread(), "lr": lr, "best_lrs": best_lrs,
             "best": best, "test_cmp": compare({r["model"]: r["test"] for r in best["rows"]}, s.one_test, s.tie_k) if best else {},
             "reg": {v["variant"]: v for v in s.regularization()}, "use": s.test_use(),
             "after": s.after_test(), "curves": {m: s.curve_source(m) for m in s.shipped}, "metrics": s.metrics,
             "cards": s.cards, "recipes": s.recipes, "machine": s.final_machine(),
             "exists": lambda p: (s.root / p).exists(), "digit": DIGIT,
-            "screenshots": [x for x in read_json(s.root / "screenshots" / "index.json") or [] if "command" in x], "target": smoothing(s),
+            "screenshots": screenshots(s), "target": smoothing(s),
             "arch": {r["model"]: r for r in accuracy}, "files": {m: s.shipped_file(m) for m in s.shipped},
-            "smooth_cmp": smoothing_ablation(s)}
+            "smooth_cmp": smoothing_ablation(s), "edges": edge_directions(s, best["best"]) if best else None}
+
+
+def edge_directions(s: Study, m: str) -> dict | None:
+    """{"n", "of", "dirs": the counts by direction} of weights/<m>.pt's one-direction first-layer filters, from its log."""
+    log = s.root / "results" / "logs" / "feature_visualization.txt"
+    hit = re.search(rf"weights/{m}\.pt: .*\n +first-layer filters: (\d+) of (\d+) have one edge direction[^:]*: ([^;]+);",
+                    log.read_text() if log.exists() else "")
+    return {"n": int(hit[1]), "of": int(hit[2]), "dirs": hit[3]} if hit else None
+
+
+def screenshots(s: Study) -> list[dict]:
+    """screenshots/index.json's commands; a log that continues a run (`--resume`) shows the run's own command, resumed: True."""
+    runs, shots = {r.get("log"): r["command"] for r in s.runs.values() if "command" in r}, read_json(s.root / "screenshots" / "index.json") or []
+    return [dict(x, command=runs[x["log"]], resumed=True) if "--resume" in x["command"].split() and x.get("log") in runs
+            else x for x in shots if "command" in x]
 
 
 def smoothing_ablation(s: Study) -> dict | None:
