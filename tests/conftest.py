@@ -101,3 +101,16 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_data(real_data_dir):
     return data.load_data(data_dir=real_data_dir, download=False)
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in text: rows of cells, the separator row left out."""
+    out, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            out.append(rows)
+            rows = []
+    return out

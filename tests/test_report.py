@@ -11,6 +11,7 @@ import pytest
 
 import report_facts
 import study_report
+from conftest import markdown_tables as tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("report.md", "report-appendix.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "weights").glob("*.md"))))
@@ -29,19 +30,6 @@ def section(text: str, heading: str) -> str:
     start = text.index(f"\n{heading}")
     end = text.find(f"\n{level} ", start + 1)
     return text[start:end if end > 0 else None]
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in text: rows of cells, the separator row left out."""
-    out, rows = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-: "):
-                rows.append([c.strip() for c in line.strip("|").split("|")])
-        elif rows:
-            out.append(rows)
-            rows = []
-    return out
 
 
 def test_steps_come_in_the_homeworks_order_under_a_short_summary(report):
@@ -205,3 +193,13 @@ def test_lr_table_gains_a_row_for_each_optimizer_grid_that_is_recorded(tmp_path)
     text = study_report.environment().get_template("report.md.j2").render(study_report.context(s))
     lr = next(t for t in tables(section(text, "## Step 5")) if "lr 0.1" in t[0])
     assert ["ResNet-18", "Adam"] == next(r[:2] for r in lr[1:] if r[:2] == ["ResNet-18", "Adam"])
+
+
+def test_every_table_has_a_separator_row_as_wide_as_its_header():
+    """A Markdown table whose separator row has another number of cells than its header is shown as text."""
+    for doc in DOCS:
+        lines = (ROOT / doc).read_text().splitlines()
+        for i, line in enumerate(lines[1:], start=1):
+            if line.startswith("|") and set(line) <= set("|-: "):
+                cells = lambda s: len(s.strip().strip("|").split("|"))  # noqa: E731
+                assert cells(line) == cells(lines[i - 1]), f"{doc}:{i + 1}: {cells(line)} separator cells under {cells(lines[i - 1])}"

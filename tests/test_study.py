@@ -19,6 +19,7 @@ import runs
 import machine
 import study_report
 import train
+from conftest import markdown_tables
 
 
 def smoke_settings(root) -> study.Settings:
@@ -90,19 +91,6 @@ def test_smoke_study_ships_weights_screenshots_and_a_report_whose_links_exist(sm
         for lr, shown in zip(design["lr_grid"]["lrs"], row[3:7]):
             r = val[(m, o, lr)]
             assert shown.split(" ")[0].strip("*") == ("diverged" if r["status"] == "diverged" else study_report.pct(float(r["val_acc"])))
-
-
-def markdown_tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in text: rows of cells, the separator row left out."""
-    out, rows = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-: "):
-                rows.append([c.strip() for c in line.strip("|").split("|")])
-        elif rows:
-            out.append(rows)
-            rows = []
-    return out
 
 
 def test_attempts_run_beside_the_final_recipe_and_the_validation_best_run_ships(smoke_root):
