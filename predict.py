@@ -404,6 +404,12 @@ def _refuse(answer: dict, keep: torch.Tensor | None, reason: str) -> dict:
     return answer
 
 
+def ensemble_probabilities(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]]) -> torch.Tensor:
+    """(n, 10): the members' calibrated probabilities (each member's own temperature) averaged;
+    members as decide_ensemble takes them."""
+    return torch.stack([probabilities(lg, ck) for lg, _, ck in members]).mean(0)
+
+
 def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]], topk: int = 3,
                     crops: list[np.ndarray] | None = None, layout: str | None = None) -> dict:
     """The answer of an ensemble for the crops of one image. members: one (logits (n, 10),
@@ -421,7 +427,7 @@ def decide_ensemble(members: list[tuple[torch.Tensor, torch.Tensor | None, dict]
     if len(members) == 1:
         logits, features, ckpt = members[0]
         return decide(logits, ckpt, topk, features, crops, layout)
-    probs = torch.stack([probabilities(lg, ck) for lg, _, ck in members]).mean(0)  # (n, 10)
+    probs = ensemble_probabilities(members)
     threshold = float(np.mean([calibration(ck)[1] for _, _, ck in members]))
     answer = decide_probs(probs, threshold, topk)
     votes = []  # (n,) bools, one per member with a rejector: it accepts the crop

@@ -317,7 +317,7 @@ class Models:
             answer, p = predict.decide_probs(torch.zeros(0, 10), predict.DEFAULT_THRESHOLD), torch.zeros(0, 10)
         else:
             answer = predict.decide_ensemble(outs, topk=3, crops=crops)
-            p = torch.stack([predict.probabilities(lg, ck) for lg, _, ck in outs]).mean(0)  # (n, 10)
+            p = predict.ensemble_probabilities(outs)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
                 "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}

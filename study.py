@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from data import DataError, describe, load_data, save_sample_grid
-from models import STUDY_MODELS, CheckpointError, build_model, complete_config, read_checkpoint
+from models import STUDY_MODELS, CheckpointError, build_model, complete_config, load_checkpoint, read_checkpoint
 from machine import exclusive, hardware, resolve_device, stop_on_signals
 from plots import plot_curves
 from runs import sha256, ship, write_bytes_atomic, write_json, write_text_atomic
@@ -57,6 +57,7 @@ from study_cells import (  # the cells and the choices; re-exported: tests and s
     recipe_refit_cells, recipes_cells, candidate_evidence, lr_find_settings, study_design, rel,
 )
 from train import CONFIG_FIELDS, DIVERGED_EXIT, TrainConfig, config_argv, lr_find, make_optimizer, run_length, train, train_step
+from test_model import mean_softmax, predict_proba
 
 ROOT = Path(__file__).resolve().parent
 
@@ -507,8 +508,6 @@ def ensemble_candidates(s: Settings) -> dict[str, list[Cell]] | None:
 
 def ensemble_val(s: Settings, data, cells: list[Cell], cache: dict) -> float:
     """Validation accuracy of the mean softmax of the cells' best.pt (validation-best epochs)."""
-    from models import load_checkpoint
-    from test_model import predict_proba
     probs = []
     for c in cells:
         if c.name not in cache:
@@ -516,9 +515,9 @@ def ensemble_val(s: Settings, data, cells: list[Cell], cache: dict) -> float:
             norm = ckpt["normalization"]
             if abs(norm["mean"] - data.mean) > 1e-6 or abs(norm["std"] - data.std) > 1e-6:
                 raise SystemExit(f"study: {c.name} was trained with another normalization than the study's split")
-            cache[c.name] = torch.from_numpy(predict_proba(model, data.x_val))  # (5000, 10)
+            cache[c.name] = predict_proba(model, data.x_val)  # (5000, 10)
         probs.append(cache[c.name])
-    return float((torch.stack(probs).mean(0).argmax(1) == data.y_val).float().mean())
+    return float((mean_softmax(probs).argmax(1) == data.y_val.numpy()).mean())
 
 
 def choose_ensemble(s: Settings) -> dict | None:
@@ -632,7 +631,7 @@ def recipes_ensemble_test(s: Settings, members: list[dict], probs: list, before:
     if before and before.get("members") == members and before.get("test_acc") is not None:
         return before
     y = s.mnist().y_test.numpy()
-    return {"members": members, "test_acc": float((np.mean(probs, axis=0).argmax(1) == y).mean()),
+    return {"members": members, "test_acc": float((mean_softmax(probs).argmax(1) == y).mean()),
             "scored_from": "results/member_probs"}
 
 
@@ -661,8 +660,6 @@ def member_probs(s: Settings, member: dict) -> tuple[np.ndarray | None, dict | N
                     and (json.loads(c.read_text()).get("made_from") or {}).get("sha256") == sha), None)
     if src is None:
         return None, None
-    from models import load_checkpoint
-    from test_model import predict_proba
     model, _ = load_checkpoint(src, resolve_device("auto"))
     probs = predict_proba(model, s.mnist().x_test)
     done = {"cell": member["cell"], "sha256": sha, "source": rel(s, src),

@@ -172,13 +172,19 @@ def test_model(weights, data_dir=None, device="auto", out_dir=None, tta: bool = 
     return result
 
 
+def mean_softmax(probas: list[np.ndarray]) -> np.ndarray:
+    """An ensemble's probabilities: k members' softmax outputs, each (n, 10), averaged -> (n, 10).
+    The mean of probabilities, not of logits (the members' temperatures differ)."""
+    return np.mean(probas, axis=0)
+
+
 def ensemble(results: list[dict], y: np.ndarray, class_names, x=None, out_dir=None) -> dict:
-    """The averaged softmax of several models, scored like one model."""
-    proba = np.mean([r["_proba"] for r in results], axis=0)
+    """The averaged softmax of several models (mean_softmax), scored like one model."""
+    proba = mean_softmax([r["_proba"] for r in results])
     result = {"weights": "+".join(weights_name(r["weights"]) for r in results), "model": "ensemble", **metrics(y, proba, class_names)}
     if all("_proba_tta" in r for r in results):
         from sklearn.metrics import accuracy_score, f1_score
-        p_tta = np.mean([r["_proba_tta"] for r in results], axis=0)
+        p_tta = mean_softmax([r["_proba_tta"] for r in results])
         result["tta"] = {"shifts": results[0]["tta"]["shifts"], "accuracy": float(accuracy_score(y, p_tta.argmax(1))),
                          "f1_macro": float(f1_score(y, p_tta.argmax(1), average="macro"))}
     if out_dir is not None:

@@ -374,7 +374,8 @@ def test_imports_point_down_the_floors_and_nothing_imports_the_report_writer():
     assert not circles, f"import circle through {circles}"
     for path in product_files():
         assert "study_report" not in our_imports(path) - {path.stem}, f"{path.name} imports study_report.py"
-    for low in ("data", "models", "recipes", "images", "ink", "runs", "predict", "test_model", "feature_visualization"):
+    for low in ("data", "models", "recipes", "machine", "plots", "images", "ink", "runs", "predict", "test_model",
+                "feature_visualization"):
         assert not our_imports(ROOT / f"{low}.py") & {"train", "study", "study_cells"}, low
 
 
@@ -421,7 +422,6 @@ def test_a_seed_trained_again_keeps_its_first_score_and_its_last_file_is_the_see
     mean); the last later training's file (measured here when it is on this machine, else as recorded) is the
     seed's file: an ensemble member, its softmax recorded once (one counted test-set pass) and its ensemble
     scored once, no longer the shipped seed 0. The appendix's every-run table names each by its seed's run."""
-    import test_model
     from models import load_checkpoint
     s = smoke_settings(smoke_root)
     s.data_dir = str(real_data_dir)
@@ -435,8 +435,8 @@ def test_a_seed_trained_again_keeps_its_first_score_and_its_last_file_is_the_see
     later = [{"cell": names[0], "test_acc": 0.5, "seconds": 1.0, "hardware": "elsewhere",
               "checkpoint": f"runs/study/cells/{names[0]}/best.pt", "sha256": "0" * 64},  # made on another machine
              {"cell": names[1], "test_acc": 0.25, "seconds": 2.0, "hardware": "here", "checkpoint": None, "sha256": None}]
-    calls, predict = [], test_model.predict_proba
-    monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    calls, predict = [], study.predict_proba
+    monkeypatch.setattr(study, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
     try:
         here.parent.mkdir(parents=True)
         shutil.copyfile(other, here)
@@ -475,7 +475,6 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
     and the ensemble; the members' recorded softmax scores it as the files did, never twice for the same
     members; a record gone is made again from a shipped copy of the file (a pass counted); a record of
     another file is not the member's, and the ensemble then waits for it."""
-    import test_model
     read_json = lambda p: json.loads(p.read_text())  # noqa: E731
     s = smoke_settings(smoke_root)
     path = smoke_root / "results" / "final_recipes.json"
@@ -484,8 +483,8 @@ def test_the_recorded_softmax_scores_the_ensemble_on_a_machine_without_runs(smok
     x = rec["models"]["convnet"]["seeds"][0]
     member = {"cell": study.seed_file(x)["cell"], **rec["ensemble"]["members"][0]}
     recorded, _ = study.member_probs(s, member)
-    calls, predict = [], test_model.predict_proba
-    monkeypatch.setattr(test_model, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    calls, predict = [], study.predict_proba
+    monkeypatch.setattr(study, "predict_proba", lambda *a, **k: calls.append(1) or predict(*a, **k))
     file_copy = smoke_root / "runs-file-copy.pt"
     shutil.copyfile(smoke_root / member["checkpoint"], file_copy)
     shipped = smoke_root / "weights" / "zz-member.pt"  # later: a shipped copy whose card names the member's file
