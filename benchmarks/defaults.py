@@ -64,13 +64,15 @@ def merge(records: list[dict], path: Path = RESULTS) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    """One line per model and machine: mean test accuracy over its seeds, the worst seed, the slowest wall time."""
+    """One line per model and machine (models in recipes.DEFAULTS' order): mean test accuracy over its
+    seeds, the worst seed, the slowest wall time."""
     lines = ["| model | optimizer | LR | epochs | seeds | test accuracy % (mean, lowest) | wall time, slowest | machine |",
              "|---|---|---|---|---|---|---|---|"]
     groups = {}
     for r in records:
         groups.setdefault((r["model"], r["machine"]), []).append(r)
-    for (model, where), rs in groups.items():
+    order = list(recipes.DEFAULTS)  # the models in train.py's order, each machine as first recorded
+    for (model, where), rs in sorted(groups.items(), key=lambda g: order.index(g[0][0]) if g[0][0] in order else len(order)):
         accs = [r["test_acc"] * 100 for r in rs]
         lines.append(f"| {model} | {rs[0]['optimizer']} | {rs[0]['lr']:g} | {rs[0]['epochs']:g} | {len(rs)} | "
                      f"{statistics.mean(accs):.2f}, {min(accs):.2f} | {max(r['wall_seconds'] for r in rs) / 60:.1f} min | "
