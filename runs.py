@@ -89,12 +89,16 @@ def same_settings(stored: dict, record: dict, defaults: dict) -> bool:
 
 def open_run_dir(run_dir: Path, record: dict, dist: Dist, resume: bool, defaults: dict) -> dict | None:
     """Make the run folder. Returns its last.pt when `resume` and it holds a run of these same
-    settings; otherwise clears the folder's files of an earlier run and returns None."""
+    settings; otherwise clears the folder's files of an earlier run and returns None. A finished run
+    of other settings is never cleared unless `resume` is off (--restart): SystemExit, one line."""
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     saved = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
     if saved is not None and not same_settings(saved["train_config"], record, defaults):
+        if (run_dir / "result.json").exists():  # a finished run is never cleared by another one
+            raise SystemExit(f"error: {run_dir} holds a finished run with other settings; give this one --run-name NAME "
+                             f"or --out DIR, or pass --restart to replace it")
         if dist.main:
             print(f"{run_dir}/last.pt was made with other settings: starting over")
         saved = None

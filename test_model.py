@@ -130,7 +130,7 @@ def run_record(weights) -> dict | None:
         history = list(csv.DictReader(f))
     best = max(history, key=lambda h: float(h["val_acc"])) if history else {}
     return {"history": str(run / "history.csv"), "curves": str(run / "curves.png") if (run / "curves.png").exists() else None,
-            "epochs": len(history), "best_epoch": float(best["epoch"]) if best else None,
+            "epochs": float(history[-1]["epoch"]) if history else 0.0, "best_epoch": float(best["epoch"]) if best else None,
             "val_acc": float(best["val_acc"]) if best else None}
 
 
@@ -372,7 +372,7 @@ def _print(r: dict) -> None:
           + (f" | {r['inference_seconds']:.2f}s inference" if "inference_seconds" in r else ""))
     if "run" in r:
         run = r["run"]
-        print(f"training: {run['epochs']} epochs, best on validation epoch {run['best_epoch']:g} ({run['val_acc']:.4f}); "
+        print(f"training: {run['epochs']:g} epochs, best on validation epoch {run['best_epoch']:g} ({run['val_acc']:.4f}); "
               f"history {run['history']}" + (f", curves {run['curves']}" if run["curves"] else ""))
     if "tta" in r:
         print(f"with test-time augmentation ({len(r['tta']['shifts'])} shifts, reported apart): accuracy {r['tta']['accuracy']:.4f} | "

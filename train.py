@@ -143,7 +143,7 @@ class TrainConfig:
     # Off for runs that choose between recipes: judged on validation only, they never look at the test set.
     score_test: bool = setting(True, "score the validation-best checkpoint on the test set at the end")
     out: str = setting("runs", "folder for run folders")
-    run_name: str | None = setting(None, "name of the run folder under --out (default: <model>-lr<lr>-s<seed>)")
+    run_name: str | None = setting(None, "name of the run folder under --out (default: <model>-lr<lr>-s<seed>, with -e<epochs> and -n<images> when not the model's default)")
     weights_dir: str | None = setting("weights", "where a run that beats the stored model on validation accuracy "
                                                  "is copied ('' = never)")
     eval_batch_size: int = setting(1000, "images per forward pass when evaluating")
@@ -169,8 +169,12 @@ CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def run_name(cfg: TrainConfig) -> str:
+    """<model>-lr<lr>-s<seed>, then -e<epochs> and -n<images> where the budget is not the model's default,
+    so a quick try never lands in (and clears) the folder of a full-length run."""
     prefix = "" if cfg.dataset == "mnist" else f"{cfg.dataset}-"
-    return f"{prefix}{cfg.model}-lr{cfg.lr:g}-s{cfg.seed}"
+    default_epochs = recipes.DEFAULTS.get(cfg.model, recipes.BASE)["epochs"]
+    budget = (f"-e{cfg.epochs:g}" if cfg.epochs != default_epochs else "") + (f"-n{cfg.limit_train}" if cfg.limit_train else "")
+    return f"{prefix}{cfg.model}-lr{cfg.lr:g}-s{cfg.seed}{budget}"
 
 
 def autocast(cfg: TrainConfig):

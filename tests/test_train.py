@@ -155,7 +155,8 @@ def test_one_epoch_learns_and_leaves_its_files(tmp_path, synthetic_data):
     r = train.train(tiny(tmp_path, epochs=2), synthetic_data, quiet=True)
     assert r["status"] == "finished"
     assert r["best"]["val_acc"] > 0.6 and r["test"]["acc"] > 0.6  # chance is 0.1
-    run = tmp_path / "runs" / "convnet-lr0.05-s0"
+    run = tmp_path / "runs" / "convnet-lr0.05-s0-e2"  # 2 epochs: not the ConvNet's default budget
+    assert r["run_dir"].endswith("convnet-lr0.05-s0-e2")
     for f in ("config.json", "history.csv", "best.pt", "last.pt", "curves.png", "log.txt", "result.json"):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "history.csv")))
@@ -349,7 +350,7 @@ def test_torchrun_two_processes_gloo_one_run_dir_same_weights(real_data_dir, tmp
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     runs = list((tmp_path / "runs").iterdir())
-    assert [p.name for p in runs] == ["convnet-lr0.1-s0"]
+    assert [p.name for p in runs] == ["convnet-lr0.1-s0-e0.2-n4000"]
     result = json.loads((runs[0] / "result.json").read_text())
     assert result["ranks_in_sync"] is True and result["status"] == "finished"
     assert result["config"]["world_size"] == 2 and result["config"]["backend"] == "gloo"
@@ -439,7 +440,7 @@ def test_train_py_loops_over_models_and_lrs_then_skips_what_is_done(tmp_path, sy
     argv = ["--model", "dnn", "convnet", "--lr", "0.1", "0.01", "--epochs", "0.05", "--limit-train", "3000", "--device", "cpu",
             "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", str(tmp_path / "weights")]
     assert train.main(argv) == 0
-    names = {f"{m}-lr{lr}-s0" for m in ("dnn", "convnet") for lr in ("0.1", "0.01")}
+    names = {f"{m}-lr{lr}-s0-e0.05-n3000" for m in ("dnn", "convnet") for lr in ("0.1", "0.01")}  # not the defaults' folders
     assert {p.name for p in tmp_path.iterdir() if p.is_dir()} == names
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [(r["model"], float(r["lr"])) for r in rows] == [("dnn", 0.1), ("dnn", 0.01), ("convnet", 0.1), ("convnet", 0.01)]
@@ -462,7 +463,7 @@ def test_a_stopped_run_of_a_loop_continues_where_it_stopped(tmp_path, synthetic_
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, synthetic_data, on_step=ctrl_c, quiet=True)
     r = train.train_all([cfg])[0]
-    log = (tmp_path / "runs" / "convnet-lr0.05-s0" / "log.txt").read_text()
+    log = (tmp_path / "runs" / "convnet-lr0.05-s0-e2" / "log.txt").read_text()
     assert "at step 5/" in log and r["status"] == "finished" and len(r["history"]) == 2
 
 
@@ -548,3 +549,18 @@ def test_resumed_epoch_sums_go_to_the_runs_device():
     assert acc["loss"].device.type == acc["ce"].device.type == "meta"
     assert acc["conf"].device.type == "cpu" and acc["conf"].sum() == 100 and acc["t"] == 1.5
     assert train.sums_on(None, torch.device("meta")) is None and train.sums_on({}, torch.device("meta")) == {}
+
+
+def test_a_quick_try_never_clears_a_finished_run(tmp_path, synthetic_root):
+    """A shorter budget gets its own folder (-e<epochs>, -n<images>); a finished run of other settings in the
+    folder a run is given is an error naming the fixes, and its files stay."""
+    base = dict(model="convnet", model_config={"width": 8}, lr=0.05, batch_size=64, device="cpu", precision="fp32",
+                data_dir=str(synthetic_root), out=str(tmp_path / "runs"), weights_dir="")
+    assert train.TrainConfig(**base).resolved().run_name == "convnet-lr0.05-s0"  # the model's default epochs
+    assert train.TrainConfig(**base, epochs=0.5, limit_train=600).resolved().run_name == "convnet-lr0.05-s0-e0.5-n600"
+    first = train.train(train.TrainConfig(**base, epochs=1, run_name="mine"), quiet=True)
+    from pathlib import Path
+    kept = {p.name: p.read_bytes() for p in Path(first["run_dir"]).iterdir()}
+    with pytest.raises(SystemExit, match="holds a finished run with other settings; give this one --run-name"):
+        train.train(train.TrainConfig(**{**base, "lr": 0.01}, epochs=1, run_name="mine"), quiet=True, resume=True)  # as train.py runs it
+    assert {p.name: p.read_bytes() for p in Path(first["run_dir"]).iterdir()} == kept
