@@ -26,9 +26,9 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
     right status (405 carries Allow); client disconnects are not logged as errors;
   - static files come from web/ only; /openapi.json describes the API and /docs renders it as a
     page that needs no network (FastAPI's Swagger UI would load its scripts from a CDN).
-The image goes through predict.py (decoding, MNIST framing, predict.forward, and the answer from
-predict.decide for one model, predict.decide_ensemble for the ensemble), imported, not copied: for
-one model the API answers exactly as `python predict.py` does, the rejector included.
+The image goes through predict.py (decoding, MNIST framing, boxes and lines set aside, signs,
+quarter turns: predict.answer_marks), imported, not copied: the API answers exactly as
+`python predict.py --weights` with the same files does, the rejector included.
 """
 
 import argparse
@@ -291,36 +291,40 @@ class Models:
 
     def answer(self, image, name: str) -> dict:
         """The JSON answer for an image from open_image (runs on a worker thread): predict.py's answer
-        {status, digit, probability, topk, number, digits} plus the model, the 10 calibrated
-        probabilities of the first digit (null when there is none), the crops the model saw side
-        by side as a PNG data URL (28 x 28n), the first CNN's feature maps of the first digit, ms."""
+        {status, digit, probability, topk, number, digits, and `turned` for a sideways photo read
+        turned} plus the model, the 10 calibrated probabilities of the first digit (null when there
+        is none), the crops the model read side by side as a PNG data URL (28 x 28n), the first
+        CNN's feature maps of the first digit, ms. The reading is predict.answer_marks's, as
+        `python predict.py` reads a file: signs written into the number, boxes and lines set aside,
+        the quarter turns read when the picture may be sideways."""
         t0 = time.perf_counter()
-        crops = predict.prepare(load_image(image))  # [(28, 28) float32 in [0, 1]], left to right; [] = no ink
-        members = self.members if name == "ensemble" else [name]
-        outs, features = [], None  # outs: (logits (n, 10), penultimate features (n, F) or None, ckpt) per member
-        if crops:
-            with self.lock:
-                for member in members:
-                    model, ckpt = self.models[member]
-                    # One forward pass per member gives the answer and the feature maps shown (the first CNN's).
-                    layers = conv_layers(model) if features is None else {}
-                    maps = {}
-                    logits, feats = predict.forward(crops, model, ckpt, layers, maps)
-                    outs.append((logits, feats, ckpt))
-                    if "first_conv" in maps:
-                        features = {"from": member, "label": self.label(member),
-                                    **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
-                                       for key, label in (("first_conv", "conv1"), ("second_conv", "conv2"))}}
-        # predict.py's decision: one model -> predict.decide with its features (the rejector applies);
-        # the ensemble -> predict.decide_ensemble (mean probability vs mean threshold, every rejector must accept).
-        if not outs:
-            answer, p = predict.decide_probs(torch.zeros(0, 10), predict.DEFAULT_THRESHOLD), torch.zeros(0, 10)
-        else:
-            answer = predict.decide_ensemble(outs, topk=3, crops=crops)
-            p = predict.ensemble_probabilities(outs)  # (n, 10)
+        grey = predict.working_grey(load_image(image))
+        marks = predict.prepare_marks(grey)
+        members = [self.models[m] for m in (self.members if name == "ensemble" else [name])]
+        with self.lock:  # the models' forward passes, and the feature-map hooks of the one shown
+            passes = [(*predict.forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
+            answer, crops = predict.answer_marks(marks, members, topk=3, grey=lambda: grey, passes=passes)
+            if crops is not marks.crops:  # read turned: the bars and maps show what was read
+                passes = [(*predict.forward(crops, model, ckpt), ckpt) for model, ckpt in members]
+            features = self.feature_maps(name, crops[:1]) if crops else None
+        p = predict.ensemble_probabilities(passes) if crops else torch.zeros(0, 10)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
                 "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    def feature_maps(self, name: str, crop: list[np.ndarray]) -> dict | None:
+        """The first two conv layers' outputs for one crop, from the first model answering `name` that
+        has convolutions: {"from", "label", "conv1": {"png", "shape"}, "conv2": ...}; None without one."""
+        for member in (self.members if name == "ensemble" else [name]):
+            model, ckpt = self.models[member]
+            layers, maps = conv_layers(model), {}
+            if not layers:
+                continue
+            predict.forward(crop, model, ckpt, layers, maps)
+            return {"from": member, "label": self.label(member),
+                    **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
+                       for key, label in (("first_conv", "conv1"), ("second_conv", "conv2")) if key in maps}}
+        return None
 
 
 # -----------------------------------------------------------------------------

@@ -313,6 +313,13 @@ def test_refusals_are_shown_in_words_without_a_confident_bar(page):
             assert page.locator(".bar.top").count() == 0 and page.locator("#bars.refused").count() == 1
             assert "not a confidence" in text(page, "#bars-note") and "%" not in text(page, "#answer")
             assert "%" not in text(page, "#bars") and text(page, "#bars-title") == "Each digit's score (no answer)"
+    for number, digits, turned, why in (("-7", [7], None, "one digit and the sign as written"),
+                                        ("3.5", [3, 5], None, "2 digits, read one at a time and the sign as written"),
+                                        ("4", None, 90, "“sure”: how often such answers are right; the picture was read turned 90°")):
+        answer = {**j, "status": "several_digits" if digits else "ok", "digit": None if digits else int(number), "turned": turned,
+                  "number": number if digits else None, "digits": [{**j, "digit": d} for d in digits or []], "reason": None}
+        page.evaluate(f"show({json.dumps(answer)})")
+        assert text(page, "#sub") == why and text(page, "#digit") == number, number
     for digit, words in ((8, "ConvNet: an 8 ("), (7, "ConvNet: a 7 (")):
         page.evaluate(f"show({json.dumps({**j, 'digit': digit})})")
         assert text(page, "#confidence").startswith(words)

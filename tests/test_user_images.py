@@ -290,3 +290,23 @@ def test_benchmark_per_recipe_keeps_the_rows_of_earlier_files_that_are_not_here(
     assert results2["tiny8"]["files"]["resnet recipe seed 0, earlier file (2026-11-30)"] == 0.85
     assert user_images.keep_earlier(prev, files, {"plain": {"files": {}}}, 30) == {}
     assert user_images.keep_earlier(prev, files, results, 20) == {} and user_images.keep_earlier(None, files, results, 30) == {}
+
+
+def test_the_server_reads_every_form_as_predict_py_does(form_answers):
+    """The demo's API reads a picture as `predict.py` does (predict.answer_marks): signs written
+    into the number, boxes and lines set aside, sideways photos read turned, the same status."""
+    import serve
+    rows, got = form_answers
+    models = serve.Models([str(ROOT / "weights" / "convnet.pt")])
+    differ = []
+    for r, g in zip(rows, got):
+        j = models.predict((FORMS / r["file"]).read_bytes(), "convnet")
+        said = {k: j.get(k) for k in ("status", "digit", "number", "reason", "turned")}
+        if said != {k: g.get(k) for k in said}:
+            differ.append((r["file"], said, g))
+        # the server decodes a JPEG shrunk as it reads it (images.shrink): its pixels, and so its
+        # probabilities, differ a little from predict.py's full decode; a PNG's are the same
+        if not r["file"].endswith(".jpg"):
+            assert j["probability"] == pytest.approx(g["probability"], abs=1e-5), r["file"]
+        assert len(j["probabilities"] or []) == (10 if j["status"] != "no_digit" else 0)
+    assert not differ, differ[:3]
