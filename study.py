@@ -486,23 +486,23 @@ def ship_refits(s: Settings) -> list[Path]:
 
 
 # Ensembles of final runs, one chosen on validation. Beyond the shipped files, the
-# chosen set's members are copied to weights/ensemble/. Only the shipped DNN and ResNet-18 take
-# part: their other runs would add 7 and 43 MB each for the weakest and the costliest member.
+# chosen set's members are copied to weights/ensemble/. The DNN and ResNet-18 take part with their
+# validation-best run only: their other runs would add 7 and 43 MB each for the weakest and the costliest member.
 ENSEMBLE_DIR = "weights/ensemble"
 
 
 def ensemble_candidates(s: Settings) -> dict[str, list[Cell]] | None:
     """{name: the final runs averaged}, in order of size; None until every final run is done."""
-    shipped = {m: shipped_final(s, m) for m in s.models}
-    if any(c is None for c in shipped.values()):
+    best = {m: shipped_final(s, m) for m in s.models}
+    if any(c is None for c in best.values()):
         return None
     runs = lambda m: [c for c in recipe_cells(s) if isinstance(c, Cell) and c.model == m]  # noqa: E731  (attempts; no refits)
-    out = {"shipped": [shipped[m] for m in s.models]}
+    out = {"best_per_model": [best[m] for m in s.models]}  # each model's validation-best final run
     if "convnet" in s.models:
         out["convnets"] = runs("convnet")
-        cnns = out["convnets"] + (runs("fastresnet") if "fastresnet" in s.models else []) + [shipped[m] for m in s.models if m == "resnet"]
+        cnns = out["convnets"] + (runs("fastresnet") if "fastresnet" in s.models else []) + [best[m] for m in s.models if m == "resnet"]
         out["cnns"] = cnns
-        out["all"] = [shipped[m] for m in s.models if m == "dnn"] + cnns
+        out["all"] = [best[m] for m in s.models if m == "dnn"] + cnns
     return out
 
 
@@ -584,7 +584,7 @@ def stage_evaluate(s: Settings) -> None:
         if old not in members:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
-    if choice and choice["chosen"] != "shipped" and "test" not in choice:  # the validation-chosen ensemble, scored once on test
+    if choice and "test" not in choice:  # the validation-chosen ensemble, scored once on test
         cmd = command_line("test_model.py", ["--weights", *[rel(s, w) for w in members], "--tta", "--json"])
         log = s.results / "logs" / f"test-ensemble-{choice['chosen']}.txt"
         run_logged(s, cmd, log)
