@@ -570,13 +570,18 @@ def log_header(log: RunLog, cfg: TrainConfig, model: nn.Module, dist, n: int, bs
            if dist.world > 1 else ""))
     if cfg.refit:
         log("refit: training on train + validation; the val columns are in-sample and the last epoch is kept (never promoted)")
-    log(f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
+    log(f"{'epoch':>5} {'end lr':>9} {'train_loss':>10} {'train_acc':>9} {'train_f1':>8} {'val_loss':>8} {'val_acc':>7} {'val_f1':>6} {'time':>6}")
+
+
+def loss_text(loss: float, width: int) -> str:
+    """A loss in `width` characters: 4 decimals, or 3 significant digits once it is too big for them (a run diverging)."""
+    return f"{loss:>{width}.4f}" if abs(loss) < 10 ** (width - 6) else f"{loss:>{width}.3g}"
 
 
 def log_epoch(log: RunLog, row: dict) -> None:
-    """One row of the epoch table that log_header heads."""
-    log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
-        f"{row['val_loss']:>8.4f} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
+    """One row of the epoch table that log_header heads (end lr: the learning rate at the epoch's last step)."""
+    log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {loss_text(row['train_loss'], 10)} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
+        f"{loss_text(row['val_loss'], 8)} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
 
 
 def show_progress(bar, step: int, epoch_end: int, sums: dict, bs: int, t_epoch: float) -> None:
