@@ -533,13 +533,17 @@ def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks
     an accepted upright answer is TURN_OVERRIDE times less sure (in 1 - probability). Another
     accepted turn reading something else nearly as surely (1 - probability within TURN_MARGIN
     times the best's: a 6 or a 9 on its side) makes the answer unsure, reason "orientation",
-    with `turns` {degrees: reading}. Otherwise the upright answer stands."""
+    with `turns` {degrees: reading}. A turn read as 1s only is never taken (a dash is not a 1 on its
+    side). Otherwise the upright answer stands."""
     readings = {0: (upright, marks)}
     for k in (1, 2, 3):
         m = prepare_marks(np.ascontiguousarray(np.rot90(grey, k)))
         passes = [(*forward(m.crops, model, ckpt), ckpt) for model, ckpt in members]
         readings[90 * k] = (decide_ensemble(passes, topk, m.crops, m.layout), m)
-    sure = {d: a for d, (a, m) in readings.items() if a["status"] in ("ok", "several_digits") and (d == 0 or not m.wide)}
+    # A turn read as 1s only is no evidence of a turn: a straight stroke lying flat is a dash (or a
+    # "=") as readily as a 1 on its side, so a sideways 1 stays as read upright.
+    sure = {d: a for d, (a, m) in readings.items() if a["status"] in ("ok", "several_digits") and (d == 0 or not m.wide)
+            and (d == 0 or set(str(_said(a))) != {"1"})}
     if not sure:
         return upright, marks.crops
     if 0 in sure and not marks.wide:  # read upright, and shaped like an upright digit

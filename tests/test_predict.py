@@ -771,6 +771,19 @@ def test_a_six_or_nine_on_its_side_is_never_read_as_the_other(convnet):
             assert a["status"] == "unsure" or a["digit"] == int(text), (text, turn, a)
 
 
+@pytest.mark.parametrize("bars", [1, 2, 3])
+def test_flat_strokes_are_not_ones_on_their_side(convnet, bars):
+    """A dash, an = or a ≡ lying flat reads as 1s turned a quarter turn; a straight stroke lying flat
+    is as readily a dash, so no digit is named (it was "1", "11", "111", turned 90, at 0.9999)."""
+    model, ckpt = convnet
+    img = Image.new("L", (280, 280), 255)
+    for k in range(bars):
+        y = 140 + 50 * (k - (bars - 1) / 2)
+        ImageDraw.Draw(img).line([(60, y), (220, y)], fill=0, width=16)
+    a, _ = predict.classify(img, model, ckpt)
+    assert a["status"] in ("unsure", "no_digit") and a["digit"] is None and a["number"] is None and "turned" not in a, a
+
+
 def test_an_upright_digit_read_surely_is_not_turned(convnet, monkeypatch):
     model, ckpt = convnet
     calls = []
