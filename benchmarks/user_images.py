@@ -479,6 +479,28 @@ def n_shapes_scribbles(i, rng):
     return encode(img, "PNG")
 
 
+def n_signs_alone(i, rng):
+    """A sign written alone with a pen: a dash, an =, a + or an x (i modulo 4), 80-200 px long,
+    6-20 px strokes, tilted up to 6 degrees, dark on light paper or white on a black canvas."""
+    side, length, pen = 280, int(rng.integers(80, 200)), int(rng.integers(6, 21))
+    img = Image.new("L", (side, side), 0)
+    draw, c, h = ImageDraw.Draw(img), side / 2, length / 2
+    kind = int(i) % 4
+    if kind in (0, 1):  # a dash, or an = (two bars a third of their length apart)
+        for y in ([c] if kind == 0 else [c - length / 6, c + length / 6]):
+            draw.line([(c - h, y), (c + h, y)], fill=255, width=pen)
+    else:  # a +, or an x
+        k = h if kind == 2 else h / 2 ** 0.5
+        ends = [((c - h, c), (c + h, c)), ((c, c - h), (c, c + h))] if kind == 2 else \
+               [((c - k, c - k), (c + k, c + k)), ((c - k, c + k), (c + k, c - k))]
+        for a, b in ends:
+            draw.line([a, b], fill=255, width=pen)
+    img = img.rotate(float(rng.uniform(-6, 6)), resample=Image.BILINEAR)
+    if rng.random() < 0.5:
+        return encode(img, "PNG")
+    return to_jpeg(photo(on_paper(np.asarray(img), rng, (400, 400)), rng))
+
+
 CONDITIONS = {
     # name: (generator, kind, note); kind: "control" (the plain cases), "digit" (a kind of picture people send), "several", "none",
     # "form" (printed structure around one digit), "number" (signs written with digits), "turned" (no EXIF)
@@ -519,6 +541,7 @@ CONDITIONS = {
     "blank": (n_blank, "none", "blank photo, black canvas, transparent canvas"),
     "letters_symbols": (n_letters, "none", "letters and symbols, Liberation fonts"),
     "shapes_scribbles": (n_shapes_scribbles, "none", "shapes and scribbles"),
+    "signs_alone": (n_signs_alone, "none", "a sign written alone: a dash, =, + or x"),
 }
 HEAVY = {"phone_12mp": 10}  # at most this many images (each is a 12 MP JPEG to encode)
 NUMBER_DIGITS = {"two_digits": 2, "decimal_point": 2, "decimal_comma": 2, "negative": 1}  # digits a number takes (else 3)
