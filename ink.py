@@ -47,7 +47,7 @@ RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RU
 # tail), its centre below SIGN_LOW of the digits' height (a comma reaches SIGN_BELOW under them); a
 # minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
 SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.35, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
-LINE_THIN = 8  # _remove_lines: a piece of straight runs this many times longer than thick is one line, not a grid
+GRID_LINES = 3  # _remove_lines: straight runs joined into one piece with this many parallel lines are a grid
 SIGN_SHORT = 0.15  # a minus is at least this long
 SIGN_TAIL = 1.4  # a comma's tail: at least this much taller than wide
 # A dot or comma in its place is at least SIGN_MIN_PX both ways; a mark out of place at least SIGN_PEN_ODD
@@ -115,21 +115,20 @@ def _otsu(values: np.ndarray) -> float:
 def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """Drop ruled and grid lines from the mask `strong` (H, W) bool: straight thin horizontal
     or vertical runs at least half the image long that reach more than twice as far as the
-    rest of the ink; a line on its own (not joined into a grid with others) must also run past
-    the rest at both ends by more than its thickness (a 1's stem ends where its upstroke begins:
-    a stroke, kept). Where a line crosses a stroke, the stroke's
+    rest of the ink; a line not joined into a grid (GRID_LINES parallel lines or more) must also
+    run past the rest at both ends by more than its thickness (a 1's stem ends where its upstroke
+    begins: a stroke, kept). Where a line crosses a stroke, the stroke's
     pixels stay if they are clearly darker than the line."""
     from scipy import ndimage as ndi
 
     h, w = strong.shape
     out = strong.copy()
-    lines = np.zeros_like(strong)
+    runs = {}  # 1: the horizontal runs, 0: the vertical ones
     for axis, length in ((1, w), (0, h)):
         # a binary opening along one axis, as 1-D min then max filters (linear time in the length)
         n = max(3, length // 2)
-        run = ndi.maximum_filter1d(ndi.minimum_filter1d(strong.view(np.uint8), n, axis=axis), n, axis=axis) > 0
-        if run.any():
-            lines |= run
+        runs[axis] = ndi.maximum_filter1d(ndi.minimum_filter1d(strong.view(np.uint8), n, axis=axis), n, axis=axis) > 0
+    lines = runs[0] | runs[1]
     if not lines.any():
         return out
     rest = strong & ~ndi.binary_dilation(lines, iterations=2)
@@ -141,13 +140,14 @@ def _remove_lines(strong: np.ndarray, ink: np.ndarray) -> np.ndarray:
     line_level = []
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         lh, lw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        if min(lh, lw) * LINE_THIN < max(lh, lw):  # one line: it must also run past the rest at both ends
+        m = labels[sl] == i
+        if max(ndi.label(runs[axis][sl] & m)[1] for axis in (0, 1)) >= GRID_LINES:
+            # a grid (ruled lines joined by the margin, squared paper, a row of boxes): its reach is enough
+            across = lw >= 2 * extent_w or lh >= 2 * extent_h
+        else:  # a line, or two crossing (a large 4's stem and bar): they must also run past the rest at both ends
             across = (lw >= 2 * extent_w and sl[1].start < cols[0] - lh and sl[1].stop - 1 > cols[-1] + lh) or \
                      (lh >= 2 * extent_h and sl[0].start < rows[0] - lw and sl[0].stop - 1 > rows[-1] + lw)
-        else:  # lines joined into a grid (ruled lines and the margin, a row of boxes): their reach is enough
-            across = lw >= 2 * extent_w or lh >= 2 * extent_h
         if across:
-            m = labels[sl] == i
             out[sl][m] = False
             line_level.append(np.median(ink[sl][m]))
     if line_level:  # strokes crossing a line: keep pixels much darker than the lines

@@ -61,8 +61,9 @@ def test_uneven_light_is_divided_out(depth, angle):
     assert np.abs(got - ref).mean() < 0.06
 
 
-@pytest.mark.parametrize("step,colour", [(18, (150, 175, 225)), (25, (190, 190, 190))])
-def test_ruled_and_grid_lines_are_removed(step, colour):
+@pytest.mark.parametrize("step,colour,margin", [(18, (150, 175, 225), (225, 90, 90)), (25, (190, 190, 190), (225, 90, 90)),
+                                                (18, (150, 175, 225), (150, 40, 40))])  # a dark margin joins every line
+def test_ruled_and_grid_lines_are_removed(step, colour, margin):
     # A page three times the digit's size, as in a photo of a sheet (lines run the whole width).
     ref = one_crop(Image.fromarray((255 - seven(300) * 255).astype(np.uint8)).convert("RGB"))
     s = np.zeros((450, 600, 1))
@@ -70,10 +71,21 @@ def test_ruled_and_grid_lines_are_removed(step, colour):
     page = np.full((450, 600, 3), 250.0)
     for y in range(5, 450, step):
         page[y:y + 2] = colour
-    page[:, 40:42] = (225, 90, 90)  # a margin
+    page[:, 40:42] = margin
     page = np.minimum(page, 250 * (1 - s) + np.array([20, 30, 120]) * s)
     got = one_crop(Image.fromarray(page.astype(np.uint8)))
     assert np.abs(got - ref).mean() < 0.08
+
+
+def test_a_large_open_four_keeps_its_bar_and_stem(convnet):
+    """A 4 drawn to fill the canvas: its bar and stem are straight runs over half the picture that
+    cross, but end where the rest of the 4 begins; no ruled line, so the 4 keeps them."""
+    img = Image.new("L", (280, 280), 0)
+    d = ImageDraw.Draw(img)
+    for line in ([(110, 15), (25, 185)], [(25, 185), (265, 185)], [(190, 15), (190, 272)]):
+        d.line(line, fill=255, width=16)
+    a, _ = predict.classify(img, *convnet)
+    assert a["status"] == "ok" and a["digit"] == 4, a
 
 
 @pytest.mark.parametrize("orientation,turn", [(6, 1), (8, 3), (3, 2)])
