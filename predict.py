@@ -491,16 +491,19 @@ def classify(image, model: torch.nn.Module, ckpt: dict, topk: int = 3) -> tuple[
     return answer_marks(prepare_marks(grey), [(model, ckpt)], topk, lambda: grey)
 
 
-def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: list | None = None) -> tuple[dict, list[np.ndarray]]:
+def answer_marks(marks: Marks, members: list, topk: int = 3, grey=None, passes: list | None = None,
+                 run=None) -> tuple[dict, list[np.ndarray]]:
     """One picture's Marks -> (answer, the crops read): the members' (model, ckpt) answer with the
     signs written in (decide_ensemble with the layout), read over the quarter turns when
     needs_turns says so; `grey` a callable giving working_grey's picture then (it is read again
     only for those). passes: the members' (logits, features, ckpt) for marks.crops when already
-    computed (predict batches them)."""
-    passes = passes if passes is not None else [(*forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
+    computed (predict batches them). run: what computes a member's (logits, features) for crops,
+    `forward` unless given (serve.py's takes its lock)."""
+    run = run or forward
+    passes = passes if passes is not None else [(*run(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
     answer = decide_ensemble(passes, topk, marks.crops, marks.layout)
     if grey is not None and needs_turns(answer, marks):
-        return read_turned(grey(), members, topk, answer, marks)
+        return read_turned(grey(), members, topk, answer, marks, run)
     return answer, marks.crops
 
 
@@ -520,7 +523,8 @@ def _said(a: dict):
     return a["number"] if a["status"] == "several_digits" else a["digit"]
 
 
-def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks: Marks) -> tuple[dict, list[np.ndarray]]:
+def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks: Marks,
+                run=None) -> tuple[dict, list[np.ndarray]]:
     """The reading of a picture with no EXIF orientation over its four quarter turns -> (answer,
     crops). `upright` and `marks` are the reading as given. An accepted upright reading of a digit
     that is not lying wide stands unless both sideways turns (90 and 270) are read at TURN_STRONG
@@ -538,12 +542,12 @@ def read_turned(grey: np.ndarray, members: list, topk: int, upright: dict, marks
     readings = {0: (upright, marks)}
     for k in (1, 2, 3):
         m = prepare_marks(np.ascontiguousarray(np.rot90(grey, k)))
-        passes = [(*forward(m.crops, model, ckpt), ckpt) for model, ckpt in members]
+        passes = [(*(run or forward)(m.crops, model, ckpt), ckpt) for model, ckpt in members]
         readings[90 * k] = (decide_ensemble(passes, topk, m.crops, m.layout), m)
     # A turn read as 1s only is no evidence of a turn: a straight stroke lying flat is a dash (or a
     # "=") as readily as a 1 on its side, so a sideways 1 stays as read upright.
     sure = {d: a for d, (a, m) in readings.items() if a["status"] in ("ok", "several_digits") and (d == 0 or not m.wide)
-            and (d == 0 or set(str(_said(a))) != {"1"})}
+            and (d == 0 or set(str(_said(a))) - set("-.,") != {"1"})}
     if not sure:
         return upright, marks.crops
     if 0 in sure and not marks.wide:  # read upright, and shaped like an upright digit

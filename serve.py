@@ -27,8 +27,9 @@ FastAPI on uvicorn, bound to 127.0.0.1 unless --host says otherwise. What the se
   - static files come from web/ only; /openapi.json describes the API and /docs renders it as a
     page that needs no network (FastAPI's Swagger UI would load its scripts from a CDN).
 The image goes through predict.py (decoding, MNIST framing, boxes and lines set aside, signs,
-quarter turns: predict.answer_marks), imported, not copied: the API answers exactly as
-`python predict.py --weights` with the same files does, the rejector included.
+quarter turns: predict.answer_marks), imported, not copied: the API reads a picture as
+`python predict.py --weights` with the same files does, the rejector included (a JPEG is decoded
+shrunk here, so its probabilities may differ in the last digits).
 """
 
 import argparse
@@ -299,18 +300,24 @@ class Models:
         the quarter turns read when the picture may be sideways."""
         t0 = time.perf_counter()
         grey = predict.working_grey(load_image(image))
-        marks = predict.prepare_marks(grey)
         members = [self.models[m] for m in (self.members if name == "ensemble" else [name])]
-        with self.lock:  # the models' forward passes, and the feature-map hooks of the one shown
-            passes = [(*predict.forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
-            answer, crops = predict.answer_marks(marks, members, topk=3, grey=lambda: grey, passes=passes)
-            if crops is not marks.crops:  # read turned: the bars and maps show what was read
-                passes = [(*predict.forward(crops, model, ckpt), ckpt) for model, ckpt in members]
-            features = self.feature_maps(name, crops[:1]) if crops else None
+        marks = predict.prepare_marks(grey)
+        passes = [(*self.forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
+        answer, crops = predict.answer_marks(marks, members, topk=3, grey=lambda: grey, passes=passes, run=self.forward)
+        if crops is not marks.crops:  # read turned: the bars and maps show what was read
+            passes = [(*self.forward(crops, model, ckpt), ckpt) for model, ckpt in members]
         p = predict.ensemble_probabilities(passes) if crops else torch.zeros(0, 10)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
-                "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}
+                "image": png_data_url(seen), "features": self.feature_maps(name, crops[:1]) if crops else None,
+                "ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    def forward(self, crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict, layers: dict | None = None,
+                outputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """predict.forward under the lock: one forward pass at a time (its hooks belong to that pass);
+        decoding, framing and encoding run outside it, in parallel."""
+        with self.lock:
+            return predict.forward(crops, model, ckpt, layers, outputs)
 
     def feature_maps(self, name: str, crop: list[np.ndarray]) -> dict | None:
         """The first two conv layers' outputs for one crop, from the first model answering `name` that
@@ -320,7 +327,7 @@ class Models:
             layers, maps = conv_layers(model), {}
             if not layers:
                 continue
-            predict.forward(crop, model, ckpt, layers, maps)
+            self.forward(crop, model, ckpt, layers, maps)
             return {"from": member, "label": self.label(member),
                     **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
                        for key, label in (("first_conv", "conv1"), ("second_conv", "conv2")) if key in maps}}

@@ -221,15 +221,15 @@ def letter(ch: str, font_file: str) -> bytes:
 
 
 @pytest.mark.parametrize("ch, font_file", [("A", "DejaVuSans.ttf"), ("W", "DejaVuSans.ttf"), ("+", "DejaVuSans.ttf"),
-                                           ("A", "LiberationSans-Regular.ttf"), ("%", "LiberationSerif-Regular.ttf")])
+                                           ("A", "LiberationSans-Regular.ttf"), ("%", "LiberationSerif-Regular.ttf"),
+                                           ("=", "DejaVuSans.ttf")])
 def test_api_answers_exactly_as_predict_py_for_one_model_and_the_ensemble(server, ch, font_file):
     body = letter(ch, font_file)
-    crops = predict.prepare(predict.read_image(body))
-    outs = []
-    for w in WEIGHTS:
-        model, ckpt = models.load_checkpoint(w)
-        logits, feats = predict.forward(crops, model.eval(), ckpt)
-        outs.append((logits, feats, ckpt))
+    grey = predict.working_grey(predict.read_image(body))
+    members = [(model.eval(), ckpt) for model, ckpt in map(models.load_checkpoint, WEIGHTS)]
+
+    def expected(members):  # what `predict.py` prints: predict.answer_marks, signs and quarter turns included
+        return predict.answer_marks(predict.prepare_marks(grey), members, 3, lambda: grey)[0]
 
     def same(j, expected):
         assert [j[k] for k in ("status", "digit", "number")] == [expected[k] for k in ("status", "digit", "number")]
@@ -238,10 +238,10 @@ def test_api_answers_exactly_as_predict_py_for_one_model_and_the_ensemble(server
 
     status, _, j = request(server, "POST", "/predict?model=convnet", body)
     assert status == 200
-    same(j, predict.decide(outs[0][0], outs[0][2], topk=3, features=outs[0][1]))  # what `predict.py` prints
+    same(j, expected(members[:1]))
     status, _, j = request(server, "POST", "/predict?model=ensemble", body)
     assert status == 200
-    same(j, predict.decide_ensemble(outs, topk=3))
+    same(j, expected(members))
 
 
 def test_a_rendered_letter_a_is_refused_by_the_api_as_by_predict_py(server, tmp_path, capsys):
