@@ -579,7 +579,8 @@ def loss_text(loss: float, width: int) -> str:
 
 
 def log_epoch(log: RunLog, row: dict) -> None:
-    """One row of the epoch table that log_header heads (end lr: the learning rate at the epoch's last step)."""
+    """One row of the epoch table that log_header heads (end lr: the rate the schedule has reached when the
+    epoch ends, the next step's)."""
     log(f"{row['epoch']:>5g} {row['lr']:>9.2e} {loss_text(row['train_loss'], 10)} {row['train_acc']:>9.4f} {row['train_f1']:>8.4f} "
         f"{loss_text(row['val_loss'], 8)} {row['val_acc']:>7.4f} {row['val_f1']:>6.4f} {row['seconds']:>5.1f}s")
 

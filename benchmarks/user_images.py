@@ -480,8 +480,9 @@ def n_shapes_scribbles(i, rng):
 
 
 def n_signs_alone(i, rng):
-    """A sign written alone with a pen: a dash, an =, a + or an x (i modulo 4), 80-200 px long,
-    6-20 px strokes, tilted up to 6 degrees, dark on light paper or white on a black canvas."""
+    """A sign written alone with a pen: a dash, an =, a + or an x (i modulo 4), 80-200 px long with
+    6-20 px strokes on a 280 x 280 black canvas, tilted up to 6 degrees; that canvas as a PNG, or
+    shrunk onto paper in a photo (on_paper's size)."""
     side, length, pen = 280, int(rng.integers(80, 200)), int(rng.integers(6, 21))
     img = Image.new("L", (side, side), 0)
     draw, c, h = ImageDraw.Draw(img), side / 2, length / 2
