@@ -680,17 +680,22 @@ def positive_int(text: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Predict the digit(s) in image files (any format Pillow reads). "
                                             "Exit 0 when every file was read (a refusal is an answer), 1 otherwise.")
-    p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument("--weights", action="append",
+    p.add_argument("images", nargs="*", help="image files, folders or globs")
+    p.add_argument("--weights", nargs="+", action="extend",
                    help="checkpoint written by train.py (default: weights/convnet.pt, from this repository when not here); "
-                        "repeated (--weights a.pt --weights b.pt): their ensemble (mean calibrated probability, every "
-                        "rejector must accept)")
+                        "several (--weights a.pt b.pt, as test_model.py takes them, or --weights repeated): their "
+                        "ensemble (mean calibrated probability, every rejector must accept)")
     p.add_argument("--topk", type=positive_int, default=3,
                    help="how many of the most probable digits to report per image, best first (default: %(default)s); "
                         "the text output shows the best and, after 'next:', the others")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--show", metavar="DIR", help="save the 28x28 crop(s) the model saw, per file")
     a = p.parse_args(argv)
+    # images written after --weights (python predict.py --weights a.pt photo.jpg) are images, not checkpoints
+    a.images += [w for w in a.weights or [] if Path(w).suffix.lower() in IMAGE_SUFFIXES]
+    a.weights = [w for w in a.weights or [] if Path(w).suffix.lower() not in IMAGE_SUFFIXES]
+    if not a.images:
+        p.error("give one or more image files, folders or globs: python predict.py photo.jpg [--weights weights/convnet.pt]")
     from PIL import Image
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 100-200 MP: read_image's own limit decides
     if not a.weights:  # the default, this repository's when run from another folder

@@ -625,8 +625,13 @@ def test_cli_with_several_weights_answers_as_their_ensemble(tmp_path, capsys):
     path = tmp_path / "seven.png"
     path.write_bytes(png(Image.fromarray((255 - seven() * 255).astype(np.uint8))))
     files = [ROOT / "weights" / f"{m}.pt" for m in ("convnet", "dnn")]
-    assert predict.main(["--weights", str(files[0]), str(path), "--weights", str(files[1]), "--json"]) == 0
-    got = json.loads(capsys.readouterr().out)[0]
+    # --weights repeated, or several after one --weights as test_model.py takes them; images before or after
+    for args in (["--weights", str(files[0]), str(path), "--weights", str(files[1])],
+                 [str(path), "--weights", str(files[0]), str(files[1])], ["--weights", str(files[0]), str(files[1]), str(path)]):
+        assert predict.main([*args, "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert len(got) == 1 and got[0]["file"] == str(path), args
+    got = got[0]
     crops = predict.prepare(predict.read_image(path))
     members = [(*predict.forward(crops, m, ck), ck) for m, ck in map(models.load_checkpoint, files)]
     want = predict.decide_ensemble(members, 3, crops)
@@ -643,6 +648,9 @@ def test_cli_runs_from_any_folder_and_bad_options_are_one_line(tmp_path, monkeyp
         with pytest.raises(SystemExit) as e:
             predict.main([str(path), "--topk", bad])
         assert e.value.code == 2 and "--topk" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # no image at all: argparse's one line, naming what to give
+        predict.main(["--weights", "weights/convnet.pt"])
+    assert e.value.code == 2 and "give one or more image files" in capsys.readouterr().err
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "resnet.pt").write_bytes(b"")
     for weights, words in (("w", "w: is a folder; pass one checkpoint file in it (resnet.pt)"),
