@@ -853,10 +853,6 @@ def write_final_recipes(s: Settings, score: bool = True) -> Path:
     out["ensembles_scored"], out["member_passes"] = scored, passes
     if scored or passes:  # read by the report's count of test-set use (report_facts.test_use)
         files = [e for e in scored if "scored_from" not in e]  # scored by passing each member's file (before member_probs)
-        k = len(scored) - len(files)
-        out["why"] = (f"model passes: {sum(len(e['members']) for e in files)} for {len(files)} recipe ensemble{'s' * (len(files) != 1)} "
-                      f"scored from their files, {len(passes)} recording a member's test-set softmax (results/member_probs/)"
-                      + (f", from which {k} {'was' if k == 1 else 'were'} scored" if k else "") + "; each ensemble scored once by study.py --only recipes")
         out["commands"] = [{"command": "python study.py, stages recipes and evaluate (members' softmax, the ensemble's mean)",
                             "models_scored": sum(len(e["members"]) for e in files) + len(passes)}]
     write_json(path, out)
