@@ -290,27 +290,43 @@ class Models:
         """The JSON answer for one request body, in the calling thread (see answer)."""
         return self.answer(open_image(body), name)
 
-    def answer(self, image, name: str) -> dict:
+    def answer(self, image, name: str, upright: bool = False) -> dict:
         """The JSON answer for an image from open_image (runs on a worker thread): predict.py's answer
         {status, digit, probability, topk, number, digits, and `turned` for a sideways photo read
         turned} plus the model, the 10 calibrated probabilities of the first digit (null when there
         is none), the crops the model read side by side as a PNG data URL (28 x 28n), the first
         CNN's feature maps of the first digit, ms. The reading is predict.answer_marks's, as
         `python predict.py` reads a file: signs written into the number, boxes and lines set aside,
-        the quarter turns read when the picture may be sideways."""
+        the quarter turns read when the picture may be sideways, unless `upright` says it is not (a
+        drawing on the page's canvas)."""
         t0 = time.perf_counter()
         grey = predict.working_grey(load_image(image))
-        members = [self.models[m] for m in (self.members if name == "ensemble" else [name])]
+        names = self.members if name == "ensemble" else [name]
+        members = [self.models[m] for m in names]
+        shown = next((m for m in names if conv_layers(self.models[m][0])), None)  # whose feature maps are shown
         marks = predict.prepare_marks(grey)
-        passes = [(*self.forward(marks.crops, model, ckpt), ckpt) for model, ckpt in members]
-        answer, crops = predict.answer_marks(marks, members, topk=3, grey=lambda: grey, passes=passes, run=self.forward)
+        passes, maps = self.passes(marks.crops, names, shown)
+        answer, crops = predict.answer_marks(marks, members, topk=3, grey=None if upright else lambda: grey,
+                                             passes=passes, run=self.forward)
         if crops is not marks.crops:  # read turned: the bars and maps show what was read
-            passes = [(*self.forward(crops, model, ckpt), ckpt) for model, ckpt in members]
+            passes, maps = self.passes(crops, names, shown)
         p = predict.ensemble_probabilities(passes) if crops else torch.zeros(0, 10)  # (n, 10)
         seen = np.concatenate(crops, axis=1) if crops else np.zeros((28, 28), np.float32)  # (28, 28n)
+        features = {"from": shown, "label": self.label(shown),
+                    **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
+                       for key, label in (("first_conv", "conv1"), ("second_conv", "conv2")) if key in maps}} if maps else None
         return {"model": name, **answer, "probabilities": [round(float(q), 6) for q in p[0]] if len(p) else None,
-                "image": png_data_url(seen), "features": self.feature_maps(name, crops[:1]) if crops else None,
-                "ms": round(1000 * (time.perf_counter() - t0), 2)}
+                "image": png_data_url(seen), "features": features, "ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    def passes(self, crops: list[np.ndarray], names: list[str], shown: str | None) -> tuple[list, dict]:
+        """One forward pass per model of `names` on the crops: ([(logits, features, ckpt)], the conv
+        layers' outputs {"first_conv", "second_conv"} of model `shown`, caught in its same pass)."""
+        out, maps = [], {}
+        for n in names:
+            model, ckpt = self.models[n]
+            layers = conv_layers(model) if n == shown else None
+            out.append((*self.forward(crops, model, ckpt, layers, maps), ckpt))
+        return out, maps
 
     def forward(self, crops: list[np.ndarray], model: torch.nn.Module, ckpt: dict, layers: dict | None = None,
                 outputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -318,20 +334,6 @@ class Models:
         decoding, framing and encoding run outside it, in parallel."""
         with self.lock:
             return predict.forward(crops, model, ckpt, layers, outputs)
-
-    def feature_maps(self, name: str, crop: list[np.ndarray]) -> dict | None:
-        """The first two conv layers' outputs for one crop, from the first model answering `name` that
-        has convolutions: {"from", "label", "conv1": {"png", "shape"}, "conv2": ...}; None without one."""
-        for member in (self.members if name == "ensemble" else [name]):
-            model, ckpt = self.models[member]
-            layers, maps = conv_layers(model), {}
-            if not layers:
-                continue
-            self.forward(crop, model, ckpt, layers, maps)
-            return {"from": member, "label": self.label(member),
-                    **{label: {"png": png_data_url(map_grid(maps[key][0])), "shape": list(maps[key].shape[1:])}
-                       for key, label in (("first_conv", "conv1"), ("second_conv", "conv2")) if key in maps}}
-        return None
 
 
 # -----------------------------------------------------------------------------
@@ -560,28 +562,29 @@ def add_api_routes(app, models: Models, light: Lane, heavy: Lane, timeout_s: flo
 
     budget = BodyBudget(body_budget)
 
-    def light_answer(body: bytes, form: str, name: str):
+    def light_answer(body: bytes, form: str, name: str, upright: bool):
         """On the light lane: the answer, or the opened image when it belongs to the heavy lane."""
         image = open_image(form_file(body, form) if form.lower().startswith("multipart/form-data") else body)
-        return image if is_heavy(image) else models.answer(image, name)
+        return image if is_heavy(image) else models.answer(image, name, upright)
 
     @app.post("/predict", summary="The digit(s) in an image",
               description="Body: the raw bytes of an image file (PNG, JPEG, GIF, BMP, WebP, HEIC, ...), a data URL "
                           "(data:image/png;base64,...), or a multipart form with a file (curl -F file=@digit.png); "
-                          "?model= in any case. Answer: model, status (ok | no_digit | unsure | several_digits), "
-                          "digit, probability, topk, number, digits, probabilities (10), image (the 28x28 the model saw, "
+                          "?model= in any case; ?upright=true for a picture known to be upright (a drawing: "
+                          "no quarter turns are read). Answer: model, status (ok | no_digit | unsure | several_digits), "
+                          "digit, probability, topk, number, digits, turned (degrees, when read turned), probabilities (10), image (the 28x28 the model saw, "
                           "a PNG data URL), features (first two conv layers' maps, or null), ms. "
                           "400/408/413/415 for bad input, 503 + Retry-After when busy.")
-    async def predict_route(request: Request, model: str | None = None):
+    async def predict_route(request: Request, model: str | None = None, upright: bool = False):
         name = models.check(model)
         try:
             body, reserved = await read_body(request, timeout_s, budget)
         except ClientDisconnect:  # the client left: nobody to answer, nothing to log
             return Response(status_code=499)
         try:  # a form is parsed on the worker, after admission
-            answer = await light.run(light_answer, body, request.headers.get("content-type", ""), name)
+            answer = await light.run(light_answer, body, request.headers.get("content-type", ""), name, upright)
             if not isinstance(answer, dict):  # an opened image over LIGHT_PIXELS: decoded where it delays no drawing
-                answer = await heavy.run(models.answer, answer, name)
+                answer = await heavy.run(models.answer, answer, name, upright)
         finally:
             budget.held -= reserved
         return Response(json.dumps(answer).encode(), media_type="application/json", headers={"Cache-Control": "no-store"})

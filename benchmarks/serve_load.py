@@ -133,7 +133,7 @@ def heavy_with_drawings(port: int, pid: int, body: bytes, drawing: bytes, n: int
         heavy = [pool.submit(post, port, body) for _ in range(n)]
         time.sleep(0.2)  # the heavy ones are in
         while not all(f.done() for f in heavy) and time.perf_counter() - t0 < 120:
-            drawn.append(post(port, drawing, timeout=30))
+            drawn.append(post(port, drawing, DRAWING, timeout=30))
             time.sleep(gap_s)
         results = [f.result() for f in heavy]
         wall = time.perf_counter() - t0
@@ -171,6 +171,9 @@ def phones(port: int, pid: int, n: int) -> dict:
     return {"images": n, "jpeg_bytes": len(body), "by_kind": {k: sum(1 for r in results if r[0] == k) for k, _ in results},
             "p50_ms": round(1000 * statistics.median(t for _, t in results), 1), "max_ms": round(1000 * max(t for _, t in results), 1),
             "wall_s": round(wall, 2), "peak_rss_mb": round(rss.peak)}
+
+
+DRAWING = "/predict?upright=true"  # how the page sends a drawing: upright, no quarter turns read
 
 
 def post(port: int, body: bytes, path: str = "/predict", timeout: float = 60.0) -> tuple[str, float]:
@@ -211,7 +214,7 @@ def concurrency(port: int, pid: int, body: bytes, workers: int, total: int) -> d
     """`total` POSTs from `workers` threads, each starting its next as soon as its last is answered."""
     with PeakRSS(pid) as rss, ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
-        results = list(pool.map(lambda _: post(port, body), range(total)))
+        results = list(pool.map(lambda _: post(port, body, DRAWING), range(total)))
         wall = time.perf_counter() - t0
     return {"concurrency": workers, **summary(results, wall), "peak_rss_mb": round(rss.peak)}
 
@@ -228,7 +231,7 @@ def slow_clients(port: int, pid: int, body: bytes, n: int, timeout_s: float, nor
             socks.append(s)
         time.sleep(min(1.0, timeout_s / 4))  # held, not arriving: the server has read what they sent
         t0 = time.perf_counter()
-        during = [post(port, body) for _ in range(normal)]
+        during = [post(port, body, DRAWING) for _ in range(normal)]
         closed, answers = [], {}
         for s in socks:
             data = b""
@@ -322,7 +325,7 @@ def run(quick: bool, weights: list[str] | None, browser: bool, note: str) -> dic
         models = json.loads(urlget(port, "/api/models"))
         out["model"] = next((m["name"] for m in models if m.get("default")), models[0]["name"])
         out["models"] = [m["name"] for m in models]
-        post(port, body)  # warm-up: first-call costs (lazy imports, allocator) are not load
+        post(port, body, DRAWING)  # warm-up: first-call costs (lazy imports, allocator) are not load
         out["idle_rss_mb"] = round(rss_mb(proc.pid))
         print(f"server pid {proc.pid} on 127.0.0.1:{port}, default model {out['model']}, idle RSS {out['idle_rss_mb']} MB", flush=True)
         out["load"] = []

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import models
 import predict
@@ -346,3 +346,19 @@ def test_drawing_in_a_real_browser_shows_the_digit(server):
                 assert page.locator("#conv1").get_attribute("src").startswith("data:image/png")
         finally:
             b.close()
+
+
+def test_a_sideways_photo_is_read_turned_unless_the_caller_says_it_is_upright(server):
+    """?upright=true (the page's canvas drawings) reads no quarter turns; without it a picture with no
+    EXIF tag may be a photo turned sideways, read as predict.py reads it."""
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Oblique.ttf", 150)
+    img = Image.new("L", (300, 400), 240)
+    ImageDraw.Draw(img).text((150, 200), "5", fill=25, font=font, anchor="mm")
+    buf = io.BytesIO()
+    img.rotate(90, expand=True).save(buf, format="PNG")
+    status, _, j = request(server, "POST", "/predict?model=convnet", buf.getvalue())
+    assert status == 200 and j["status"] == "ok" and j["digit"] == 5 and j["turned"] == 270, j
+    status, _, j = request(server, "POST", "/predict?model=convnet&upright=true", buf.getvalue())
+    assert status == 200 and "turned" not in j and j["digit"] != 5, j
+    status, _, j = request(server, "POST", "/predict?model=convnet&upright=maybe", buf.getvalue())
+    assert status == 400 and "upright" in j["error"], j
