@@ -47,9 +47,11 @@ RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RU
 # tail), its centre below SIGN_LOW of the digits' height (a comma reaches SIGN_BELOW under them); a
 # minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
 SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.35, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
+EDGE_LONG, EDGE_THIN = 0.25, 4  # _along_edge: a piece along the border, a quarter of its side long, 4x longer than thick
 GRID_LINES = 3  # _remove_lines: straight runs joined into one piece with this many parallel lines are a grid
 SIGN_SHORT = 0.15  # a minus is at least this long
 SIGN_TAIL = 1.4  # a comma's tail: at least this much taller than wide
+SIGN_TAIL_FILL = 0.8  # and filling at most this share of its box (benchmarks/user_images.py's commas: 0.71 at most)
 # A dot or comma in its place is at least SIGN_MIN_PX both ways; a mark out of place at least SIGN_PEN_ODD
 # of the digits' stroke width (a finer speck is dirt, joined or dropped as before)
 SIGN_PEN_ODD, SIGN_MIN_PX = 0.8, 3
@@ -352,8 +354,25 @@ def _ring(piece: np.ndarray) -> np.ndarray | None:
     return band & piece
 
 
+def _along_edge(piece: np.ndarray, sl: tuple, shape: tuple[int, int]) -> bool:
+    """Whether a piece (bool, its box `sl` in a picture of `shape`) lies along the picture's border:
+    on it for at least half its length, at least EDGE_LONG of that side long and EDGE_THIN times
+    longer than thick. The desk showing past a sheet's edge in a photo framed a little wide, as
+    wedges; a digit cut by the border touches it over a stroke's width or is as thick as long."""
+    h, w = shape
+    ph, pw = piece.shape
+    for touches, contact, along, across, side in ((sl[0].start == 0, piece[0].sum(), pw, ph, w),
+                                                  (sl[0].stop == h, piece[-1].sum(), pw, ph, w),
+                                                  (sl[1].start == 0, piece[:, 0].sum(), ph, pw, h),
+                                                  (sl[1].stop == w, piece[:, -1].sum(), ph, pw, h)):
+        if touches and along >= EDGE_LONG * side and EDGE_THIN * across <= along and contact >= 0.5 * along:
+            return True
+    return False
+
+
 def remove_structure(strong: np.ndarray) -> np.ndarray:
-    """(H, W) bool ink mask -> the mask without printed structure around the digits: frames
+    """(H, W) bool ink mask -> the mask without printed structure around the digits: the desk
+    along the picture's border (_along_edge), frames
     that enclose other ink (boxes, rows of boxes, circles; _frame), empty thin rectangles,
     underlines and comb-field brackets with ink standing on them (_rule_under), and the sides of a
     box or circle that the digit touches (_box_sides, _ring). Each is one
@@ -370,7 +389,8 @@ def remove_structure(strong: np.ndarray) -> np.ndarray:
         piece = labels[sl] == i + 1
         if min(piece.shape) < RULE_MIN and max(piece.shape) < 3 * RULE_MIN:
             continue
-        if _frame(piece, (labels[sl] > 0) & ~piece) or (n > 1 and _rule_under(piece, sl[0].start, sl[1].start, boxes, sizes, i)):
+        if (_along_edge(piece, sl, strong.shape) or _frame(piece, (labels[sl] > 0) & ~piece)
+                or (n > 1 and _rule_under(piece, sl[0].start, sl[1].start, boxes, sizes, i))):
             out[sl] &= ~piece
             continue
         sides = _box_sides(piece)
@@ -458,7 +478,7 @@ def find_marks(ink: np.ndarray, structure: bool = True) -> list[tuple[str, np.nd
     for g in groups:
         if g in digits:
             continue
-        kind = _sign(g, [boxes[i] for i in g[2]], digits, boxes, tallest)
+        kind = _sign(g, [boxes[i] for i in g[2]], digits, boxes, tallest, sum(sizes[i] for i in g[2]))
         if kind in (".", ",", "?") and not _thick(g, boxes, pen, 0.0 if kind != "?" else SIGN_PEN_ODD):
             kind = None  # a speck of dirt, finer than the pen's dot: joined or dropped as before
         if kind:
@@ -489,11 +509,13 @@ def _thick(g: list, boxes: list, pen: float, share: float) -> bool:
     return min(y1 - y0, g[1] - g[0]) >= max(share * pen, SIGN_MIN_PX)
 
 
-def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str | None:
+def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int, area: float) -> str | None:
     """The sign a small group `g` ([x0, x1, components]) is, from its box (the union of `parts`)
     and the digit groups around it: "." or "," at the baseline between two digits, "-" at
     mid-height before the first digit, "?" a dot or bar elsewhere; None for other small pieces
-    (a digit's detached stroke, joined to it by find_marks)."""
+    (a digit's detached stroke, joined to it by find_marks). `area`: the group's ink in px: a
+    comma's tail tapers, so it fills at most SIGN_TAIL_FILL of its box; a printed period smeared
+    taller than wide fills it."""
     y0, y1 = min(b[0].start for b in parts), max(b[0].stop for b in parts)
     x0, x1 = g[0], g[1]
     h, w = y1 - y0, x1 - x0
@@ -506,7 +528,7 @@ def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int) -> str 
         return min(boxes[i][0].start for i in d[2]), max(boxes[i][0].stop for i in d[2])
 
     dot = max(h, w) <= SIGN_DOT * tallest and max(h, w) <= SIGN_ROUND * min(h, w)
-    tail = max(h, w) <= SIGN_DOT * tallest and h >= SIGN_TAIL * w and h <= SIGN_ROUND * 2 * w
+    tail = max(h, w) <= SIGN_DOT * tallest and h >= SIGN_TAIL * w and h <= SIGN_ROUND * 2 * w and area <= SIGN_TAIL_FILL * h * w
     bar = w >= SIGN_BAR * h and w >= SIGN_SHORT * tallest
     if not (dot or tail or bar):
         return None

@@ -88,6 +88,33 @@ def test_a_large_open_four_keeps_its_bar_and_stem(convnet):
     assert a["status"] == "ok" and a["digit"] == 4, a
 
 
+@pytest.mark.parametrize("tilt", [0, -4, 6])
+def test_a_printed_decimal_point_on_a_sheet_on_a_desk_is_a_point(convnet, tilt):
+    """A typed "3.5" photographed on a sheet lying on a dark desk: the period, smeared by the tilt
+    and the JPEG a little taller than wide, still fills its box, which a comma's tapering tail does
+    not (at -4 degrees it was read "3,5")."""
+    page = Image.new("RGB", (400, 260), (236, 232, 214))
+    ImageDraw.Draw(page).text((170, 120), "3.5", fill=(25, 30, 80), font=ImageFont.truetype(FONT, 110), anchor="mm")
+    page = page.rotate(tilt, expand=True, fillcolor=(90, 70, 50), resample=Image.BICUBIC)
+    desk = Image.new("RGB", (560, 420), (90, 70, 50))
+    desk.paste(page, ((560 - page.width) // 2, (420 - page.height) // 2))
+    a, _ = predict.classify(Image.open(io.BytesIO(png(desk, "JPEG", quality=85))), *convnet)
+    assert a["status"] == "several_digits" and a["number"] == "3.5", a
+
+
+@pytest.mark.parametrize("tilt", [-3, 4])
+def test_the_desk_showing_as_wedges_along_the_border_is_not_ink(convnet, tilt):
+    """A photo framed a little wider than the tilted sheet: the grey desk shows as thin wedges along
+    the border, which were framed with the digits ("unsure: does not look like a digit")."""
+    page = Image.new("RGB", (520, 360), (236, 232, 214))
+    ImageDraw.Draw(page).text((240, 170), "3.5", fill=(25, 30, 80), font=ImageFont.truetype(FONT, 110), anchor="mm")
+    page = page.rotate(tilt, expand=True, fillcolor=(110, 105, 100), resample=Image.BICUBIC)
+    cx, cy = page.width // 2, page.height // 2
+    photo = page.crop((cx - 240, cy - 160, cx + 240, cy + 160))  # the sheet's corners just out of frame
+    a, _ = predict.classify(Image.open(io.BytesIO(png(photo, "JPEG", quality=85))), *convnet)
+    assert a["status"] == "several_digits" and a["number"] == "3.5", a
+
+
 @pytest.mark.parametrize("orientation,turn", [(6, 1), (8, 3), (3, 2)])
 def test_exif_orientation_is_applied(orientation, turn):
     upright = Image.fromarray((255 - seven() * 255).astype(np.uint8))
