@@ -278,8 +278,10 @@ def load_raw(name: str = "mnist", data_dir=None, download: bool = True, parts: t
         try:  # downloads and extracts all four files
             getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=True, download=True)
         except (RuntimeError, OSError) as e:
-            # Offline, torchvision raises a RuntimeError listing every mirror it tried.
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # Offline, torchvision raises a RuntimeError listing every mirror it tried: its first line
+            # names the file ("Error downloading x.gz:"), its last the reason ("<urlopen error ...>").
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            first = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
             raise DataError(_missing_message(spec, raw_dir, [f.name for f in needed], f"download failed: {first}",
                                              _what_is_there(spec, root))) from None
         raw_dir, paths = locate_raw_files(spec, root, parts)

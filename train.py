@@ -405,7 +405,7 @@ def train(config: TrainConfig, data: Data | None = None, on_step=None, quiet: bo
     if saved is not None:
         step, history, best, sums, seconds_before = restore_last(saved, model, ema, opt, sched, scaler, dist, dev)
         log(f"resumed {run_dir} at step {step}/{total_steps}")
-    log_header(log, cfg, model, dist, len(x_train), bs, steps_per_epoch)
+    log_header(log, cfg, model, dist, len(x_train), bs, steps_per_epoch, total_steps)
     seconds = lambda: seconds_before + time.perf_counter() - t_start  # noqa: E731
 
     def save_last(sums):  # everything to continue exactly: weights, optimizer, schedule, RNG, history, the epoch's sums
@@ -561,10 +561,11 @@ def restore_last(saved: dict, model, ema, opt, sched, scaler, dist, dev) -> tupl
     return saved["step"], saved["history"], saved["best"], sums_on(saved["epoch_acc"], dev), saved["seconds"]
 
 
-def log_header(log: RunLog, cfg: TrainConfig, model: nn.Module, dist, n: int, bs: int, steps_per_epoch: int) -> None:
+def log_header(log: RunLog, cfg: TrainConfig, model: nn.Module, dist, n: int, bs: int, steps_per_epoch: int,
+               total: int) -> None:
     """A run's first lines: model, optimizer, budget, device, data; then the epoch table's header."""
     log(f"{cfg.model}: {count_params(model):,} params | {cfg.optimizer} lr {cfg.lr:g} "
-        f"{cfg.schedule} | {cfg.epochs:g} epochs x {steps_per_epoch} steps of {bs} | {cfg.device} {cfg.precision}"
+        f"{cfg.schedule} | {cfg.epochs:g} epochs = {total:,} step{'s' * (total != 1)} of {bs} ({steps_per_epoch:,} an epoch) | {cfg.device} {cfg.precision}"
         f"{' channels_last' if cfg.channels_last else ''} | aug {'on' if cfg.augment else 'off'} | seed {cfg.seed} | {n:,} train images"
         + (f" | {dist.world} processes ({dist.backend}{', sync BN' if cfg.sync_bn else ''}), {bs // dist.world} images each per step"
            if dist.world > 1 else ""))
@@ -928,6 +929,13 @@ def main(argv=None) -> int:
                 print(f"{cfg.model}: suggested lr {r['suggested_lr']:.3g} (steepest loss descent); loss lowest at "
                       f"{r['min_loss_lr']:.3g}; plot {r['png']}")
             return 0
+        for cfg in {c.model: c for c in configs}.values():  # a quick default is seldom what made the shipped file
+            card = ROOT / "weights" / f"{cfg.model}.json"
+            made = json.loads(card.read_text())["train_config"] if card.exists() else None
+            ours = dataclasses.asdict(cfg.resolved())
+            if made and any(json.dumps(made.get(k)) != json.dumps(ours[k]) for k in ("optimizer", "lr", "epochs", "model_config")):
+                print(f"note: weights/{cfg.model}.pt, the report's {cfg.model}, was trained with other settings than this "
+                      f"run's: its command is in weights/{cfg.model}.md")
         results = train_all(configs, a.restart)
         if len(results) > 1:
             rows = [summary_row(r) for r in results]

@@ -520,7 +520,10 @@ def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_pa
         train.main(["--model", "convnet", "--batch-size", "1", "--data-dir", str(synthetic_root), "--out", str(tmp_path / "cli"),
                     "--weights-dir", ""])
     assert str(e.value.code).startswith("error: convnet has BatchNorm, which needs at least 2 images") and "\n" not in str(e.value.code)
-    assert "epoch" not in capsys.readouterr().out.split("\n", 1)[-1]  # refused before the first step: no epoch row
+    out = capsys.readouterr().out
+    assert "epoch" not in out.split("\n", 1)[-1]  # refused before the first step: no epoch row
+    # the quick default is not what made weights/convnet.pt, and the run says where that file's command is
+    assert out.startswith("note: weights/convnet.pt, the report's convnet, was trained with other settings") and "weights/convnet.md" in out
 
 
 def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
