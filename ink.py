@@ -48,10 +48,12 @@ RULE_OTHER, RULE_TOUCH, RULE_MIN, RULE_BAR = 0.05, 0.1, 4, 3.0  # a solid bar RU
 # minus at least SIGN_BAR times wider than tall, its centre within SIGN_MID of the next digit's height.
 SIGN_MAX, SIGN_DOT, SIGN_ROUND, SIGN_LOW, SIGN_BELOW, SIGN_BAR, SIGN_MID = 0.75, 0.35, 2.0, 0.6, 0.1, 2.0, (0.2, 0.8)
 EDGE_LONG, EDGE_THIN = 0.25, 4  # _along_edge: a piece along the border, a quarter of its side long, 4x longer than thick
+EDGE_TAPER = 0.75  # and a wedge: a tilted sheet's desk fills about half its box, a pen's stroke nearly all of it
 GRID_LINES = 3  # _remove_lines: straight runs joined into one piece with this many parallel lines are a grid
 SIGN_SHORT = 0.15  # a minus is at least this long
 SIGN_TAIL = 1.4  # a comma's tail: at least this much taller than wide
 SIGN_TAIL_FILL = 0.8  # and filling at most this share of its box (benchmarks/user_images.py's commas: 0.71 at most)
+SIGN_FILL_MIN = 5  # px: below this either way, a mark's fill says nothing of its shape
 # A dot or comma in its place is at least SIGN_MIN_PX both ways; a mark out of place at least SIGN_PEN_ODD
 # of the digits' stroke width (a finer speck is dirt, joined or dropped as before)
 SIGN_PEN_ODD, SIGN_MIN_PX = 0.8, 3
@@ -356,11 +358,15 @@ def _ring(piece: np.ndarray) -> np.ndarray | None:
 
 def _along_edge(piece: np.ndarray, sl: tuple, shape: tuple[int, int]) -> bool:
     """Whether a piece (bool, its box `sl` in a picture of `shape`) lies along the picture's border:
-    on it for at least half its length, at least EDGE_LONG of that side long and EDGE_THIN times
-    longer than thick. The desk showing past a sheet's edge in a photo framed a little wide, as
-    wedges; a digit cut by the border touches it over a stroke's width or is as thick as long."""
+    on it for at least half its length, at least EDGE_LONG of that side long, EDGE_THIN times
+    longer than thick, and tapering (filling at most EDGE_TAPER of its box). The desk showing past
+    a tilted sheet's edges in a photo framed a little wide, as wedges; a digit cut by the border
+    touches it over a stroke's width or is as thick as long, and a pen's stroke along the border
+    (a 1 drawn against the canvas's edge) fills its box. Called only when other ink is there."""
     h, w = shape
     ph, pw = piece.shape
+    if piece.sum() > EDGE_TAPER * piece.size:
+        return False
     for touches, contact, along, across, side in ((sl[0].start == 0, piece[0].sum(), pw, ph, w),
                                                   (sl[0].stop == h, piece[-1].sum(), pw, ph, w),
                                                   (sl[1].start == 0, piece[:, 0].sum(), ph, pw, h),
@@ -389,7 +395,7 @@ def remove_structure(strong: np.ndarray) -> np.ndarray:
         piece = labels[sl] == i + 1
         if min(piece.shape) < RULE_MIN and max(piece.shape) < 3 * RULE_MIN:
             continue
-        if (_along_edge(piece, sl, strong.shape) or _frame(piece, (labels[sl] > 0) & ~piece)
+        if ((n > 1 and _along_edge(piece, sl, strong.shape)) or _frame(piece, (labels[sl] > 0) & ~piece)
                 or (n > 1 and _rule_under(piece, sl[0].start, sl[1].start, boxes, sizes, i))):
             out[sl] &= ~piece
             continue
@@ -528,7 +534,8 @@ def _sign(g: list, parts: list, digits: list, boxes: list, tallest: int, area: f
         return min(boxes[i][0].start for i in d[2]), max(boxes[i][0].stop for i in d[2])
 
     dot = max(h, w) <= SIGN_DOT * tallest and max(h, w) <= SIGN_ROUND * min(h, w)
-    tail = max(h, w) <= SIGN_DOT * tallest and h >= SIGN_TAIL * w and h <= SIGN_ROUND * 2 * w and area <= SIGN_TAIL_FILL * h * w
+    tail = (max(h, w) <= SIGN_DOT * tallest and h >= SIGN_TAIL * w and h <= SIGN_ROUND * 2 * w
+            and (min(h, w) < SIGN_FILL_MIN or area <= SIGN_TAIL_FILL * h * w))  # a few pixels fill any box
     bar = w >= SIGN_BAR * h and w >= SIGN_SHORT * tallest
     if not (dot or tail or bar):
         return None

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -907,6 +908,20 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return configs[0]
 
 
+def shipped_like(cfg: TrainConfig, weights: Path = ROOT / "weights") -> bool:
+    """Whether cfg trains its model as weights/<model>.pt was trained (optimizer, LR, epochs and the
+    network's settings, from the file's card); True when there is no such file or card."""
+    card = weights / f"{cfg.model}.json"
+    made = json.loads(card.read_text()).get("train_config") if card.exists() else None
+    if not made:
+        return True
+    ours = cfg.resolved()
+    return (made.get("optimizer") == ours.optimizer and float(made.get("lr", -1)) == float(ours.lr)
+            and float(made.get("epochs", -1)) == float(ours.epochs)
+            and json.dumps(complete_config(cfg.model, made.get("model_config") or {}), sort_keys=True)
+            == json.dumps(ours.model_config, sort_keys=True))
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     stop_on_signals()  # `kill` and a background job's SIGINT stop a run like Ctrl-C: last.pt is saved
@@ -930,10 +945,7 @@ def main(argv=None) -> int:
                       f"{r['min_loss_lr']:.3g}; plot {r['png']}")
             return 0
         for cfg in {c.model: c for c in configs}.values():  # a quick default is seldom what made the shipped file
-            card = ROOT / "weights" / f"{cfg.model}.json"
-            made = json.loads(card.read_text())["train_config"] if card.exists() else None
-            ours = dataclasses.asdict(cfg.resolved())
-            if made and any(json.dumps(made.get(k)) != json.dumps(ours[k]) for k in ("optimizer", "lr", "epochs", "model_config")):
+            if os.environ.get("RANK", "0") == "0" and not shipped_like(cfg):
                 print(f"note: weights/{cfg.model}.pt, the report's {cfg.model}, was trained with other settings than this "
                       f"run's: its command is in weights/{cfg.model}.md")
         results = train_all(configs, a.restart)

@@ -115,6 +115,21 @@ def test_the_desk_showing_as_wedges_along_the_border_is_not_ink(convnet, tilt):
     assert a["status"] == "several_digits" and a["number"] == "3.5", a
 
 
+def test_a_stroke_along_the_border_is_still_a_digit(convnet):
+    """A 1 drawn against the canvas's left edge beside a 7, and a 1 cropped tightly from a scan, lie
+    along the border too; a pen's stroke fills its box, the desk's wedges do not."""
+    canvas = Image.new("L", (280, 280), 0)
+    d = ImageDraw.Draw(canvas)
+    d.line([(4, 40), (4, 240)], fill=255, width=18)  # a 1 against the left edge
+    d.line([(110, 50), (250, 50), (170, 240)], fill=255, width=18)  # a 7
+    a, _ = predict.classify(canvas, *convnet)
+    assert a["status"] == "several_digits" and a["number"] == "17", a
+    crop = Image.new("L", (70, 300), 245)
+    ImageDraw.Draw(crop).line([(35, 0), (35, 299)], fill=20, width=22)  # a 1 filling its frame
+    a, _ = predict.classify(crop, *convnet)
+    assert a["status"] == "ok" and a["digit"] == 1, a
+
+
 @pytest.mark.parametrize("orientation,turn", [(6, 1), (8, 3), (3, 2)])
 def test_exif_orientation_is_applied(orientation, turn):
     upright = Image.fromarray((255 - seven() * 255).astype(np.uint8))

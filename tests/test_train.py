@@ -526,6 +526,15 @@ def test_a_batch_below_two_per_process_with_batchnorm_is_a_one_line_error(tmp_pa
     assert out.startswith("note: weights/convnet.pt, the report's convnet, was trained with other settings") and "weights/convnet.md" in out
 
 
+def test_the_shipped_file_note_is_said_only_when_the_settings_differ():
+    """train.py notes, before a run, that weights/<model>.pt was made otherwise, only when it was: the
+    study's recipe that made the shipped ConvNet matches (its card predates the ConvNet's `blocks`
+    and stores 30.0 epochs), its quick default does not."""
+    assert train.shipped_like(train.settings({}, recipe="convnet-best")[0])
+    assert not train.shipped_like(train.settings({"model": ["convnet"]})[0])
+    assert train.shipped_like(train.settings({"model": ["quicknet"]})[0])  # the quick default made it
+
+
 def test_a_diverged_run_exits_non_zero(tmp_path, synthetic_root):
     code = train.main(["--model", "dnn", "--lr", "1e9", "--weight-decay", "0", "--batch-size", "64", "--precision", "fp32",
                        "--device", "cpu", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--weights-dir", ""])
